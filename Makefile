@@ -1,0 +1,49 @@
+# rxrec: `make demo` runs the whole chain end to end; `make test` sets up and passes the tests.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export RXREC_TRITON_VENV ?= $(CURDIR)/.venv-triton
+# pip on this machine warns about every unreachable extra index; keep real errors, drop that noise.
+QUIET_PIP := 2>&1 | { grep -v -e "is ignored: it is neither" -e "^\s*$$" || true; }
+PYTEST_ARGS ?=
+
+.PHONY: help setup demo test test-fast lint mlflow serve clean distclean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	@echo "▶ creating $(VENV) (torch 2.13.0 CPU first, then rxrec and its tools)"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip $(QUIET_PIP)
+	$(BIN)/pip install -q torch==2.13.0 $(QUIET_PIP)
+	$(BIN)/pip install -q -e '.[dev]' $(QUIET_PIP)
+	touch $@
+
+setup: $(BIN)/.installed  ## create both environments (main, Triton serving); quick when they exist
+	bash infra/triton/setup.sh
+
+demo: setup  ## run data → validation → embeddings → GPT4Rec → MLflow → ONNX → real Triton
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/rxrec demo
+
+test: setup  ## run every test, the slow end-to-end ones included (what CI runs)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup  ## skip the slow end-to-end tests (real Airflow DAG run, real Triton)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup  ## ruff
+	$(BIN)/ruff check pipelines dags tests
+
+mlflow: setup  ## MLflow UI/server on 127.0.0.1:5000 over the embedded store (Ctrl-C stops it)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash mlflow/server.sh
+
+clean:  ## remove pipeline outputs and local service state (keeps the environments)
+	rm -rf data artifacts reports/pipeline var triton_repo/*/[0-9]* .dvc/tmp dvc.lock
+
+distclean: clean  ## also remove both environments
+	rm -rf $(VENV) $(RXREC_TRITON_VENV)

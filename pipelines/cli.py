@@ -1,0 +1,159 @@
+"""The `rxrec` command: a thin shell over pipelines.stages and the library."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipelines.config import PROJECT_ROOT, Paths, SettingsError, load_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="rxrec: recommendations for an online pharmacy.")
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a param: section.key=value (repeatable), e.g. gpt4rec.epochs=2"),
+]
+PIPELINE = ("generate", "validate", "sequences", "prod2vec", "train_popularity", "train_gpt4rec", "evaluate",
+            "export_onnx", "register", "deploy", "serve_check")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=1)
+
+
+def _run(name: str, overrides: list[str]) -> dict:
+    from pipelines.stages import run_stage
+    from pipelines.validate.gate import DataValidationError
+
+    typer.secho(f"▶ {name}", bold=True)
+    try:
+        summary = run_stage(name, overrides)
+    except (SettingsError, DataValidationError, FileNotFoundError) as exc:
+        _fail(f"stage {name} stopped: {exc}")
+    typer.echo("  " + json.dumps(summary, default=str)[:400])
+    return summary
+
+
+@app.command()
+def stage(
+    name: Annotated[str, typer.Argument(help=f"one of: {', '.join(PIPELINE)}")],
+    set_: SetOption = None,
+) -> None:
+    """Run one pipeline stage (what each dvc.yaml stage and Airflow task calls)."""
+    if name not in PIPELINE:
+        _fail(f"unknown stage {name!r}; stages are: {', '.join(PIPELINE)}")
+    _run(name, set_ or [])
+
+
+@app.command()
+def run(
+    set_: SetOption = None,
+    from_: Annotated[str, typer.Option("--from", help="first stage to run")] = PIPELINE[0],
+    to: Annotated[str, typer.Option("--to", help="last stage to run")] = PIPELINE[-1],
+) -> None:
+    """Run the stages in order in this process, with overrides (no DVC caching)."""
+    for option, value in (("--from", from_), ("--to", to)):
+        if value not in PIPELINE:
+            _fail(f"{option} {value!r} is not a stage; stages are: {', '.join(PIPELINE)}")
+    first, last = PIPELINE.index(from_), PIPELINE.index(to)
+    for name in PIPELINE[first:last + 1]:
+        _run(name, set_ or [])
+
+
+@app.command()
+def demo(
+    use_dvc: Annotated[bool, typer.Option("--dvc/--no-dvc", help="run the graph with `dvc repro` (cached)")] = True,
+) -> None:
+    """Run the whole chain on the generated world, then print what it produced."""
+    started = time.perf_counter()
+    if use_dvc:
+        dvc = shutil.which("dvc") or str(Path(sys.executable).parent / "dvc")
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        code = subprocess.call([dvc, "repro"], cwd=PROJECT_ROOT, env=env)
+        if code != 0:
+            _fail(f"`dvc repro` failed (exit {code}); the failing stage's message is above")
+    else:
+        for name in PIPELINE:
+            _run(name, [])
+    summary(elapsed=time.perf_counter() - started)
+
+
+@app.command()
+def summary(elapsed: Annotated[float, typer.Option(hidden=True)] = 0.0) -> None:
+    """Print the last run's validation result, metrics, registry entry, deployment and answers."""
+    paths = Paths()
+    settings = load_settings()
+    reports = paths.reports
+
+    def read(name: str) -> dict:
+        path = reports / name
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    validation, metrics = read("validation.json"), read("metrics.json")
+    registry, deploy, served = read("registry.json"), read("deploy.json"), read("serve_check.json")
+    line = "─" * 78
+    typer.echo(f"\n{line}\nrxrec demo summary" + (f"  ({elapsed / 60:.1f} min)" if elapsed else ""))
+    typer.echo(line)
+    if validation:
+        failed = sum(1 for c in validation.get("checks", []) if c.get("success") is False)
+        status = "PASSED" if validation.get("success") else "FAILED"
+        typer.echo(f"Data validation (Great Expectations): {status}, {len(validation.get('checks', []))} checks, "
+                   f"{failed} failed  → {reports / 'validation.md'}")
+    if metrics:
+        k = metrics["protocol"]["k"]
+        typer.echo(f"\nTest metrics (leave-one-out, all {k}-item ranking against every item, seen items masked):")
+        typer.echo(f"  {'model':<12}{'HR@' + str(k):>10}{'NDCG@' + str(k):>10}{'MRR':>10}{'coverage':>10}{'train s':>10}")
+        for name, m in metrics["models"].items():
+            typer.echo(f"  {name:<12}{m[f'hr_at_{k}']:>10.4f}{m[f'ndcg_at_{k}']:>10.4f}{m['mrr']:>10.4f}"
+                       f"{m[f'coverage_at_{k}']:>10.3f}{m['train_seconds']:>10.1f}")
+    if registry:
+        typer.echo(f"\nMLflow run {registry['run_id']}  model {registry['model_name']} v{registry['version']}  "
+                   f"champion: v{registry['champion_version']}  ({registry['reason']})")
+    if deploy:
+        typer.echo(f"Triton model repository version: {deploy['version_path']}")
+    if served:
+        typer.echo(f"\nReal Triton server answered (start {served['server_start_s']} s, model load "
+                   f"{served['model_load_s']} s, batch of {len(served['sessions'])} in {served['batch_latency_ms']} ms, "
+                   f"same as ONNX Runtime: {served['matches_onnx_runtime']}):")
+        for i, session in enumerate(served["sessions"], 1):
+            typer.echo(f"  session {i}: … " + " → ".join(h["name"] for h in session["history"]))
+            for rank, rec in enumerate(session["recommended"][:5], 1):
+                typer.echo(f"      {rank}. {rec['name']}  (item {rec['item_id']}, score {rec['score']:.2f})")
+    uri = paths.tracking_uri(settings)
+    typer.echo(f"\nOpen the MLflow UI on these results:\n  make mlflow    "
+               f"# or: .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    typer.echo(f"Reports: {reports}/  (metrics.png, validation.md, parity.json)\n{line}")
+
+
+@app.command()
+def recommend(
+    session: Annotated[str, typer.Option(help="comma-separated item ids, oldest first, e.g. 12,45,7")],
+    url: Annotated[str, typer.Option(help="Triton HTTP endpoint")] = "127.0.0.1:8000",
+    model: Annotated[str, typer.Option(help="model name in the Triton repository")] = "gpt4rec",
+) -> None:
+    """Ask a running Triton server for the next items of one session."""
+    from pipelines.serve.client import recommend as ask
+
+    try:
+        items = [int(x) for x in session.split(",") if x.strip()]
+    except ValueError:
+        _fail(f"--session must be comma-separated integer item ids, got {session!r}")
+    try:
+        (ids, scores), = ask([items], url=url, model_name=model)
+    except ValueError as exc:
+        _fail(str(exc))
+    for rank, (item, score) in enumerate(zip(ids, scores), 1):
+        typer.echo(f"{rank:>3}. item {item}  score {score:.4f}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,228 @@
+"""Typed settings: `params.yaml` is the one source of configuration.
+
+The CLI (`--set gpt4rec.epochs=2`) and a DAG run's params override it; nothing else holds
+defaults. `Paths` says where each stage reads and writes, relative to a work directory (the
+project root by default, `RXREC_WORKDIR` to move it, which is what tests and DAG runs do).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PARAMS_FILE = PROJECT_ROOT / "params.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSettings(_Section):
+    seed: int = 42
+    n_products: int = Field(3000, ge=20)
+    n_users: int = Field(12000, ge=10)
+    sessions_per_user: float = Field(3.0, gt=0)
+    events_per_session: float = Field(6.0, gt=0)
+    n_days: int = Field(90, ge=2)
+    description_share: float = Field(0.2, ge=0, le=1)
+    cold_start_share: float = Field(0.1, ge=0, lt=1)
+    popularity_exponent: float = Field(1.1, gt=0)
+
+
+class ValidateSettings(_Section):
+    min_products: int = Field(100, ge=1)
+    min_events: int = Field(1000, ge=1)
+    max_unknown_item_share: float = Field(0.0, ge=0, le=1)
+
+
+class GraphSettings(_Section):
+    window: int = Field(2, ge=1)
+    walks_per_node: int = Field(10, ge=1)
+    walk_length: int = Field(40, ge=2)
+    popular_share: float = Field(0.5, ge=0, le=1)
+
+
+class Prod2VecSettings(_Section):
+    dim: int = Field(64, ge=2)
+    window: int = Field(5, ge=1)
+    epochs: int = Field(5, ge=1)
+    negative: int = Field(5, ge=1)
+    min_count: int = Field(1, ge=1)
+    workers: int = Field(2, ge=1)
+
+
+class GPT4RecSettings(_Section):
+    dim: int = Field(64, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    max_len: int = Field(50, ge=2, le=512)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.003, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    init_from_prod2vec: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class PopularitySettings(_Section):
+    window_days: int = Field(30, ge=1)
+
+
+class EvaluateSettings(_Section):
+    k: int = Field(10, ge=1)
+    mask_seen: bool = True
+
+
+class MlflowSettings(_Section):
+    tracking_uri: str = ""
+    experiment: str = "rxrec"
+    registered_model: str = "gpt4rec"
+
+
+class ExportSettings(_Section):
+    top_k: int = Field(10, ge=1)
+    opset: int = Field(18, ge=13)
+    parity_sessions: int = Field(256, ge=1)
+
+
+class ServeSettings(_Section):
+    model_name: str = "gpt4rec"
+    http_port: int = Field(8000, ge=1, le=65535)
+    grpc_port: int = Field(8001, ge=1, le=65535)
+    metrics_port: int = Field(8002, ge=1, le=65535)
+    startup_timeout_s: float = Field(120, gt=0)
+    max_batch_size: int = Field(64, ge=1)
+    instance_count: int = Field(1, ge=1)
+
+
+class Settings(_Section):
+    data: DataSettings = DataSettings()
+    validate_: ValidateSettings = Field(ValidateSettings(), alias="validate")
+    graph: GraphSettings = GraphSettings()
+    prod2vec: Prod2VecSettings = Prod2VecSettings()
+    gpt4rec: GPT4RecSettings = GPT4RecSettings()
+    popularity: PopularitySettings = PopularitySettings()
+    evaluate: EvaluateSettings = EvaluateSettings()
+    mlflow: MlflowSettings = MlflowSettings()
+    export: ExportSettings = ExportSettings()
+    serve: ServeSettings = ServeSettings()
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def flat(self) -> dict[str, Any]:
+        """`section.key -> value`, the shape MLflow params and DVC params use."""
+        out: dict[str, Any] = {}
+        for section, values in self.model_dump(by_alias=True).items():
+            for key, value in values.items():
+                out[f"{section}.{key}"] = value
+        return out
+
+
+class SettingsError(ValueError):
+    """A params file or override that cannot be used; the message says what to change."""
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """`section.key=value` -> (section, key, YAML-parsed value)."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise SettingsError(f"override {text!r} must look like section.key=value, e.g. gpt4rec.epochs=2")
+    dotted, raw = text.split("=", 1)
+    section, key = dotted.strip().split(".", 1)
+    return section, key, yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_settings(
+    params_file: Path | None = None,
+    overrides: dict[str, dict[str, Any]] | list[str] | None = None,
+) -> Settings:
+    """Read params.yaml, apply overrides, validate; errors name the offending key."""
+    path = Path(params_file or os.environ.get("RXREC_PARAMS", PARAMS_FILE))
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise SettingsError(f"params file not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"params file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SettingsError(f"params file {path} must hold a mapping of sections")
+    merged = {section: dict(values or {}) for section, values in raw.items()}
+    if isinstance(overrides, list):
+        parsed: dict[str, dict[str, Any]] = {}
+        for text in overrides:
+            section, key, value = parse_override(text)
+            parsed.setdefault(section, {})[key] = value
+        overrides = parsed
+    for section, values in (overrides or {}).items():
+        merged.setdefault(section, {}).update(values)
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
+            for err in exc.errors()
+        )
+        raise SettingsError(f"invalid settings from {path}: {problems}") from exc
+
+
+class Paths:
+    """Where every stage reads and writes. Mirrors the deps/outs in dvc.yaml."""
+
+    def __init__(self, workdir: Path | None = None) -> None:
+        self.root = Path(workdir or os.environ.get("RXREC_WORKDIR") or PROJECT_ROOT).resolve()
+
+    # data
+    @property
+    def raw(self) -> Path:
+        return self.root / "data" / "raw"
+
+    @property
+    def validated(self) -> Path:
+        return self.root / "data" / "validated"
+
+    @property
+    def features(self) -> Path:
+        return self.root / "data" / "features"
+
+    # artifacts
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def embeddings(self) -> Path:
+        return self.artifacts / "embeddings"
+
+    @property
+    def models(self) -> Path:
+        return self.artifacts / "models"
+
+    @property
+    def onnx(self) -> Path:
+        return self.artifacts / "onnx"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports" / "pipeline"
+
+    @property
+    def var(self) -> Path:
+        """Local state of embedded services (MLflow SQLite + artifacts, Triton logs)."""
+        return self.root / "var"
+
+    @property
+    def triton_repo(self) -> Path:
+        return Path(os.environ.get("RXREC_TRITON_REPO") or self.root / "triton_repo")
+
+    def tracking_uri(self, settings: Settings) -> str:
+        uri = settings.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+        return uri or f"sqlite:///{self.var / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.var / "mlartifacts"

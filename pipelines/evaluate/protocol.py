@@ -1,0 +1,49 @@
+"""The one evaluation protocol: leave-one-out by time, every item ranked, seen items masked."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from pipelines.data.sequences import Sequences
+from pipelines.evaluate import metrics
+
+
+class Recommender(Protocol):
+    name: str
+
+    def score(self, histories: list[np.ndarray]) -> np.ndarray:
+        """(len(histories), n_items + 1) scores; higher is better; column 0 is padding."""
+        ...
+
+
+def evaluate(
+    model: Recommender,
+    seqs: Sequences,
+    *,
+    split: str = "test",
+    k: int = 10,
+    mask_seen: bool = True,
+    batch_size: int = 1024,
+    max_users: int | None = None,
+) -> dict[str, float]:
+    """HR@k, NDCG@k, MRR and catalogue coverage@k of `model` on `split`."""
+    histories, targets, _ = seqs.evaluation(split)
+    if max_users is not None:
+        histories, targets = histories[:max_users], targets[:max_users]
+    ranks = np.empty(len(targets), dtype=np.int64)
+    recommended = np.zeros(seqs.n_items + 1, dtype=bool)
+    for start in range(0, len(targets), batch_size):
+        stop = start + batch_size
+        batch = histories[start:stop]
+        scores = metrics.mask_scores(model.score(batch), batch, mask_seen)
+        ranks[start:stop] = metrics.target_ranks(scores, targets[start:stop])
+        recommended[metrics.top_k(scores, k).ravel()] = True
+    return {
+        f"hr_at_{k}": metrics.hit_rate(ranks, k),
+        f"ndcg_at_{k}": metrics.ndcg(ranks, k),
+        "mrr": metrics.mrr(ranks),
+        f"coverage_at_{k}": float(recommended[1:].sum() / max(seqs.n_items, 1)),
+        "n_users": float(len(targets)),
+    }

@@ -1,0 +1,161 @@
+"""ONNX export of GPT4Rec with the top-k inside the graph, and the parity check that gates it.
+
+The exported graph takes `input_ids` (batch, length) int64, left-padded with 0, of any length up
+to max_len, and returns `item_ids` (batch, k) int64 and `scores` (batch, k) float32: padding and
+the items already in the session are masked before the top-k, exactly as in evaluation.
+Parity: ONNX Runtime must return the same top-k ids as the eager model on real sessions.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from pipelines.models.gpt4rec import GPT4Rec, left_pad
+
+INPUT_NAME = "input_ids"
+OUTPUT_IDS = "item_ids"
+OUTPUT_SCORES = "scores"
+MODEL_FILE = "model.onnx"
+MASKED_SCORE = -1.0e9
+
+
+class TopKRecommender(nn.Module):
+    """GPT4Rec + masking + top-k: what is served."""
+
+    def __init__(self, model: GPT4Rec, k: int, mask_seen: bool = True) -> None:
+        super().__init__()
+        self.model = model
+        self.k = k
+        self.mask_seen = mask_seen
+
+    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(input_ids)
+        is_padding = torch.arange(logits.shape[1], device=logits.device) == 0
+        masked = is_padding.unsqueeze(0).expand_as(logits)
+        if self.mask_seen:
+            masked = masked | torch.zeros_like(logits, dtype=torch.bool).scatter(1, input_ids, True)
+        scores, ids = torch.topk(logits.masked_fill(masked, MASKED_SCORE), self.k, dim=1)
+        return ids, scores
+
+
+@dataclass
+class ParityReport:
+    passed: bool
+    sessions: int
+    lengths: list[int]
+    top_k: int
+    mismatched_sessions: int
+    max_abs_score_diff: float
+    export_seconds: float
+    onnx_file: str
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+
+def export_onnx(model: GPT4Rec, out_dir: Path, k: int, opset: int, mask_seen: bool = True) -> Path:
+    """Write out_dir/model.onnx with dynamic batch and length axes; returns its path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / MODEL_FILE
+    wrapper = TopKRecommender(model.eval(), k, mask_seen).eval()
+    example = torch.ones(2, min(8, model.config.max_len), dtype=torch.int64)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    length = torch.export.Dim("length", min=1, max=model.config.max_len)
+    program = torch.onnx.export(
+        wrapper,
+        (example,),
+        dynamo=True,
+        opset_version=opset,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_IDS, OUTPUT_SCORES],
+        dynamic_shapes=({0: batch, 1: length},),
+        optimize=True,
+        verbose=False,
+    )
+    program.save(str(path))
+    proto = onnx.load(str(path))
+    proto.metadata_props.extend(
+        [
+            onnx.StringStringEntryProto(key="n_items", value=str(model.config.n_items)),
+            onnx.StringStringEntryProto(key="max_len", value=str(model.config.max_len)),
+            onnx.StringStringEntryProto(key="top_k", value=str(k)),
+            onnx.StringStringEntryProto(key="mask_seen", value=str(mask_seen).lower()),
+        ]
+    )
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    return path
+
+
+def onnx_session(path: Path, threads: int = 2) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_top_k(session: ort.InferenceSession, input_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ids, scores = session.run([OUTPUT_IDS, OUTPUT_SCORES], {INPUT_NAME: input_ids.astype(np.int64)})
+    return ids, scores
+
+
+def check_parity(
+    model: GPT4Rec, onnx_path: Path, sessions: list[np.ndarray], k: int, mask_seen: bool = True,
+    export_seconds: float = 0.0,
+) -> ParityReport:
+    """Same top-k ids from torch and ONNX Runtime, batch by batch of equal padded length.
+
+    Sessions are grouped by length so that several padded widths are exercised, including 1
+    and the maximum.
+    """
+    wrapper = TopKRecommender(model.eval(), k, mask_seen).eval()
+    session = onnx_session(onnx_path)
+    mismatched, max_diff = 0, 0.0
+    lengths: set[int] = set()
+    widths = sorted({1, model.config.max_len, *(min(len(s), model.config.max_len) for s in sessions)})
+    groups: dict[int, list[np.ndarray]] = {}
+    for s in sessions:
+        if len(s):
+            groups.setdefault(min(len(s), model.config.max_len), []).append(s)
+    groups.setdefault(1, [s[-1:] for s in sessions[:8] if len(s)])
+    groups.setdefault(model.config.max_len, [s for s in sessions[:8] if len(s)])
+    for width in widths:
+        batch = groups.get(width)
+        if not batch:
+            continue
+        ids = left_pad(batch, width)
+        if ids.shape[1] < width:  # sessions shorter than the width: pad further on the left
+            ids = np.pad(ids, ((0, 0), (width - ids.shape[1], 0)))
+        lengths.add(int(ids.shape[1]))
+        with torch.no_grad():
+            t_ids, t_scores = (x.numpy() for x in wrapper(torch.from_numpy(ids)))
+        o_ids, o_scores = onnx_top_k(session, ids)
+        mismatched += int((t_ids != o_ids).any(axis=1).sum())
+        max_diff = max(max_diff, float(np.abs(t_scores - o_scores).max()))
+    return ParityReport(
+        passed=mismatched == 0,
+        sessions=sum(len(g) for g in groups.values()),
+        lengths=sorted(lengths),
+        top_k=k,
+        mismatched_sessions=mismatched,
+        max_abs_score_diff=max_diff,
+        export_seconds=round(export_seconds, 3),
+        onnx_file=str(onnx_path),
+    )
+
+
+def export_and_check(model: GPT4Rec, out_dir: Path, sessions: list[np.ndarray], k: int, opset: int,
+                     mask_seen: bool = True) -> ParityReport:
+    started = time.perf_counter()
+    path = export_onnx(model, out_dir, k, opset, mask_seen)
+    return check_parity(model, path, sessions, k, mask_seen, export_seconds=time.perf_counter() - started)

@@ -1,0 +1,213 @@
+"""Write a Triton model repository: one config.pbtxt per model and numbered version folders.
+
+Layout written here (what Triton's explicit model control loads)::
+
+    repo/<model_name>/config.pbtxt
+    repo/<model_name>/<version>/model.onnx      the exported model (top-k inside the graph)
+    repo/<model_name>/<version>/model.py        Python-backend wrapper (pipelines/serve/backend/model.py)
+    repo/<model_name>/<version>/lineage.json    MLflow run, git commit, DVC data hash, ...
+
+Version folders are created atomically (built in a hidden temp folder inside the model folder,
+then renamed) so a running Triton never sees a half-written version, and an existing version is
+never overwritten: what was served once stays traceable.
+
+Pure functions of the filesystem; no Triton or MLflow import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+#: The Python-backend model copied beside each model.onnx.
+BACKEND_MODEL_PY = Path(__file__).resolve().parents[1] / "serve" / "backend" / "model.py"
+
+INPUT_NAME = "input_ids"
+OUTPUT_IDS = "item_ids"
+OUTPUT_SCORES = "scores"
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_TMP_PREFIX = ".tmp-version-"
+
+
+def _check_name(model_name: str) -> None:
+    """Model names become folder names and URL path segments: keep them plain."""
+    if not _NAME_RE.match(model_name):
+        raise ValueError(f"invalid model name {model_name!r}: use letters, digits, '_', '.', '-'")
+
+
+def _positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def write_config(
+    repo: Path,
+    model_name: str,
+    *,
+    max_batch_size: int,
+    top_k: int,
+    n_items: int,
+    instance_count: int = 1,
+    intra_op_threads: int = 1,
+    max_queue_delay_us: int = 1000,
+    max_seq_len: int | None = None,
+) -> Path:
+    """Write repo/model_name/config.pbtxt for the Python backend and return its path.
+
+    The parameters block carries what the backend needs at load time: ``n_items`` (ids above it
+    are rejected; a model whose ONNX metadata has ``n_items`` overrides it per version),
+    ``top_k``, ``intra_op_num_threads`` for onnxruntime and optionally ``max_seq_len``.
+    """
+    _check_name(model_name)
+    for name, value in [
+        ("max_batch_size", max_batch_size),
+        ("top_k", top_k),
+        ("n_items", n_items),
+        ("instance_count", instance_count),
+        ("intra_op_threads", intra_op_threads),
+    ]:
+        _positive(name, value)
+    if max_seq_len is not None:
+        _positive("max_seq_len", max_seq_len)
+    if max_queue_delay_us < 0:
+        raise ValueError(f"max_queue_delay_us must be >= 0, got {max_queue_delay_us}")
+
+    params = {
+        "n_items": n_items,
+        "top_k": top_k,
+        "intra_op_num_threads": intra_op_threads,
+    }
+    if max_seq_len is not None:
+        params["max_seq_len"] = max_seq_len
+    param_lines = "\n".join(
+        f'parameters: {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items()
+    )
+    text = f"""# Written by pipelines/export/triton_repo.py; regenerate rather than edit by hand.
+name: "{model_name}"
+backend: "python"
+max_batch_size: {max_batch_size}
+input [
+  {{
+    name: "{INPUT_NAME}"
+    data_type: TYPE_INT64
+    dims: [ -1 ]
+  }}
+]
+output [
+  {{
+    name: "{OUTPUT_IDS}"
+    data_type: TYPE_INT64
+    dims: [ {top_k} ]
+  }},
+  {{
+    name: "{OUTPUT_SCORES}"
+    data_type: TYPE_FP32
+    dims: [ {top_k} ]
+  }}
+]
+dynamic_batching {{
+  max_queue_delay_microseconds: {max_queue_delay_us}
+}}
+instance_group [
+  {{
+    count: {instance_count}
+    kind: KIND_CPU
+  }}
+]
+version_policy: {{ latest: {{ num_versions: 2 }} }}
+{param_lines}
+"""
+    model_dir = Path(repo) / model_name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    path = model_dir / "config.pbtxt"
+    # Atomic replace: a server polling or loading the repo never reads a truncated config.
+    fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".tmp", dir=model_dir)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def list_versions(repo: Path, model_name: str) -> list[int]:
+    """Version numbers present in repo/model_name, ascending (numeric folder names only)."""
+    model_dir = Path(repo) / model_name
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def next_version(repo: Path, model_name: str) -> int:
+    """The number the next version folder gets: one above the highest existing one (first is 1)."""
+    versions = list_versions(repo, model_name)
+    return versions[-1] + 1 if versions else 1
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_version(repo: Path, model_name: str, onnx_path: Path, *, metadata: dict[str, Any]) -> Path:
+    """Add a new version folder holding model.onnx, model.py and lineage.json; return its path.
+
+    The folder is assembled under a hidden temp name in the model folder (same filesystem) and
+    renamed into place, so it appears complete or not at all. Existing versions are never
+    touched: if another writer takes the number first, the next free number is used.
+    ``metadata`` (JSON-serialisable: MLflow run id, git commit, DVC hash, ...) goes to lineage.json.
+    """
+    _check_name(model_name)
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
+    if not BACKEND_MODEL_PY.is_file():
+        raise FileNotFoundError(f"backend model.py not found: {BACKEND_MODEL_PY}")
+    json.dumps(metadata)  # fail before writing anything if metadata is not serialisable
+
+    model_dir = Path(repo) / model_name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=model_dir))
+    try:
+        shutil.copyfile(onnx_path, tmp / "model.onnx")
+        shutil.copyfile(BACKEND_MODEL_PY, tmp / "model.py")
+        onnx_sha = _sha256(tmp / "model.onnx")
+        for _ in range(100):
+            version = next_version(repo, model_name)
+            lineage = {
+                "model_name": model_name,
+                "version": version,
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "onnx_sha256": onnx_sha,
+                "source_onnx": str(onnx_path.resolve()),
+                "metadata": metadata,
+            }
+            (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
+            target = model_dir / str(version)
+            if target.exists():  # taken between next_version and here: try the next number
+                continue
+            try:
+                os.rename(tmp, target)  # fails on a non-empty existing target: never overwrites
+            except OSError:
+                if target.exists():
+                    continue
+                raise
+            target.chmod(0o755)  # mkdtemp creates it 0700
+            return target
+        raise RuntimeError(f"could not allocate a new version folder in {model_dir}")
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,120 @@
+"""Training loop for GPT4Rec: next-item cross-entropy at every position, full softmax.
+
+Same code on CPU and CUDA. The best epoch on the validation split (NDCG@10) is kept, so the
+test split is never looked at while training.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from pipelines.config import GPT4RecSettings
+from pipelines.data.sequences import Sequences
+from pipelines.embed.prod2vec import ItemEmbeddings
+from pipelines.evaluate.protocol import evaluate
+from pipelines.models.gpt4rec import GPT4Rec, GPT4RecConfig, GPT4RecRecommender, left_pad
+
+
+@dataclass
+class TrainResult:
+    model: GPT4Rec
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    train_seconds: float = 0.0
+    initialised_items: int = 0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("gpt4rec.device=cuda was asked for but CUDA is not available on this machine")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def training_examples(histories: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and shifted targets, left-padded to max_len: the last max_len+1 items of each user."""
+    usable = [h[-(max_len + 1):] for h in histories if len(h) >= 2]
+    inputs = np.zeros((len(usable), max_len), dtype=np.int64)
+    targets = np.zeros((len(usable), max_len), dtype=np.int64)
+    for row, h in enumerate(usable):
+        n = len(h) - 1
+        inputs[row, max_len - n:] = h[:-1]
+        targets[row, max_len - n:] = h[1:]
+    return inputs, targets
+
+
+def train_gpt4rec(
+    seqs: Sequences,
+    s: GPT4RecSettings,
+    seed: int,
+    pretrained: ItemEmbeddings | None = None,
+    patience: int = 3,
+    progress: bool = True,
+) -> TrainResult:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    device = resolve_device(s.device)
+    model = GPT4Rec(GPT4RecConfig(seqs.n_items, s.dim, s.layers, s.heads, s.max_len, s.dropout))
+    initialised = 0
+    if pretrained is not None:
+        if pretrained.vectors.shape[1] != s.dim:
+            raise ValueError(
+                f"prod2vec.dim ({pretrained.vectors.shape[1]}) must equal gpt4rec.dim ({s.dim}) "
+                "to initialise GPT4Rec from Prod2Vec; set both to the same value or gpt4rec.init_from_prod2vec=false"
+            )
+        initialised = model.init_item_embeddings(pretrained.vectors, pretrained.known)
+    model.to(device)
+    inputs, targets = training_examples(seqs.train(), s.max_len)
+    if not len(inputs):
+        raise ValueError("no user has two or more training items: nothing to learn from")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    result = TrainResult(model=model, initialised_items=initialised)
+    best_score, best_state, stale = -1.0, None, 0
+    started = time.perf_counter()
+    for epoch in range(1, s.epochs + 1):
+        model.train()
+        order = rng.permutation(len(inputs))
+        total, batches = 0.0, 0
+        bar = tqdm(range(0, len(order), s.batch_size), desc=f"gpt4rec epoch {epoch}/{s.epochs}",
+                   disable=not progress, mininterval=2.0, leave=False)
+        for start in bar:
+            idx = order[start:start + s.batch_size]
+            x = torch.from_numpy(inputs[idx]).to(device)
+            y = torch.from_numpy(targets[idx]).to(device)
+            states = model.hidden(x)
+            keep = y != 0
+            loss = F.cross_entropy(model.logits(states[keep]), y[keep])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            total += loss.item()
+            batches += 1
+            bar.set_postfix(loss=f"{total / batches:.3f}")
+        valid = evaluate(GPT4RecRecommender(model), seqs, split="valid", k=10)
+        row = {"epoch": epoch, "loss": total / batches, "valid_hr_at_10": valid["hr_at_10"],
+               "valid_ndcg_at_10": valid["ndcg_at_10"]}
+        result.history.append(row)
+        if progress:
+            print(f"  epoch {epoch}: loss {row['loss']:.4f}  valid HR@10 {row['valid_hr_at_10']:.4f}  "
+                  f"NDCG@10 {row['valid_ndcg_at_10']:.4f}", flush=True)
+        if valid["ndcg_at_10"] > best_score:
+            best_score, best_state, stale = valid["ndcg_at_10"], copy.deepcopy(model.state_dict()), 0
+            result.best_epoch = epoch
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    result.train_seconds = time.perf_counter() - started
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.to("cpu").eval()
+    return result

@@ -1,0 +1,169 @@
+"""Triton Python-backend model: runs the exported recommender (model.onnx) with onnxruntime.
+
+Copied into every version folder beside model.onnx by pipelines/export/triton_repo.py, so each
+version carries the exact wrapper it was exported with. It is not imported by the library: it
+runs inside Triton's Python-backend stub, in the serving venv (numpy<2), and must only need the
+standard library, numpy, onnxruntime and triton_python_backend_utils.
+
+Contract: input "input_ids" int64 [batch, seq], sessions left-padded with 0 (0 = padding, item
+ids 1..n_items); outputs "item_ids" int64 [batch, k] and "scores" float32 [batch, k].
+
+Where n_items comes from (first found wins):
+  1. the ONNX model's metadata_props key "n_items" (per version: a retrained model with a larger
+     catalogue carries its own bound), then
+  2. the config.pbtxt parameter "n_items" (written by triton_repo.write_config).
+Loading fails with a clear error if neither is set: without it, out-of-range ids could not be
+rejected and would surface as opaque onnxruntime Gather errors.
+
+Other config parameters: "intra_op_num_threads" (default 1; the instance count multiplies it),
+"top_k" (checked against the ONNX output shape when static), "max_seq_len" (optional; longer
+sessions are rejected rather than crashing a positional embedding lookup).
+
+Bad requests (wrong dtype, not 2-D, empty, negative ids, ids > n_items, too long) get a
+TritonError response; other requests in the same batch are still answered.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+INPUT_NAME = "input_ids"
+OUTPUT_IDS = "item_ids"
+OUTPUT_SCORES = "scores"
+
+
+def _error(message: str) -> pb_utils.TritonError:
+    """An INVALID_ARG error where this Triton supports error codes, a plain one otherwise."""
+    try:
+        return pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
+    except (AttributeError, TypeError):
+        return pb_utils.TritonError(message)
+
+
+def _int_param(params: dict[str, str], key: str, default: int | None) -> int | None:
+    raw = params.get(key, "")
+    if raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise pb_utils.TritonModelException(f"config parameter {key}={raw!r} is not an integer") from exc
+
+
+class TritonPythonModel:
+    """One onnxruntime session per model instance; dynamic batches run as one ONNX call per shape."""
+
+    def initialize(self, args: dict) -> None:
+        """Open model.onnx and read the limits used to validate requests."""
+        config = json.loads(args["model_config"])
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        self.name = f"{args.get('model_name', '?')}:{args.get('model_version', '?')}"
+
+        onnx_path = Path(args["model_repository"]) / str(args["model_version"]) / "model.onnx"
+        if not onnx_path.is_file():  # e.g. a repository agent moved things: fall back to our folder
+            onnx_path = Path(__file__).resolve().parent / "model.onnx"
+        if not onnx_path.is_file():
+            raise pb_utils.TritonModelException(f"{self.name}: model.onnx not found at {onnx_path}")
+
+        threads = _int_param(params, "intra_op_num_threads", 1)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, threads)
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        if INPUT_NAME not in inputs or {OUTPUT_IDS, OUTPUT_SCORES} - outputs.keys():
+            raise pb_utils.TritonModelException(
+                f"{self.name}: model.onnx must have input {INPUT_NAME!r} and outputs "
+                f"{OUTPUT_IDS!r}, {OUTPUT_SCORES!r}; it has inputs {sorted(inputs)} outputs {sorted(outputs)}"
+            )
+
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if meta.get("n_items"):
+            self.n_items, source = int(meta["n_items"]), "onnx metadata"
+        else:
+            self.n_items, source = _int_param(params, "n_items", None), "config parameter"
+        if not self.n_items or self.n_items < 1:
+            raise pb_utils.TritonModelException(
+                f"{self.name}: n_items is unknown: set the config.pbtxt parameter 'n_items' "
+                "or the ONNX metadata_props key 'n_items'"
+            )
+        self.max_seq_len = _int_param(params, "max_seq_len", None)
+
+        top_k = _int_param(params, "top_k", None)
+        k_dim = outputs[OUTPUT_IDS].shape[-1] if outputs[OUTPUT_IDS].shape else None
+        if top_k is not None and isinstance(k_dim, int) and k_dim != top_k:
+            raise pb_utils.TritonModelException(
+                f"{self.name}: config top_k={top_k} but model.onnx returns k={k_dim}: re-export or rewrite the config"
+            )
+        pb_utils.Logger.log_info(
+            f"{self.name}: loaded {onnx_path} (n_items={self.n_items} from {source}, "
+            f"intra_op_num_threads={threads}, max_seq_len={self.max_seq_len})"
+        )
+
+    def _validate(self, x: np.ndarray) -> str | None:
+        """Why a request's input_ids is unusable, or None if it is fine."""
+        if x.dtype != np.int64:
+            return f"{INPUT_NAME} must be int64, got {x.dtype}"
+        if x.ndim != 2:
+            return f"{INPUT_NAME} must be 2-D [batch, seq], got shape {list(x.shape)}"
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            return f"{INPUT_NAME} must not be empty, got shape {list(x.shape)}"
+        if self.max_seq_len is not None and x.shape[1] > self.max_seq_len:
+            return f"{INPUT_NAME} has {x.shape[1]} positions, more than max_seq_len={self.max_seq_len}"
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0:
+            return f"{INPUT_NAME} contains negative id {lo}; ids are 1..{self.n_items} and 0 is padding"
+        if hi > self.n_items:
+            return f"{INPUT_NAME} contains id {hi} > n_items={self.n_items}; unknown item"
+        return None
+
+    def execute(self, requests: list) -> list:
+        """Answer every request; requests with the same seq length share one ONNX call."""
+        responses: list = [None] * len(requests)
+        groups: dict[int, list[tuple[int, np.ndarray]]] = {}
+        for i, request in enumerate(requests):
+            tensor = pb_utils.get_input_tensor_by_name(request, INPUT_NAME)
+            if tensor is None:
+                responses[i] = pb_utils.InferenceResponse(error=_error(f"missing input {INPUT_NAME!r}"))
+                continue
+            x = tensor.as_numpy()
+            problem = self._validate(x)
+            if problem is not None:
+                responses[i] = pb_utils.InferenceResponse(error=_error(problem))
+                continue
+            groups.setdefault(x.shape[1], []).append((i, x))
+
+        for members in groups.values():
+            batch = members[0][1] if len(members) == 1 else np.concatenate([x for _, x in members])
+            try:
+                ids, scores = self.session.run([OUTPUT_IDS, OUTPUT_SCORES], {INPUT_NAME: batch})
+            except Exception as exc:  # noqa: BLE001 - reported to the caller, the model stays up
+                for i, _ in members:
+                    responses[i] = pb_utils.InferenceResponse(
+                        error=pb_utils.TritonError(f"{self.name}: onnxruntime failed: {exc}")
+                    )
+                continue
+            ids = np.ascontiguousarray(ids, dtype=np.int64)
+            scores = np.ascontiguousarray(scores, dtype=np.float32)
+            start = 0
+            for i, x in members:
+                stop = start + x.shape[0]
+                responses[i] = pb_utils.InferenceResponse(
+                    output_tensors=[
+                        pb_utils.Tensor(OUTPUT_IDS, ids[start:stop]),
+                        pb_utils.Tensor(OUTPUT_SCORES, scores[start:stop]),
+                    ]
+                )
+                start = stop
+        return responses
+
+    def finalize(self) -> None:
+        """Drop the session so its memory is returned before the stub exits."""
+        self.session = None

@@ -1,0 +1,46 @@
+"""Plots people would rather look at than read; written as PNG and logged to MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_training_history(history: list[dict[str, float]], path: Path) -> Path:
+    """Training loss and validation NDCG@10 by epoch."""
+    epochs = [row["epoch"] for row in history]
+    fig, loss_ax = plt.subplots(figsize=(6, 3.5))
+    loss_ax.plot(epochs, [row["loss"] for row in history], marker="o", color="tab:blue", label="train loss")
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("cross-entropy", color="tab:blue")
+    metric_ax = loss_ax.twinx()
+    metric_ax.plot(epochs, [row["valid_ndcg_at_10"] for row in history], marker="s", color="tab:orange",
+                   label="valid NDCG@10")
+    metric_ax.set_ylabel("valid NDCG@10", color="tab:orange")
+    fig.suptitle("GPT4Rec training")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_metrics(models: dict[str, dict[str, float]], path: Path, keys: tuple[str, ...] = ("hr_at_10", "ndcg_at_10")) -> Path:
+    """Side-by-side bars of each model's ranking metrics."""
+    names = list(models)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    width = 0.8 / len(keys)
+    for i, key in enumerate(keys):
+        ax.bar([x + i * width for x in range(len(names))], [models[n].get(key, 0.0) for n in names], width, label=key)
+    ax.set_xticks([x + width * (len(keys) - 1) / 2 for x in range(len(names))], names)
+    ax.set_ylabel("score (all-item ranking)")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

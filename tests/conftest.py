@@ -1,0 +1,74 @@
+"""Shared fixtures: a tiny generated world run through the pipeline once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import Paths, Settings, load_settings
+
+# Small enough for seconds, big enough that every stage has real work (and GPT4Rec can learn).
+TINY = [
+    "data.n_products=150",
+    "data.n_users=500",
+    "data.sessions_per_user=3",
+    "validate.min_products=50",
+    "validate.min_events=200",
+    "graph.walks_per_node=4",
+    "graph.walk_length=12",
+    "prod2vec.dim=32",
+    "prod2vec.epochs=2",
+    "gpt4rec.dim=32",
+    "gpt4rec.max_len=20",
+    "gpt4rec.epochs=3",
+    "gpt4rec.batch_size=64",
+    "export.parity_sessions=64",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides() -> list[str]:
+    return list(TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_settings(tiny_overrides) -> Settings:
+    return load_settings(overrides=tiny_overrides)
+
+
+@pytest.fixture()
+def workdir(tmp_path, monkeypatch) -> Path:
+    """An empty work directory; stages write data/, artifacts/, reports/, var/ there."""
+    monkeypatch.setenv("RXREC_WORKDIR", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory, tiny_overrides) -> Path:
+    """A work directory where every stage up to `export_onnx` has run on the tiny world.
+
+    Shared by tests that need trained artifacts; they must not modify it.
+    """
+    from pipelines.stages import run_stage
+
+    root = tmp_path_factory.mktemp("trained")
+    previous = os.environ.get("RXREC_WORKDIR")
+    os.environ["RXREC_WORKDIR"] = str(root)
+    try:
+        for name in ("generate", "validate", "sequences", "prod2vec", "train_popularity", "train_gpt4rec",
+                     "evaluate", "export_onnx"):
+            run_stage(name, tiny_overrides, workdir=root)
+    finally:
+        if previous is None:
+            os.environ.pop("RXREC_WORKDIR", None)
+        else:
+            os.environ["RXREC_WORKDIR"] = previous
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_paths(trained_workdir) -> Paths:
+    return Paths(trained_workdir)

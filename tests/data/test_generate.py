@@ -1,0 +1,55 @@
+import numpy as np
+import pandas as pd
+
+from pipelines.config import DataSettings
+from pipelines.data.generate import generate_world
+from pipelines.data.schema import CATALOGUE_COLUMNS, EVENT_TYPES, EVENTS_COLUMNS
+
+SMALL = DataSettings(n_products=300, n_users=400, seed=7)
+
+
+def test_same_seed_same_world_other_seed_other_world():
+    a, b = generate_world(SMALL, progress=False), generate_world(SMALL, progress=False)
+    pd.testing.assert_frame_equal(a.catalogue, b.catalogue)
+    pd.testing.assert_frame_equal(a.events, b.events)
+    c = generate_world(SMALL.model_copy(update={"seed": 8}), progress=False)
+    assert not a.events.equals(c.events)
+
+
+def test_tables_follow_the_schema():
+    world = generate_world(SMALL, progress=False)
+    assert list(world.catalogue.columns) == list(CATALOGUE_COLUMNS)
+    assert list(world.events.columns) == list(EVENTS_COLUMNS)
+    assert world.catalogue["item_id"].tolist() == list(range(1, SMALL.n_products + 1))
+    assert set(world.events["event_type"]) <= set(EVENT_TYPES)
+    assert world.events["item_id"].between(1, SMALL.n_products).all()
+    assert (world.catalogue["price"] > 0).all()
+
+
+def test_statistics_match_parameters():
+    world = generate_world(DataSettings(n_products=1000, n_users=1500, seed=3), progress=False)
+    share = world.catalogue["description"].notna().mean()
+    assert 0.15 < share < 0.25  # description_share = 0.2
+    counts = world.events["item_id"].value_counts()
+    top_decile = counts.iloc[: len(counts) // 10].sum() / counts.sum()
+    assert top_decile > 0.4  # long tail: a tenth of the items gets a large share of events
+    # Cold-start products launch late and only appear after their launch.
+    merged = world.events.merge(world.catalogue[["item_id", "launch_ts"]], on="item_id")
+    assert (merged["timestamp"] >= merged["launch_ts"]).all()
+    late = world.catalogue["launch_ts"] > world.events["timestamp"].min() + pd.Timedelta(days=0.8 * 90 - 1)
+    assert 0.08 < late.mean() < 0.12  # cold_start_share = 0.1
+
+
+def test_sessions_are_time_ordered_and_behave_like_the_ground_truth():
+    world = generate_world(SMALL, progress=False)
+    ordered = world.events.groupby("session_id")["timestamp"].apply(lambda t: t.is_monotonic_increasing)
+    assert ordered.all()
+    # Consecutive views in a session mostly stay within a therapeutic class or its complements.
+    item_class = np.array(world.ground_truth["item_class"])
+    views = world.events[world.events["event_type"] == "view"]
+    same = []
+    for _, g in views.groupby("session_id"):
+        classes = item_class[g["item_id"].to_numpy() - 1]
+        same.extend(classes[1:] == classes[:-1])
+    assert np.mean(same) > 0.4
+    assert set(world.ground_truth["user_conditions"]) == {str(u) for u in range(1, SMALL.n_users + 1)}

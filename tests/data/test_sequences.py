@@ -1,0 +1,41 @@
+import numpy as np
+import pandas as pd
+
+from pipelines.data.sequences import build_sequences, load_sequences, save_sequences
+
+
+def _events(rows):
+    return pd.DataFrame(rows, columns=["user_id", "session_id", "item_id", "event_type", "timestamp"]).assign(
+        timestamp=lambda d: pd.to_datetime(d["timestamp"], unit="s")
+    )
+
+
+def test_first_touch_per_item_in_time_order():
+    events = _events([
+        (1, 1, 5, "view", 10), (1, 1, 5, "add_to_cart", 11), (1, 1, 3, "view", 12),
+        (1, 2, 5, "purchase", 50), (1, 2, 9, "view", 51), (1, 2, 2, "view", 52),
+        (2, 3, 4, "view", 5), (2, 3, 1, "view", 6),
+    ])
+    seqs = build_sequences(events, n_items=9)
+    assert seqs.user_ids.tolist() == [1, 2]
+    assert seqs.items[0].tolist() == [5, 3, 9, 2]
+    assert seqs.items[1].tolist() == [4, 1]
+
+
+def test_leave_one_out_split():
+    events = _events([(1, 1, item, "view", t) for t, item in enumerate((5, 3, 9, 2))] + [(2, 2, 4, "view", 1), (2, 2, 1, "view", 2)])
+    seqs = build_sequences(events, n_items=9)
+    assert [t.tolist() for t in seqs.train()] == [[5, 3], [4, 1]]  # user 2 is too short to evaluate
+    histories, targets, rows = seqs.evaluation("test")
+    assert [h.tolist() for h in histories] == [[5, 3, 9]] and targets.tolist() == [2] and rows.tolist() == [0]
+    histories, targets, _ = seqs.evaluation("valid")
+    assert [h.tolist() for h in histories] == [[5, 3]] and targets.tolist() == [9]
+
+
+def test_round_trip(tmp_path):
+    events = _events([(1, 1, item, "view", t) for t, item in enumerate((5, 3, 9, 2))])
+    seqs = build_sequences(events, n_items=9)
+    save_sequences(seqs, tmp_path)
+    again = load_sequences(tmp_path)
+    assert again.n_items == 9 and again.items[0].tolist() == [5, 3, 9, 2]
+    np.testing.assert_allclose(again.times[0], seqs.times[0])

@@ -1,0 +1,33 @@
+"""The end of the chain on the real Triton server: register → deploy → serve_check."""
+
+import json
+import shutil
+
+import pytest
+
+from pipelines.serve.triton_server import default_venv, find_free_port
+from pipelines.stages import run_stage
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.skipif(not (default_venv() / "bin" / "python").exists(),
+                    reason="Triton serving venv missing: run `make setup`")
+def test_registered_champion_is_served_by_triton_and_matches_onnx(trained_workdir, tmp_path, tiny_overrides):
+    root = tmp_path / "work"
+    shutil.copytree(trained_workdir, root)
+    ports = [f"serve.http_port={find_free_port()}", f"serve.grpc_port={find_free_port()}",
+             f"serve.metrics_port={find_free_port()}"]
+    overrides = tiny_overrides + ports
+    run_stage("register", overrides, workdir=root)
+    deployed = run_stage("deploy", overrides, workdir=root)
+    version_dir = root / "triton_repo" / "gpt4rec" / "1"
+    assert deployed["new"] and (version_dir / "model.onnx").exists() and (version_dir / "model.py").exists()
+    lineage = json.loads((version_dir / "lineage.json").read_text())["metadata"]
+    assert lineage["model_version"] == "1" and lineage["run_id"] and lineage["git_commit"]
+    # deploying the same champion again writes nothing new
+    assert not run_stage("deploy", overrides, workdir=root)["new"]
+    served = run_stage("serve_check", overrides, workdir=root)
+    assert served["matches_onnx_runtime"] is True
+    assert len(served["sessions"]) == 3
+    assert all(len(s["recommended"]) == 10 and s["recommended"][0]["name"] != "?" for s in served["sessions"])

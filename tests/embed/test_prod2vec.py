@@ -1,0 +1,22 @@
+import numpy as np
+
+from pipelines.config import GraphSettings, Prod2VecSettings
+from pipelines.embed.prod2vec import ItemEmbeddings, train_prod2vec
+
+
+def test_items_that_co_occur_end_up_close(tmp_path):
+    rng = np.random.default_rng(0)
+    # two communities: items 1-10 and 11-20 never share a history
+    histories = [rng.permutation(np.arange(1, 11))[:5] for _ in range(200)]
+    histories += [rng.permutation(np.arange(11, 21))[:5] for _ in range(200)]
+    emb = train_prod2vec(histories, 20, GraphSettings(walks_per_node=5, walk_length=10),
+                         Prod2VecSettings(dim=16, epochs=3, workers=1), seed=1)
+    assert emb.known[1:].all() and not emb.known[0]
+    v = emb.vectors / np.maximum(np.linalg.norm(emb.vectors, axis=1, keepdims=True), 1e-9)
+    within = (v[1:11] @ v[1:11].T).mean()
+    across = (v[1:11] @ v[11:21].T).mean()
+    assert within > across + 0.2
+    assert {"graph_s", "walks_s", "word2vec_s"} <= set(emb.info)
+    emb.save(tmp_path)
+    again = ItemEmbeddings.load(tmp_path)
+    assert np.allclose(again.vectors, emb.vectors) and again.info == emb.info

@@ -1,0 +1,46 @@
+import numpy as np
+import scipy.sparse as sp
+
+from pipelines.graph.cooccurrence import cooccurrence_graph
+from pipelines.graph.walks import WalkSampler
+
+
+def test_cooccurrence_is_symmetric_and_weighted_by_distance():
+    g = cooccurrence_graph([np.array([1, 2, 3])], n_items=3, window=2)
+    dense = g.toarray()
+    assert np.allclose(dense, dense.T)
+    assert dense[1, 2] == 1.0 and dense[1, 3] == 0.5 and dense[0].sum() == 0
+
+
+def test_walks_only_follow_edges_and_are_deterministic():
+    rng = np.random.default_rng(0)
+    n = 300
+    rows = rng.integers(1, n + 1, 4000)
+    cols = rng.integers(1, n + 1, 4000)
+    w = rng.random(4000).astype(np.float32) * 1e-3  # tiny float32 weights: sums round below 1
+    g = sp.coo_matrix((np.r_[w, w], (np.r_[rows, cols], np.r_[cols, rows])), shape=(n + 1, n + 1)).tocsr()
+    g.setdiag(0)
+    g.eliminate_zeros()
+    sampler = WalkSampler(g)
+    starts = sampler.start_nodes(5, 0.5, np.random.default_rng(1))
+    walks = sampler.walk(starts, 30, np.random.default_rng(2))
+    again = sampler.walk(starts, 30, np.random.default_rng(2))
+    assert np.array_equal(walks, again)
+    src, dst = walks[:, :-1].ravel(), walks[:, 1:].ravel()
+    assert (np.asarray(g[src, dst]).ravel() > 0).all()  # zero invalid transitions
+
+
+def test_transition_frequencies_follow_weights():
+    g = sp.csr_matrix(np.array([[0, 0, 0, 0], [0, 0, 3, 1], [0, 1, 0, 0], [0, 1, 0, 0]], dtype=float))
+    sampler = WalkSampler(g)
+    walks = sampler.walk(np.full(20000, 1), 2, np.random.default_rng(0))
+    share = (walks[:, 1] == 2).mean()
+    assert abs(share - 0.75) < 0.02
+
+
+def test_balanced_starts_cover_unpopular_nodes():
+    g = cooccurrence_graph([np.array([1, 2])] * 50 + [np.array([3, 4])], n_items=4, window=1)
+    sampler = WalkSampler(g)
+    starts = sampler.start_nodes(10, 0.5, np.random.default_rng(0))
+    assert len(starts) == 40 and set(starts) == {1, 2, 3, 4}
+    assert (starts == 3).sum() >= 5  # the uniform half reaches the rare pair
