@@ -220,7 +220,12 @@ class Paths:
         return Path(os.environ.get("RXREC_TRITON_REPO") or self.root / "triton_repo")
 
     def tracking_uri(self, settings: Settings) -> str:
-        uri = settings.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+        """mlflow.tracking_uri, else RXREC_MLFLOW_TRACKING_URI, else the embedded SQLite store.
+
+        Not MLFLOW_TRACKING_URI: mlflow.set_tracking_uri() writes that variable into the process
+        environment, so a later run in the same process would silently reuse an old store.
+        """
+        uri = settings.mlflow.tracking_uri or os.environ.get("RXREC_MLFLOW_TRACKING_URI", "")
         return uri or f"sqlite:///{self.var / 'mlflow.db'}"
 
     @property
