@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from pipelines.config import PROJECT_ROOT, Paths, SettingsError, load_settings
+from pipelines.stages import STAGES, run_stage
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="rxrec: recommendations for an online pharmacy.")
 
@@ -21,8 +22,7 @@ SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a param: section.key=value (repeatable), e.g. gpt4rec.epochs=2"),
 ]
-PIPELINE = ("generate", "validate", "sequences", "prod2vec", "train_popularity", "train_gpt4rec", "evaluate",
-            "export_onnx", "register", "deploy", "serve_check")
+PIPELINE = tuple(STAGES)  # dvc.yaml order
 
 
 def _fail(message: str) -> None:
@@ -31,7 +31,6 @@ def _fail(message: str) -> None:
 
 
 def _run(name: str, overrides: list[str]) -> dict:
-    from pipelines.stages import run_stage
     from pipelines.validate.gate import DataValidationError
 
     typer.secho(f"▶ {name}", bold=True)

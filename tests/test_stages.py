@@ -12,7 +12,7 @@ def _dvc():
 
 
 def test_dvc_stages_are_the_library_stages_in_order():
-    assert list(_dvc()) == list(STAGES) == list(PIPELINE)
+    assert list(_dvc()) == list(STAGES) == list(PIPELINE)  # same names, same order
     for name, stage in _dvc().items():
         assert stage["cmd"] == f"rxrec stage {name}"
 
