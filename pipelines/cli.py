@@ -154,5 +154,14 @@ def recommend(
         typer.echo(f"{rank:>3}. item {item}  score {score:.4f}")
 
 
+bench = typer.Typer(no_args_is_help=True, help="Quality and speed benchmarks (JSON + markdown under reports/).")
+app.add_typer(bench, name="bench")
+# Benchmark commands live in benchmarks/<name>.py and are registered on `bench` there:
+# each module defines `register(bench: typer.Typer)`; list them here.
+BENCHMARK_MODULES: tuple[str, ...] = ()
+for _module in BENCHMARK_MODULES:
+    __import__(f"benchmarks.{_module}", fromlist=["register"]).register(bench)
+
+
 if __name__ == "__main__":
     app()
