@@ -11,7 +11,7 @@ export RXREC_TRITON_VENV ?= $(CURDIR)/.venv-triton
 QUIET_PIP := 2>&1 | { grep -v -e "is ignored: it is neither" -e "^\s*$$" || true; }
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-fast lint mlflow serve clean distclean
+.PHONY: help setup demo test test-fast lint mlflow serve clean distclean airflow airflow-stop browser-deps
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,7 +30,7 @@ setup: $(BIN)/.installed  ## create both environments (main, Triton serving); qu
 demo: setup  ## run data → validation → embeddings → GPT4Rec → MLflow → ONNX → real Triton
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/rxrec demo
 
-test: setup  ## run every test, the slow end-to-end ones included (what CI runs)
+test: setup browser-deps  ## run every test, the slow end-to-end ones included (what CI runs)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: setup  ## skip the slow end-to-end tests (real Airflow DAG run, real Triton)
@@ -41,6 +41,18 @@ lint: setup  ## ruff
 
 mlflow: setup  ## MLflow UI/server on 127.0.0.1:5000 over the embedded store (Ctrl-C stops it)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash mlflow/server.sh
+
+s3: setup  ## local S3 emulator (moto) on 127.0.0.1:5555 for the DVC `s3` remote (Ctrl-C stops it)
+	$(BIN)/python infra/s3/server.py
+
+airflow: setup  ## Airflow 3 on 127.0.0.1:8080 (API server + UI, scheduler, DAG processor) in the background
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python infra/airflow/launcher.py start
+
+airflow-stop:  ## stop the Airflow that `make airflow` started (SIGINT, then waits)
+	$(BIN)/python infra/airflow/launcher.py stop
+
+browser-deps:  ## Debian's chromium + chromedriver for the browser tests (apt-get; skipped when present)
+	bash infra/airflow/browser-deps.sh
 
 clean:  ## remove pipeline outputs and local service state (keeps the environments)
 	rm -rf data artifacts reports/pipeline var triton_repo/*/[0-9]* .dvc/tmp dvc.lock

@@ -10,12 +10,15 @@ the UI. Parse time stays cheap: yaml + pydantic; torch, mlflow etc. are imported
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import Asset, Param, dag, get_current_context, task
+from airflow.timetables.assets import AssetOrTimeSchedule
+from airflow.timetables.trigger import CronTriggerTimetable
 
 from pipelines.config import load_settings
 
@@ -25,12 +28,32 @@ DVC_YAML = PROJECT_ROOT / "dvc.yaml"
 # Run-form field -> params.yaml key it overrides. Defaults and bounds come from the library's
 # settings (params.yaml + pydantic), so the form can not drift from the one source of configuration.
 FORM_FIELDS = {
+    "dataset": ("data.source", ("Where the data come from: the generated pharmacy world (synthetic), S3Rec-style "
+                                "interaction lines (s3rec, e.g. Amazon Beauty) or your CSV/Parquet tables (tables); "
+                                "paths are params.yaml's data.* keys (override them under Advanced).")),
     "n_products": ("data.n_products", "Catalogue size of the generated pharmacy world."),
     "n_users": ("data.n_users", "Number of users (each has one or more sessions)."),
     "gpt4rec_epochs": ("gpt4rec.epochs", "GPT4Rec training epochs."),
     "gpt4rec_max_len": ("gpt4rec.max_len", "GPT4Rec maximum sequence length (<= 512)."),
     "prod2vec_epochs": ("prod2vec.epochs", "Prod2Vec (word2vec over random walks) epochs."),
+    "gate_min_improvement": ("gate.min_improvement", ("Margin: the challenger must beat the champion's primary "
+                                                      "metric (gate.primary_metric) by more than this.")),
+    "gate_latency_budget_ms": ("gate.latency_budget_ms", ("p95 latency budget (ms) of the challenger served by "
+                                                          "Triton; 0 skips the check.")),
 }
+# Guard metrics of the gate: form field -> key of gate.guard_tolerances (largest allowed drop vs the champion).
+GUARD_FIELDS = {
+    "gate_coverage_tolerance": ("coverage_at_10", "Largest allowed drop of catalogue coverage@10 vs the champion."),
+    "gate_cold_start_tolerance": ("cold_start_hr_at_10", ("Largest allowed drop of cold-start HR@10 vs the "
+                                                          "champion (skipped without cold-start targets).")),
+}
+# Tasks that talk to services (MLflow, Triton): retried with exponential backoff. Training stages are
+# deterministic, so they fail fast instead.
+SERVICE_STAGES = frozenset({"register", "deploy", "serve_check"})
+SERVICE_RETRIES = {"retries": 3, "retry_delay": timedelta(seconds=20), "retry_exponential_backoff": 2.0,
+                   "max_retry_delay": timedelta(minutes=10)}
+# The validated-data Asset: produced by the validate_data DAG, it triggers this one (data-aware scheduling).
+VALIDATED_DATA = Asset("rxrec_validated_data")
 # Stages that only run when the run's `promote` param is true; everything downstream of them is
 # skipped with them (default trigger rule).
 PROMOTION_STAGES = frozenset({"deploy"})
@@ -72,7 +95,30 @@ def overrides_from_params(params: dict[str, Any]) -> list[str]:
     """Run params -> `section.key=value` strings for pipelines.config.load_settings."""
     out = [f"{dotted}={json.dumps(params[name])}" for name, (dotted, _) in FORM_FIELDS.items()
            if params.get(name) is not None]
+    guards = {metric: params[name] for name, (metric, _) in GUARD_FIELDS.items() if params.get(name) is not None}
+    if guards:
+        merged = {**load_settings().gate.guard_tolerances, **guards}
+        out.append(f"gate.guard_tolerances={json.dumps(merged)}")
+    if "promote" in params:
+        out.append(f"gate.promote={json.dumps(bool(params['promote']))}")
     return out + list(params.get("extra_overrides") or [])
+
+
+def families(graph: dict[str, list[str]]) -> list[str]:
+    """Model families: the dvc.yaml stages named train_<family>."""
+    return [stage.removeprefix("train_") for stage in graph if stage.startswith("train_")]
+
+
+def descendants(graph: dict[str, list[str]], stage: str) -> set[str]:
+    """Every stage downstream of `stage`."""
+    out: set[str] = set()
+    todo = [b for b, ups in graph.items() if stage in ups]
+    while todo:
+        b = todo.pop()
+        if b not in out:
+            out.add(b)
+            todo.extend(c for c, ups in graph.items() if b in ups)
+    return out
 
 
 def _form() -> dict[str, Param]:
@@ -84,14 +130,30 @@ def _form() -> dict[str, Param]:
         prop = type(model).model_json_schema()["properties"][key]
         schema = {k: prop[k] for k in ("type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
                   if k in prop}
+        if "enum" in prop:
+            schema = {"type": "string", "enum": prop["enum"]}
+        section_title = "Promotion gate" if section == "gate" else ("Data" if section == "data" else "Training")
         form[name] = Param(getattr(model, key), description=f"{description} Overrides {dotted}.",
-                           title=name.replace("_", " "), section="Training", **schema)
+                           title=name.replace("_", " "), section=section_title, **schema)
+    for name, (metric, description) in GUARD_FIELDS.items():
+        form[name] = Param(settings.gate.guard_tolerances.get(metric, 0.0), type="number", minimum=0,
+                           title=name.replace("_", " "), section="Promotion gate",
+                           description=f"{description} Overrides gate.guard_tolerances.{metric}.")
+    all_families = families(GRAPH)
+    form["model_families"] = Param(
+        all_families, type="array", title="model families", section="Training",
+        items={"type": "string", "enum": all_families}, uniqueItems=True, minItems=1,
+        contains={"const": "gpt4rec"},
+        description="Which model families to train and evaluate (one train_<family> stage each); gpt4rec is "
+        "required (it is the registered model). Families left out are skipped and left off the leaderboard.",
+        values_display={f: f for f in all_families},
+    )
     form["promote"] = Param(
-        True, type="boolean", title="promote", section="Promotion",
-        description="Deploy the MLflow champion into the Triton model repository and check that Triton "
-        "serves it (stages " + ", ".join(sorted(PROMOTION_STAGES)) + " and everything after them). "
-        "Whether this run's model becomes champion is decided by the register stage's gate (beats the "
-        "champion, export parity held). Off: train, evaluate, export and register only.",
+        True, type="boolean", title="promote", section="Promotion gate",
+        description="On: a challenger that passes the gate (margin on the primary metric, guard metrics, "
+        "export parity, Triton latency) becomes champion and is deployed to Triton (stages "
+        + ", ".join(sorted(PROMOTION_STAGES)) + " and everything after them). Off: a dry run: train, evaluate, "
+        "export, register as challenger and log the gate's decision, but move no alias and deploy nothing.",
     )
     form["extra_overrides"] = Param(
         [], type="array", items={"type": "string", "pattern": r"^[a-z0-9_]+\.[a-z0-9_]+=.*$"},
@@ -102,6 +164,24 @@ def _form() -> dict[str, Param]:
 
 
 GRAPH = stage_graph(yaml.safe_load(DVC_YAML.read_text()))
+PROMOTION_SKIPPED = set().union(*(({s} | descendants(GRAPH, s)) for s in PROMOTION_STAGES if s in GRAPH))
+
+
+def schedule_from_env() -> Any:
+    """Daily, or as soon as validate_data publishes new validated data, whichever comes first.
+
+    RXREC_RETRAIN_SCHEDULE changes it per deployment: a cron expression (time only), `assets` (data-aware
+    only) or `none` (manual runs only).
+    """
+    choice = os.environ.get("RXREC_RETRAIN_SCHEDULE", "").strip()
+    if choice.lower() == "none":
+        return None
+    if choice.lower() == "assets":
+        return [VALIDATED_DATA]
+    if choice:
+        return choice
+    return AssetOrTimeSchedule(timetable=CronTriggerTimetable("@daily", timezone="UTC"), assets=[VALIDATED_DATA])
+
 
 DOC_MD = f"""
 # retrain_and_promote
@@ -112,10 +192,14 @@ Runs the stages of `dvc.yaml` (the one place the pipeline graph is written down)
 for this run only; each task returns the stage's small summary (XCom).
 
 Gates: `validate` fails the run on bad data and `export_onnx` on an ONNX/torch mismatch (nothing
-downstream runs); `register` moves the MLflow `champion` alias only to a model that beats the
-champion; `promote=false` skips {", ".join(f"`{s}`" for s in sorted(PROMOTION_STAGES))} (Triton) and
-what follows it. Tasks retry twice with exponential backoff. Work directory: `RXREC_WORKDIR`
-(default: the project root).
+downstream runs); `register` logs a parent MLflow run with a child run per model family,
+registers the new model as `challenger` and runs the promotion gate (margin on the primary metric, guard
+metrics, export parity, Triton latency; its decision with both models' metrics is printed in the task log
+and logged to MLflow); `promote=false` makes it a dry run and skips
+{", ".join(f"`{s}`" for s in sorted(PROMOTION_STAGES))} (Triton) and what follows it. Tasks that talk to
+services ({", ".join(f"`{s}`" for s in sorted(SERVICE_STAGES))}) retry with exponential backoff.
+Scheduled daily and by the `rxrec_validated_data` asset (the `validate_data` DAG). Work directory:
+`RXREC_WORKDIR` (default: the project root).
 
 | stage | upstream |
 |---|---|
@@ -124,14 +208,26 @@ what follows it. Tasks retry twice with exponential backoff. Work directory: `RX
 
 
 def _stage_task(stage: str):
-    @task(task_id=stage, multiple_outputs=False,
+    retries = SERVICE_RETRIES if stage in SERVICE_STAGES else {"retries": 0}
+
+    # none_failed: a family left out of the run is skipped without skipping evaluate; failures still stop
+    # everything downstream (upstream_failed).
+    @task(task_id=stage, multiple_outputs=False, trigger_rule="none_failed", **retries,
           doc_md=f"Runs dvc.yaml stage `{stage}` via `pipelines.stages.run_stage`.")
     def run_one() -> dict:
-        params = get_current_context()["params"]
-        if stage in PROMOTION_STAGES and not params.get("promote"):
-            from airflow.sdk.exceptions import AirflowSkipException
+        from airflow.sdk.exceptions import AirflowSkipException
 
+        params = get_current_context()["params"]
+        if stage in PROMOTION_SKIPPED and not params.get("promote"):
             raise AirflowSkipException("promote=false: not deploying to Triton in this run")
+        family = stage.removeprefix("train_")
+        if stage.startswith("train_") and family not in (params.get("model_families") or families(GRAPH)):
+            import shutil
+
+            from pipelines.config import Paths
+
+            shutil.rmtree(Paths().models / family, ignore_errors=True)  # no stale model on the leaderboard
+            raise AirflowSkipException(f"model family {family!r} is not selected in this run")
         from pipelines.stages import run_stage
 
         return run_stage(stage, overrides=overrides_from_params(params))
@@ -143,19 +239,13 @@ def _stage_task(stage: str):
     dag_id="retrain_and_promote",
     dag_display_name="Retrain and promote (rxrec)",
     description="dvc.yaml stages: generate → validate → train → evaluate → export → register → deploy",
-    schedule="@daily",
+    schedule=schedule_from_env(),
     start_date=datetime(2025, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
     tags=["rxrec"],
     doc_md=DOC_MD,
     params=_form(),
-    default_args={
-        "retries": 2,
-        "retry_delay": timedelta(minutes=1),
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": timedelta(minutes=15),
-    },
 )
 def retrain_and_promote():
     tasks = {stage: _stage_task(stage) for stage in GRAPH}

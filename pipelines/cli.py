@@ -154,11 +154,86 @@ def recommend(
         typer.echo(f"{rank:>3}. item {item}  score {score:.4f}")
 
 
+@app.command()
+def promote(
+    rollback: Annotated[bool, typer.Option("--rollback", help="move `champion` back to the previous champion")] = False,
+    deploy: Annotated[bool, typer.Option("--deploy/--no-deploy", help="redeploy the champion to Triton")] = True,
+    set_: SetOption = None,
+) -> None:
+    """Roll the registry's `champion` back to the previous champion and redeploy it to Triton."""
+    if not rollback:
+        _fail("promotion happens in the gate of the register stage; use `rxrec promote --rollback` to undo one")
+    from pipelines.track import registry
+
+    try:
+        settings = load_settings(overrides=set_ or [])
+    except SettingsError as exc:
+        _fail(str(exc))
+    paths = Paths()
+    name = settings.mlflow.registered_model
+    registry.configure(paths.tracking_uri(settings), settings.mlflow.experiment, paths.mlflow_artifacts)
+    try:
+        old, new = registry.rollback(name)
+    except registry.RollbackError as exc:
+        _fail(str(exc))
+    typer.echo(f"champion of {name}: v{old} → v{new}  ({paths.tracking_uri(settings)})")
+    if deploy:
+        _run("deploy", set_ or [])
+
+
+@app.command()
+def lineage(
+    model: Annotated[str, typer.Argument(help="MODEL@ALIAS or MODEL/VERSION, e.g. gpt4rec@champion")],
+    set_: SetOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Print where a model version comes from: MLflow runs, git commit, DVC data hash, dataset, DAG run."""
+    from pipelines.track import registry
+
+    try:
+        settings = load_settings(overrides=set_ or [])
+    except SettingsError as exc:
+        _fail(str(exc))
+    paths = Paths()
+    uri = paths.tracking_uri(settings)
+    registry.configure(uri, settings.mlflow.experiment, paths.mlflow_artifacts)
+    try:
+        chain = registry.lineage(model)
+    except (KeyError, ValueError) as exc:
+        _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - MLflow's not-found errors, shown plainly
+        _fail(f"{model}: {exc}")
+    served = []
+    repo = paths.triton_repo / settings.serve.model_name
+    for lineage_file in sorted(repo.glob("[0-9]*/lineage.json")):
+        meta = json.loads(lineage_file.read_text()).get("metadata", {})
+        if meta.get("registered_model") == chain["model"] and str(meta.get("model_version")) == chain["version"]:
+            served.append(str(lineage_file.parent))
+    chain["triton_versions"] = served
+    if as_json:
+        typer.echo(json.dumps(chain, indent=2))
+        return
+    rows = [
+        ("model version", f"{chain['model']} v{chain['version']}  aliases: {', '.join(chain['aliases']) or '—'}"),
+        ("Triton folder", ", ".join(served) or "not deployed here"),
+        ("MLflow run", f"{chain['mlflow_run_id']} ({chain['mlflow_run_name']}), experiment {chain['experiment_id']}"),
+        ("pipeline run", f"{chain['parent_run_id'] or '—'} ({chain['parent_run_name'] or '—'})"),
+        ("Airflow dag run", chain["airflow_dag_run_id"] or "— (not run by Airflow)"),
+        ("git commit", chain["git_commit"] or "—"),
+        ("DVC data hash", f"{chain['data_dvc_md5'] or '— (not run by DVC)'}  content md5 {chain['data_content_md5']}"),
+        ("dataset", chain["dataset"] or "—"),
+        ("gate decision", chain["gate_decision"] or "—"),
+        ("tracking URI", uri),
+    ]
+    for label, value in rows:
+        typer.echo(f"{label:<16} {value}")
+
+
 bench = typer.Typer(no_args_is_help=True, help="Quality and speed benchmarks (JSON + markdown under reports/).")
 app.add_typer(bench, name="bench")
 # Benchmark commands live in benchmarks/<name>.py and are registered on `bench` there:
 # each module defines `register(bench: typer.Typer)`; list them here.
-BENCHMARK_MODULES: tuple[str, ...] = ()
+BENCHMARK_MODULES: tuple[str, ...] = ("data", "quality", "embeddings", "walks")
 for _module in BENCHMARK_MODULES:
     __import__(f"benchmarks.{_module}", fromlist=["register"]).register(bench)
 

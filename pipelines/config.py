@@ -32,12 +32,27 @@ class DataSettings(_Section):
     description_share: float = Field(0.2, ge=0, le=1)
     cold_start_share: float = Field(0.1, ge=0, lt=1)
     popularity_exponent: float = Field(1.1, gt=0)
+    # Where the raw tables come from: the generated world, or an adapter over real data.
+    source: Literal["synthetic", "s3rec", "tables"] = "synthetic"
+    dataset: str = ""  # lineage name; empty: "synthetic", else the source file's stem (e.g. "Beauty")
+    s3rec_path: str = "../shared/datasets/amazon-beauty/Beauty.txt"
+    s3rec_attributes: str = "../shared/datasets/amazon-beauty/Beauty_item2attributes.json"
+    tables_events: str = ""
+    tables_catalogue: str = ""
+    tables_columns: dict[str, str] = Field(default_factory=dict)  # internal column -> source column
+    tables_event_types: dict[str, str] = Field(default_factory=dict)  # source label -> internal type
 
 
 class ValidateSettings(_Section):
     min_products: int = Field(100, ge=1)
     min_events: int = Field(1000, ge=1)
     max_unknown_item_share: float = Field(0.0, ge=0, le=1)
+    # Distribution checks against the last accepted version of the same data source.
+    drift_checks: bool = True
+    max_event_mix_kl: float = Field(0.05, gt=0)
+    max_session_length_change: float = Field(0.3, gt=0)
+    max_unknown_share_increase: float = Field(0.01, ge=0, le=1)
+    max_price_median_change: float = Field(0.5, gt=0)
 
 
 class GraphSettings(_Section):
@@ -45,6 +60,9 @@ class GraphSettings(_Section):
     walks_per_node: int = Field(10, ge=1)
     walk_length: int = Field(40, ge=2)
     popular_share: float = Field(0.5, ge=0, le=1)
+    # Edge weight = 1/distance x mean event weight of the two tokens (the user's strongest event on each item).
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {"view": 1.0, "click": 1.0, "add_to_cart": 3.0, "purchase": 5.0})
 
 
 class Prod2VecSettings(_Section):
@@ -54,6 +72,50 @@ class Prod2VecSettings(_Section):
     negative: int = Field(5, ge=1)
     min_count: int = Field(1, ge=1)
     workers: int = Field(2, ge=1)
+
+
+class TfidfSettings(_Section):
+    max_features: int = Field(30000, ge=10)
+    ngram_max: int = Field(2, ge=1, le=3)
+    min_df: int = Field(1, ge=1)
+    sublinear_tf: bool = True
+
+
+class TextEncoderSettings(_Section):
+    batch_size: int = Field(64, ge=1)
+    max_seq_length: int = Field(64, ge=8, le=512)  # name + meta fit; long descriptions are cut
+    finetune: bool = False  # contrastive fine-tuning on co-occurring pairs of the training graph
+    finetune_pairs: int = Field(2000, ge=10)
+    finetune_epochs: int = Field(1, ge=1)
+    finetune_lr: float = Field(2e-5, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+META_FIELD_CHOICES = Literal["therapeutic_class", "uses", "composition", "manufacturer", "form", "tags", "text"]
+
+
+class MetaProd2VecSettings(_Section):
+    dim: int = Field(64, ge=2)
+    window: int = Field(5, ge=1)
+    epochs: int = Field(5, ge=1)
+    negative: int = Field(5, ge=1)
+    lr: float = Field(0.025, gt=0)
+    sample: float = Field(1e-3, ge=0)  # frequent-item subsampling threshold, as word2vec (0 = off)
+    logit_lr: float = Field(10.0, gt=0)  # step of the field-weight logits relative to lr
+    id_prior: float = 0.0  # initial logit of the item-id field (the meta fields start at 0)
+    workers: int = Field(2, ge=1)
+    # Meta fields whose embeddings are mixed with the item id's by a learned per-item softmax.
+    fields: list[META_FIELD_CHOICES] = Field(
+        default_factory=lambda: ["therapeutic_class", "uses", "composition", "manufacturer", "form", "tags", "text"])
+    text_vocab: int = Field(2000, ge=10)  # words of name + description kept for the "text" field
+
+
+class SimilarSettings(_Section):
+    k: int = Field(10, ge=1)
+    exact_max_items: int = Field(50000, ge=1)  # above: approximate index (faiss HNSW)
+    hnsw_m: int = Field(32, ge=4)
+    hnsw_ef_search: int = Field(128, ge=8)
+    method: Literal["prod2vec", "tfidf", "text_encoder", "meta_prod2vec"] = "meta_prod2vec"
 
 
 class GPT4RecSettings(_Section):
@@ -67,11 +129,40 @@ class GPT4RecSettings(_Section):
     lr: float = Field(0.003, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     init_from_prod2vec: bool = True
+    use_meta: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    patience: int = Field(3, ge=1)
+    time_budget_s: float = Field(0, ge=0)
 
 
 class PopularitySettings(_Section):
     window_days: int = Field(30, ge=1)
+
+
+class MFSettings(_Section):
+    factors: int = Field(32, ge=2)
+    iterations: int = Field(8, ge=1)
+    alpha: float = Field(40.0, gt=0)
+    reg: float = Field(50.0, gt=0)
+
+
+class RulesSettings(_Section):
+    window: int = Field(3, ge=1)
+    min_support: int = Field(2, ge=1)
+    use_lift: bool = False
+    recent_items: int = Field(3, ge=1)
+    decay: float = Field(0.5, gt=0, le=1)
+
+
+class NCFSettings(_Section):
+    dim: int = Field(32, ge=2)
+    hidden: int = Field(64, ge=2)
+    max_len: int = Field(50, ge=1)
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(0.003, gt=0)
+    negatives: int = Field(8, ge=1)
+    samples_per_user: int = Field(4, ge=1)
 
 
 class EvaluateSettings(_Section):
@@ -101,17 +192,39 @@ class ServeSettings(_Section):
     instance_count: int = Field(1, ge=1)
 
 
+class GateSettings(_Section):
+    """The promotion gate: when a registered challenger may become `champion`."""
+
+    promote: bool = True  # false: decide and log only, never move `champion` (a dry run)
+    primary_metric: str = "ndcg_at_10"
+    min_improvement: float = Field(0.0, ge=0)  # the challenger must beat the champion by more than this
+    # Guard metric -> largest allowed drop (absolute) from the champion; skipped where a metric is missing.
+    guard_tolerances: dict[str, float] = Field(
+        default_factory=lambda: {"coverage_at_10": 0.1, "cold_start_hr_at_10": 0.02})
+    require_parity: bool = True
+    latency_budget_ms: float = Field(100.0, ge=0)  # p95 of one-session requests through Triton; 0: not checked
+    latency_requests: int = Field(40, ge=5)
+
+
 class Settings(_Section):
     data: DataSettings = DataSettings()
     validate_: ValidateSettings = Field(ValidateSettings(), alias="validate")
     graph: GraphSettings = GraphSettings()
     prod2vec: Prod2VecSettings = Prod2VecSettings()
+    tfidf: TfidfSettings = TfidfSettings()
+    text_encoder: TextEncoderSettings = TextEncoderSettings()
+    meta_prod2vec: MetaProd2VecSettings = MetaProd2VecSettings()
+    similar: SimilarSettings = SimilarSettings()
     gpt4rec: GPT4RecSettings = GPT4RecSettings()
     popularity: PopularitySettings = PopularitySettings()
+    mf: MFSettings = MFSettings()
+    rules: RulesSettings = RulesSettings()
+    ncf: NCFSettings = NCFSettings()
     evaluate: EvaluateSettings = EvaluateSettings()
     mlflow: MlflowSettings = MlflowSettings()
     export: ExportSettings = ExportSettings()
     serve: ServeSettings = ServeSettings()
+    gate: GateSettings = GateSettings()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -48,105 +48,160 @@ def _fresh_dir(path: Path) -> Path:
 
 
 def generate(s: Settings, p: Paths) -> dict[str, Any]:
-    from pipelines.data.generate import generate_world
+    """Generate the pharmacy world or ingest real data (`data.source`) into data/raw."""
+    from pipelines.data.adapters import load_source
 
-    world = generate_world(s.data)
+    world = load_source(s.data)
     world.save(_fresh_dir(p.raw))
-    return {"products": len(world.catalogue), "events": len(world.events),
+    return {"source": s.data.source, "dataset": world.source.get("dataset", ""),
+            "products": len(world.catalogue), "events": len(world.events),
             "users": int(world.events["user_id"].nunique()), "sessions": int(world.events["session_id"].nunique())}
+
+
+def _dataset_name(p: Paths) -> str:
+    """The dataset the validated tables came from (source.json), for the MLflow lineage tag."""
+    source = p.validated / "source.json"
+    return str(json.loads(source.read_text()).get("dataset", "")) if source.exists() else "synthetic"
 
 
 def validate(s: Settings, p: Paths) -> dict[str, Any]:
     """The data gate: nothing downstream runs on tables that fail it."""
+    from pipelines.data.schema import SOURCE_FILE
     from pipelines.validate.gate import enforce, validate_tables
+    from pipelines.validate.profile import ACCEPTED_PROFILE, PROFILE_FILE, DataProfile
 
     catalogue = pd.read_parquet(p.raw / CATALOGUE_FILE)
     events = pd.read_parquet(p.raw / EVENTS_FILE)
+    source = json.loads((p.raw / SOURCE_FILE).read_text()) if (p.raw / SOURCE_FILE).exists() else None
     if p.validated.exists():
         shutil.rmtree(p.validated)  # a failed gate leaves no validated data behind
-    report = enforce(validate_tables(catalogue, events, s.validate_), p.reports)
+    accepted = DataProfile.load(p.root / ACCEPTED_PROFILE)
+    report = enforce(validate_tables(catalogue, events, s.validate_, source=source, accepted=accepted), p.reports)
     out = _fresh_dir(p.validated)
-    for name in (CATALOGUE_FILE, EVENTS_FILE, GROUND_TRUTH_FILE):
+    for name in (CATALOGUE_FILE, EVENTS_FILE, GROUND_TRUTH_FILE, SOURCE_FILE):
         if (p.raw / name).exists():
             shutil.copy2(p.raw / name, out / name)
-    return {"success": report.success, "checks": len(report.checks), "elapsed_s": round(report.elapsed_s, 2)}
+    if report.profile is not None:  # this version is now the reference for the next one
+        report.profile.save(out / PROFILE_FILE)
+        report.profile.save(p.root / ACCEPTED_PROFILE)
+    return {"success": report.success, "checks": len(report.checks), "elapsed_s": round(report.elapsed_s, 2),
+            "drift": report.drift}
 
 
 def sequences(s: Settings, p: Paths) -> dict[str, Any]:
     from pipelines.data.sequences import build_sequences, save_sequences
 
-    catalogue = pd.read_parquet(p.validated / CATALOGUE_FILE, columns=["item_id"])
+    from pipelines.data.item_features import build_item_features
+
+    catalogue = pd.read_parquet(p.validated / CATALOGUE_FILE)
     events = pd.read_parquet(p.validated / EVENTS_FILE)
-    seqs = build_sequences(events, n_items=int(catalogue["item_id"].max()))
+    n_items = int(catalogue["item_id"].max())
+    seqs = build_sequences(events, n_items=n_items)
     save_sequences(seqs, _fresh_dir(p.features))
-    return _read_json(p.features / "meta.json")
+    features = build_item_features(catalogue, n_items)
+    features.save(p.features)
+    return {**_read_json(p.features / "meta.json"), "meta_tokens": features.vocab_size - 1}
 
 
 # --------------------------------------------------------------------------- embeddings and models
 
 
 def prod2vec(s: Settings, p: Paths) -> dict[str, Any]:
-    from pipelines.data.sequences import load_sequences
-    from pipelines.embed.prod2vec import train_prod2vec
+    """Event-weighted co-occurrence graph of training histories, DeepWalk walks, gensim word2vec."""
+    from pipelines.embed.pipeline import run_prod2vec
 
-    seqs = load_sequences(p.features)
-    emb = train_prod2vec(seqs.train(), seqs.n_items, s.graph, s.prod2vec, seed=s.data.seed)
-    emb.save(_fresh_dir(p.embeddings / "prod2vec"))
-    return emb.info
+    return run_prod2vec(s, p)
+
+
+def tfidf(s: Settings, p: Paths) -> dict[str, Any]:
+    from pipelines.embed.pipeline import run_tfidf
+
+    return run_tfidf(s, p)
+
+
+def text_encoder(s: Settings, p: Paths) -> dict[str, Any]:
+    from pipelines.embed.pipeline import run_text_encoder
+
+    return run_text_encoder(s, p)
+
+
+def meta_prod2vec(s: Settings, p: Paths) -> dict[str, Any]:
+    from pipelines.embed.pipeline import run_meta_prod2vec
+
+    return run_meta_prod2vec(s, p)
+
+
+def similar_products(s: Settings, p: Paths) -> dict[str, Any]:
+    """Every embedding method on one similar-products protocol, plus the top-k neighbour table."""
+    from pipelines.embed.pipeline import run_similar_products
+
+    return run_similar_products(s, p)
+
+
+def _train_family(name: str, s: Settings, p: Paths, **inputs: Any) -> dict[str, Any]:
+    """Fit one model family on the training split and save it under artifacts/models/<name>."""
+    from pipelines.data.sequences import load_sequences
+    from pipelines.models.families import fit_family
+
+    model, info = fit_family(name, load_sequences(p.features), s, **inputs)
+    out = _fresh_dir(p.models / name)
+    model.save(out)
+    _write_json(out / "train.json", info)
+    return info
 
 
 def train_popularity(s: Settings, p: Paths) -> dict[str, Any]:
-    from pipelines.data.sequences import load_sequences
-    from pipelines.models.popularity import PopularityRecommender
+    return _train_family("popularity", s, p)
 
-    started = time.perf_counter()
-    model = PopularityRecommender.fit(load_sequences(p.features), s.popularity.window_days)
-    seconds = time.perf_counter() - started
-    out = _fresh_dir(p.models / "popularity")
-    model.save(out)
-    _write_json(out / "train.json", {"train_seconds": seconds})
-    return {"train_seconds": round(seconds, 3)}
+
+def train_mf(s: Settings, p: Paths) -> dict[str, Any]:
+    return _train_family("mf", s, p)
+
+
+def train_rules(s: Settings, p: Paths) -> dict[str, Any]:
+    return _train_family("rules", s, p)
+
+
+def train_ncf(s: Settings, p: Paths) -> dict[str, Any]:
+    return _train_family("ncf", s, p)
 
 
 def train_gpt4rec(s: Settings, p: Paths) -> dict[str, Any]:
-    from pipelines.data.sequences import load_sequences
+    from pipelines.data.item_features import ItemFeatures
     from pipelines.embed.prod2vec import ItemEmbeddings
-    from pipelines.models.train import train_gpt4rec as train
     from pipelines.track.plots import plot_training_history
 
-    seqs = load_sequences(p.features)
     pretrained = ItemEmbeddings.load(p.embeddings / "prod2vec") if s.gpt4rec.init_from_prod2vec else None
-    result = train(seqs, s.gpt4rec, seed=s.data.seed, pretrained=pretrained)
-    out = _fresh_dir(p.models / "gpt4rec")
-    result.model.save(out)
-    summary = {"train_seconds": round(result.train_seconds, 2), "best_epoch": result.best_epoch,
-               "epochs_run": len(result.history), "initialised_items": result.initialised_items,
-               "history": result.history}
-    _write_json(out / "train.json", summary)
-    plot_training_history(result.history, out / "training.png")
-    return {k: v for k, v in summary.items() if k != "history"}
+    tokens = ItemFeatures.load(p.features).tokens if s.gpt4rec.use_meta else None
+    info = _train_family("gpt4rec", s, p, pretrained=pretrained, item_tokens=tokens)
+    plot_training_history(info["history"], p.models / "gpt4rec" / "training.png")
+    return {k: v for k, v in info.items() if k != "history"}
 
 
 def evaluate(s: Settings, p: Paths) -> dict[str, Any]:
     """Every model on the same test split, same protocol; writes reports/metrics.json."""
     from pipelines.data.sequences import load_sequences
     from pipelines.evaluate.protocol import evaluate as run_protocol
-    from pipelines.models.gpt4rec import GPT4Rec, GPT4RecRecommender
-    from pipelines.models.popularity import PopularityRecommender
+    from pipelines.evaluate.slices import standard_slices
+    from pipelines.models.families import load_recommenders
     from pipelines.track.plots import plot_metrics
 
     seqs = load_sequences(p.features)
-    models = {
-        "popularity": PopularityRecommender.load(p.models / "popularity"),
-        "gpt4rec": GPT4RecRecommender(GPT4Rec.load(p.models / "gpt4rec")),
-    }
+    models = load_recommenders(p.models)
+    slices = standard_slices(seqs, "test")
     results: dict[str, dict[str, float]] = {}
     for name, model in models.items():
-        metrics = run_protocol(model, seqs, split="test", k=s.evaluate.k, mask_seen=s.evaluate.mask_seen)
+        metrics = run_protocol(model, seqs, split="test", k=s.evaluate.k, mask_seen=s.evaluate.mask_seen,
+                               slices=slices)
+        # Flat names ("cold_start.hr_at_10"), the same for every family, so MLflow can compare them.
+        for slice_name, values in metrics.pop("slices").items():
+            metrics.update({f"{slice_name}.{key}": value for key, value in values.items() if key != "n_users"})
         metrics["train_seconds"] = _read_json(p.models / name / "train.json")["train_seconds"]
         results[name] = metrics
     payload = {"protocol": {"split": "leave-one-out by time, last item", "ranking": "all items",
-                            "mask_seen": s.evaluate.mask_seen, "k": s.evaluate.k}, "models": results}
+                            "mask_seen": s.evaluate.mask_seen, "k": s.evaluate.k,
+                            "slice_users": {name: int(mask.sum()) for name, mask in slices.items()}},
+               "models": results}
     _write_json(p.reports / "metrics.json", payload)
     plot_metrics(results, p.reports / "metrics.png")
     return results
@@ -173,84 +228,191 @@ def export_onnx(s: Settings, p: Paths) -> dict[str, Any]:
     return {"passed": report.passed, "sessions": report.sessions, "max_abs_score_diff": report.max_abs_score_diff}
 
 
+# Model families and the params.yaml sections logged with each one's MLflow child run.
+FAMILY_SECTIONS: dict[str, tuple[str, ...]] = {"gpt4rec": ("gpt4rec", "prod2vec", "graph", "export")}
+
+
 def register(s: Settings, p: Paths) -> dict[str, Any]:
-    """Log the run to MLflow, register the ONNX model, apply the promotion gate."""
-    from pipelines.track import lineage
-    from pipelines.track.registry import fingerprint, log_training_run
+    """MLflow runs (parent + a child per model), the ONNX model as `challenger`, then the promotion gate.
+
+    The gate scores champion and challenger on the same split, checks guard metrics, export parity
+    and Triton latency, and moves `champion` only when all pass and `gate.promote` is on. The same
+    model registered again (same fingerprint) changes nothing.
+    """
+    from pipelines.track import lineage, registry
+    from pipelines.track.gate import (
+        GateReport,
+        IncompatibleModel,
+        decide,
+        onnx_metrics,
+        reason_of,
+        triton_latency,
+    )
 
     metrics_all = _read_json(p.reports / "metrics.json")["models"]
     parity = _read_json(p.reports / "parity.json")
     onnx_path = p.onnx / "gpt4rec" / "model.onnx"
     data = lineage.data_version(p.root, p.validated)
-    commit = lineage.git_commit(p.root)
-    params = s.flat()
+    dag_run_id = os.environ.get("AIRFLOW_CTX_DAG_RUN_ID", "")
     tags = {
-        "git_commit": commit,
+        "git_commit": lineage.git_commit(p.root),
         "data_dvc_md5": data["dvc_md5"] or "",
         "data_content_md5": data["content_md5"],
-        "dataset": "synthetic",
-        "airflow_dag_run_id": os.environ.get("AIRFLOW_CTX_DAG_RUN_ID", ""),
+        "data_raw_dvc_md5": lineage.dvc_locked_hash(p.root, "data/raw") or "",
+        "data_raw_content_md5": lineage.content_hash(p.raw) if p.raw.exists() else "",
+        "dataset": _dataset_name(p),
+        "airflow_dag_run_id": dag_run_id,
     }
-    fp = fingerprint(data["content_md5"], json.dumps(params, sort_keys=True), onnx_path.read_bytes())
-    artifacts = {
-        "reports": p.reports / "metrics.json",
-        "reports/plots": p.reports / "metrics.png",
-        "reports/validation": p.reports / "validation.md",
-        "reports/parity": p.reports / "parity.json",
-        "torch": p.models / "gpt4rec",
-        "embeddings/prod2vec": p.embeddings / "prod2vec" / "meta.json",
-    }
-    gpt = {k: v for k, v in metrics_all["gpt4rec"].items() if k != "n_users"}
-    result = log_training_run(
-        tracking_uri=p.tracking_uri(s), experiment=s.mlflow.experiment, artifact_root=p.mlflow_artifacts,
-        model_name=s.mlflow.registered_model, params=params, metrics=gpt,
-        baseline_metrics={"popularity": metrics_all["popularity"]}, tags=tags, artifacts=artifacts,
-        onnx_path=onnx_path, parity_passed=bool(parity["passed"]), fp=fp,
-    )
+    params = s.flat()
+    name, uri = s.mlflow.registered_model, p.tracking_uri(s)
+    fp = registry.fingerprint(data["content_md5"], registry.model_params(params))
+    experiment_id = registry.configure(uri, s.mlflow.experiment, p.mlflow_artifacts)
+
+    existing = registry.find_version(name, fp)
+    if existing is not None:  # same data version, same params: the registry already has this model
+        champion = registry.alias_version(name, registry.CHAMPION)
+        reason = (f"no-op: this model (data {data['content_md5'][:8]}, fingerprint {fp[:8]}) is already "
+                  f"registered as v{existing.version}; aliases unchanged")
+        print(f"REGISTRY: {reason}")
+        result = registry.RegistryResult(name, str(existing.version), existing.run_id, experiment_id, uri,
+                                         promoted=False, reason=reason, reused=True,
+                                         champion_version=str(champion.version) if champion else "")
+        result.save(p.reports / "registry.json")
+        return json.loads((p.reports / "registry.json").read_text())
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    parent_id = registry.pipeline_run(experiment_id, dag_run_id, f"retrain {dag_run_id or 'local ' + stamp}", tags)
+    registry.log_values(parent_id, params=params, tags={"fingerprint": fp})
+    registry.log_artifacts(parent_id, {"reports": p.reports / "metrics.json", "plots": p.reports / "metrics.png",
+                                       "reports/validation": p.reports / "validation.md",
+                                       "reports/parity": p.reports / "parity.json"})
+    children: dict[str, str] = {}
+    for family, metrics in metrics_all.items():
+        run_id = registry.child_run(experiment_id, parent_id, family, tags)
+        sections = ("data", "evaluate", *FAMILY_SECTIONS.get(family, (family,)))
+        registry.log_values(run_id, params={k: v for k, v in params.items() if k.split(".", 1)[0] in sections},
+                            metrics={k: v for k, v in metrics.items() if k != "n_users"})
+        if (p.models / family).is_dir():
+            registry.log_artifacts(run_id, {"model": p.models / family})
+        children[family] = run_id
+
+    run_id = children["gpt4rec"]
+    registry.log_artifacts(run_id, {"embeddings/prod2vec": p.embeddings / "prod2vec" / "meta.json"})
+    version = registry.log_onnx_model(run_id, onnx_path, name, {**tags, "fingerprint": fp, "parent_run_id": parent_id})
+    registry.mark_challenger(name, version)
+
+    # The gate: both exported models scored on the current test split by the same code.
+    k = s.evaluate.k
+    challenger_metrics = onnx_metrics(onnx_path, p.features, k)
+    champion = registry.alias_version(name, registry.CHAMPION)
+    champion_metrics: dict[str, float] | None = None
+    compared_on = f"test split of data {data['content_md5'][:8]} (ONNX Runtime, both models)"
+    if champion is not None:
+        try:
+            staged = registry.download_model(f"models:/{name}/{champion.version}", _fresh_dir(p.var / "gate" / "champion"))
+            champion_metrics = onnx_metrics(staged, p.features, k)
+        except IncompatibleModel as exc:
+            from mlflow import MlflowClient
+
+            champion_metrics = dict(MlflowClient().get_run(champion.run_id).data.metrics)
+            compared_on = f"champion's logged metrics on its own data ({exc})"
+    latency = triton_latency(onnx_path, s, p, s.gate.latency_requests) if s.gate.latency_budget_ms > 0 else None
+    verdict, checks = decide(s.gate, challenger_metrics, champion_metrics, parity_passed=bool(parity["passed"]),
+                             latency=latency)
+    champion_version = str(champion.version) if champion is not None else None
+    applied = verdict and s.gate.promote
+    reason = reason_of(verdict, checks, champion_version)
+    if verdict and not applied:
+        reason = f"dry run (gate.promote=false), would be {reason}"
+    if applied:
+        registry.promote(name, version)
+    report = GateReport(version, champion_version, verdict, applied, reason, checks, challenger_metrics,
+                        champion_metrics or {}, compared_on, latency or {})
+    report.save(p.reports / "gate.json")
+    print(report.table())
+
+    from mlflow import MlflowClient
+
+    MlflowClient().set_model_version_tag(name, version, "gate_decision", reason)
+    gate_metrics = {f"gate.challenger.{m}": v for m, v in challenger_metrics.items()}
+    gate_metrics |= {f"gate.champion.{m}": v for m, v in (champion_metrics or {}).items()}
+    gate_metrics |= {f"gate.latency_{m}": v for m, v in (latency or {}).items()}
+    registry.log_values(parent_id, metrics=gate_metrics, tags={
+        "gate.decision": "promote" if applied else ("dry-run" if verdict else "reject"), "gate.reason": reason,
+        "gate.challenger_version": version, "gate.champion_version": champion_version or ""})
+    registry.log_artifacts(parent_id, {"gate": p.reports / "gate.json"})
+    now = registry.alias_version(name, registry.CHAMPION)
+    result = registry.RegistryResult(name, version, run_id, experiment_id, uri, promoted=applied, reason=reason,
+                                     champion_version=str(now.version) if now else "", reused=False,
+                                     parent_run_id=parent_id, child_run_ids=children, gate=report.to_dict())
     result.save(p.reports / "registry.json")
     return json.loads((p.reports / "registry.json").read_text())
 
 
 def deploy(s: Settings, p: Paths) -> dict[str, Any]:
-    """Write the champion into a new version folder of the Triton model repository (once)."""
+    """Make the registry's current `champion` the newest version folder of the Triton model repository.
+
+    Nothing is written when the newest folder already holds that model version; after a rollback the
+    older champion is written again as a new folder (Triton serves the newest). A Triton already
+    listening on serve.http_port is told to reload, so it swaps versions without a restart.
+    """
     import onnx
 
+    from mlflow import MlflowClient
     from pipelines.export.triton_repo import list_versions, write_config, write_version
-    from pipelines.track.registry import CHAMPION, configure, download_model
+    from pipelines.track.registry import CHAMPION, alias_version, configure, download_model
 
-    registry = _read_json(p.reports / "registry.json")
-    name, champion = registry["model_name"], registry["champion_version"]
-    if not champion:
-        raise RuntimeError(f"model {name!r} has no {CHAMPION!r} alias: nothing to deploy")
+    name, uri = s.mlflow.registered_model, p.tracking_uri(s)
+    configure(uri, s.mlflow.experiment, p.mlflow_artifacts)
+    champion = alias_version(name, CHAMPION)
+    if champion is None:
+        raise RuntimeError(f"model {name!r} in {uri} has no {CHAMPION!r} alias: nothing to deploy")
+    version_id = str(champion.version)
     repo = p.triton_repo
     model_dir = repo / s.serve.model_name
-    for version in list_versions(repo, s.serve.model_name):
-        lineage_file = model_dir / str(version) / "lineage.json"
-        if lineage_file.exists():
-            lineage_data = json.loads(lineage_file.read_text()).get("metadata", {})
-            if lineage_data.get("registered_model") == name and str(lineage_data.get("model_version")) == champion \
-                    and lineage_data.get("tracking_uri") == registry["tracking_uri"]:
-                summary = {"version_path": str(model_dir / str(version)), "triton_version": version,
-                           "model_version": champion, "new": False}
-                _write_json(p.reports / "deploy.json", summary)
-                return summary
-    configure(registry["tracking_uri"], s.mlflow.experiment, p.mlflow_artifacts)
+    versions = list_versions(repo, s.serve.model_name)
+    if versions:
+        lineage_file = model_dir / str(versions[-1]) / "lineage.json"
+        served = json.loads(lineage_file.read_text()).get("metadata", {}) if lineage_file.exists() else {}
+        if served.get("registered_model") == name and str(served.get("model_version")) == version_id \
+                and served.get("tracking_uri") == uri:
+            summary = {"version_path": str(model_dir / str(versions[-1])), "triton_version": versions[-1],
+                       "model_version": version_id, "new": False, "reloaded_running_server": False}
+            _write_json(p.reports / "deploy.json", summary)
+            return summary
     staging = _fresh_dir(p.var / "deploy" / "download")
-    onnx_path = download_model(f"models:/{name}/{champion}", staging)
+    onnx_path = download_model(f"models:/{name}/{version_id}", staging)
     meta = {e.key: e.value for e in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
     write_config(repo, s.serve.model_name, max_batch_size=s.serve.max_batch_size, top_k=int(meta["top_k"]),
                  n_items=int(meta["n_items"]), max_seq_len=int(meta["max_len"]),
                  instance_count=s.serve.instance_count)
-    from mlflow import MlflowClient
-
-    version_info = MlflowClient().get_model_version(name, champion)
+    info = MlflowClient().get_model_version(name, version_id)
     path = write_version(repo, s.serve.model_name, onnx_path, metadata={
-        "registered_model": name, "model_version": champion, "alias": CHAMPION,
-        "run_id": version_info.run_id, "tracking_uri": registry["tracking_uri"], **version_info.tags,
+        "registered_model": name, "model_version": version_id, "alias": CHAMPION,
+        "run_id": info.run_id, "tracking_uri": uri, **info.tags,
     })
-    summary = {"version_path": str(path), "triton_version": int(path.name), "model_version": champion, "new": True}
+    summary = {"version_path": str(path), "triton_version": int(path.name), "model_version": version_id,
+               "new": True, "reloaded_running_server": _reload_running_triton(s)}
     _write_json(p.reports / "deploy.json", summary)
     return summary
+
+
+def _reload_running_triton(s: Settings) -> bool:
+    """Ask a Triton already live on serve.http_port to load the new version folder (explicit model control)."""
+    import urllib.error
+    import urllib.request
+
+    base = f"http://127.0.0.1:{s.serve.http_port}"
+    try:
+        with urllib.request.urlopen(f"{base}/v2/health/live", timeout=2) as response:
+            if response.status != 200:
+                return False
+        request = urllib.request.Request(f"{base}/v2/repository/models/{s.serve.model_name}/load", data=b"{}",
+                                         method="POST")
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def serve_check(s: Settings, p: Paths) -> dict[str, Any]:
@@ -267,7 +429,14 @@ STAGES: dict[str, StageFn] = {
     "validate": validate,
     "sequences": sequences,
     "prod2vec": prod2vec,
+    "tfidf": tfidf,
+    "text_encoder": text_encoder,
+    "meta_prod2vec": meta_prod2vec,
+    "similar_products": similar_products,
     "train_popularity": train_popularity,
+    "train_mf": train_mf,
+    "train_rules": train_rules,
+    "train_ncf": train_ncf,
     "train_gpt4rec": train_gpt4rec,
     "evaluate": evaluate,
     "export_onnx": export_onnx,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from itertools import accumulate
@@ -23,7 +24,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipelines.config import DataSettings
-from pipelines.data.schema import CATALOGUE_FILE, EVENTS_FILE, GROUND_TRUTH_FILE
+from pipelines.data.schema import CATALOGUE_FILE, EVENTS_FILE, GROUND_TRUTH_FILE, SOURCE_FILE
 from pipelines.data.world import (
     BRAND_SYLLABLES,
     CLASSES,
@@ -47,17 +48,25 @@ P_EXPLORE_CLASS = 0.12  # a session about a class outside the user's conditions 
 
 @dataclass
 class World:
-    """Everything the generator produced; `save` writes the three raw files."""
+    """The internal tables from any source; `save` writes the raw files every stage reads.
+
+    `ground_truth` exists only for the generated world; `source` says where the tables came from
+    (dataset name for lineage, a signature that keys the drift reference).
+    """
 
     catalogue: pd.DataFrame
     events: pd.DataFrame
-    ground_truth: dict = field(repr=False)
+    ground_truth: dict | None = field(default=None, repr=False)
+    source: dict = field(default_factory=dict)
 
     def save(self, out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.catalogue.to_parquet(out_dir / CATALOGUE_FILE, index=False)
         self.events.to_parquet(out_dir / EVENTS_FILE, index=False)
-        (out_dir / GROUND_TRUTH_FILE).write_text(json.dumps(self.ground_truth))
+        if self.ground_truth is not None:
+            (out_dir / GROUND_TRUTH_FILE).write_text(json.dumps(self.ground_truth))
+        if self.source:
+            (out_dir / SOURCE_FILE).write_text(json.dumps(self.source, indent=2))
 
 
 def generate_world(settings: DataSettings, progress: bool = True) -> World:
@@ -81,8 +90,22 @@ def generate_world(settings: DataSettings, progress: bool = True) -> World:
         "item_popularity": products.popularity.round(8).tolist(),
         "user_conditions": {str(u + 1): cs for u, cs in enumerate(users.conditions)},
         "user_regular": {str(u + 1): {str(c): i for c, i in reg.items()} for u, reg in enumerate(users.regular)},
+        # For simulated feedback on recommendation lists (pipelines/data/ground_truth.py).
+        "p_cart_regular": P_CART_REGULAR,
+        "item_launch_s": products.launch_s.round(1).tolist(),
+        "item_manufacturer": products.manufacturer_idx.tolist(),
+        "user_loyal_manufacturer": users.loyal_manufacturer,
     }
-    return World(catalogue=catalogue, events=events, ground_truth=truth)
+    return World(catalogue=catalogue, events=events, ground_truth=truth, source=synthetic_source(settings))
+
+
+def synthetic_source(settings: DataSettings) -> dict:
+    """Source record of the generated world. The signature covers only the parameters that shape
+    the distributions (not seed or sizes), so a bigger world is checked against a smaller one."""
+    shape = {k: getattr(settings, k) for k in ("sessions_per_user", "events_per_session", "n_days",
+                                               "description_share", "cold_start_share", "popularity_exponent")}
+    return {"source": "synthetic", "dataset": settings.dataset or "synthetic",
+            "signature": "synthetic:" + json.dumps(shape, sort_keys=True)}
 
 
 # --------------------------------------------------------------------------- products
@@ -221,15 +244,20 @@ def _draw_users(s: DataSettings, p: _Products, rng: np.random.Generator) -> _Use
     has[none, rng.choice(len(CLASSES), size=int(none.sum()), p=prevalence / prevalence.sum())] = True
     conditions = [np.flatnonzero(row).tolist() for row in has]
     launched = p.launch_s <= 0
+    # Per chronic class: launched items and their cumulative popularity, built once (not per user).
+    pools: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for c, cls in enumerate(CLASSES):
+        pool = np.flatnonzero((p.class_idx == c) & launched)
+        if cls.chronic and len(pool):
+            cum = np.cumsum(p.popularity[pool])
+            pools[c] = (pool, cum / cum[-1])
     regular: list[dict[int, int]] = []
     for conds in conditions:
         reg = {}
         for c in conds:
-            if CLASSES[c].chronic:
-                pool = np.flatnonzero((p.class_idx == c) & launched)
-                if len(pool):
-                    w = p.popularity[pool] / p.popularity[pool].sum()
-                    reg[c] = int(rng.choice(pool, p=w))
+            if c in pools:
+                pool, cum = pools[c]
+                reg[c] = int(pool[min(int(np.searchsorted(cum, rng.random(), side="right")), len(pool) - 1)])
         regular.append(reg)
     loyal = np.where(rng.random(s.n_users) < 0.3, rng.integers(len(MANUFACTURERS), size=s.n_users), -1)
     return _Users(conditions=conditions, regular=regular, loyal_manufacturer=loyal.tolist())
@@ -241,11 +269,11 @@ def _draw_users(s: DataSettings, p: _Products, rng: np.random.Generator) -> _Use
 class _Pool:
     """Items drawn in proportion to popularity, skipping those not launched yet (O(log n) a draw)."""
 
-    def __init__(self, items: np.ndarray, p: _Products) -> None:
+    def __init__(self, items: np.ndarray, p: _Products, launch: list[float]) -> None:
         order = items[np.argsort(-p.popularity[items])]
         self.items = order.tolist()
         self.cum = list(accumulate(p.popularity[order].tolist()))
-        self.launch = p.launch_s
+        self.launch = launch  # one shared Python list: numpy scalar indexing is ~10x slower here
 
     def draw(self, r: random.Random, t: float) -> int | None:
         if not self.items:
@@ -261,16 +289,22 @@ class _Pool:
 
 
 def _simulate_sessions(s: DataSettings, p: _Products, u: _Users, r: random.Random, progress: bool) -> pd.DataFrame:
-    everything = _Pool(np.arange(len(p.class_idx)), p)
-    by_class = [_Pool(np.flatnonzero(p.class_idx == c), p) for c in range(len(CLASSES))]
+    launch = p.launch_s.tolist()
+    everything = _Pool(np.arange(len(p.class_idx)), p, launch)
+    by_class = [_Pool(np.flatnonzero(p.class_idx == c), p, launch) for c in range(len(CLASSES))]
+    # Group items by composition with one sort (not one scan of the catalogue per composition).
+    order = np.argsort(p.composition_idx, kind="stable")
+    keys, starts = np.unique(p.composition_idx[order], return_index=True)
     by_composition = {
-        int(k): _Pool(np.flatnonzero(p.composition_idx == k), p) for k in np.unique(p.composition_idx) if k >= 0
+        int(k): _Pool(group, p, launch) for k, group in zip(keys, np.split(order, starts[1:]), strict=True) if k >= 0
     }
     class_index = {c.name: i for i, c in enumerate(CLASSES)}
     complements = [[class_index[x] for x in COMPLEMENTS.get(c.name, ())] for c in CLASSES]
     span = s.n_days * SECONDS_PER_DAY
     sources = list(NEXT_ITEM_SOURCES)
     source_cum = list(accumulate(NEXT_ITEM_SOURCES.values()))
+    # Plain lists for the hot loop (numpy scalar indexing costs more than the work itself).
+    lists = _ItemLists(p.class_idx.tolist(), p.composition_idx.tolist(), p.manufacturer_idx.tolist())
 
     users_col, sessions_col, items_col, types_col, ts_col = [], [], [], [], []
     session_id = 0
@@ -307,7 +341,7 @@ def _simulate_sessions(s: DataSettings, p: _Products, u: _Users, r: random.Rando
                     types_col.append(kind)
                     ts_col.append(t)
                     t += 1 + r.expovariate(1 / 40)
-                item = _next_item(r, item, cls, t, seen, p, u.loyal_manufacturer[user], by_class,
+                item = _next_item(r, item, cls, t, seen, lists, u.loyal_manufacturer[user], by_class,
                                   by_composition, complements, everything, sources, source_cum)
     events = pd.DataFrame(
         {
@@ -321,7 +355,14 @@ def _simulate_sessions(s: DataSettings, p: _Products, u: _Users, r: random.Rando
     return events.sort_values(["timestamp", "session_id"], kind="stable").reset_index(drop=True)
 
 
-def _next_item(r, item, cls, t, seen, p, loyal, by_class, by_composition, complements, everything,
+@dataclass(frozen=True)
+class _ItemLists:
+    class_idx: list[int]
+    composition_idx: list[int]
+    manufacturer_idx: list[int]
+
+
+def _next_item(r, item, cls, t, seen, p: _ItemLists, loyal, by_class, by_composition, complements, everything,
                sources, source_cum) -> int | None:
     """One step of the ground-truth browsing model (NEXT_ITEM_SOURCES)."""
     for _ in range(4):
@@ -329,15 +370,15 @@ def _next_item(r, item, cls, t, seen, p, loyal, by_class, by_composition, comple
         if source == "stop_repeat":
             return None
         if source == "substitute" and p.composition_idx[item] >= 0:
-            candidate = by_composition[int(p.composition_idx[item])].draw(r, t)
+            candidate = by_composition[p.composition_idx[item]].draw(r, t)
             if loyal >= 0 and candidate is not None and p.manufacturer_idx[candidate] != loyal:
-                candidate = by_composition[int(p.composition_idx[item])].draw(r, t)
+                candidate = by_composition[p.composition_idx[item]].draw(r, t)
         elif source == "complement" and complements[cls]:
             candidate = by_class[r.choice(complements[cls])].draw(r, t)
         elif source == "popular":
             candidate = everything.draw(r, t)
         else:
-            candidate = by_class[int(p.class_idx[item])].draw(r, t)
+            candidate = by_class[p.class_idx[item]].draw(r, t)
         if candidate is not None and candidate not in seen:
             return candidate
     return None
@@ -347,7 +388,7 @@ def _poisson(r: random.Random, lam: float) -> int:
     """Knuth's method; lam is small here."""
     if lam <= 0:
         return 0
-    limit, k, prod = np.exp(-lam), 0, r.random()
+    limit, k, prod = math.exp(-lam), 0, r.random()
     while prod > limit:
         k += 1
         prod *= r.random()

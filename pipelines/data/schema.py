@@ -7,7 +7,8 @@ from __future__ import annotations
 
 CATALOGUE_FILE = "catalogue.parquet"
 EVENTS_FILE = "events.parquet"
-GROUND_TRUTH_FILE = "ground_truth.json"
+GROUND_TRUTH_FILE = "ground_truth.json"  # generated world only
+SOURCE_FILE = "source.json"  # which source and dataset produced the tables (lineage, drift reference)
 
 # column -> pandas dtype family ("int", "float", "bool", "str", "datetime")
 CATALOGUE_COLUMNS: dict[str, str] = {

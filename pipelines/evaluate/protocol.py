@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -27,11 +27,17 @@ def evaluate(
     mask_seen: bool = True,
     batch_size: int = 1024,
     max_users: int | None = None,
-) -> dict[str, float]:
-    """HR@k, NDCG@k, MRR and catalogue coverage@k of `model` on `split`."""
-    histories, targets, _ = seqs.evaluation(split)
+    slices: dict[str, np.ndarray] | None = None,
+    top_lists: dict[int, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """HR@k, NDCG@k, MRR and catalogue coverage@k of `model` on `split`.
+
+    `slices` (boolean masks over the evaluated users) add the same metrics per slice; a dict
+    passed as `top_lists` is filled with each evaluated user's top-k (row index -> item ids).
+    """
+    histories, targets, rows = seqs.evaluation(split)
     if max_users is not None:
-        histories, targets = histories[:max_users], targets[:max_users]
+        histories, targets, rows = histories[:max_users], targets[:max_users], rows[:max_users]
     ranks = np.empty(len(targets), dtype=np.int64)
     recommended = np.zeros(seqs.n_items + 1, dtype=bool)
     for start in range(0, len(targets), batch_size):
@@ -39,11 +45,22 @@ def evaluate(
         batch = histories[start:stop]
         scores = metrics.mask_scores(model.score(batch), batch, mask_seen)
         ranks[start:stop] = metrics.target_ranks(scores, targets[start:stop])
-        recommended[metrics.top_k(scores, k).ravel()] = True
-    return {
+        best = metrics.top_k(scores, k)
+        recommended[best.ravel()] = True
+        if top_lists is not None:
+            top_lists.update(zip(rows[start:stop].tolist(), best))
+    result: dict[str, Any] = {
         f"hr_at_{k}": metrics.hit_rate(ranks, k),
         f"ndcg_at_{k}": metrics.ndcg(ranks, k),
         "mrr": metrics.mrr(ranks),
         f"coverage_at_{k}": float(recommended[1:].sum() / max(seqs.n_items, 1)),
         "n_users": float(len(targets)),
     }
+    if slices:
+        result["slices"] = {
+            name: {f"hr_at_{k}": metrics.hit_rate(ranks[mask[: len(ranks)]], k),
+                   f"ndcg_at_{k}": metrics.ndcg(ranks[mask[: len(ranks)]], k),
+                   "n_users": int(mask[: len(ranks)].sum())}
+            for name, mask in slices.items()
+        }
+    return result

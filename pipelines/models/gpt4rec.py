@@ -30,6 +30,8 @@ class GPT4RecConfig:
     heads: int = 2
     max_len: int = 50
     dropout: float = 0.2
+    meta_vocab: int = 0  # meta-info token vocabulary (0: item ids only)
+    meta_width: int = 0  # meta tokens per item
 
 
 class _Block(nn.Module):
@@ -68,6 +70,11 @@ class GPT4Rec(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(_Block(config.dim, config.heads, config.dropout) for _ in range(config.layers))
         self.norm = nn.LayerNorm(config.dim)
+        self.meta_emb = nn.Embedding(config.meta_vocab, config.dim, padding_idx=0) if config.meta_vocab else None
+        # Each item's meta tokens travel with the model (and into the ONNX graph).
+        self.register_buffer("item_tokens", torch.zeros(config.n_items + 1, config.meta_width, dtype=torch.int64))
+        if self.meta_emb is not None:
+            nn.init.normal_(self.meta_emb.weight, std=0.02)
         nn.init.normal_(self.item_emb.weight, std=0.02)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
         with torch.no_grad():
@@ -87,11 +94,26 @@ class GPT4Rec(nn.Module):
             self.item_emb.weight[torch.from_numpy(rows)] = chosen
         return len(rows)
 
+    def set_item_tokens(self, tokens: np.ndarray) -> None:
+        if tokens.shape != tuple(self.item_tokens.shape):
+            raise ValueError(f"item meta tokens have shape {tokens.shape}, model expects {tuple(self.item_tokens.shape)}")
+        self.item_tokens.copy_(torch.from_numpy(tokens))
+
+    def item_vectors(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Item id embedding plus the mean of its meta-token embeddings (all items when ids is None)."""
+        base = self.item_emb.weight if ids is None else self.item_emb(ids)
+        if self.meta_emb is None:
+            return base
+        tokens = self.item_tokens if ids is None else self.item_tokens[ids]
+        present = (tokens != 0).unsqueeze(-1).to(base.dtype)
+        meta = (self.meta_emb(tokens) * present).sum(-2) / present.sum(-2).clamp(min=1.0)
+        return base + meta
+
     def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(batch, length, dim) states; state t has seen items 0..t only."""
         length = input_ids.shape[1]
         positions = torch.arange(length - 1, -1, -1, device=input_ids.device).clamp(max=self.config.max_len - 1)
-        x = self.item_emb(input_ids) * (self.config.dim**0.5) + self.pos_emb(positions)
+        x = self.item_vectors(input_ids) * (self.config.dim**0.5) + self.pos_emb(positions)
         x = self.dropout(x)
         valid = input_ids != 0
         causal = torch.ones(length, length, dtype=torch.bool, device=input_ids.device).tril()
@@ -103,7 +125,7 @@ class GPT4Rec(nn.Module):
         return self.norm(x)
 
     def logits(self, states: torch.Tensor) -> torch.Tensor:
-        return states @ self.item_emb.weight.T
+        return states @ self.item_vectors().T
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Next-item scores over all items (column 0 = padding) for the last position."""
@@ -140,6 +162,9 @@ class GPT4RecRecommender:
     def __init__(self, model: GPT4Rec, batch_size: int = 512) -> None:
         self.model = model.eval()
         self.batch_size = batch_size
+
+    def save(self, out_dir: Path) -> None:
+        self.model.save(out_dir)
 
     @torch.no_grad()
     def score(self, histories: list[np.ndarray]) -> np.ndarray:

@@ -56,13 +56,18 @@ def train_gpt4rec(
     s: GPT4RecSettings,
     seed: int,
     pretrained: ItemEmbeddings | None = None,
-    patience: int = 3,
     progress: bool = True,
+    item_tokens: np.ndarray | None = None,
 ) -> TrainResult:
+    """Train GPT4Rec; `item_tokens` (see pipelines/data/item_features.py) adds item meta-info."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     device = resolve_device(s.device)
-    model = GPT4Rec(GPT4RecConfig(seqs.n_items, s.dim, s.layers, s.heads, s.max_len, s.dropout))
+    meta_vocab = int(item_tokens.max()) + 1 if item_tokens is not None and item_tokens.size else 0
+    meta_width = int(item_tokens.shape[1]) if meta_vocab else 0
+    model = GPT4Rec(GPT4RecConfig(seqs.n_items, s.dim, s.layers, s.heads, s.max_len, s.dropout, meta_vocab, meta_width))
+    if meta_vocab:
+        model.set_item_tokens(item_tokens)
     initialised = 0
     if pretrained is not None:
         if pretrained.vectors.shape[1] != s.dim:
@@ -111,8 +116,12 @@ def train_gpt4rec(
             result.best_epoch = epoch
         else:
             stale += 1
-            if stale >= patience:
+            if stale >= s.patience:
                 break
+        if s.time_budget_s and time.perf_counter() - started > s.time_budget_s:
+            if progress:
+                print(f"  time budget of {s.time_budget_s:.0f}s reached after epoch {epoch}", flush=True)
+            break
     result.train_seconds = time.perf_counter() - started
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -1,9 +1,15 @@
-"""MLflow tracking and the model registry: one run per training, aliases `challenger`/`champion`.
+"""MLflow tracking and the model registry: a parent run per pipeline run, a child run per model family.
 
-A new model version is registered as `challenger`; the gate moves `champion` to it only when
-export parity held and it beats the current champion on the primary metric. Re-registering the
-same model (same fingerprint: data version, params, ONNX bytes) reuses the existing version, so
-re-runs do not pile up duplicate versions.
+Runs are laid out for the MLflow compare view: one parent run per DAG run (found again by its Airflow
+dag run id, so a retried task does not open a second one) and one child run per model family with
+the same metric names (hr_at_10, ndcg_at_10, mrr, coverage_at_10, train_seconds). The GPT4Rec child
+run holds the ONNX model, registered as a new version with alias `challenger`; the gate
+(pipelines.track.gate) decides whether `champion` moves to it. The registered model keeps the list
+of past champions in a tag, which is what `rollback` walks back.
+
+Re-registering the same model (same fingerprint: data content hash and the params that shape the
+model) reuses the existing version and logs nothing, so a re-run on the same data version is a
+no-op for the registry.
 """
 
 from __future__ import annotations
@@ -11,16 +17,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+HISTORY_TAG = "champion_history"  # registered-model tag: JSON list of versions that were champion, oldest first
 PRIMARY_METRIC = "ndcg_at_10"
+# params.yaml sections that do not change the trained model: left out of the fingerprint.
+NOT_MODEL_SECTIONS = ("serve", "mlflow", "gate", "validate")
+PARENT_TAG = "rxrec.pipeline_run"
+FAMILY_TAG = "model_family"
 
 
 @dataclass
 class RegistryResult:
+    """What the register stage did (reports/pipeline/registry.json, the Airflow XCom)."""
+
     model_name: str
     version: str
     run_id: str
@@ -30,6 +44,9 @@ class RegistryResult:
     reason: str
     champion_version: str
     reused: bool
+    parent_run_id: str = ""
+    child_run_ids: dict[str, str] = field(default_factory=dict)
+    gate: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,7 +54,11 @@ class RegistryResult:
 
 
 def configure(tracking_uri: str, experiment: str, artifact_root: Path | None) -> str:
-    """Point MLflow at the store and make sure the experiment exists; returns its id."""
+    """Point MLflow at the store and make sure the experiment exists; returns its id.
+
+    A local artifact folder is only used with a local store: a tracking server decides (and proxies)
+    where artifacts go.
+    """
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
@@ -48,8 +69,8 @@ def configure(tracking_uri: str, experiment: str, artifact_root: Path | None) ->
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
-    location = artifact_root.resolve().as_uri() if artifact_root is not None else None
-    return mlflow.create_experiment(experiment, artifact_location=location)
+    local = artifact_root is not None and not tracking_uri.startswith(("http://", "https://"))
+    return mlflow.create_experiment(experiment, artifact_location=artifact_root.resolve().as_uri() if local else None)
 
 
 def fingerprint(*parts: str | bytes) -> str:
@@ -58,6 +79,12 @@ def fingerprint(*parts: str | bytes) -> str:
         digest.update(part if isinstance(part, bytes) else part.encode())
         digest.update(b"\0")
     return digest.hexdigest()[:32]
+
+
+def model_params(flat: dict[str, Any]) -> str:
+    """The params that shape the model, as canonical JSON (fingerprint input)."""
+    return json.dumps({k: v for k, v in flat.items() if k.split(".", 1)[0] not in NOT_MODEL_SECTIONS},
+                      sort_keys=True, default=str)
 
 
 def find_version(model_name: str, fp: str):
@@ -70,109 +97,143 @@ def find_version(model_name: str, fp: str):
     return None
 
 
-def champion_metric(model_name: str, metric: str = PRIMARY_METRIC) -> tuple[str, float] | None:
-    """(version, metric) of the current champion, or None when there is none yet."""
-    from mlflow import MlflowClient
+def alias_version(model_name: str, alias: str):
+    """The model version an alias points to, or None."""
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient()
+    from mlflow import MlflowClient
+
     try:
-        version = client.get_model_version_by_alias(model_name, CHAMPION)
+        return MlflowClient().get_model_version_by_alias(model_name, alias)
     except MlflowException:
         return None
-    value = client.get_run(version.run_id).data.metrics.get(metric)
-    return str(version.version), float(value if value is not None else float("-inf"))
 
 
-def gate(model_name: str, version: str, metrics: dict[str, float], parity_passed: bool) -> tuple[bool, str]:
-    """Decide whether `version` becomes champion; returns (promote, reason)."""
-    if not parity_passed:
-        return False, "export parity failed: the ONNX model does not return the eager model's top-k"
-    current = champion_metric(model_name)
-    if current is None:
-        return True, "no champion yet"
-    champion_version, champion_value = current
-    if champion_version == version:
-        return True, "already champion"
-    new_value = metrics[PRIMARY_METRIC]
-    if new_value > champion_value:
-        return True, f"{PRIMARY_METRIC} {new_value:.4f} beats champion v{champion_version} ({champion_value:.4f})"
-    return False, f"{PRIMARY_METRIC} {new_value:.4f} does not beat champion v{champion_version} ({champion_value:.4f})"
-
-
-def set_aliases(model_name: str, version: str, promote: bool) -> None:
+def pipeline_run(experiment_id: str, dag_run_id: str, name: str, tags: dict[str, str]) -> str:
+    """The parent run of this pipeline run: reused for the same Airflow dag run id, else created."""
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    if promote:
-        client.set_registered_model_alias(model_name, CHAMPION, version)
-        try:
-            if str(client.get_model_version_by_alias(model_name, CHALLENGER).version) == version:
-                client.delete_registered_model_alias(model_name, CHALLENGER)
-        except Exception:  # noqa: BLE001 - no challenger alias is fine
-            pass
-    else:
-        client.set_registered_model_alias(model_name, CHALLENGER, version)
+    if dag_run_id:
+        found = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = 'true' and "
+                                   f"tags.airflow_dag_run_id = '{dag_run_id}'", max_results=1)
+        if found:
+            return found[0].info.run_id
+    return client.create_run(experiment_id, run_name=name, tags={**tags, PARENT_TAG: "true"}).info.run_id
 
 
-def log_training_run(
-    *,
-    tracking_uri: str,
-    experiment: str,
-    artifact_root: Path | None,
-    model_name: str,
-    params: dict,
-    metrics: dict[str, float],
-    baseline_metrics: dict[str, dict[str, float]],
-    tags: dict[str, str],
-    artifacts: dict[str, Path],
-    onnx_path: Path,
-    parity_passed: bool,
-    fp: str,
-) -> RegistryResult:
-    """Log one run, register its ONNX model, and apply the gate to the aliases."""
-    import mlflow
-    import onnx
-
-    experiment_id = configure(tracking_uri, experiment, artifact_root)
-    existing = find_version(model_name, fp)
-    if existing is not None:
-        version_id = str(existing.version)
-        promote, reason = gate(model_name, version_id, metrics, parity_passed)
-        set_aliases(model_name, version_id, promote)
-        champion = champion_metric(model_name)
-        return RegistryResult(model_name, version_id, existing.run_id, experiment_id, tracking_uri,
-                              promote, f"same model already registered; {reason}",
-                              champion[0] if champion else "", reused=True)
-
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{model_name}-{fp[:8]}") as run:
-        mlflow.set_tags({**tags, "fingerprint": fp})
-        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-        mlflow.log_metrics(metrics)
-        for baseline, values in baseline_metrics.items():
-            mlflow.log_metrics({f"{baseline}.{k}": v for k, v in values.items()})
-        for artifact_path, local in artifacts.items():
-            if local.is_dir():
-                mlflow.log_artifacts(str(local), artifact_path=artifact_path)
-            elif local.exists():
-                mlflow.log_artifact(str(local), artifact_path=artifact_path)
-        info = mlflow.onnx.log_model(
-            onnx_model=onnx.load(str(onnx_path)),
-            name="model",
-            pip_requirements=["onnxruntime", "numpy"],
-            save_as_external_data=False,
-        )
-        version = mlflow.register_model(info.model_uri, model_name, tags={**tags, "fingerprint": fp,
-                                                                          "run_id": run.info.run_id})
-    version_id = str(version.version)
-    promote, reason = gate(model_name, version_id, metrics, parity_passed)
-    set_aliases(model_name, version_id, promote)
+def child_run(experiment_id: str, parent_id: str, family: str, tags: dict[str, str]) -> str:
+    """The child run of one model family under the parent (reused when a task is retried)."""
     from mlflow import MlflowClient
 
-    MlflowClient().set_model_version_tag(model_name, version_id, "gate_decision", reason)
-    champion = champion_metric(model_name)
-    return RegistryResult(model_name, version_id, run.info.run_id, experiment_id, tracking_uri,
-                          promote, reason, champion[0] if champion else "", reused=False)
+    client = MlflowClient()
+    found = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and "
+                               f"tags.{FAMILY_TAG} = '{family}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    return client.create_run(experiment_id, run_name=family,
+                             tags={**tags, "mlflow.parentRunId": parent_id, FAMILY_TAG: family}).info.run_id
+
+
+def log_values(run_id: str, *, params: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
+               tags: dict[str, str] | None = None) -> None:
+    """Params, metrics and tags of one run in one batch call (params truncated to MLflow's limit)."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    from mlflow import MlflowClient
+
+    now = int(__import__("time").time() * 1000)
+    client = MlflowClient()
+    existing = client.get_run(run_id).data.params
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+        params=[Param(k, str(v)[:500]) for k, v in (params or {}).items() if k not in existing],
+        tags=[RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()],
+    )
+
+
+def history(model_name: str) -> list[str]:
+    """Versions that were champion, oldest first (the registered model's tag)."""
+    from mlflow import MlflowClient
+
+    raw = MlflowClient().get_registered_model(model_name).tags.get(HISTORY_TAG)
+    return [str(v) for v in json.loads(raw)] if raw else []
+
+
+def promote(model_name: str, version: str) -> None:
+    """Move `champion` to `version`, drop its `challenger` alias, remember it in the champion history."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    past = history(model_name)
+    current = alias_version(model_name, CHAMPION)
+    if current is not None and (not past or past[-1] != str(current.version)):
+        past.append(str(current.version))
+    client.set_registered_model_alias(model_name, CHAMPION, version)
+    if not past or past[-1] != version:
+        past.append(version)
+    client.set_registered_model_tag(model_name, HISTORY_TAG, json.dumps(past))
+    challenger = alias_version(model_name, CHALLENGER)
+    if challenger is not None and str(challenger.version) == version:
+        client.delete_registered_model_alias(model_name, CHALLENGER)
+
+
+def mark_challenger(model_name: str, version: str) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient().set_registered_model_alias(model_name, CHALLENGER, version)
+
+
+class RollbackError(RuntimeError):
+    """There is no earlier champion to go back to."""
+
+
+def rollback(model_name: str) -> tuple[str, str]:
+    """Move `champion` back to the previous champion; returns (from_version, to_version)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    current = alias_version(model_name, CHAMPION)
+    if current is None:
+        raise RollbackError(f"model {model_name!r} has no {CHAMPION!r} alias: nothing to roll back")
+    past = history(model_name)
+    if past and past[-1] == str(current.version):
+        past.pop()
+    if not past:
+        raise RollbackError(f"model {model_name!r}: v{current.version} is the first champion, "
+                            "there is no previous one to roll back to")
+    target = past[-1]
+    client.set_registered_model_alias(model_name, CHAMPION, target)
+    client.set_registered_model_tag(model_name, HISTORY_TAG, json.dumps(past))
+    client.set_model_version_tag(model_name, str(current.version), "rolled_back",
+                                 f"champion moved back to v{target}")
+    return str(current.version), target
+
+
+def log_onnx_model(run_id: str, onnx_path: Path, model_name: str, tags: dict[str, str]) -> str:
+    """Log the ONNX file as the run's model and register it; returns the new version number."""
+    import onnx
+
+    import mlflow
+
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.onnx.log_model(onnx_model=onnx.load(str(onnx_path)), name="model",
+                                     pip_requirements=["onnxruntime", "numpy"], save_as_external_data=False)
+    version = mlflow.register_model(info.model_uri, model_name, tags={**tags, "run_id": run_id})
+    return str(version.version)
+
+
+def log_artifacts(run_id: str, artifacts: dict[str, Path]) -> None:
+    """Files and folders into the run's artifact store, under the given artifact paths."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for artifact_path, local in artifacts.items():
+        if local.is_dir():
+            client.log_artifacts(run_id, str(local), artifact_path=artifact_path)
+        elif local.exists():
+            client.log_artifact(run_id, str(local), artifact_path=artifact_path)
 
 
 def download_model(model_uri: str, dst: Path) -> Path:
@@ -184,3 +245,39 @@ def download_model(model_uri: str, dst: Path) -> Path:
     if not found:
         raise FileNotFoundError(f"no .onnx file in the artifacts of {model_uri}")
     return found[0]
+
+
+def lineage(model_uri: str) -> dict[str, Any]:
+    """The chain behind MODEL@ALIAS or MODEL/VERSION: version, MLflow runs, commit, data hash, dataset, DAG run."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    if "@" in model_uri:
+        name, alias = model_uri.split("@", 1)
+        version = alias_version(name, alias)
+        if version is None:
+            raise KeyError(f"model {name!r} has no alias {alias!r}")
+    elif "/" in model_uri:
+        name, number = model_uri.split("/", 1)
+        version = client.get_model_version(name, number)
+    else:
+        raise ValueError(f"{model_uri!r} must look like MODEL@ALIAS or MODEL/VERSION, e.g. gpt4rec@champion")
+    run = client.get_run(version.run_id)
+    parent_id = run.data.tags.get("mlflow.parentRunId", "")
+    parent = client.get_run(parent_id) if parent_id else None
+    aliases = list(getattr(version, "aliases", []) or [])
+    return {
+        "model": name, "version": str(version.version), "aliases": aliases,
+        "mlflow_run_id": version.run_id, "mlflow_run_name": run.info.run_name,
+        "experiment_id": run.info.experiment_id,
+        "parent_run_id": parent_id, "parent_run_name": parent.info.run_name if parent else "",
+        "airflow_dag_run_id": version.tags.get("airflow_dag_run_id", ""),
+        "git_commit": version.tags.get("git_commit", ""),
+        "data_dvc_md5": version.tags.get("data_dvc_md5", ""),
+        "data_content_md5": version.tags.get("data_content_md5", ""),
+        "data_raw_dvc_md5": version.tags.get("data_raw_dvc_md5", ""),
+        "dataset": version.tags.get("dataset", ""),
+        "fingerprint": version.tags.get("fingerprint", ""),
+        "gate_decision": version.tags.get("gate_decision", ""),
+        "source": version.source,
+    }

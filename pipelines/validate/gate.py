@@ -23,6 +23,14 @@ from pydantic import BaseModel, Field
 from pipelines.config import ValidateSettings
 from pipelines.data.schema import CATALOGUE_COLUMNS, EVENTS_COLUMNS
 from pipelines.validate import suites as S
+from pipelines.validate.profile import (
+    SESSIONS,
+    DataProfile,
+    build_drift_suites,
+    drift_status,
+    profile_tables,
+    session_lengths,
+)
 
 REPORT_JSON = "validation.json"
 REPORT_MD = "validation.md"
@@ -69,6 +77,9 @@ class ValidationReport(BaseModel):
     created_at: str = Field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     reference_time: str | None = None
     settings: dict[str, Any] = Field(default_factory=dict)
+    drift: str = ""  # whether/against what the distribution checks ran
+    profile: DataProfile | None = None  # this version's distribution (becomes the reference if it passes)
+    accepted: DataProfile | None = None  # the reference it was compared with
 
     @property
     def failed(self) -> list[CheckResult]:
@@ -96,6 +107,8 @@ class ValidationReport(BaseModel):
                 f"{self.elapsed_s:.2f} s; {self.created_at}"
             ),
             "",
+            f"Distribution checks: {self.drift or 'not run'}",
+            "",
             "| status | table.column | check | expectation | bad rows | % | examples |",
             "|---|---|---|---|---:|---:|---|",
         ]
@@ -112,6 +125,13 @@ class ValidationReport(BaseModel):
                 f"| {status_of(c)} | {c.where} | {_md(c.message)} | `{c.expectation}` | {count} | {pct} "
                 f"| {examples} |"
             )
+        if self.profile is not None:
+            lines += ["", "## Distribution", "", "| metric | accepted | this version |", "|---|---|---|"]
+            now = self.profile.model_dump(exclude={"created_at"})
+            before = self.accepted.model_dump(exclude={"created_at"}) if self.accepted else {}
+            for key, value in now.items():
+                lines.append(f"| {key} | {_md(_short([before.get(key)])[1:-1]) if before else ''} "
+                             f"| {_md(_short([value])[1:-1])} |")
         return "\n".join(lines) + "\n"
 
     def summary(self, report_path: Path | None = None) -> str:
@@ -226,6 +246,17 @@ def _to_check(result: Any, frame: pd.DataFrame) -> CheckResult:
     pct = res.get("unexpected_percent")
     if error:
         message = f"{message} (could not be evaluated: {error})"
+    elif meta.get("drift"):
+        observed = res.get("observed_value")
+        if isinstance(observed, dict) and "values" in observed:  # quantiles
+            observed = observed["values"]
+        if kind == "expect_column_values_to_be_in_set" and pct is not None:
+            observed = f"{pct:.2f}% unknown"
+            examples = [_jsonable(v) for v in dict.fromkeys(res.get("partial_unexpected_list") or [])][:MAX_EXAMPLES]
+        elif isinstance(observed, float):
+            observed = f"{observed:.4g}"
+        if not result.success:
+            message = f"{message}; this version: {_jsonable(observed)}"
     elif kind == "expect_table_columns_to_match_set":
         missing = ((res.get("details") or {}).get("mismatched") or {}).get("missing") or []
         examples = sorted(missing)
@@ -309,8 +340,13 @@ def validate_tables(
     settings: ValidateSettings,
     *,
     now: pd.Timestamp | None = None,
+    source: dict[str, Any] | None = None,
+    accepted: DataProfile | None = None,
 ) -> ValidationReport:
     """Validate both tables against the contract; the inputs are not modified.
+
+    `source` is the raw folder's source.json (dataset, signature); `accepted` the profile of the
+    last accepted version: distribution checks run when both come from the same source.
 
     `now` (default: the current UTC time) is the latest allowed event timestamp; tz-aware
     values are converted to UTC, naive ones are taken as UTC.
@@ -349,6 +385,17 @@ def validate_tables(
     params = {S.KNOWN_IDS_PARAM: known_ids} if known_ids is not None else None
     checks += _run_suite(context, S.EVENTS, ev_frame, ev_build, params)
 
+    profile = profile_tables(cat_frame, ev_frame, cat_problems, ev_problems, source)
+    drift = drift_status(settings, accepted, profile)
+    if settings.drift_checks and accepted is not None and accepted.signature == profile.signature:
+        reference_profile = accepted if known_ids is not None else accepted.model_copy(
+            update={"unknown_item_share": None})
+        builds = build_drift_suites(settings, reference_profile, cat_problems, ev_problems)
+        checks += _run_suite(context, "catalogue_drift", cat_frame, builds[S.CATALOGUE])
+        checks += _run_suite(context, "events_drift", ev_frame, builds[S.EVENTS], params)
+        sessions = session_lengths(ev_frame) if "session_id" in ev_problems.present else ev_frame.iloc[:0]
+        checks += _run_suite(context, SESSIONS, sessions, builds[SESSIONS])
+
     report = ValidationReport(
         success=all(c.success for c in checks),
         checks=checks,
@@ -356,6 +403,9 @@ def validate_tables(
         elapsed_s=round(time.perf_counter() - start, 3),
         reference_time=reference.isoformat(),
         settings=settings.model_dump(),
+        drift=drift,
+        profile=profile,
+        accepted=accepted,
     )
     log.info("data validation %s in %.2fs", "passed" if report.success else "failed", report.elapsed_s)
     return report

@@ -197,6 +197,7 @@ class _Builder:
         needs_present: Iterable[str] = (),
         needs_typed: Iterable[str] = (),
         example_columns: list[str] | None = None,
+        drift: bool = False,
         **kwargs: Any,
     ) -> None:
         report_column = report_column or column
@@ -219,6 +220,8 @@ class _Builder:
         meta: dict[str, Any] = {"table": self.table, "plain": plain, "column": report_column}
         if example_columns:
             meta["example_columns"] = example_columns
+        if drift:  # compares with the accepted profile: the report shows the observed value
+            meta["drift"] = True
         self.build.suite.add_expectation(expectation_cls(meta=meta, **kwargs))
 
 

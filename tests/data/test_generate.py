@@ -1,5 +1,6 @@
 import numpy as np
 import pandas as pd
+import pytest
 
 from pipelines.config import DataSettings
 from pipelines.data.generate import generate_world
@@ -53,3 +54,33 @@ def test_sessions_are_time_ordered_and_behave_like_the_ground_truth():
         same.extend(classes[1:] == classes[:-1])
     assert np.mean(same) > 0.4
     assert set(world.ground_truth["user_conditions"]) == {str(u) for u in range(1, SMALL.n_users + 1)}
+
+
+def test_statistics_scale_with_parameters():
+    """Event volume follows users x sessions x events per session; sessions hold ~events_per_session views."""
+    small = generate_world(DataSettings(n_products=1000, n_users=2000, seed=5, sessions_per_user=2.0,
+                                        events_per_session=4.0), progress=False)
+    big = generate_world(DataSettings(n_products=5000, n_users=4000, seed=5, sessions_per_user=2.0,
+                                      events_per_session=4.0), progress=False)
+    assert len(big.catalogue) == 5000 and big.events["user_id"].nunique() == 4000
+    ratio = len(big.events) / len(small.events)
+    assert 1.8 < ratio < 2.2  # twice the users, about twice the events
+    for world in (small, big):
+        sessions = world.events["session_id"].nunique()
+        assert 1.8 < sessions / world.events["user_id"].nunique() < 2.2  # sessions_per_user = 2 (Poisson, >= 1)
+        views = (world.events["event_type"] == "view").sum() / sessions
+        assert 2.5 < views < 4.5  # events_per_session = 4 (Poisson >= 2, sessions may stop early)
+    # Zipf tail: the most viewed item of the big catalogue gets far more events than the median item.
+    counts = big.events["item_id"].value_counts()
+    assert counts.iloc[0] > 20 * counts.median()
+    assert big.catalogue["description"].notna().mean() == pytest.approx(0.2, abs=0.02)
+
+
+def test_source_record_and_raw_files(tmp_path):
+    world = generate_world(SMALL, progress=False)
+    world.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "catalogue.parquet", "events.parquet", "ground_truth.json", "source.json"]
+    assert world.source["dataset"] == "synthetic" and world.source["signature"].startswith("synthetic:")
+    other_size = generate_world(SMALL.model_copy(update={"n_users": 50, "seed": 1}), progress=False)
+    assert other_size.source["signature"] == world.source["signature"]  # same shape, other size: comparable

@@ -38,10 +38,13 @@ if dag is not None:
                          "description": dag.params.get_param(k).description} for k in dag.params}
     out["tags"] = sorted(dag.tags)
     out["catchup"] = dag.catchup
-    out["schedule"] = str(dag.schedule)
+    out["schedule"] = type(dag.timetable).__name__ + " " + dag.timetable.summary
+    out["schedule_assets"] = sorted(a.name for _, a in dag.timetable.asset_condition.iter_assets()) \
+        if hasattr(dag.timetable, "asset_condition") else []
     out["has_doc"] = bool(dag.doc_md)
     rejected = {}
-    for key, value in {"gpt4rec_max_len": 1000, "n_products": -1, "promote": "yes"}.items():
+    for key, value in {"gpt4rec_max_len": 1000, "n_products": -1, "promote": "yes", "dataset": "movielens",
+                       "model_families": ["popularity"], "gate_coverage_tolerance": -0.1}.items():
         params = copy.deepcopy(dag.params)
         try:
             params[key] = value
@@ -50,6 +53,9 @@ if dag is not None:
         except ParamValidationError:
             rejected[key] = True
     out["rejected"] = rejected
+    producer = bag.dags.get("validate_data")
+    out["validate_data"] = None if producer is None else {
+        t.task_id: sorted(a.name for a in t.outlets) for t in producer.tasks}
 print("STRUCTURE=" + json.dumps(out, default=str))
 """
 
@@ -155,19 +161,31 @@ def test_dag_imports_and_mirrors_dvc_yaml(airflow_dag_structure):
 def test_dag_settings_and_run_form(airflow_dag_structure):
     s = airflow_dag_structure
     assert s["tags"] == ["rxrec"] and s["catchup"] is False and s["has_doc"]
-    assert "@daily" in s["schedule"] or "0 0 * * *" in s["schedule"]
-    assert all(retries == 2 and backoff > 1 for retries, backoff in s["retries"].values())
+    # Daily or data-aware: whichever comes first, the validated-data asset of validate_data.
+    assert s["schedule"].startswith("AssetOrTimeSchedule") and "0 0 * * *" in s["schedule"]
+    assert s["schedule_assets"] == ["rxrec_validated_data"]
+    assert s["validate_data"] == {"generate": [], "validate": ["rxrec_validated_data"]}
+    # Service tasks retry with exponential backoff; deterministic training fails fast.
+    for task, (retries, backoff) in s["retries"].items():
+        if task in ("register", "deploy", "serve_check"):
+            assert retries >= 2 and backoff > 1, task
+        else:
+            assert retries == 0, task
     params = s["params"]
-    assert set(params) >= {"n_products", "n_users", "gpt4rec_epochs", "gpt4rec_max_len",
-                           "prod2vec_epochs", "promote"}
+    assert set(params) >= {"n_products", "n_users", "gpt4rec_epochs", "gpt4rec_max_len", "prod2vec_epochs",
+                           "promote", "dataset", "model_families", "gate_min_improvement",
+                           "gate_coverage_tolerance", "gate_cold_start_tolerance", "gate_latency_budget_ms"}
+    assert "gpt4rec" in params["model_families"]["items"]["enum"]
     # Defaults come from params.yaml, bounds from the library's settings.
     defaults = yaml.safe_load((REPO / "params.yaml").read_text())
     assert params["n_products"]["default"] == defaults["data"]["n_products"]
     assert params["gpt4rec_epochs"]["default"] == defaults["gpt4rec"]["epochs"]
+    assert params["gate_min_improvement"]["default"] == defaults["gate"]["min_improvement"]
     assert params["gpt4rec_max_len"]["maximum"] == 512
     assert params["promote"]["type"] == "boolean"
     assert all(p.get("description") for p in params.values())
-    assert s["rejected"] == {"gpt4rec_max_len": True, "n_products": True, "promote": True}
+    assert s["rejected"] == {"gpt4rec_max_len": True, "n_products": True, "promote": True, "dataset": True,
+                             "model_families": True, "gate_coverage_tolerance": True}
 
 
 def _out(stage: str, name: str) -> str:

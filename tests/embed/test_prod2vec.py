@@ -9,13 +9,16 @@ def test_items_that_co_occur_end_up_close(tmp_path):
     # two communities: items 1-10 and 11-20 never share a history
     histories = [rng.permutation(np.arange(1, 11))[:5] for _ in range(200)]
     histories += [rng.permutation(np.arange(11, 21))[:5] for _ in range(200)]
-    emb = train_prod2vec(histories, 20, GraphSettings(walks_per_node=5, walk_length=10),
-                         Prod2VecSettings(dim=16, epochs=3, workers=1), seed=1)
+    emb = train_prod2vec(histories, 20, GraphSettings(walks_per_node=20, walk_length=10),
+                         Prod2VecSettings(dim=16, epochs=5, workers=1), seed=1)
     assert emb.known[1:].all() and not emb.known[0]
-    v = emb.vectors / np.maximum(np.linalg.norm(emb.vectors, axis=1, keepdims=True), 1e-9)
-    within = (v[1:11] @ v[1:11].T).mean()
-    across = (v[1:11] @ v[11:21].T).mean()
-    assert within > across + 0.2
+    # word2vec on a 20-item vocabulary shares one common direction: compare around the mean
+    v = emb.vectors[1:] - emb.vectors[1:].mean(axis=0)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    sims = v @ v.T
+    np.fill_diagonal(sims, -np.inf)
+    top3 = np.argsort(-sims, axis=1)[:, :3]
+    assert ((top3 < 10) == (np.arange(20) < 10)[:, None]).mean() >= 0.9  # neighbours from the same community
     assert {"graph_s", "walks_s", "word2vec_s"} <= set(emb.info)
     emb.save(tmp_path)
     again = ItemEmbeddings.load(tmp_path)

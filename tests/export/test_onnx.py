@@ -49,3 +49,13 @@ def test_near_ties_may_swap_but_real_differences_may_not():
     assert not _disagreeing_rows(t_scores, t_all, np.array([[1, 2, 4, 3]])).any()  # near-tie swapped
     assert _disagreeing_rows(t_scores, t_all, np.array([[2, 1, 3, 4]])).all()  # 5.0 vs 4.0: not a tie
     assert _disagreeing_rows(t_scores, t_all, np.array([[1, 2, 3, 5]])).all()  # a worse item got in
+
+
+def test_parity_at_sequence_length_512(tmp_path):
+    torch.manual_seed(1)
+    model = GPT4Rec(GPT4RecConfig(n_items=200, dim=16, layers=1, heads=2, max_len=512, dropout=0.0)).eval()
+    path = export_onnx(model, tmp_path, k=10, opset=18)
+    rng = np.random.default_rng(1)
+    sessions = [rng.integers(1, 201, size=n) for n in (1, 50, 512, 512, 700)]
+    report = check_parity(model, path, sessions, k=10)
+    assert report.passed and {1, 50, 512} <= set(report.lengths)

@@ -3,20 +3,10 @@ import pytest
 import torch
 
 from pipelines.config import GPT4RecSettings
-from pipelines.data.sequences import Sequences
 from pipelines.evaluate.protocol import evaluate
 from pipelines.models.gpt4rec import GPT4Rec, GPT4RecConfig, GPT4RecRecommender, left_pad
 from pipelines.models.popularity import PopularityRecommender
 from pipelines.models.train import train_gpt4rec, training_examples
-
-
-def _cyclic_world(n_users=300, n_items=40, length=8, seed=0) -> Sequences:
-    """Each user walks items i, i+1, i+2, ... (mod n): the next item is fully predictable."""
-    rng = np.random.default_rng(seed)
-    starts = rng.integers(0, n_items, n_users)
-    items = [((s + np.arange(length)) % n_items) + 1 for s in starts]
-    times = [np.arange(length, dtype=np.float64) + u * 100 for u in range(n_users)]
-    return Sequences(user_ids=np.arange(1, n_users + 1), items=items, times=times, n_items=n_items)
 
 
 def test_causal_and_padding_invariant():
@@ -36,8 +26,8 @@ def test_training_examples_shift_by_one():
     assert inputs.tolist() == [[0, 0, 4, 5]] and targets.tolist() == [[0, 0, 5, 6]]
 
 
-def test_loss_decreases_and_beats_popularity():
-    seqs = _cyclic_world()
+def test_loss_decreases_and_beats_popularity(cyclic_world):
+    seqs = cyclic_world
     settings = GPT4RecSettings(dim=32, layers=1, heads=2, max_len=10, dropout=0.0, epochs=6, batch_size=32, lr=0.01)
     result = train_gpt4rec(seqs, settings, seed=0, progress=False)
     losses = [row["loss"] for row in result.history]
@@ -56,10 +46,10 @@ def test_save_load_round_trip(tmp_path):
         assert torch.equal(model(x), again(x))
 
 
-def test_prod2vec_dimension_mismatch_is_explained():
+def test_prod2vec_dimension_mismatch_is_explained(cyclic_world):
     from pipelines.embed.prod2vec import ItemEmbeddings
 
-    seqs = _cyclic_world(n_users=20)
+    seqs = cyclic_world
     bad = ItemEmbeddings(vectors=np.zeros((41, 8), np.float32), known=np.ones(41, bool), info={})
     with pytest.raises(ValueError, match="prod2vec.dim"):
         train_gpt4rec(seqs, GPT4RecSettings(dim=16, epochs=1), seed=0, pretrained=bad, progress=False)

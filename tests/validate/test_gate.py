@@ -234,3 +234,39 @@ def test_corruption_fails_gate(corrupt: Corruption, words: list[str], tmp_path: 
         assert check.message and check.table in ("catalogue", "events")
         if check.unexpected_count:
             assert 0 < len(check.examples) <= 5
+
+
+# --------------------------------------------------------------------------- the stage: nothing downstream runs
+def _really_future_timestamp(c: pd.DataFrame, e: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The stage checks against the real clock (not NOW above)."""
+    e.loc[len(e) - 1, "timestamp"] = pd.Timestamp.now() + pd.Timedelta(days=30)
+    return c, e
+
+
+STAGE_CASES = [(i, c, w) for i, c, w in CASES if i != "future_timestamp"] + [
+    ("future_timestamp", _really_future_timestamp, ["events.timestamp", ".. now)"]),
+]
+
+
+@pytest.mark.parametrize(("corrupt", "words"), [(c, w) for _, c, w in STAGE_CASES], ids=[i for i, _, _ in STAGE_CASES])
+def test_corrupt_raw_data_trains_nothing(corrupt: Corruption, words: list[str], workdir: Path) -> None:
+    """The validate stage fails, leaves no data/validated behind, and the next stage has nothing to read."""
+    from pipelines.stages import run_stage
+
+    catalogue, events = corrupt(make_catalogue(), make_events())
+    raw, validated = workdir / "data" / "raw", workdir / "data" / "validated"
+    raw.mkdir(parents=True)
+    catalogue.to_parquet(raw / "catalogue.parquet", index=False)
+    events.to_parquet(raw / "events.parquet", index=False)
+    validated.mkdir(parents=True)
+    (validated / "events.parquet").write_text("a previous version")  # must not survive a failed gate
+    overrides = ["validate.min_products=5", "validate.min_events=10"]
+    with pytest.raises(DataValidationError) as info:
+        run_stage("validate", overrides, workdir)
+    for word in words:
+        assert word in str(info.value), f"{word!r} not in error message:\n{info.value}"
+    assert not validated.exists()
+    assert not (workdir / "data" / "accepted_profile.json").exists()  # a failed version is never the reference
+    with pytest.raises(FileNotFoundError):
+        run_stage("sequences", overrides, workdir)
+    assert not (workdir / "data" / "features" / "sequences.parquet").exists()

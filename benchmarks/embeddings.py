@@ -1,0 +1,162 @@
+"""`rxrec bench embeddings`: every item-embedding method on one similar-products protocol.
+
+Given a user's previous item, rank the next one by cosine similarity against all items (seen
+items masked); HR@10, NDCG@10 over all users and on the cold-start slice (targets absent from
+every training history). Popularity is the reference row. `--dataset synthetic` generates the
+world from params.yaml; a path reads S3-Rec files (`user item item ...` per line, plus
+`<stem>_item2attributes.json` next to it, e.g. ../shared/datasets/amazon-beauty/Beauty.txt).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+def read_s3rec(path: Path) -> tuple[Any, Any, None]:
+    """(Sequences, catalogue, events=None) from S3-Rec files; each user-item pair kept once, first time.
+
+    Attributes (anonymised brand/category ids) become the catalogue's `tags` field.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from pipelines.data.sequences import Sequences
+
+    if path.is_dir():
+        found = sorted(p for p in path.glob("*.txt"))
+        if len(found) != 1:
+            raise typer.BadParameter(f"{path} must hold exactly one S3-Rec .txt file, found {[p.name for p in found]}")
+        path = found[0]
+    if not path.exists():
+        raise typer.BadParameter(f"dataset file {path} does not exist")
+    users, items = [], []
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) < 2:
+            continue
+        seq = list(dict.fromkeys(int(x) for x in parts[1:]))
+        users.append(int(parts[0]))
+        items.append(np.asarray(seq, dtype=np.int64))
+    if not items:
+        raise typer.BadParameter(f"{path} holds no `user item item ...` lines")
+    n_items = int(max(s.max() for s in items))
+    attr_file = path.with_name(f"{path.stem}_item2attributes.json")
+    rows = {"item_id": np.arange(1, n_items + 1)}
+    catalogue = pd.DataFrame(rows)
+    if attr_file.exists():
+        attrs = json.loads(attr_file.read_text())
+        catalogue["tags"] = ["|".join(f"a{a}" for a in attrs.get(str(i), [])) or None for i in rows["item_id"]]
+    seqs = Sequences(user_ids=np.asarray(users), items=items, times=[np.arange(len(s), dtype=np.float64) for s in items],
+                     n_items=n_items)
+    return seqs, catalogue, None
+
+
+def synthetic(settings) -> tuple[Any, Any, Any]:
+    from pipelines.data.generate import generate_world
+    from pipelines.data.sequences import build_sequences
+
+    world = generate_world(settings.data)
+    seqs = build_sequences(world.events, n_items=int(world.catalogue["item_id"].max()))
+    return seqs, world.catalogue, world.events
+
+
+def run_embeddings_benchmark(seqs, catalogue, events, settings) -> dict[str, Any]:
+    """Train every method on the training histories, score each on the test split; timings per step."""
+    from pipelines.embed.evaluate import CosineSimilarity, Popularity, evaluate_similarity
+    from pipelines.embed.meta import item_fields, item_texts
+    from pipelines.embed.meta_prod2vec import train_meta_prod2vec
+    from pipelines.embed.prod2vec import make_walks, train_prod2vec
+    from pipelines.embed.text import train_text_encoder, train_tfidf
+    from pipelines.graph.cooccurrence import token_weights
+
+    s = settings
+    train = seqs.train()
+    k = s.evaluate.k
+    methods: dict[str, dict[str, Any]] = {}
+
+    def score(name: str, emb, seconds: float, extra: dict[str, Any] | None = None) -> None:
+        t = time.perf_counter()
+        m = evaluate_similarity(CosineSimilarity(name, emb.vectors, emb.known), seqs, k=k,
+                                mask_seen=s.evaluate.mask_seen)
+        methods[name] = {**m, "train_s": round(seconds, 2), "evaluate_s": round(time.perf_counter() - t, 2),
+                         "items_with_vector": int(emb.known.sum()), **(extra or {})}
+        typer.echo(f"  {name:<14} hr@{k} {m[f'hr_at_{k}']:.4f}  ndcg@{k} {m[f'ndcg_at_{k}']:.4f}  "
+                   f"cold_hr@{k} {m[f'cold_hr_at_{k}']:.4f}  ({seconds:.1f} s)")
+
+    methods["popularity"] = evaluate_similarity(Popularity(train, seqs.n_items), seqs, k=k,
+                                                mask_seen=s.evaluate.mask_seen)
+    typer.echo(f"  popularity     hr@{k} {methods['popularity'][f'hr_at_{k}']:.4f}  "
+               f"cold_hr@{k} {methods['popularity'][f'cold_hr_at_{k}']:.4f}")
+    texts = item_texts(catalogue, seqs.n_items)
+    t = time.perf_counter()
+    score("tfidf", train_tfidf(texts, s.tfidf), time.perf_counter() - t)
+    t = time.perf_counter()
+    emb = train_text_encoder(texts, s.text_encoder, s.data.seed)
+    score("text_encoder", emb, time.perf_counter() - t, {"timings": {k_: v for k_, v in emb.info.items()
+                                                                      if k_.endswith("_s")}})
+    t = time.perf_counter()
+    weights = None
+    if events is not None:
+        weights = token_weights(seqs.user_ids, train, events, s.graph.event_weights)
+    walks = make_walks(train, seqs.n_items, s.graph, s.data.seed, weights)
+    emb = train_prod2vec(train, seqs.n_items, s.graph, s.prod2vec, s.data.seed, walks=walks)
+    split = {key: emb.info[key] for key in ("graph_s", "walks_s", "corpus_s", "vocab_s", "word2vec_s")}
+    score("prod2vec", emb, time.perf_counter() - t, {"timings": split, "walks": len(walks.walks),
+                                                     "word2vec_words_per_s": emb.info["word2vec_words_per_s"]})
+    t = time.perf_counter()
+    fields = item_fields(catalogue, seqs.n_items, s.meta_prod2vec.fields, s.meta_prod2vec.text_vocab)
+    fields_s = time.perf_counter() - t
+    emb = train_meta_prod2vec(walks.walks, fields, s.meta_prod2vec, s.data.seed)
+    score("meta_prod2vec", emb, time.perf_counter() - t,
+          {"timings": {"fields_s": round(fields_s, 2), "train_s": emb.info["train_s"],
+                       "walks_s (shared with prod2vec)": split["walks_s"]},
+           "words_per_s": emb.info["words_per_s"], "field_importance": emb.info["field_importance"]})
+    return {"protocol": {"query": "the user's previous item", "ranking": "cosine similarity against all items",
+                         "split": "test: each user's last item (leave-one-out by time)", "k": k,
+                         "mask_seen": s.evaluate.mask_seen, "cold_slice": "targets absent from every training history"},
+            "data": {"users": len(seqs), "items": seqs.n_items,
+                     "evaluated_users": int(methods["popularity"]["n_users"]),
+                     "cold_users": int(methods["popularity"]["n_cold_users"])},
+            "methods": methods}
+
+
+def register(bench: typer.Typer) -> None:
+    @bench.command("embeddings")
+    def embeddings(
+        dataset: Annotated[str, typer.Option(help="synthetic, or a path to S3-Rec data (file or folder)")] = "synthetic",
+        set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="override a param: section.key=value")] = None,
+    ) -> None:
+        """HR@10 / NDCG@10 / cold-start HR@10 of TF-IDF, text encoder, Prod2Vec, Meta-Prod2Vec."""
+        from benchmarks.common import write_report
+        from pipelines.config import PROJECT_ROOT, load_settings
+
+        settings = load_settings(overrides=set_ or [])
+        started = time.perf_counter()
+        if dataset == "synthetic":
+            name = "synthetic"
+            seqs, catalogue, events = synthetic(settings)
+        else:
+            path = Path(dataset)
+            path = path if path.is_absolute() else (PROJECT_ROOT / path)
+            seqs, catalogue, events = read_s3rec(path.resolve())
+            name = path.stem if path.is_file() else path.name
+        typer.echo(f"{name}: {len(seqs)} users, {seqs.n_items} items")
+        result = run_embeddings_benchmark(seqs, catalogue, events, settings)
+        result["dataset"] = name
+        result["wall_s"] = round(time.perf_counter() - started, 1)
+        k = settings.evaluate.k
+        lines = [f"# Similar products on {name} (previous item -> next, cosine, all-item ranking)\n",
+                 f"| method | HR@{k} | NDCG@{k} | cold HR@{k} | train s |", "|---|---|---|---|---|"]
+        for method, m in result["methods"].items():
+            lines.append(f"| {method} | {m[f'hr_at_{k}']:.4f} | {m[f'ndcg_at_{k}']:.4f} | "
+                         f"{m[f'cold_hr_at_{k}']:.4f} | {m.get('train_s', 0):.1f} |")
+        lines.append(f"\n{result['data']['evaluated_users']} users evaluated, "
+                     f"{result['data']['cold_users']} with a cold target.")
+        path = write_report(f"embeddings-{name}", result, "\n".join(lines))
+        typer.echo("\n".join(lines))
+        typer.echo(f"wrote {path}")

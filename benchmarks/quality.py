@@ -1,0 +1,177 @@
+"""`rxrec bench quality`: every model family on one dataset, one protocol, one leaderboard.
+
+The dataset is the generated world ("synthetic", with the business view drawn from its ground
+truth) or any folder/file in the S3-Rec format (`user item item ...` per line, optionally with
+`*_item2attributes.json` beside it), e.g. ../shared/datasets/amazon-beauty. Writes
+reports/quality-<dataset>.json, .md and .png, and logs one MLflow run per family.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+FAMILIES = ("popularity", "mf", "rules", "ncf", "gpt4rec")
+# Published all-item-ranking results on the S3-Rec Beauty split (../shared/datasets/README.md).
+PUBLISHED_BEAUTY = {
+    "PopRec": (0.0152, 0.0068), "BERT4Rec": (0.0347, 0.0170), "SASRec": (0.0605, 0.0318),
+    "S3-Rec": (0.0647, 0.0327), "eSASRec": (0.0928, 0.0523),
+}
+
+
+def _load(dataset: str, settings):
+    """(name, world tables, ground truth or None) for 'synthetic' or an S3-Rec path."""
+    if dataset == "synthetic":
+        from pipelines.data.generate import generate_world
+        from pipelines.data.ground_truth import GroundTruth
+
+        world = generate_world(settings.data)
+        return "synthetic", world, GroundTruth(world.ground_truth)
+    from pipelines.data.adapters.s3rec import read_s3rec
+
+    path = Path(dataset)
+    if path.is_dir():
+        candidates = sorted(p for p in path.glob("*.txt"))
+        if len(candidates) != 1:
+            raise typer.BadParameter(f"{path} must hold exactly one S3-Rec .txt file, found {len(candidates)}")
+        path = candidates[0]
+    if not path.is_file():
+        raise typer.BadParameter(f"dataset {dataset!r} is neither 'synthetic' nor an existing S3-Rec file/folder")
+    attributes = path.with_name(f"{path.stem}_item2attributes.json")
+    world = read_s3rec(path, attributes if attributes.exists() else None, dataset=path.stem)
+    return path.stem.lower(), world, None
+
+
+def _markdown(name: str, rows: dict[str, dict[str, Any]], k: int, published: bool) -> str:
+    lines = [f"# Quality leaderboard: {name}", "",
+             f"Leave-one-out by time, target ranked against all items, seen items masked; @{k}.", "",
+             f"| model | HR@{k} | NDCG@{k} | MRR | coverage | cold HR@{k} | long-tail HR@{k} | train s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for model, m in rows.items():
+        sl = m.get("slices", {})
+        lines.append(f"| {model} | {m[f'hr_at_{k}']:.4f} | {m[f'ndcg_at_{k}']:.4f} | {m['mrr']:.4f} | "
+                     f"{m[f'coverage_at_{k}']:.3f} | {sl.get('cold_start', {}).get(f'hr_at_{k}', 0):.4f} | "
+                     f"{sl.get('long_tail', {}).get(f'hr_at_{k}', 0):.4f} | {m['train_seconds']:.1f} |")
+    if any("business" in m for m in rows.values()):
+        lines += ["", "Business view (simulated users of the generated world, top-10 lists, relative to popularity):", "",
+                  "| model | CTR | add-to-cart | purchase | CTR vs static | ATC vs static | purchase vs static |",
+                  "|---|---|---|---|---|---|---|"]
+        for model, m in rows.items():
+            b = m.get("business")
+            if b:
+                lines.append(f"| {model} | {b['ctr']:.4f} | {b['add_to_cart_rate']:.4f} | {b['purchase_rate']:.4f} | "
+                             f"{b['ctr_lift']:+.0%} | {b['add_to_cart_lift']:+.0%} | {b['purchase_lift']:+.0%} |")
+    if published:
+        lines += ["", "Published on the same split (all-item ranking):", "", f"| model | HR@10 | NDCG@10 |", "|---|---|---|"]
+        lines += [f"| {m} | {hr:.4f} | {nd:.4f} |" for m, (hr, nd) in PUBLISHED_BEAUTY.items()]
+    return "\n".join(lines)
+
+
+def run_quality(dataset: str, families: tuple[str, ...], overrides: list[str], log_mlflow: bool = True,
+                out_dir: Path | None = None) -> Path:
+    import numpy as np
+
+    from benchmarks.common import REPORTS, write_report
+    from pipelines.config import Paths, load_settings
+    from pipelines.data.item_features import build_item_features
+    from pipelines.data.sequences import build_sequences
+    from pipelines.embed.prod2vec import train_prod2vec
+    from pipelines.evaluate.protocol import evaluate
+    from pipelines.evaluate.slices import standard_slices
+    from pipelines.models.families import fit_family
+    from pipelines.track.plots import plot_metrics
+
+    settings = load_settings(overrides=overrides)
+    name, world, truth = _load(dataset, settings)
+    seqs = build_sequences(world.events, len(world.catalogue))
+    tokens = build_item_features(world.catalogue, seqs.n_items).tokens if settings.gpt4rec.use_meta else None
+    k = settings.evaluate.k
+    slices = standard_slices(seqs, "test")
+    rows: dict[str, dict[str, Any]] = {}
+    pretrained = None
+    for family in families:
+        typer.secho(f"▶ {family}", bold=True)
+        extra_seconds = 0.0
+        if family == "gpt4rec" and settings.gpt4rec.init_from_prod2vec:
+            started = time.perf_counter()
+            pretrained = train_prod2vec(seqs.train(), seqs.n_items, settings.graph, settings.prod2vec,
+                                        seed=settings.data.seed)
+            extra_seconds = time.perf_counter() - started
+        model, info = fit_family(family, seqs, settings, pretrained=pretrained, item_tokens=tokens)
+        lists: dict[int, np.ndarray] = {}
+        m = evaluate(model, seqs, split="test", k=k, mask_seen=settings.evaluate.mask_seen, slices=slices,
+                     top_lists=lists if truth is not None else None)
+        m["train_seconds"] = info["train_seconds"] + extra_seconds
+        m["train_info"] = {key: v for key, v in info.items() if key != "history"}
+        if truth is not None:
+            users = {int(seqs.user_ids[row]): items for row, items in lists.items()}
+            m["business"] = truth.estimate(users, seed=settings.data.seed)
+        rows[family] = m
+        typer.echo(f"  HR@{k} {m[f'hr_at_{k}']:.4f}  NDCG@{k} {m[f'ndcg_at_{k}']:.4f}  train {m['train_seconds']:.1f}s")
+    if "popularity" in rows and "business" in rows["popularity"]:
+        base = rows["popularity"]["business"]
+        for m in rows.values():
+            b = m["business"]
+            for key, lift in (("ctr", "ctr_lift"), ("add_to_cart_rate", "add_to_cart_lift"),
+                              ("purchase_rate", "purchase_lift")):
+                b[lift] = b[key] / base[key] - 1.0 if base[key] else 0.0
+    report_name = f"quality-{name}"
+    out_dir = out_dir or REPORTS
+    plot_metrics(rows, out_dir / f"{report_name}.png")
+    payload = {
+        "dataset": name, "source": dataset, "overrides": overrides, "seed": settings.data.seed,
+        "protocol": {"split": "leave-one-out by time", "ranking": "all items", "mask_seen": settings.evaluate.mask_seen,
+                     "k": k, "users": int(len(seqs.evaluation("test")[1])),
+                     "slice_users": {s: int(mask.sum()) for s, mask in slices.items()}},
+        "models": rows,
+        "published": {m: {"hr_at_10": hr, "ndcg_at_10": nd} for m, (hr, nd) in PUBLISHED_BEAUTY.items()}
+        if name == "beauty" else {},
+    }
+    path = write_report(report_name, payload, _markdown(name, rows, k, published=name == "beauty"), out_dir)
+    if log_mlflow:
+        _log_to_mlflow(report_name, rows, settings, Paths())
+    return path
+
+
+def _log_to_mlflow(experiment: str, rows: dict[str, dict[str, Any]], settings, paths) -> None:
+    """One run per family in experiment `experiment`, same metric names: comparable in the UI."""
+    import mlflow
+
+    from pipelines.track.registry import configure
+
+    experiment_id = configure(paths.tracking_uri(settings), experiment, paths.mlflow_artifacts)
+    for family, m in rows.items():
+        flat = {key: float(v) for key, v in m.items() if isinstance(v, (int, float))}
+        for slice_name, values in m.get("slices", {}).items():
+            flat.update({f"{slice_name}.{key}": float(v) for key, v in values.items() if key != "n_users"})
+        for key, v in m.get("business", {}).items():
+            flat[f"business.{key}"] = float(v)
+        with mlflow.start_run(experiment_id=experiment_id, run_name=family):
+            mlflow.log_metrics(flat)
+            mlflow.set_tag("family", family)
+
+
+def register(bench: typer.Typer) -> None:
+    @bench.command("quality")
+    def quality(
+        dataset: Annotated[str, typer.Option(help="'synthetic' or an S3-Rec file/folder, e.g. ../shared/datasets/amazon-beauty")] = "synthetic",
+        models: Annotated[str, typer.Option(help="comma-separated families")] = ",".join(FAMILIES),
+        set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="param override section.key=value")] = None,
+        mlflow_log: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="log one MLflow run per family")] = True,
+    ) -> None:
+        """Train and score every family on one dataset; writes reports/quality-<dataset>.json/.md/.png."""
+        chosen = tuple(m.strip() for m in models.split(",") if m.strip())
+        unknown = sorted(set(chosen) - set(FAMILIES))
+        if unknown:
+            raise typer.BadParameter(f"unknown model families {unknown}; choose from {', '.join(FAMILIES)}")
+        from pipelines.config import SettingsError
+
+        try:
+            path = run_quality(dataset, chosen, set_ or [], log_mlflow=mlflow_log)
+        except SettingsError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+        typer.echo(path.with_suffix(".md").read_text())
+        typer.echo(f"written: {path}")

@@ -1,0 +1,129 @@
+"""Neural collaborative filtering (NeuMF: a GMF and an MLP tower), trained with sampled negatives.
+
+The user side is encoded from the user's items (the mean of their embeddings, as in FISM) rather
+than a per-user id, so a brand-new session is scored the same way as a training user; that is
+what an online pharmacy with many anonymous sessions needs. Training: for each user, a random
+prefix of the training history predicts its next item against `negatives` random items (BCE).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from pipelines.config import NCFSettings
+from pipelines.models.gpt4rec import left_pad
+
+
+@dataclass(frozen=True)
+class NCFConfig:
+    n_items: int
+    dim: int = 32
+    hidden: int = 64
+    max_len: int = 50
+
+
+class NeuMF(nn.Module):
+    def __init__(self, c: NCFConfig) -> None:
+        super().__init__()
+        self.config = c
+        self.gmf_items = nn.Embedding(c.n_items + 1, c.dim, padding_idx=0)
+        self.mlp_items = nn.Embedding(c.n_items + 1, c.dim, padding_idx=0)
+        self.user_in = nn.Linear(c.dim, c.hidden, bias=False)  # first MLP layer, split into
+        self.item_in = nn.Linear(c.dim, c.hidden)  # user and item halves so all-item scoring is cheap
+        self.mlp = nn.Sequential(nn.ReLU(), nn.Linear(c.hidden, c.hidden // 2), nn.ReLU())
+        self.out = nn.Linear(c.dim + c.hidden // 2, 1)
+        for emb in (self.gmf_items, self.mlp_items):
+            nn.init.normal_(emb.weight, std=0.05)
+
+    def users(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean item embedding of each padded history, for both towers."""
+        mask = (history != 0).unsqueeze(-1).float()
+        count = mask.sum(1).clamp(min=1.0)
+        return (self.gmf_items(history) * mask).sum(1) / count, (self.mlp_items(history) * mask).sum(1) / count
+
+    def forward(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Logits for (batch, n) candidate items."""
+        gmf_user, mlp_user = self.users(history)
+        gmf = gmf_user.unsqueeze(1) * self.gmf_items(items)
+        mlp = self.mlp(self.user_in(mlp_user).unsqueeze(1) + self.item_in(self.mlp_items(items)))
+        return self.out(torch.cat([gmf, mlp], dim=-1)).squeeze(-1)
+
+    @torch.no_grad()
+    def score_all(self, history: torch.Tensor, chunk: int = 32) -> torch.Tensor:
+        """(batch, n_items + 1) logits; the MLP runs over every item in user chunks."""
+        gmf_user, mlp_user = self.users(history)
+        gmf_w, gmf_b = self.out.weight[0, : self.config.dim], self.out.bias
+        mlp_w = self.out.weight[0, self.config.dim:]
+        item_part = self.item_in(self.mlp_items.weight)  # (N, hidden)
+        out = (gmf_user * gmf_w) @ self.gmf_items.weight.T + gmf_b
+        for start in range(0, len(history), chunk):
+            user_part = self.user_in(mlp_user[start:start + chunk]).unsqueeze(1)  # (c, 1, hidden)
+            out[start:start + chunk] += self.mlp(user_part + item_part.unsqueeze(0)) @ mlp_w
+        return out
+
+
+class NCFRecommender:
+    name = "ncf"
+
+    def __init__(self, model: NeuMF) -> None:
+        self.model = model.eval()
+
+    @classmethod
+    def fit(cls, histories: list[np.ndarray], n_items: int, s: NCFSettings, seed: int,
+            progress: bool = True) -> tuple[NCFRecommender, list[float]]:
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        usable = [h for h in histories if len(h) >= 2]
+        if not usable:
+            raise ValueError("no user has two or more training items: nothing for NCF to learn from")
+        model = NeuMF(NCFConfig(n_items, s.dim, s.hidden, s.max_len))
+        optimizer = torch.optim.Adam(model.parameters(), lr=s.lr)
+        losses = []
+        for epoch in range(s.epochs):
+            model.train()
+            # Several random (prefix → next item) examples per user per epoch.
+            users = np.repeat(np.arange(len(usable)), s.samples_per_user)
+            rng.shuffle(users)
+            total, batches = 0.0, 0
+            for start in tqdm(range(0, len(users), s.batch_size), desc=f"ncf epoch {epoch + 1}/{s.epochs}",
+                              disable=not progress, leave=False, mininterval=2.0):
+                picked = [usable[u] for u in users[start:start + s.batch_size]]
+                cut = [int(rng.integers(1, len(h))) for h in picked]
+                history = torch.from_numpy(left_pad([h[:c] for h, c in zip(picked, cut)], s.max_len))
+                positives = torch.tensor([h[c] for h, c in zip(picked, cut)]).unsqueeze(1)
+                negatives = torch.from_numpy(rng.integers(1, n_items + 1, (len(picked), s.negatives)))
+                candidates = torch.cat([positives, negatives], dim=1)
+                labels = torch.zeros(candidates.shape)
+                labels[:, 0] = 1.0
+                loss = F.binary_cross_entropy_with_logits(model(history, candidates), labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.item()
+                batches += 1
+            losses.append(total / max(batches, 1))
+        return cls(model.eval()), losses
+
+    def score(self, histories: list[np.ndarray]) -> np.ndarray:
+        batch = torch.from_numpy(left_pad(histories, self.model.config.max_len))
+        return self.model.score_all(batch).numpy()
+
+    def save(self, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, out_dir / "weights.safetensors")
+        (out_dir / "config.json").write_text(json.dumps(asdict(self.model.config)))
+
+    @classmethod
+    def load(cls, in_dir: Path) -> NCFRecommender:
+        model = NeuMF(NCFConfig(**json.loads((in_dir / "config.json").read_text())))
+        model.load_state_dict(load_file(in_dir / "weights.safetensors"))
+        return cls(model)

@@ -1,0 +1,114 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.config import MetaProd2VecSettings, SimilarSettings, TfidfSettings
+from pipelines.embed.evaluate import CosineSimilarity, Popularity, evaluate_similarity
+from pipelines.embed.meta import field_values, item_fields, item_texts
+from pipelines.embed.meta_prod2vec import train_meta_prod2vec
+from pipelines.embed.prod2vec import ItemEmbeddings
+from pipelines.embed.similar import SimilarProducts
+from pipelines.embed.text import train_tfidf
+
+
+def test_field_values_normalise_inconsistent_meta_info():
+    assert field_values("manufacturer", "Orion Healthcare Limited") == field_values("manufacturer", "orion HEALTHCARE")
+    assert field_values("composition", "Paracetamol 500mg + Caffeine 30mg") == ["caffeine", "paracetamol"]
+    assert field_values("uses", "fever|headache") == ["fever", "headache"]
+    assert field_values("form", None) == [] and field_values("form", float("nan")) == []
+
+
+def _catalogue(n: int) -> pd.DataFrame:
+    cls = ["alpha" if i <= n // 2 else "beta" for i in range(1, n + 1)]
+    return pd.DataFrame({"item_id": np.arange(1, n + 1), "name": [f"item {c}" for c in cls],
+                         "therapeutic_class": cls, "form": ["tablet"] * n})
+
+
+def test_meta_prod2vec_learns_classes_and_embeds_cold_items():
+    n = 40
+    rng = np.random.default_rng(0)
+    # walks stay inside a class; items 20 and 40 never appear (cold)
+    walks = np.concatenate([rng.integers(1, 20, (300, 12)), rng.integers(21, 40, (300, 12))]).astype(np.int32)
+    fields = item_fields(_catalogue(n), n, ["therapeutic_class", "form", "uses"])
+    assert fields.fields == ["item_id", "therapeutic_class", "form"]  # "uses" is not a column: skipped
+    emb = train_meta_prod2vec(walks, fields, MetaProd2VecSettings(dim=16, epochs=3, workers=1), seed=0,
+                              progress=False)
+    assert emb.known[1:].all() and not emb.known[0]
+    assert emb.info["n_cold_items"] == 2
+    v = emb.vectors / np.linalg.norm(emb.vectors, axis=1, keepdims=True).clip(1e-9)
+    assert v[20] @ v[1:20].mean(0) > v[20] @ v[21:40].mean(0)  # the cold alpha item sits with the alphas
+    assert v[40] @ v[21:40].mean(0) > v[40] @ v[1:20].mean(0)
+    weights = emb.extra["field_weights"]
+    assert np.allclose(weights[1:].sum(1), 1, atol=1e-4) and weights[20, 0] == 0  # a cold item has no id weight
+    again = train_meta_prod2vec(walks, fields, MetaProd2VecSettings(dim=16, epochs=3, workers=1), seed=0,
+                                progress=False)
+    assert np.array_equal(again.vectors, emb.vectors)  # one thread: fully reproducible
+
+
+def test_meta_prod2vec_rejects_walks_outside_the_catalogue():
+    fields = item_fields(_catalogue(10), 10, ["therapeutic_class"])
+    with pytest.raises(ValueError, match="outside 1..10"):
+        train_meta_prod2vec(np.full((2, 5), 11, dtype=np.int32), fields, MetaProd2VecSettings(), seed=0)
+
+
+def test_tfidf_is_sparse_and_cosine_finds_same_class():
+    texts = item_texts(_catalogue(20), 20)
+    assert texts[0] == "" and "alpha" in texts[1]
+    emb = train_tfidf(texts, TfidfSettings())
+    assert emb.vectors.shape[0] == 21 and not emb.known[0]
+    ids, _ = SimilarProducts(emb, SimilarSettings()).query([1], k=3)
+    assert all(i <= 10 for i in ids[0])
+
+
+@pytest.mark.parametrize("exact_max_items", [10_000, 5])
+def test_similar_products_exact_and_approximate_agree(exact_max_items, tmp_path):
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(201, 8)).astype(np.float32)
+    known = np.ones(201, dtype=bool)
+    known[0] = known[7] = False
+    emb = ItemEmbeddings(vectors=vectors, known=known, info={"method": "random"})
+    index = SimilarProducts(emb, SimilarSettings(exact_max_items=exact_max_items))
+    assert index.approximate == (exact_max_items == 5)
+    ids, cos = index.query([1, 2, 3], k=5)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    sims = unit[[1, 2, 3]] @ unit.T
+    sims[:, ~known] = -np.inf
+    sims[[0, 1, 2], [1, 2, 3]] = -np.inf
+    expected = np.argsort(-sims, axis=1)[:, :5]
+    assert (ids == expected).mean() >= 0.9 and 7 not in ids
+    assert np.all(np.diff(cos, axis=1) <= 1e-6)
+    with pytest.raises(KeyError, match="no vector"):
+        index.query([7])
+
+
+def test_similarity_protocol_scores_cold_targets_only_with_a_vector():
+    from pipelines.data.sequences import Sequences
+
+    items = [np.array([1, 2, 3, 4]), np.array([2, 1, 3, 5]), np.array([3, 4, 1, 2])]
+    seqs = Sequences(user_ids=np.arange(3), items=items, times=[np.arange(4.0)] * 3, n_items=5)
+    vectors = np.eye(6, dtype=np.float32)
+    vectors[5] = vectors[3]  # item 5 (never in training) looks like item 3
+    known = np.ones(6, dtype=bool)
+    known[0] = False
+    with_vec = evaluate_similarity(CosineSimilarity("v", vectors, known), seqs, k=1)
+    known[5] = False
+    without = evaluate_similarity(CosineSimilarity("v", vectors, known), seqs, k=1)
+    assert with_vec["n_cold_users"] == 1 and with_vec["cold_hr_at_1"] == 1.0 and without["cold_hr_at_1"] == 0.0
+    assert evaluate_similarity(Popularity(seqs.train(), 5), seqs, k=1)["cold_hr_at_1"] == 0.0
+
+
+def test_text_encoder_embeds_offline_and_finetunes_on_pairs():
+    from pipelines.config import TextEncoderSettings
+    from pipelines.embed.text import train_text_encoder
+
+    texts = ["", "paracetamol tablet for fever", "ibuprofen tablet for pain", "vitamin c capsule", "zinc capsule"]
+    base = train_text_encoder(texts, TextEncoderSettings(device="cpu"), seed=0, progress=False)
+    assert base.vectors.shape == (5, 384) and not base.known[0] and base.known[1:].all()
+    assert np.allclose(np.linalg.norm(base.vectors[1:], axis=1), 1, atol=1e-4)
+    pairs = np.array([[1, 2], [3, 4]])  # one contrastive step: enough to move the weights
+    tuned = train_text_encoder(texts, TextEncoderSettings(device="cpu", finetune=True, batch_size=2, finetune_lr=1e-4),
+                               seed=0, pairs=pairs, progress=False)
+    assert tuned.info["finetuned"] and tuned.info["finetune_losses"]
+    assert not np.allclose(tuned.vectors, base.vectors)
+    with pytest.raises(ValueError, match="no co-occurring item pairs"):
+        train_text_encoder(texts, TextEncoderSettings(finetune=True), seed=0)
