@@ -32,3 +32,33 @@ def write_report(name: str, payload: dict[str, Any], markdown: str, out_dir: Pat
     path.write_text(json.dumps(body, indent=2, default=str))
     (out_dir / f"{name}.md").write_text(markdown.rstrip() + "\n")
     return path
+
+
+def load_dataset(dataset: str, settings: Any) -> tuple[str, Any, Any]:
+    """(name, world tables, ground truth or None) for 'synthetic' or an S3-Rec file/folder.
+
+    One loader for every benchmark, through the same adapter the pipeline ingests with, so a
+    dataset is read identically wherever it is measured.
+    """
+    import typer
+
+    if dataset == "synthetic":
+        from pipelines.data.generate import generate_world
+        from pipelines.data.ground_truth import GroundTruth
+
+        world = generate_world(settings.data)
+        return "synthetic", world, GroundTruth(world.ground_truth)
+    from pipelines.data.adapters.s3rec import read_s3rec
+
+    path = Path(dataset)
+    path = path if path.is_absolute() else (Path.cwd() / path)
+    if path.is_dir():
+        candidates = sorted(path.glob("*.txt"))
+        if len(candidates) != 1:
+            raise typer.BadParameter(f"{path} must hold exactly one S3-Rec .txt file, found {len(candidates)}")
+        path = candidates[0]
+    if not path.is_file():
+        raise typer.BadParameter(f"dataset {dataset!r} is neither 'synthetic' nor an existing S3-Rec file/folder")
+    attributes = path.with_name(f"{path.stem}_item2attributes.json")
+    world = read_s3rec(path, attributes if attributes.exists() else None, dataset=path.stem)
+    return path.stem.lower(), world, None

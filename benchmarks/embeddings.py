@@ -9,60 +9,10 @@ world from params.yaml; a path reads S3-Rec files (`user item item ...` per line
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-
-
-def read_s3rec(path: Path) -> tuple[Any, Any, None]:
-    """(Sequences, catalogue, events=None) from S3-Rec files; each user-item pair kept once, first time.
-
-    Attributes (anonymised brand/category ids) become the catalogue's `tags` field.
-    """
-    import numpy as np
-    import pandas as pd
-
-    from pipelines.data.sequences import Sequences
-
-    if path.is_dir():
-        found = sorted(p for p in path.glob("*.txt"))
-        if len(found) != 1:
-            raise typer.BadParameter(f"{path} must hold exactly one S3-Rec .txt file, found {[p.name for p in found]}")
-        path = found[0]
-    if not path.exists():
-        raise typer.BadParameter(f"dataset file {path} does not exist")
-    users, items = [], []
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if len(parts) < 2:
-            continue
-        seq = list(dict.fromkeys(int(x) for x in parts[1:]))
-        users.append(int(parts[0]))
-        items.append(np.asarray(seq, dtype=np.int64))
-    if not items:
-        raise typer.BadParameter(f"{path} holds no `user item item ...` lines")
-    n_items = int(max(s.max() for s in items))
-    attr_file = path.with_name(f"{path.stem}_item2attributes.json")
-    rows = {"item_id": np.arange(1, n_items + 1)}
-    catalogue = pd.DataFrame(rows)
-    if attr_file.exists():
-        attrs = json.loads(attr_file.read_text())
-        catalogue["tags"] = ["|".join(f"a{a}" for a in attrs.get(str(i), [])) or None for i in rows["item_id"]]
-    seqs = Sequences(user_ids=np.asarray(users), items=items, times=[np.arange(len(s), dtype=np.float64) for s in items],
-                     n_items=n_items)
-    return seqs, catalogue, None
-
-
-def synthetic(settings) -> tuple[Any, Any, Any]:
-    from pipelines.data.generate import generate_world
-    from pipelines.data.sequences import build_sequences
-
-    world = generate_world(settings.data)
-    seqs = build_sequences(world.events, n_items=int(world.catalogue["item_id"].max()))
-    return seqs, world.catalogue, world.events
 
 
 def run_embeddings_benchmark(seqs, catalogue, events, settings) -> dict[str, Any]:
@@ -133,18 +83,16 @@ def register(bench: typer.Typer) -> None:
     ) -> None:
         """HR@10 / NDCG@10 / cold-start HR@10 of TF-IDF, text encoder, Prod2Vec, Meta-Prod2Vec."""
         from benchmarks.common import write_report
-        from pipelines.config import PROJECT_ROOT, load_settings
+        from pipelines.config import load_settings
 
         settings = load_settings(overrides=set_ or [])
         started = time.perf_counter()
-        if dataset == "synthetic":
-            name = "synthetic"
-            seqs, catalogue, events = synthetic(settings)
-        else:
-            path = Path(dataset)
-            path = path if path.is_absolute() else (PROJECT_ROOT / path)
-            seqs, catalogue, events = read_s3rec(path.resolve())
-            name = path.stem if path.is_file() else path.name
+        from benchmarks.common import load_dataset
+        from pipelines.data.sequences import build_sequences
+
+        name, world, _ = load_dataset(dataset, settings)
+        catalogue, events = world.catalogue, world.events
+        seqs = build_sequences(events, n_items=int(catalogue["item_id"].max()))
         typer.echo(f"{name}: {len(seqs)} users, {seqs.n_items} items")
         result = run_embeddings_benchmark(seqs, catalogue, events, settings)
         result["dataset"] = name

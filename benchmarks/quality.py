@@ -22,29 +22,6 @@ PUBLISHED_BEAUTY = {
 }
 
 
-def _load(dataset: str, settings):
-    """(name, world tables, ground truth or None) for 'synthetic' or an S3-Rec path."""
-    if dataset == "synthetic":
-        from pipelines.data.generate import generate_world
-        from pipelines.data.ground_truth import GroundTruth
-
-        world = generate_world(settings.data)
-        return "synthetic", world, GroundTruth(world.ground_truth)
-    from pipelines.data.adapters.s3rec import read_s3rec
-
-    path = Path(dataset)
-    if path.is_dir():
-        candidates = sorted(p for p in path.glob("*.txt"))
-        if len(candidates) != 1:
-            raise typer.BadParameter(f"{path} must hold exactly one S3-Rec .txt file, found {len(candidates)}")
-        path = candidates[0]
-    if not path.is_file():
-        raise typer.BadParameter(f"dataset {dataset!r} is neither 'synthetic' nor an existing S3-Rec file/folder")
-    attributes = path.with_name(f"{path.stem}_item2attributes.json")
-    world = read_s3rec(path, attributes if attributes.exists() else None, dataset=path.stem)
-    return path.stem.lower(), world, None
-
-
 def _markdown(name: str, rows: dict[str, dict[str, Any]], k: int, published: bool) -> str:
     lines = [f"# Quality leaderboard: {name}", "",
              f"Leave-one-out by time, target ranked against all items, seen items masked; @{k}.", "",
@@ -65,7 +42,7 @@ def _markdown(name: str, rows: dict[str, dict[str, Any]], k: int, published: boo
                 lines.append(f"| {model} | {b['ctr']:.4f} | {b['add_to_cart_rate']:.4f} | {b['purchase_rate']:.4f} | "
                              f"{b['ctr_lift']:+.0%} | {b['add_to_cart_lift']:+.0%} | {b['purchase_lift']:+.0%} |")
     if published:
-        lines += ["", "Published on the same split (all-item ranking):", "", f"| model | HR@10 | NDCG@10 |", "|---|---|---|"]
+        lines += ["", "Published on the same split (all-item ranking):", "", "| model | HR@10 | NDCG@10 |", "|---|---|---|"]
         lines += [f"| {m} | {hr:.4f} | {nd:.4f} |" for m, (hr, nd) in PUBLISHED_BEAUTY.items()]
     return "\n".join(lines)
 
@@ -74,7 +51,7 @@ def run_quality(dataset: str, families: tuple[str, ...], overrides: list[str], l
                 out_dir: Path | None = None) -> Path:
     import numpy as np
 
-    from benchmarks.common import REPORTS, write_report
+    from benchmarks.common import REPORTS, load_dataset, write_report
     from pipelines.config import Paths, load_settings
     from pipelines.data.item_features import build_item_features
     from pipelines.data.sequences import build_sequences
@@ -85,7 +62,7 @@ def run_quality(dataset: str, families: tuple[str, ...], overrides: list[str], l
     from pipelines.track.plots import plot_metrics
 
     settings = load_settings(overrides=overrides)
-    name, world, truth = _load(dataset, settings)
+    name, world, truth = load_dataset(dataset, settings)
     seqs = build_sequences(world.events, len(world.catalogue))
     tokens = build_item_features(world.catalogue, seqs.n_items).tokens if settings.gpt4rec.use_meta else None
     k = settings.evaluate.k
@@ -124,7 +101,7 @@ def run_quality(dataset: str, families: tuple[str, ...], overrides: list[str], l
     payload = {
         "dataset": name, "source": dataset, "overrides": overrides, "seed": settings.data.seed,
         "protocol": {"split": "leave-one-out by time", "ranking": "all items", "mask_seen": settings.evaluate.mask_seen,
-                     "k": k, "users": int(len(seqs.evaluation("test")[1])),
+                     "k": k, "users": len(seqs.evaluation("test")[1]),
                      "slice_users": {s: int(mask.sum()) for s, mask in slices.items()}},
         "models": rows,
         "published": {m: {"hr_at_10": hr, "ndcg_at_10": nd} for m, (hr, nd) in PUBLISHED_BEAUTY.items()}
@@ -139,7 +116,6 @@ def run_quality(dataset: str, families: tuple[str, ...], overrides: list[str], l
 def _log_to_mlflow(experiment: str, rows: dict[str, dict[str, Any]], settings, paths) -> None:
     """One run per family in experiment `experiment`, same metric names: comparable in the UI."""
     import mlflow
-
     from pipelines.track.registry import configure
 
     experiment_id = configure(paths.tracking_uri(settings), experiment, paths.mlflow_artifacts)

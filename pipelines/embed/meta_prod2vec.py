@@ -26,18 +26,10 @@ from tqdm.auto import tqdm
 from pipelines.config import MetaProd2VecSettings
 from pipelines.embed.meta import ItemFields
 from pipelines.embed.prod2vec import ItemEmbeddings
+from pipelines.graph.walks import _splitmix64 as _next  # the walks' per-walker random stream
 
 _BLOCK = 64  # walks per scheduling unit of the Hogwild loop
 _CUM_RESOLUTION = 2**31 - 1
-
-
-@numba.njit(cache=True, inline="always")
-def _next(state: np.uint64) -> tuple[np.uint64, np.uint64]:
-    state = state + np.uint64(0x9E3779B97F4A7C15)
-    z = state
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return state, z ^ (z >> np.uint64(31))
 
 
 @numba.njit(cache=True, fastmath=True, inline="always")
