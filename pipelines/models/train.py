@@ -51,6 +51,40 @@ def training_examples(histories: list[np.ndarray], max_len: int) -> tuple[np.nda
     return inputs, targets
 
 
+class NegativeSampler:
+    """Shared negatives drawn in proportion to popularity^0.75 (word2vec's choice), with log q kept
+    for the correction that makes sampled softmax an unbiased estimate of the full one."""
+
+    def __init__(self, histories: list[np.ndarray], n_items: int, count: int, device: torch.device) -> None:
+        freq = np.bincount(np.concatenate(histories), minlength=n_items + 1).astype(np.float64) if histories else \
+            np.ones(n_items + 1)
+        freq[0] = 0.0
+        weights = (freq + 1.0) ** 0.75  # unseen items can still be drawn
+        weights[0] = 0.0
+        self.probs = torch.tensor(weights / weights.sum(), dtype=torch.float32, device=device)
+        self.count = count
+
+    def draw(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.multinomial(self.probs, self.count, replacement=True, generator=generator)
+        return ids, torch.log(self.probs[ids] * self.count)
+
+
+def sampled_softmax_loss(model: GPT4Rec, states: torch.Tensor, targets: torch.Tensor, sampler: NegativeSampler,
+                         generator: torch.Generator) -> torch.Tensor:
+    """Cross-entropy over the target and shared sampled negatives (log q corrected, accidental hits masked).
+
+    Why: the full softmax costs one dot product per item per position; with catalogues of
+    hundreds of thousands of products a few thousand shared negatives give nearly the same gradient.
+    """
+    negatives, log_q = sampler.draw(generator)
+    items = model.item_vectors()
+    positive = (states * items[targets]).sum(-1, keepdim=True)
+    negative = states @ items[negatives].T - log_q
+    negative = negative.masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
+    logits = torch.cat([positive, negative], dim=1)
+    return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=states.device))
+
+
 def train_gpt4rec(
     seqs: Sequences,
     s: GPT4RecSettings,
@@ -78,6 +112,8 @@ def train_gpt4rec(
         initialised = model.init_item_embeddings(pretrained.vectors, pretrained.known)
     model.to(device)
     inputs, targets = training_examples(seqs.train(), s.max_len)
+    sampler = NegativeSampler(seqs.train(), seqs.n_items, s.negatives, device) if s.loss == "sampled" else None
+    generator = torch.Generator(device=device).manual_seed(seed)
     if not len(inputs):
         raise ValueError("no user has two or more training items: nothing to learn from")
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
@@ -96,7 +132,10 @@ def train_gpt4rec(
             y = torch.from_numpy(targets[idx]).to(device)
             states = model.hidden(x)
             keep = y != 0
-            loss = F.cross_entropy(model.logits(states[keep]), y[keep])
+            if s.loss == "sampled":
+                loss = sampled_softmax_loss(model, states[keep], y[keep], sampler, generator)
+            else:
+                loss = F.cross_entropy(model.logits(states[keep]), y[keep])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -53,3 +53,12 @@ def test_prod2vec_dimension_mismatch_is_explained(cyclic_world):
     bad = ItemEmbeddings(vectors=np.zeros((41, 8), np.float32), known=np.ones(41, bool), info={})
     with pytest.raises(ValueError, match="prod2vec.dim"):
         train_gpt4rec(seqs, GPT4RecSettings(dim=16, epochs=1), seed=0, pretrained=bad, progress=False)
+
+
+def test_sampled_softmax_learns_too(cyclic_world):
+    settings = GPT4RecSettings(dim=32, layers=1, heads=2, max_len=10, dropout=0.0, epochs=6, batch_size=32,
+                               lr=0.01, loss="sampled", negatives=16)
+    result = train_gpt4rec(cyclic_world, settings, seed=0, progress=False)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    learned = evaluate(GPT4RecRecommender(result.model), cyclic_world, k=10)
+    assert learned["hr_at_10"] > 0.8
