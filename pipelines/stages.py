@@ -89,9 +89,8 @@ def validate(s: Settings, p: Paths) -> dict[str, Any]:
 
 
 def sequences(s: Settings, p: Paths) -> dict[str, Any]:
-    from pipelines.data.sequences import build_sequences, save_sequences
-
     from pipelines.data.item_features import build_item_features
+    from pipelines.data.sequences import build_sequences, save_sequences
 
     catalogue = pd.read_parquet(p.validated / CATALOGUE_FILE)
     events = pd.read_parquet(p.validated / EVENTS_FILE)

@@ -150,7 +150,7 @@ def _draw_products(s: DataSettings, rng: np.random.Generator) -> _Products:
     popularity /= popularity.sum()
     span = s.n_days * SECONDS_PER_DAY
     launch = -rng.uniform(0, 365 * SECONDS_PER_DAY, size=n)
-    n_cold = int(round(s.cold_start_share * n))
+    n_cold = round(s.cold_start_share * n)
     cold = rng.choice(n, size=n_cold, replace=False)
     launch[cold] = rng.uniform(0.8 * span, 0.97 * span, size=n_cold)
     return _Products(

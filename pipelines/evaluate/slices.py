@@ -23,7 +23,7 @@ def standard_slices(seqs: Sequences, split: str = "test", cold_max_count: int = 
         np.add.at(counts, items[:-cut] if len(items) > cut else items[:0], 1)
     order = np.argsort(-counts[1:], kind="stable") + 1
     head = np.zeros(seqs.n_items + 1, dtype=bool)
-    head[order[: max(1, int(round(head_share * seqs.n_items)))]] = True
+    head[order[: max(1, round(head_share * seqs.n_items))]] = True
     lengths = np.array([len(h) for h in histories])
     return {
         "cold_start": counts[targets] <= cold_max_count,

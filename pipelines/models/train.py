@@ -19,7 +19,7 @@ from pipelines.config import GPT4RecSettings
 from pipelines.data.sequences import Sequences
 from pipelines.embed.prod2vec import ItemEmbeddings
 from pipelines.evaluate.protocol import evaluate
-from pipelines.models.gpt4rec import GPT4Rec, GPT4RecConfig, GPT4RecRecommender, left_pad
+from pipelines.models.gpt4rec import GPT4Rec, GPT4RecConfig, GPT4RecRecommender
 
 
 @dataclass
