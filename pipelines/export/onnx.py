@@ -19,12 +19,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from pipelines.export.contract import INPUT_NAME, MODEL_FILE, OUTPUT_IDS, OUTPUT_SCORES
 from pipelines.models.gpt4rec import GPT4Rec, left_pad
 
-INPUT_NAME = "input_ids"
-OUTPUT_IDS = "item_ids"
-OUTPUT_SCORES = "scores"
-MODEL_FILE = "model.onnx"
 MASKED_SCORE = -1.0e9
 TIE_TOLERANCE = 1e-5  # relative score difference below which two items are a tie
 

@@ -26,12 +26,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipelines.export.contract import INPUT_NAME, OUTPUT_IDS, OUTPUT_SCORES
+
 #: The Python-backend model copied beside each model.onnx.
 BACKEND_MODEL_PY = Path(__file__).resolve().parents[1] / "serve" / "backend" / "model.py"
 
-INPUT_NAME = "input_ids"
-OUTPUT_IDS = "item_ids"
-OUTPUT_SCORES = "scores"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _TMP_PREFIX = ".tmp-version-"

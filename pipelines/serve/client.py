@@ -12,9 +12,7 @@ import numbers
 import numpy as np
 import tritonclient.http as httpclient
 
-INPUT_NAME = "input_ids"
-OUTPUT_IDS = "item_ids"
-OUTPUT_SCORES = "scores"
+from pipelines.export.contract import INPUT_NAME, OUTPUT_IDS, OUTPUT_SCORES
 
 
 def pad_sessions(sessions: list[list[int]], max_len: int | None = None) -> np.ndarray:
