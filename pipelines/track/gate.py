@@ -86,6 +86,7 @@ def onnx_metrics(onnx_path: Path, features: Path, k: int, batch_size: int = 512)
     scores exactly what Triton would serve. "Cold" targets are items never seen in training.
     """
     from pipelines.data.sequences import load_sequences
+    from pipelines.evaluate import metrics
     from pipelines.export.onnx import onnx_session, onnx_top_k
     from pipelines.serve.client import pad_sessions
 
@@ -97,7 +98,7 @@ def onnx_metrics(onnx_path: Path, features: Path, k: int, batch_size: int = 512)
         raise IncompatibleModel(f"model has {n_items} items, the current catalogue {seqs.n_items}")
     k = min(k, top_k)
     histories, targets, _ = seqs.evaluation("test")
-    ranks = np.full(len(targets), np.iinfo(np.int64).max, dtype=np.int64)
+    ranks = np.full(len(targets), k, dtype=np.int64)  # 0-based; k = not in the top-k
     recommended = np.zeros(n_items + 1, dtype=bool)
     for start in range(0, len(targets), batch_size):
         batch = [h.tolist() or [0] for h in histories[start:start + batch_size]]
@@ -106,18 +107,17 @@ def onnx_metrics(onnx_path: Path, features: Path, k: int, batch_size: int = 512)
         recommended[ids.ravel()] = True
         hit = ids == targets[start:start + batch_size, None]
         rows, cols = np.nonzero(hit)
-        ranks[start + rows] = cols + 1
-    hits = ranks <= k
+        ranks[start + rows] = cols
     seen = np.zeros(n_items + 1, dtype=bool)
     for history in seqs.train():
         seen[history] = True
     cold = ~seen[targets]
-    out = {f"hr_at_{k}": float(hits.mean()),
-           f"ndcg_at_{k}": float(np.where(hits, 1.0 / np.log2(np.minimum(ranks, k) + 1), 0.0).mean()),
+    out = {f"hr_at_{k}": metrics.hit_rate(ranks, k),
+           f"ndcg_at_{k}": metrics.ndcg(ranks, k),
            f"coverage_at_{k}": float(recommended[1:].sum() / max(n_items, 1)),
            "n_users": float(len(targets))}
     if cold.sum() >= MIN_COLD_USERS:
-        out[f"cold_start_hr_at_{k}"] = float(hits[cold].mean())
+        out[f"cold_start_hr_at_{k}"] = metrics.hit_rate(ranks[cold], k)
         out["cold_start_users"] = float(cold.sum())
     return out
 
