@@ -11,7 +11,7 @@ export RXREC_TRITON_VENV ?= $(CURDIR)/.venv-triton
 QUIET_PIP := 2>&1 | { grep -v -e "is ignored: it is neither" -e "^\s*$$" || true; }
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-fast lint mlflow serve clean distclean airflow airflow-stop browser-deps
+.PHONY: help setup demo test test-fast lint mlflow serve serve-stop clean distclean airflow airflow-stop browser-deps stack stack-stop
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,11 +45,24 @@ mlflow: setup  ## MLflow UI/server on 127.0.0.1:5000 over the embedded store (Ct
 s3: setup  ## local S3 emulator (moto) on 127.0.0.1:5555 for the DVC `s3` remote (Ctrl-C stops it)
 	$(BIN)/python infra/s3/server.py
 
+serve: setup  ## tritonserver on 127.0.0.1 (params.yaml serve ports) in the background, every model of triton_repo/ loaded
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/rxrec serve start
+
+serve-stop:  ## stop the tritonserver that `make serve` started
+	$(BIN)/rxrec serve stop
+
 airflow: setup  ## Airflow 3 on 127.0.0.1:8080 (API server + UI, scheduler, DAG processor) in the background
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python infra/airflow/launcher.py start
 
 airflow-stop:  ## stop the Airflow that `make airflow` started (SIGINT, then waits)
 	$(BIN)/python infra/airflow/launcher.py stop
+
+stack: setup  ## the distributed stack on 127.0.0.1: Postgres, Redis, S3 (moto), MLflow, Airflow Celery (2 workers), Triton
+	bash infra/stack/setup.sh
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python infra/stack/stack.py start
+
+stack-stop:  ## stop every service `make stack` started (none left behind)
+	$(BIN)/python infra/stack/stack.py stop
 
 browser-deps:  ## Debian's chromium + chromedriver for the browser tests (apt-get; skipped when present)
 	bash infra/airflow/browser-deps.sh

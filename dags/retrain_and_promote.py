@@ -235,6 +235,35 @@ def _stage_task(stage: str):
     return run_one()
 
 
+GPU_TASK = "build_tensorrt_engine"  # not a dvc.yaml stage: it needs a Kubernetes cluster with GPU nodes
+
+
+def _build_tensorrt_engine_task():
+    @task(task_id=GPU_TASK, **SERVICE_RETRIES,
+          doc_md="Builds the champion's TensorRT engine on the GPU node pool (infra/k8s/tensorrt-build-job.yaml) "
+                 "when params.yaml `gpu.enabled` is true; skipped otherwise.")
+    def run_one() -> dict:
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+        params = get_current_context()["params"]
+        if not params.get("promote"):
+            raise AirflowSkipException("promote=false: nothing was deployed, so there is no engine to build")
+        settings = load_settings(overrides=overrides_from_params(params))
+        if not settings.gpu.enabled:
+            raise AirflowSkipException("the GPU profile is disabled: set `gpu.enabled: true` in params.yaml (or add "
+                                       "`gpu.enabled=true` under extra overrides) with a kube context that reaches "
+                                       "the GPU node pool to build the TensorRT engine")
+        from pipelines.config import Paths
+        from pipelines.export.gpu_deploy import ClusterUnavailable, build_tensorrt_engine
+
+        try:
+            return build_tensorrt_engine(settings, Paths())
+        except ClusterUnavailable as exc:
+            raise AirflowFailException(str(exc)) from exc  # retrying cannot conjure a cluster
+
+    return run_one()
+
+
 @dag(
     dag_id="retrain_and_promote",
     dag_display_name="Retrain and promote (rxrec)",
@@ -252,6 +281,8 @@ def retrain_and_promote():
     for stage, upstream in GRAPH.items():
         for name in upstream:
             tasks[name] >> tasks[stage]
+    if "deploy" in tasks:
+        tasks["deploy"] >> _build_tensorrt_engine_task()
 
 
 retrain_and_promote_dag = retrain_and_promote()

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -133,25 +134,133 @@ def summary(elapsed: Annotated[float, typer.Option(hidden=True)] = 0.0) -> None:
     typer.echo(f"Reports: {reports}/  (metrics.png, validation.md, parity.json)\n{line}")
 
 
-@app.command()
-def recommend(
-    session: Annotated[str, typer.Option(help="comma-separated item ids, oldest first, e.g. 12,45,7")],
-    url: Annotated[str, typer.Option(help="Triton HTTP endpoint")] = "127.0.0.1:8000",
-    model: Annotated[str, typer.Option(help="model name in the Triton repository")] = "gpt4rec",
-) -> None:
-    """Ask a running Triton server for the next items of one session."""
-    from pipelines.serve.client import recommend as ask
+def _id_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        _fail(f"{option} must be comma-separated integer item ids, got {text!r}")
+        raise  # unreachable: _fail exits
+
+
+def _endpoint(url: str | None, protocol: str) -> str:
+    """--url, else the params.yaml serve port of the protocol on 127.0.0.1."""
+    if protocol not in ("http", "grpc"):
+        _fail(f"--protocol must be http or grpc, got {protocol!r}")
+    if url:
+        return url
+    serve_settings = load_settings().serve
+    return f"127.0.0.1:{serve_settings.http_port if protocol == 'http' else serve_settings.grpc_port}"
+
+
+def _ask_server(call: Callable[[], object], what: str) -> object:
+    """Run a client call; bad input and server rejections become one clear error line."""
+    from tritonclient.utils import InferenceServerException
 
     try:
-        items = [int(x) for x in session.split(",") if x.strip()]
-    except ValueError:
-        _fail(f"--session must be comma-separated integer item ids, got {session!r}")
-    try:
-        (ids, scores), = ask([items], url=url, model_name=model)
+        return call()
     except ValueError as exc:
         _fail(str(exc))
+    except InferenceServerException as exc:
+        _fail(f"{what}: the server answered: {exc.message() if hasattr(exc, 'message') else exc}")
+    except ConnectionError as exc:
+        _fail(f"{what}: no Triton server answers ({exc}); start one with `rxrec serve start`")
+    return None
+
+
+@app.command()
+def recommend(
+    session: Annotated[str, typer.Option(help="comma-separated item ids, oldest first, e.g. 12,45,7 ('' = empty)")],
+    purchased: Annotated[str, typer.Option(help="comma-separated item ids never to recommend")] = "",
+    model: Annotated[str, typer.Option(help="recommend (entry point with fallbacks) or gpt4rec (raw model)")] = (
+        "recommend"),
+    url: Annotated[str | None, typer.Option(help="Triton endpoint host:port (default: params.yaml serve ports)")] = None,
+    protocol: Annotated[str, typer.Option(help="http or grpc")] = "http",
+) -> None:
+    """Ask a running Triton server for the next items of one session."""
+    from pipelines.serve.client import recommend as ask_gpt4rec
+    from pipelines.serve.client import recommend_session
+
+    items, bought = _id_list(session, "--session"), _id_list(purchased, "--purchased")
+    endpoint = _endpoint(url, protocol)
+    if model == "recommend":
+        (answer,) = _ask_server(lambda: recommend_session([items], purchased=[bought] if bought else None,
+                                                          url=endpoint, protocol=protocol), model)
+        ids, scores = answer.item_ids, answer.scores
+        typer.echo(f"source: {answer.source}" + (f"  (dropped unknown ids {answer.unknown_ids})"
+                                                 if answer.unknown_ids else ""))
+    else:
+        if protocol != "http" or bought:
+            _fail("--model gpt4rec is asked over HTTP without --purchased; use the recommend entry point for those")
+        ((ids, scores),) = _ask_server(lambda: ask_gpt4rec([items], url=endpoint, model_name=model), model)
     for rank, (item, score) in enumerate(zip(ids, scores), 1):
-        typer.echo(f"{rank:>3}. item {item}  score {score:.4f}")
+        if item >= 0:
+            typer.echo(f"{rank:>3}. item {item}  score {score:.4f}")
+
+
+@app.command()
+def similar(
+    item: Annotated[int, typer.Option(help="item id whose similar products to list")],
+    url: Annotated[str | None, typer.Option(help="Triton endpoint host:port (default: params.yaml serve ports)")] = None,
+    protocol: Annotated[str, typer.Option(help="http or grpc")] = "http",
+) -> None:
+    """Ask a running Triton server for the products most similar to one item."""
+    from pipelines.serve.client import similar_items
+
+    endpoint = _endpoint(url, protocol)
+    ((ids, scores),) = _ask_server(lambda: similar_items([item], url=endpoint, protocol=protocol), "similar_items")
+    for rank, (other, score) in enumerate(zip(ids, scores), 1):
+        typer.echo(f"{rank:>3}. item {other}  cosine {score:.4f}")
+
+
+serve = typer.Typer(no_args_is_help=True, help="The local Triton server in the background (params.yaml serve ports).")
+app.add_typer(serve, name="serve")
+
+
+@serve.command("start")
+def serve_start(set_: SetOption = None) -> None:
+    """Start tritonserver on 127.0.0.1 and load every model of triton_repo/ (dependencies first)."""
+    from pipelines.serve.daemon import start_background
+    from pipelines.serve.triton_server import TritonError
+
+    try:
+        info = start_background(load_settings(overrides=set_ or []), Paths())
+    except SettingsError as exc:
+        _fail(str(exc))
+    except TritonError as exc:
+        _fail(str(exc))
+    verb = "already running, models reloaded" if info["reused"] else "started"
+    typer.echo(f"tritonserver {verb}: pid {info['pid']}, HTTP 127.0.0.1:{info['http_port']}, "
+               f"gRPC 127.0.0.1:{info['grpc_port']}, metrics 127.0.0.1:{info['metrics_port']}")
+    typer.echo(f"models: {', '.join(info['models'])}   log: {info['log']}   stop: rxrec serve stop")
+
+
+@serve.command("stop")
+def serve_stop() -> None:
+    """Stop the background tritonserver (SIGTERM, then SIGKILL after 30 s)."""
+    from pipelines.serve.daemon import stop_background
+
+    result = stop_background(Paths())
+    typer.echo(f"stopped tritonserver pid {result['pid']}" if result["stopped"] else result["reason"])
+
+
+@serve.command("status")
+def serve_status(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """Whether the background tritonserver runs, and the state of each model."""
+    from pipelines.serve.daemon import server_status
+
+    status = server_status(Paths())
+    if as_json:
+        typer.echo(json.dumps(status, indent=2))
+    elif not status["running"]:
+        typer.echo(f"not running: {status['reason']}")
+    else:
+        typer.echo(f"running: pid {status['pid']}, HTTP 127.0.0.1:{status['http_port']}, "
+                   f"gRPC 127.0.0.1:{status['grpc_port']}, metrics 127.0.0.1:{status['metrics_port']}")
+        for m in status["models"]:
+            reason = f"  ({m['reason']})" if m.get("reason") else ""
+            typer.echo(f"  {m['name']:<16} v{m.get('version', '?'):<4} {m.get('state', '?')}{reason}")
+    if not status["running"]:
+        raise typer.Exit(code=3)
 
 
 @app.command()
@@ -229,11 +338,40 @@ def lineage(
         typer.echo(f"{label:<16} {value}")
 
 
+@app.command(name="export")
+def export_(
+    profile: Annotated[str, typer.Option(help="cpu: the Python-backend repository (what deploy writes); "
+                                         "gpu: configs for Triton's GPU containers")],
+    out: Annotated[Path | None, typer.Option(help="model repository to write (default: triton_repo/ for cpu, "
+                                             "params.yaml gpu.repository for gpu)")] = None,
+    variant: Annotated[str | None, typer.Option(help="gpu only: tensorrt_plan (engine built on the GPU node) or "
+                                                "onnxruntime_trt (no build); default params.yaml gpu.variant")] = None,
+    onnx: Annotated[Path | None, typer.Option(help="export this ONNX file instead of the registry's champion")] = None,
+    set_: SetOption = None,
+) -> None:
+    """Write a serving profile of the champion (or --onnx) into a Triton model repository."""
+    from pipelines.export.gpu_deploy import export_profile
+    from pipelines.export.gpu_profile import VARIANTS
+
+    if profile not in ("cpu", "gpu"):
+        _fail(f"--profile must be cpu or gpu, got {profile!r}")
+    if variant is not None and (profile != "gpu" or variant not in VARIANTS):
+        _fail(f"--variant applies to --profile gpu and is one of {', '.join(VARIANTS)}; got {variant!r}")
+    try:
+        summary = export_profile(load_settings(overrides=set_ or []), Paths(), profile=profile, out=out, onnx=onnx,
+                                 variant=variant)
+    except (SettingsError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(summary, indent=2))
+    if summary.get("pending_plans"):
+        typer.echo("model.plan is built on the GPU node: infra/k8s/tensorrt-build-job.yaml (docs/gpu.md)")
+
+
 bench = typer.Typer(no_args_is_help=True, help="Quality and speed benchmarks (JSON + markdown under reports/).")
 app.add_typer(bench, name="bench")
 # Benchmark commands live in benchmarks/<name>.py and are registered on `bench` there:
 # each module defines `register(bench: typer.Typer)`; list them here.
-BENCHMARK_MODULES: tuple[str, ...] = ("data", "quality", "embeddings", "walks")
+BENCHMARK_MODULES: tuple[str, ...] = ("data", "quality", "embeddings", "walks", "serve")
 for _module in BENCHMARK_MODULES:
     __import__(f"benchmarks.{_module}", fromlist=["register"]).register(bench)
 

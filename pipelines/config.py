@@ -208,6 +208,28 @@ class GateSettings(_Section):
     latency_requests: int = Field(40, ge=5)
 
 
+class GpuSettings(_Section):
+    """The GPU serving profile: Triton's GPU containers, and the TensorRT engine built on the GPU node pool."""
+
+    enabled: bool = False  # false: `build_tensorrt_engine` is skipped (no cluster needed)
+    variant: Literal["tensorrt_plan", "onnxruntime_trt"] = "tensorrt_plan"
+    repository: str = "artifacts/triton_repo_gpu"  # local GPU model repository; relative: from the work directory
+    model_repository_uri: str = "s3://rxrec-models/triton_repo"  # ConfigMap rxrec-config MODEL_REPOSITORY
+    max_batch_size: int = Field(64, ge=1)
+    opt_batch_size: int = Field(8, ge=1)  # batch the TensorRT kernels are tuned for
+    fp16: bool = True
+    workspace_mib: int = Field(1024, ge=64)
+    instance_count: int = Field(1, ge=1)
+    max_queue_delay_us: int = Field(1000, ge=0)
+    ort_trt_cache_path: str = "/tmp/rxrec-trt-cache"  # onnxruntime_trt: engine cache inside the Triton pod
+    kube_context: str = ""  # empty: kubectl's current context
+    namespace: str = "rxrec"
+    gpu_node_label: str = "nvidia.com/gpu.product"  # node label that names the GPU type (GPU feature discovery)
+    gpu_type: str = "NVIDIA-L4"  # the serving GPU type: the engine is built on the same one
+    image: str = "nvcr.io/nvidia/tensorrt:24.10-py3"  # TensorRT 10.5, the release inside tritonserver:24.10 (2.51)
+    job_timeout_s: float = Field(3600, gt=0)
+
+
 class Settings(_Section):
     data: DataSettings = DataSettings()
     validate_: ValidateSettings = Field(ValidateSettings(), alias="validate")
@@ -227,6 +249,7 @@ class Settings(_Section):
     export: ExportSettings = ExportSettings()
     serve: ServeSettings = ServeSettings()
     gate: GateSettings = GateSettings()
+    gpu: GpuSettings = GpuSettings()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -352,8 +352,10 @@ def deploy(s: Settings, p: Paths) -> dict[str, Any]:
     """Make the registry's current `champion` the newest version folder of the Triton model repository.
 
     Nothing is written when the newest folder already holds that model version; after a rollback the
-    older champion is written again as a new folder (Triton serves the newest). A Triton already
-    listening on serve.http_port is told to reload, so it swaps versions without a restart.
+    older champion is written again as a new folder (Triton serves the newest). similar_items and
+    recommend follow (pipelines/export/deploy_models.py: a new folder only when their files changed).
+    A Triton already listening on serve.http_port loads what changed in dependency order (gpt4rec,
+    similar_items, recommend), so it swaps versions without a restart.
     """
     import onnx
 
@@ -375,10 +377,8 @@ def deploy(s: Settings, p: Paths) -> dict[str, Any]:
         served = json.loads(lineage_file.read_text()).get("metadata", {}) if lineage_file.exists() else {}
         if served.get("registered_model") == name and str(served.get("model_version")) == version_id \
                 and served.get("tracking_uri") == uri:
-            summary = {"version_path": str(model_dir / str(versions[-1])), "triton_version": versions[-1],
-                       "model_version": version_id, "new": False, "reloaded_running_server": False}
-            _write_json(p.reports / "deploy.json", summary)
-            return summary
+            return _finish_deploy(s, p, {"version_path": str(model_dir / str(versions[-1])),
+                                         "triton_version": versions[-1], "model_version": version_id, "new": False})
     staging = _fresh_dir(p.var / "deploy" / "download")
     onnx_path = download_model(f"models:/{name}/{version_id}", staging)
     meta = {e.key: e.value for e in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
@@ -390,28 +390,27 @@ def deploy(s: Settings, p: Paths) -> dict[str, Any]:
         "registered_model": name, "model_version": version_id, "alias": CHAMPION,
         "run_id": info.run_id, "tracking_uri": uri, **info.tags,
     })
-    summary = {"version_path": str(path), "triton_version": int(path.name), "model_version": version_id,
-               "new": True, "reloaded_running_server": _reload_running_triton(s)}
+    return _finish_deploy(s, p, {"version_path": str(path), "triton_version": int(path.name),
+                                 "model_version": version_id, "new": True})
+
+
+def _finish_deploy(s: Settings, p: Paths, summary: dict[str, Any]) -> dict[str, Any]:
+    """Write similar_items and recommend beside gpt4rec, load what changed in a running Triton, report."""
+    from pipelines.export.deploy_models import deploy_companions
+    from pipelines.serve.daemon import load_in_running_server
+
+    models: dict[str, dict[str, Any]] = {s.serve.model_name: {
+        "version_path": summary["version_path"], "triton_version": summary["triton_version"], "new": summary["new"]}}
+    models |= deploy_companions(s, p, p.triton_repo, Path(summary["version_path"]))
+    changed = [name for name, m in models.items() if m.get("new") or m.get("config_changed")]
+    loaded, errors = load_in_running_server(s.serve.http_port, [n for n, m in models.items() if "skipped" not in m],
+                                            changed=changed, timeout_s=s.serve.startup_timeout_s)
+    summary |= {"reloaded_running_server": s.serve.model_name in loaded, "models": models, "loaded": loaded,
+                "load_errors": errors}
+    for name, message in errors.items():
+        print(f"DEPLOY: the running Triton could not load {name!r} (the previous version keeps serving): {message}")
     _write_json(p.reports / "deploy.json", summary)
     return summary
-
-
-def _reload_running_triton(s: Settings) -> bool:
-    """Ask a Triton already live on serve.http_port to load the new version folder (explicit model control)."""
-    import urllib.error
-    import urllib.request
-
-    base = f"http://127.0.0.1:{s.serve.http_port}"
-    try:
-        with urllib.request.urlopen(f"{base}/v2/health/live", timeout=2) as response:
-            if response.status != 200:
-                return False
-        request = urllib.request.Request(f"{base}/v2/repository/models/{s.serve.model_name}/load", data=b"{}",
-                                         method="POST")
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def serve_check(s: Settings, p: Paths) -> dict[str, Any]:

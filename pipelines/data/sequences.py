@@ -4,6 +4,10 @@ One token per (user, item): the first time the user touched the item, in time or
 the shape of the public benchmarks (each user-item pair once) and keeps "rank against all items
 with the user's seen items masked" meaningful. For each user the last item is the test target,
 the one before it the validation target, the rest is training history.
+
+Each token also carries an event kind: the strongest event (view < click < add_to_cart <
+purchase) the user had with that item before first touching the next item. That is what a live
+session knows at that point, so the kind never leaks anything from after the item it follows.
 """
 
 from __future__ import annotations
@@ -15,9 +19,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipelines.data.schema import EVENT_TYPES
+
 SEQUENCES_FILE = "sequences.parquet"
 META_FILE = "meta.json"
 MIN_EVALUATED_LENGTH = 3  # a user needs train history + validation + test targets
+#: Event kind codes of the tokens: 0 = unknown (padding, or a client that does not send kinds).
+EVENT_KIND_CODES: dict[str, int] = {name: code for code, name in enumerate(EVENT_TYPES, start=1)}
+N_EVENT_KINDS = len(EVENT_KIND_CODES)
 
 
 @dataclass(frozen=True)
@@ -28,6 +37,7 @@ class Sequences:
     items: list[np.ndarray]
     times: list[np.ndarray]  # seconds since epoch, float64
     n_items: int
+    kinds: list[np.ndarray] | None = None  # event kind code per token (EVENT_KIND_CODES); None: unknown
 
     def __len__(self) -> int:
         return len(self.items)
@@ -36,15 +46,26 @@ class Sequences:
         """Histories the models learn from: everything but the validation and test targets."""
         return [s[:-2] if len(s) >= MIN_EVALUATED_LENGTH else s for s in self.items]
 
+    def train_kinds(self) -> list[np.ndarray] | None:
+        """Event kinds aligned with train() (None when the data has no kinds)."""
+        if self.kinds is None:
+            return None
+        return [k[:-2] if len(k) >= MIN_EVALUATED_LENGTH else k for k in self.kinds]
+
     def evaluation(self, split: str = "test") -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
         """(histories, targets, row index) for users long enough to be evaluated."""
-        if split not in ("test", "valid"):
-            raise ValueError(f"split must be 'test' or 'valid', got {split!r}")
-        cut = 1 if split == "test" else 2
+        cut = _cut(split)
         rows = np.array([i for i, s in enumerate(self.items) if len(s) >= MIN_EVALUATED_LENGTH], dtype=np.int64)
         histories = [self.items[i][:-cut] for i in rows]
         targets = np.array([self.items[i][-cut] for i in rows], dtype=np.int64)
         return histories, targets, rows
+
+    def evaluation_kinds(self, split: str = "test") -> list[np.ndarray] | None:
+        """Event kinds aligned with evaluation(split)'s histories (None when the data has no kinds)."""
+        if self.kinds is None:
+            return None
+        cut = _cut(split)
+        return [k[:-cut] for k in self.kinds if len(k) >= MIN_EVALUATED_LENGTH]
 
     def cutoff_time(self, split: str = "test") -> float:
         """Latest time a model may learn from when predicting `split` (for time-window baselines)."""
@@ -52,29 +73,61 @@ class Sequences:
         return max(float(t[:-cut].max()) for t in self.times if len(t) > cut)
 
 
-def build_sequences(events: pd.DataFrame, n_items: int) -> Sequences:
-    """Collapse events into first-touch item sequences per user, ordered by time."""
-    first = (
-        events.sort_values(["user_id", "timestamp", "session_id"], kind="stable")
-        .drop_duplicates(["user_id", "item_id"], keep="first")
+def _cut(split: str) -> int:
+    if split not in ("test", "valid"):
+        raise ValueError(f"split must be 'test' or 'valid', got {split!r}")
+    return 1 if split == "test" else 2
+
+
+def token_kinds(ordered: pd.DataFrame, first: pd.DataFrame) -> np.ndarray:
+    """Strongest event kind per first-touch token, counting events before the user's next token.
+
+    `ordered` is every event sorted by user and time; `first` the first-touch rows (same order).
+    An event of (user, item) counts when it happened before the user first touched the item
+    after it in the sequence (the last token counts all its events).
+    """
+    tokens = first[["user_id", "item_id", "timestamp"]].reset_index(drop=True)
+    following = tokens["timestamp"].shift(-1)
+    last_of_user = tokens["user_id"].ne(tokens["user_id"].shift(-1))
+    tokens["until"] = following.where(~last_of_user, pd.Timestamp.max)
+    tokens["token"] = np.arange(len(tokens))
+    codes = ordered["event_type"].map(EVENT_KIND_CODES).fillna(0).astype(np.int8)
+    joined = ordered[["user_id", "item_id", "timestamp"]].assign(code=codes.to_numpy()).merge(
+        tokens[["user_id", "item_id", "until", "token"]], on=["user_id", "item_id"], how="inner"
     )
+    counted = joined[joined["timestamp"] < joined["until"]]
+    kinds = np.zeros(len(tokens), dtype=np.int8)
+    strongest = counted.groupby("token")["code"].max()
+    kinds[strongest.index.to_numpy()] = strongest.to_numpy()
+    # The first touch itself always counts (it may share its timestamp with the next token).
+    own = first["event_type"].map(EVENT_KIND_CODES).fillna(0).astype(np.int8).to_numpy()
+    return np.maximum(kinds, own)
+
+
+def build_sequences(events: pd.DataFrame, n_items: int) -> Sequences:
+    """Collapse events into first-touch item sequences per user, ordered by time, with event kinds."""
+    ordered = events.sort_values(["user_id", "timestamp", "session_id"], kind="stable")
+    first = ordered.drop_duplicates(["user_id", "item_id"], keep="first")
     ts = first["timestamp"].to_numpy(dtype="datetime64[us]").astype(np.int64) / 1e6
     users = first["user_id"].to_numpy()
     items = first["item_id"].to_numpy(dtype=np.int64)
+    kinds = token_kinds(ordered, first) if len(first) else np.zeros(0, dtype=np.int8)
     bounds = np.flatnonzero(np.diff(users)) + 1
     return Sequences(
         user_ids=users[np.r_[0, bounds]] if len(users) else users,
         items=np.split(items, bounds) if len(items) else [],
         times=np.split(ts, bounds) if len(ts) else [],
         n_items=n_items,
+        kinds=np.split(kinds, bounds) if len(kinds) else [],
     )
 
 
 def save_sequences(seqs: Sequences, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"user_id": seqs.user_ids, "items": seqs.items, "times": seqs.times}).to_parquet(
-        out_dir / SEQUENCES_FILE, index=False
-    )
+    columns = {"user_id": seqs.user_ids, "items": seqs.items, "times": seqs.times}
+    if seqs.kinds is not None:
+        columns["kinds"] = seqs.kinds
+    pd.DataFrame(columns).to_parquet(out_dir / SEQUENCES_FILE, index=False)
     lengths = np.array([len(s) for s in seqs.items])
     (out_dir / META_FILE).write_text(
         json.dumps(
@@ -98,4 +151,5 @@ def load_sequences(in_dir: Path) -> Sequences:
         items=[np.asarray(x, dtype=np.int64) for x in table["items"]],
         times=[np.asarray(x, dtype=np.float64) for x in table["times"]],
         n_items=int(meta["n_items"]),
+        kinds=[np.asarray(x, dtype=np.int8) for x in table["kinds"]] if "kinds" in table else None,
     )

@@ -14,7 +14,11 @@ class Recommender(Protocol):
     name: str
 
     def score(self, histories: list[np.ndarray]) -> np.ndarray:
-        """(len(histories), n_items + 1) scores; higher is better; column 0 is padding."""
+        """(len(histories), n_items + 1) scores; higher is better; column 0 is padding.
+
+        A model with ``uses_event_kinds = True`` is also given ``kinds=`` (event kind codes aligned
+        with each history; pipelines/data/sequences.py) when the data has them.
+        """
         ...
 
 
@@ -36,6 +40,7 @@ def evaluate(
     passed as `top_lists` is filled with each evaluated user's top-k (row index -> item ids).
     """
     histories, targets, rows = seqs.evaluation(split)
+    kinds = seqs.evaluation_kinds(split) if getattr(model, "uses_event_kinds", False) else None
     if max_users is not None:
         histories, targets, rows = histories[:max_users], targets[:max_users], rows[:max_users]
     ranks = np.empty(len(targets), dtype=np.int64)
@@ -43,7 +48,8 @@ def evaluate(
     for start in range(0, len(targets), batch_size):
         stop = start + batch_size
         batch = histories[start:stop]
-        scores = metrics.mask_scores(model.score(batch), batch, mask_seen)
+        raw = model.score(batch) if kinds is None else model.score(batch, kinds=kinds[start:stop])
+        scores = metrics.mask_scores(raw, batch, mask_seen)
         ranks[start:stop] = metrics.target_ranks(scores, targets[start:stop])
         best = metrics.top_k(scores, k)
         recommended[best.ravel()] = True

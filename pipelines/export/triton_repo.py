@@ -58,6 +58,7 @@ def write_config(
     intra_op_threads: int = 1,
     max_queue_delay_us: int = 1000,
     max_seq_len: int | None = None,
+    preferred_batch_sizes: tuple[int, ...] = (),
 ) -> Path:
     """Write repo/model_name/config.pbtxt for the Python backend and return its path.
 
@@ -78,6 +79,13 @@ def write_config(
         _positive("max_seq_len", max_seq_len)
     if max_queue_delay_us < 0:
         raise ValueError(f"max_queue_delay_us must be >= 0, got {max_queue_delay_us}")
+    for size in preferred_batch_sizes:
+        _positive("preferred_batch_sizes item", size)
+        if size > max_batch_size:
+            raise ValueError(f"preferred batch size {size} is above max_batch_size={max_batch_size}")
+    preferred = (
+        f"\n  preferred_batch_size: [ {', '.join(map(str, preferred_batch_sizes))} ]" if preferred_batch_sizes else ""
+    )
 
     params = {
         "n_items": n_items,
@@ -113,7 +121,7 @@ output [
   }}
 ]
 dynamic_batching {{
-  max_queue_delay_microseconds: {max_queue_delay_us}
+  max_queue_delay_microseconds: {max_queue_delay_us}{preferred}
 }}
 instance_group [
   {{

@@ -51,6 +51,23 @@ def training_examples(histories: list[np.ndarray], max_len: int) -> tuple[np.nda
     return inputs, targets
 
 
+def training_kinds(histories: list[np.ndarray], kinds: list[np.ndarray], max_len: int) -> np.ndarray:
+    """Event kinds of the inputs of training_examples (same rows, same left padding)."""
+    usable = [k[-(max_len + 1):] for h, k in zip(histories, kinds) if len(h) >= 2]
+    out = np.zeros((len(usable), max_len), dtype=np.int64)
+    for row, k in enumerate(usable):
+        out[row, max_len - (len(k) - 1):] = k[:-1]
+    return out
+
+
+def drop_kinds(kinds: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:
+    """Blank a share of event kinds (0 = unknown) so the model also serves clients that send none."""
+    if rate <= 0:
+        return kinds
+    keep = torch.rand(kinds.shape, generator=generator, device=kinds.device) >= rate
+    return kinds * keep
+
+
 class NegativeSampler:
     """Shared negatives drawn in proportion to popularity^0.75 (word2vec's choice), with log q kept
     for the correction that makes sampled softmax an unbiased estimate of the full one."""

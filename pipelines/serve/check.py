@@ -1,12 +1,19 @@
-"""What is served is what was evaluated: ask the real Triton and compare with ONNX Runtime.
+"""What is served is what was evaluated: ask the real Triton and compare with what we computed here.
 
-Starts tritonserver on 127.0.0.1 over the deployed model repository, loads the model, sends a
-few real sessions, checks the answer equals ONNX Runtime's on the same ONNX file, and stops the
-server. Used by the `serve_check` stage (the end of `make demo` and of the DAG).
+Uses the background server of `rxrec serve start` when it runs on the configured ports, else starts
+tritonserver on 127.0.0.1 over the deployed model repository (and stops it afterwards). Then:
+
+- gpt4rec: a few real sessions must get ONNX Runtime's answer on the same model.onnx;
+- similar_items (when deployed): the sessions' last items must get ONNX Runtime's answer;
+- recommend (when deployed): warm sessions must be answered by gpt4rec with gpt4rec's items, a
+  purchased item must be filtered out, and an empty (cold) session must get the popularity list.
+
+Used by the `serve_check` stage (the end of `make demo` and of the DAG).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -19,7 +26,9 @@ from pipelines.config import Paths, Settings
 from pipelines.data.schema import CATALOGUE_FILE
 from pipelines.data.sequences import load_sequences
 from pipelines.export.onnx import TIE_TOLERANCE, onnx_session, onnx_top_k
-from pipelines.serve.client import pad_sessions, recommend
+from pipelines.export.triton_models import RECOMMEND, SIMILAR_ITEMS
+from pipelines.serve.client import pad_sessions, recommend, recommend_session, similar_items
+from pipelines.serve.daemon import AttachedServer, running_server
 from pipelines.serve.triton_server import TritonServer
 
 
@@ -32,6 +41,79 @@ def sample_sessions(p: Paths, n: int, max_len: int) -> list[list[int]]:
     return chosen
 
 
+def _same_ranking(ids: np.ndarray, scores: np.ndarray, want_ids: np.ndarray, want_scores: np.ndarray) -> bool:
+    """Same ids, or the same score at every rank (near-tied items may swap between thread counts)."""
+    return bool((ids == want_ids).all()) or bool(
+        np.allclose(scores, want_scores, rtol=TIE_TOLERANCE, atol=TIE_TOLERANCE))
+
+
+def _deployed(deploy: dict[str, Any], name: str) -> Path | None:
+    model = deploy.get("models", {}).get(name, {})
+    return Path(model["version_path"]) if "version_path" in model else None
+
+
+def popularity_top_k(version_dir: Path, k: int, exclude: list[int] = ()) -> list[int]:
+    """The popularity list a recommend version answers cold sessions with (from its own tables)."""
+    popularity = np.load(version_dir / "popularity.npy", allow_pickle=False)
+    catalogue = np.load(version_dir / "catalogue.npy", allow_pickle=False).astype(bool)
+    catalogue[0] = False
+    items = np.flatnonzero(catalogue)
+    order = items[np.lexsort((items, -popularity[items]))]
+    return [int(i) for i in order if i not in set(exclude)][:k]
+
+
+def check_similar_items(url: str, version_dir: Path, items: list[int]) -> dict[str, Any]:
+    """similar_items through Triton vs ONNX Runtime on the same model.onnx, for items with a vector."""
+    known = np.load(version_dir / "known.npy", allow_pickle=False)
+    items = [i for i in items if 0 < i < len(known) and known[i]]
+    if not items:
+        return {"checked": 0, "matches_onnx_runtime": True}
+    session = onnx_session(version_dir / "model.onnx")
+    want_ids, want_scores = session.run(["item_ids", "scores"], {"item_id": np.array([[i] for i in items])})
+    served = similar_items(items, url=url)
+    ids = np.array([i for i, _ in served])
+    scores = np.array([s for _, s in served], dtype=np.float32)
+    matches = _same_ranking(ids, scores, want_ids, want_scores)
+    if not matches:
+        raise RuntimeError(f"similar_items through Triton differs from ONNX Runtime: served {ids.tolist()}, "
+                           f"expected {want_ids.tolist()}")
+    return {"checked": len(items), "matches_onnx_runtime": matches,
+            "example": {"item_id": items[0], "similar": ids[0].tolist()}}
+
+
+def check_recommend(url: str, version_dir: Path, sessions: list[list[int]],
+                    gpt4rec_ids: np.ndarray) -> dict[str, Any]:
+    """recommend: warm sessions via gpt4rec, purchased filtering, an empty session via popularity."""
+    answers = recommend_session(sessions, url=url)
+    k = len(answers[0].item_ids)
+    catalogue = np.load(version_dir / "catalogue.npy", allow_pickle=False)
+    for session, answer, want in zip(sessions, answers, gpt4rec_ids):
+        # recommend never offers the session's items or ids outside the catalogue
+        unseen = [int(i) for i in want if i not in session and 0 < i < len(catalogue) and catalogue[i]]
+        if answer.source == "gpt4rec" and answer.item_ids[: len(unseen)] != unseen:
+            raise RuntimeError(f"recommend answered {answer.item_ids} from gpt4rec, gpt4rec says {want.tolist()}")
+    bought = answers[0].item_ids[0]
+    filtered = recommend_session(sessions[:1], purchased=[[bought]], url=url)[0]
+    if bought in filtered.item_ids:
+        raise RuntimeError(f"recommend returned purchased item {bought}: {filtered.item_ids}")
+    cold = recommend_session([[]], url=url)[0]
+    want_cold = popularity_top_k(version_dir, k)
+    if cold.source != "popularity" or cold.item_ids != want_cold:
+        raise RuntimeError(f"an empty session got {cold.item_ids} from {cold.source!r}, expected the popularity "
+                           f"list {want_cold}")
+    return {"sources": [a.source for a in answers], "purchased_filtered": bought,
+            "cold_session": {"source": cold.source, "item_ids": cold.item_ids}}
+
+
+def _server(s: Settings, p: Paths) -> contextlib.AbstractContextManager[TritonServer | AttachedServer]:
+    attached = running_server(p)
+    if attached is not None and attached.http_port == s.serve.http_port:
+        return attached
+    return TritonServer(p.triton_repo, http_port=s.serve.http_port, grpc_port=s.serve.grpc_port,
+                        metrics_port=s.serve.metrics_port, startup_timeout_s=s.serve.startup_timeout_s,
+                        log_dir=p.var / "triton")
+
+
 def check_served_model(s: Settings, p: Paths, n_sessions: int = 3) -> dict[str, Any]:
     deploy = json.loads((p.reports / "deploy.json").read_text())
     version_dir = Path(deploy["version_path"])
@@ -40,27 +122,24 @@ def check_served_model(s: Settings, p: Paths, n_sessions: int = 3) -> dict[str, 
     max_len = int(dict(session.get_modelmeta().custom_metadata_map).get("max_len", s.gpt4rec.max_len))
     sessions = sample_sessions(p, n_sessions, max_len)
     expected_ids, expected_scores = onnx_top_k(session, pad_sessions(sessions))
+    similar_dir, recommend_dir = _deployed(deploy, SIMILAR_ITEMS), _deployed(deploy, RECOMMEND)
 
-    server = TritonServer(
-        p.triton_repo,
-        http_port=s.serve.http_port,
-        grpc_port=s.serve.grpc_port,
-        metrics_port=s.serve.metrics_port,
-        startup_timeout_s=s.serve.startup_timeout_s,
-        log_dir=p.var / "triton",
-    )
-    with server:
+    extra: dict[str, Any] = {}
+    with _server(s, p) as server:
         load_seconds = server.load(s.serve.model_name, timeout_s=s.serve.startup_timeout_s)
         started = time.perf_counter()
         answers = recommend(sessions, url=server.url, model_name=s.serve.model_name)
         latency_ms = (time.perf_counter() - started) * 1000
         start_seconds = server.start_seconds
-    served_ids = np.array([ids for ids, _ in answers])
-    served_scores = np.array([scores for _, scores in answers], dtype=np.float32)
-    # Same ids, or the same score at every rank (near-tied items may swap between thread counts).
-    matches = bool((served_ids == expected_ids).all()) or bool(
-        np.allclose(served_scores, expected_scores, rtol=TIE_TOLERANCE, atol=TIE_TOLERANCE)
-    )
+        served_ids = np.array([ids for ids, _ in answers])
+        served_scores = np.array([scores for _, scores in answers], dtype=np.float32)
+        matches = _same_ranking(served_ids, served_scores, expected_ids, expected_scores)
+        if matches and similar_dir is not None:
+            server.load(SIMILAR_ITEMS, timeout_s=s.serve.startup_timeout_s)
+            extra[SIMILAR_ITEMS] = check_similar_items(server.url, similar_dir, [h[-1] for h in sessions])
+        if matches and recommend_dir is not None:
+            server.load(RECOMMEND, timeout_s=s.serve.startup_timeout_s)
+            extra[RECOMMEND] = check_recommend(server.url, recommend_dir, sessions, served_ids)
     names = pd.read_parquet(p.validated / CATALOGUE_FILE, columns=["item_id", "name"]).set_index("item_id")[
         "name"
     ]
@@ -82,6 +161,7 @@ def check_served_model(s: Settings, p: Paths, n_sessions: int = 3) -> dict[str, 
             }
             for history, (ids, scores) in zip(sessions, answers)
         ],
+        **extra,
     }
     if not matches:
         raise RuntimeError(

@@ -1,13 +1,21 @@
-"""Client for the served recommender: sessions in, top-k item ids and scores out.
+"""Clients for the served models: sessions or items in, top-k item ids and scores out.
+
+- `recommend`: the raw `gpt4rec` model over HTTP (non-empty sessions of known ids).
+- `recommend_session`: the `recommend` entry point over HTTP or gRPC: any session (empty, unknown
+  ids), optional purchased items to filter; says which source answered.
+- `similar_items`: the `similar_items` model over HTTP or gRPC.
 
 Sessions are left-padded with 0 to a common length (0 is padding in the model contract, item ids
 are 1..n_items), optionally truncated to the most recent ``max_len`` items first, and sent as one
-batch to Triton over HTTP.
+batch. Server-side rejections raise tritonclient.utils.InferenceServerException with the model's
+message; caller bugs (non-integer or negative ids) raise ValueError before anything is sent.
 """
 
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import tritonclient.http as httpclient
@@ -83,3 +91,131 @@ def recommend(
     finally:
         client.close()
     return [(ids[r].astype(int).tolist(), scores[r].astype(float).tolist()) for r in range(len(batch))]
+
+
+Protocol = Literal["http", "grpc"]
+DEFAULT_URLS: dict[str, str] = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}
+
+
+def _ids_matrix(rows: list[list[int]], what: str) -> np.ndarray:
+    """Left-pad rows of ids (empty rows allowed: all padding) into int64 [len(rows), max(1, width)]."""
+    if not isinstance(rows, (list, tuple)) or len(rows) == 0:
+        raise ValueError(f"{what} must be a non-empty list of lists of item ids")
+    clean: list[list[int]] = []
+    for r, row in enumerate(rows):
+        if isinstance(row, (str, bytes)) or not hasattr(row, "__iter__"):
+            raise ValueError(f"{what} {r} must be a list of item ids, got {type(row).__name__}")
+        items = list(row)
+        for item in items:
+            if isinstance(item, (bool, np.bool_)) or not isinstance(item, numbers.Integral):
+                raise ValueError(f"{what} {r} has a non-integer item id {item!r} ({type(item).__name__})")  # noqa: TRY004
+            if item < 0:
+                raise ValueError(f"{what} {r} has a negative item id {item}; ids are >= 1 (0 is padding)")
+        clean.append([int(item) for item in items])
+    width = max(1, max(len(row) for row in clean))
+    out = np.zeros((len(clean), width), dtype=np.int64)
+    for r, row in enumerate(clean):
+        if row:
+            try:
+                out[r, width - len(row):] = row
+            except OverflowError as exc:
+                raise ValueError(f"{what} {r} has an item id that does not fit int64: {exc}") from exc
+    return out
+
+
+def _infer(model_name: str, inputs: dict[str, np.ndarray], outputs: list[str], *, url: str | None,
+           protocol: Protocol, timeout_s: float) -> dict[str, np.ndarray]:
+    """One inference over HTTP or gRPC; int64 inputs, outputs as numpy arrays."""
+    if protocol == "http":
+        import tritonclient.http as module
+
+        client: Any = module.InferenceServerClient(url=url or DEFAULT_URLS["http"], connection_timeout=timeout_s,
+                                                   network_timeout=timeout_s)
+        extra: dict[str, Any] = {}
+    elif protocol == "grpc":
+        import tritonclient.grpc as module
+
+        client = module.InferenceServerClient(url=url or DEFAULT_URLS["grpc"])
+        extra = {"client_timeout": timeout_s}
+    else:
+        raise ValueError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
+    try:
+        infer_inputs = []
+        for name, array in inputs.items():
+            infer_input = module.InferInput(name, list(array.shape), "INT64")
+            if protocol == "http":
+                infer_input.set_data_from_numpy(array, binary_data=True)
+            else:
+                infer_input.set_data_from_numpy(array)
+            infer_inputs.append(infer_input)
+        requested = [module.InferRequestedOutput(name, binary_data=True) if protocol == "http"
+                     else module.InferRequestedOutput(name) for name in outputs]
+        result = client.infer(model_name, infer_inputs, outputs=requested, **extra)
+        return {name: result.as_numpy(name) for name in outputs}
+    finally:
+        client.close()
+
+
+def similar_items(
+    item_ids: list[int],
+    *,
+    url: str | None = None,
+    protocol: Protocol = "http",
+    model_name: str = "similar_items",
+    timeout_s: float = 10.0,
+) -> list[tuple[list[int], list[float]]]:
+    """Top-k similar products per item as (item_ids, cosine scores), best first, the item excluded.
+
+    An id the embedding table does not know comes back as InferenceServerException (INVALID_ARG).
+    """
+    if not isinstance(item_ids, (list, tuple)) or len(item_ids) == 0:
+        raise ValueError("item_ids must be a non-empty list of item ids")
+    for item in item_ids:
+        if isinstance(item, (bool, np.bool_)) or not isinstance(item, numbers.Integral):
+            raise ValueError(f"item id {item!r} is not an integer ({type(item).__name__})")  # noqa: TRY004
+    batch = np.asarray([[int(i)] for i in item_ids], dtype=np.int64)
+    out = _infer(model_name, {"item_id": batch}, ["item_ids", "scores"], url=url, protocol=protocol,
+                 timeout_s=timeout_s)
+    return [(out["item_ids"][r].astype(int).tolist(), out["scores"][r].astype(float).tolist())
+            for r in range(len(batch))]
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One session's answer from the `recommend` entry point."""
+
+    item_ids: list[int]  # best first; -1 pads when fewer than k items could be offered
+    scores: list[float]  # the source's own scores (comparable within one source only)
+    source: str  # gpt4rec | rules | popularity
+    unknown_ids: list[int]  # session ids the server dropped as unknown
+
+
+def recommend_session(
+    sessions: list[list[int]],
+    *,
+    purchased: list[list[int]] | None = None,
+    url: str | None = None,
+    protocol: Protocol = "http",
+    model_name: str = "recommend",
+    timeout_s: float = 10.0,
+) -> list[Recommendation]:
+    """Ask the `recommend` entry point for each session (empty sessions and unknown ids allowed).
+
+    `purchased` (one list per session) names items never to recommend, e.g. already bought.
+    """
+    batch = _ids_matrix(sessions, "session")
+    inputs = {"session_ids": batch}
+    if purchased is not None:
+        if len(purchased) != len(batch):
+            raise ValueError(f"purchased has {len(purchased)} lists for {len(batch)} sessions: give one per session")
+        inputs["purchased_ids"] = _ids_matrix(purchased, "purchased list")
+    out = _infer(model_name, inputs, ["item_ids", "scores", "source", "unknown_ids"], url=url, protocol=protocol,
+                 timeout_s=timeout_s)
+    answers = []
+    for r in range(len(batch)):
+        source = out["source"][r].reshape(-1)[0]
+        answers.append(Recommendation(
+            item_ids=out["item_ids"][r].astype(int).tolist(), scores=out["scores"][r].astype(float).tolist(),
+            source=source.decode() if isinstance(source, bytes) else str(source),
+            unknown_ids=[int(i) for i in out["unknown_ids"][r] if i != 0]))
+    return answers

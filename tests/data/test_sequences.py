@@ -39,3 +39,25 @@ def test_round_trip(tmp_path):
     again = load_sequences(tmp_path)
     assert again.n_items == 9 and again.items[0].tolist() == [5, 3, 9, 2]
     np.testing.assert_allclose(again.times[0], seqs.times[0])
+
+
+def test_event_kind_is_the_strongest_event_before_the_next_item():
+    # Item 5: view, cart, then item 3 is touched; its purchase at t=50 comes later and must not leak.
+    events = _events([
+        (1, 1, 5, "view", 10), (1, 1, 5, "add_to_cart", 11), (1, 1, 3, "view", 12), (1, 1, 3, "click", 13),
+        (1, 2, 5, "purchase", 50), (1, 2, 9, "view", 51), (1, 2, 9, "purchase", 52),
+    ])
+    seqs = build_sequences(events, n_items=9)
+    # codes: view 1, click 2, add_to_cart 3, purchase 4
+    assert seqs.items[0].tolist() == [5, 3, 9]
+    assert seqs.kinds[0].tolist() == [3, 2, 4]
+    assert [k.tolist() for k in seqs.evaluation_kinds("test")] == [[3, 2]]
+    assert [k.tolist() for k in seqs.evaluation_kinds("valid")] == [[3]]
+
+
+def test_kinds_survive_save_and_load(tmp_path):
+    events = _events([(1, 1, 5, "view", 1), (1, 1, 5, "purchase", 2), (1, 1, 6, "view", 3)])
+    seqs = build_sequences(events, n_items=9)
+    save_sequences(seqs, tmp_path)
+    loaded = load_sequences(tmp_path)
+    assert [k.tolist() for k in loaded.kinds] == [[4, 1]]

@@ -124,6 +124,10 @@ def _dvc_upstream() -> dict[str, set[str]]:
             for b, s in stages.items()}
 
 
+# Tasks the DAG adds beside the dvc.yaml stages, with their upstream tasks.
+EXTRA_TASKS = {"build_tensorrt_engine": {"deploy"}}
+
+
 def _ancestors(upstream: dict[str, list[str]], node: str) -> set[str]:
     seen: set[str] = set()
     todo = list(upstream[node])
@@ -147,7 +151,7 @@ def test_dag_imports_and_mirrors_dvc_yaml(airflow_dag_structure):
     s = airflow_dag_structure
     assert s["import_errors"] == {}
     assert "upstream" in s, "DagBag has no DAG retrain_and_promote"
-    spec = _dvc_upstream()
+    spec = {**_dvc_upstream(), **EXTRA_TASKS}
     assert sorted(s["upstream"]) == sorted(spec), "one task per dvc.yaml stage, named after it"
     assert {k: set(v) for k, v in s["upstream"].items()} == spec
     # Spot checks of the data flow the pipeline is about.
@@ -167,7 +171,7 @@ def test_dag_settings_and_run_form(airflow_dag_structure):
     assert s["validate_data"] == {"generate": [], "validate": ["rxrec_validated_data"]}
     # Service tasks retry with exponential backoff; deterministic training fails fast.
     for task, (retries, backoff) in s["retries"].items():
-        if task in ("register", "deploy", "serve_check"):
+        if task in ("register", "deploy", "serve_check", "build_tensorrt_engine"):
             assert retries >= 2 and backoff > 1, task
         else:
             assert retries == 0, task
@@ -247,6 +251,7 @@ def test_dag_run(tmp_path, promote):
     # promote=False: deploy and everything after it is skipped; everything else must succeed.
     gated = set() if promote else {"deploy"} | {b for b in upstream if "deploy" in _ancestors(upstream, b)}
     expected = {stage: ("skipped" if stage in gated else "success") for stage in upstream}
+    expected["build_tensorrt_engine"] = "skipped"  # gpu.enabled is false by default
     assert states == expected, run["failure"]
     assert "success" in run["state"].lower()
     assert all(isinstance(xcoms.get(t), dict) for t, st in expected.items() if st == "success"), xcoms

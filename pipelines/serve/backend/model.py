@@ -17,14 +17,26 @@ rejected and would surface as opaque onnxruntime Gather errors.
 
 Other config parameters: "intra_op_num_threads" (default 1; the instance count multiplies it),
 "top_k" (checked against the ONNX output shape when static), "max_seq_len" (optional; longer
-sessions are rejected rather than crashing a positional embedding lookup).
+sessions are rejected rather than crashing a positional embedding lookup), "max_tokens_per_call"
+(default 2048: a dynamic batch of long sessions runs as several smaller onnxruntime calls).
 
-Bad requests (wrong dtype, not 2-D, empty, negative ids, ids > n_items, too long) get a
-TritonError response; other requests in the same batch are still answered.
+Bad requests (wrong dtype, not 2-D, empty, a session with no item (all padding), negative ids,
+ids > n_items, too long) get a TritonError response; other requests in the same batch are still
+answered.
+
+Speed (measured by `rxrec bench serve`, reports/serve.md): a dynamic batch is validated with one
+min/max over all of it and only re-checked request by request when that finds a problem; requests
+of the same width share one ONNX call; leading columns that are padding in every row of that call
+are cut off first. That is exact for this contract: positions count back from the newest item and
+padding is masked out of attention and the top-k, so a session's answer does not depend on how far
+it is padded. onnxruntime threads do not spin while idle (on a few shared cores a spinning thread
+takes CPU from the server and the other instance). Config parameter "allow_spinning" = "1" turns
+spinning back on.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -35,6 +47,9 @@ import triton_python_backend_utils as pb_utils
 INPUT_NAME = "input_ids"
 OUTPUT_IDS = "item_ids"
 OUTPUT_SCORES = "scores"
+# Rows x positions per onnxruntime call. At length 512, batches of 32 run ~15% slower per session
+# than batches of 4 on this CPU (attention matrices leave the cache); 2048 = 40 rows at length 50.
+MAX_TOKENS_PER_CALL = 2048
 
 
 def _error(message: str) -> pb_utils.TritonError:
@@ -71,9 +86,13 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"{self.name}: model.onnx not found at {onnx_path}")
 
         threads = _int_param(params, "intra_op_num_threads", 1)
+        spinning = _int_param(params, "allow_spinning", 0)
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, threads)
         options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
         inputs = {i.name: i for i in self.session.get_inputs()}
@@ -95,6 +114,7 @@ class TritonPythonModel:
                 "or the ONNX metadata_props key 'n_items'"
             )
         self.max_seq_len = _int_param(params, "max_seq_len", None)
+        self.max_tokens_per_call = max(1, _int_param(params, "max_tokens_per_call", MAX_TOKENS_PER_CALL))
 
         top_k = _int_param(params, "top_k", None)
         k_dim = outputs[OUTPUT_IDS].shape[-1] if outputs[OUTPUT_IDS].shape else None
@@ -102,6 +122,7 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(
                 f"{self.name}: config top_k={top_k} but model.onnx returns k={k_dim}: re-export or rewrite the config"
             )
+        gc.freeze()  # what initialize built lives as long as the stub: keep it out of every collection
         pb_utils.Logger.log_info(
             f"{self.name}: loaded {onnx_path} (n_items={self.n_items} from {source}, "
             f"intra_op_num_threads={threads}, max_seq_len={self.max_seq_len})"
@@ -122,28 +143,66 @@ class TritonPythonModel:
             return f"{INPUT_NAME} contains negative id {lo}; ids are 1..{self.n_items} and 0 is padding"
         if hi > self.n_items:
             return f"{INPUT_NAME} contains id {hi} > n_items={self.n_items}; unknown item"
+        if not x.any(axis=1).all():
+            row = int(np.flatnonzero(~x.any(axis=1))[0])
+            return (
+                f"{INPUT_NAME} row {row} has no item (all {x.shape[1]} positions are 0 = padding): "
+                "an empty session; send at least one item id"
+            )
         return None
+
+    def _valid_batch(self, arrays: list[np.ndarray]) -> np.ndarray | None:
+        """The whole dynamic batch as one array if every request is fine (one check), else None."""
+        x = arrays[0]
+        if x.dtype != np.int64 or x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+            return None
+        width = x.shape[1]
+        if self.max_seq_len is not None and width > self.max_seq_len:
+            return None
+        if any(a.dtype != np.int64 or a.ndim != 2 or a.shape[1] != width or a.shape[0] == 0 for a in arrays):
+            return None
+        batch = x if len(arrays) == 1 else np.concatenate(arrays)
+        if int(batch.min()) < 0 or int(batch.max()) > self.n_items or not batch.any(axis=1).all():
+            return None
+        return batch
 
     def execute(self, requests: list) -> list:
         """Answer every request; requests with the same seq length share one ONNX call."""
         responses: list = [None] * len(requests)
-        groups: dict[int, list[tuple[int, np.ndarray]]] = {}
+        arrays: list[np.ndarray | None] = []
         for i, request in enumerate(requests):
             tensor = pb_utils.get_input_tensor_by_name(request, INPUT_NAME)
             if tensor is None:
                 responses[i] = pb_utils.InferenceResponse(error=_error(f"missing input {INPUT_NAME!r}"))
+                arrays.append(None)
                 continue
-            x = tensor.as_numpy()
-            problem = self._validate(x)
-            if problem is not None:
-                responses[i] = pb_utils.InferenceResponse(error=_error(problem))
-                continue
-            groups.setdefault(x.shape[1], []).append((i, x))
+            arrays.append(tensor.as_numpy())
 
-        for members in groups.values():
-            batch = members[0][1] if len(members) == 1 else np.concatenate([x for _, x in members])
+        # (members, their rows as one array): one ONNX call each
+        calls: list[tuple[list[tuple[int, np.ndarray]], np.ndarray]] = []
+        present = [x for x in arrays if x is not None]
+        whole = self._valid_batch(present) if present and len(present) == len(arrays) else None
+        if whole is not None:  # the common case: every request fine, one check, one call
+            calls.append((list(enumerate(present)), whole))
+        else:
+            groups: dict[int, list[tuple[int, np.ndarray]]] = {}
+            for i, x in enumerate(arrays):
+                if x is None:
+                    continue
+                problem = self._validate(x)
+                if problem is not None:
+                    responses[i] = pb_utils.InferenceResponse(error=_error(problem))
+                    continue
+                groups.setdefault(x.shape[1], []).append((i, x))
+            for members in groups.values():
+                calls.append((members, members[0][1] if len(members) == 1 else np.concatenate([x for _, x in members])))
+
+        for members, batch in calls:
+            first_item_column = int(np.argmax(batch.any(axis=0)))  # every row has an item: exists
+            if first_item_column:
+                batch = np.ascontiguousarray(batch[:, first_item_column:])
             try:
-                ids, scores = self.session.run([OUTPUT_IDS, OUTPUT_SCORES], {INPUT_NAME: batch})
+                ids, scores = self._run(batch)
             except Exception as exc:  # noqa: BLE001 - reported to the caller, the model stays up
                 for i, _ in members:
                     responses[i] = pb_utils.InferenceResponse(
@@ -163,6 +222,15 @@ class TritonPythonModel:
                 )
                 start = stop
         return responses
+
+    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """ONNX calls of at most max_tokens_per_call tokens: long sessions in big batches thrash the cache."""
+        rows = max(1, self.max_tokens_per_call // batch.shape[1])
+        if batch.shape[0] <= rows:
+            return self.session.run([OUTPUT_IDS, OUTPUT_SCORES], {INPUT_NAME: batch})
+        parts = [self.session.run([OUTPUT_IDS, OUTPUT_SCORES], {INPUT_NAME: batch[i : i + rows]})
+                 for i in range(0, batch.shape[0], rows)]
+        return np.concatenate([ids for ids, _ in parts]), np.concatenate([s for _, s in parts])
 
     def finalize(self) -> None:
         """Drop the session so its memory is returned before the stub exits."""

@@ -1,0 +1,421 @@
+"""`rxrec bench serve`: GPT4Rec through the real Triton server under open-loop gRPC load.
+
+The issue's bar is 1mg's GPT4Rec on TensorRT/T4 (150 ms mean at 7,000 requests/min, sessions up to
+512 events). Here, on this machine's CPU cores: length 50 at >= 60,000 requests/min with p99 <= 20 ms,
+length 512 at >= 7,000 requests/min with p99 <= 150 ms. Every session sent is *full* length (no
+padding: the worst case, padding is cut off by the backend). The benchmark builds its own model
+repository (var/bench/serve/), starts and stops its own tritonserver on free ports, drives it with
+pipelines/serve/load.py and compares with in-process ONNX Runtime on the same model (the floor).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from pipelines.config import PROJECT_ROOT
+
+#: length -> (requests per minute at least, p99 ms at most)
+TARGETS: dict[int, tuple[float, float]] = {50: (60_000, 20.0), 512: (7_000, 150.0)}
+DEFAULT_RATES = "50:500,1050;512:60,125"  # requests/s per length; the last one of each is above the target
+QUICK_RATES = "50:1050;512:125"
+# Length 50 is cheapest on one instance (one onnxruntime thread, the other core for gRPC and the client);
+# length 512 is compute-bound and needs both cores: two instances (measured, reports/serve.md).
+DEFAULT_INSTANCES = "50:1;512:2"
+META_WIDTH, META_VOCAB = 8, 1000  # meta tokens per item, vocabulary: the generated world's order of size
+SESSIONS_PER_LENGTH = 64
+WORK_DIR = PROJECT_ROOT / "var" / "bench" / "serve"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The Triton model config the benchmark serves with (written by triton_repo.write_config)."""
+
+    max_batch_size: int
+    instance_count: dict[int, int]  # sequence length -> model instances
+    intra_op_threads: int
+    max_queue_delay_us: int
+    preferred_batch_sizes: tuple[int, ...]
+
+
+def parse_rates(text: str, seq_lens: list[int]) -> dict[int, list[float]]:
+    """'50:500,1050;512:60' -> {50: [500, 1050], 512: [60]}; every length asked for needs rates."""
+    rates: dict[int, list[float]] = {}
+    for part in filter(None, (p.strip() for p in text.replace(" ", ";").split(";"))):
+        length, sep, values = part.partition(":")
+        try:
+            if not sep:
+                raise ValueError("missing ':'")
+            rates[int(length)] = [float(v) for v in values.split(",") if v.strip()]
+        except ValueError as exc:
+            raise typer.BadParameter(f"--rates entry {part!r} is not LENGTH:RATE,RATE ({exc})") from None
+        if not rates[int(length)] or min(rates[int(length)]) <= 0:
+            raise typer.BadParameter(f"--rates entry {part!r} needs positive requests/s")
+    missing = [n for n in seq_lens if n not in rates]
+    if missing:
+        raise typer.BadParameter(f"--rates has no rates for sequence length(s) {missing}")
+    return {n: rates[n] for n in seq_lens}
+
+
+def parse_instances(text: str, seq_lens: list[int], default: int) -> dict[int, int]:
+    """'2' -> every length 2; '50:1;512:2' -> per length; lengths not named get `default`."""
+    text = text.strip()
+    try:
+        if text and ":" not in text:
+            counts = dict.fromkeys(seq_lens, int(text))
+        else:
+            pairs = (part.split(":") for part in filter(None, (p.strip() for p in text.split(";"))))
+            counts = {int(length): int(count) for length, count in pairs}
+    except ValueError:
+        raise typer.BadParameter(f"--instance-count {text!r} is not N or LENGTH:N;LENGTH:N") from None
+    if any(c < 1 for c in counts.values()):
+        raise typer.BadParameter(f"--instance-count {text!r}: counts must be >= 1")
+    return {n: counts.get(n, default) for n in seq_lens}
+
+
+def _source_digest() -> str:
+    """Changes when the model or its export changes, so cached exports are rebuilt."""
+    h = hashlib.sha256()
+    for rel in ("pipelines/models/gpt4rec.py", "pipelines/export/onnx.py"):
+        h.update((PROJECT_ROOT / rel).read_bytes())
+    return h.hexdigest()[:10]
+
+
+def champion_onnx(length: int) -> Path | None:
+    """The newest model.onnx deployed by the demo in triton_repo/gpt4rec/ if it was exported for `length`."""
+    import onnx
+
+    from pipelines.config import Paths
+    from pipelines.export.triton_repo import list_versions
+
+    repo = Paths().triton_repo
+    versions = list_versions(repo, "gpt4rec")
+    if not versions:
+        return None
+    path = repo / "gpt4rec" / str(versions[-1]) / "model.onnx"
+    if not path.is_file():
+        return None
+    meta = {e.key: e.value for e in onnx.load(str(path), load_external_data=False).metadata_props}
+    return path if meta.get("max_len") == str(length) else None
+
+
+def export_model(length: int, n_items: int, settings: Any, cache: Path) -> Path:
+    """A GPT4Rec with params.yaml's architecture and random weights, exported like the pipeline does."""
+    g, top_k, opset = settings.gpt4rec, settings.export.top_k, settings.export.opset
+    key = f"L{length}-n{n_items}-d{g.dim}-l{g.layers}-h{g.heads}-k{top_k}-o{opset}-{_source_digest()}"
+    out = cache / key
+    if (out / "model.onnx").is_file():
+        return out / "model.onnx"
+    import torch
+
+    from pipelines.export.onnx import export_onnx
+    from pipelines.models.gpt4rec import GPT4Rec, GPT4RecConfig
+
+    torch.manual_seed(0)
+    meta_vocab, meta_width = (META_VOCAB, META_WIDTH) if g.use_meta else (0, 0)
+    model = GPT4Rec(GPT4RecConfig(n_items, g.dim, g.layers, g.heads, length, g.dropout, meta_vocab, meta_width))
+    if meta_vocab:
+        tokens = np.random.default_rng(0).integers(0, meta_vocab, size=(n_items + 1, meta_width))
+        tokens[0] = 0
+        model.set_item_tokens(tokens)
+    tmp = cache / f".{key}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    export_onnx(model.eval(), tmp, top_k, opset)
+    try:
+        tmp.rename(out)
+    except OSError:  # a parallel run exported it first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out / "model.onnx"
+
+
+def full_sessions(length: int, n_items: int, count: int = SESSIONS_PER_LENGTH, seed: int = 0) -> list[np.ndarray]:
+    """`count` sessions of exactly `length` real item ids (no padding: the most work per request)."""
+    rng = np.random.default_rng(seed + length)
+    return [rng.integers(1, n_items + 1, size=length, dtype=np.int64) for _ in range(count)]
+
+
+def perf_analyzer_status() -> dict[str, Any]:
+    """Whether NVIDIA's perf_analyzer can run here (it needs glibc >= 2.38)."""
+    from pipelines.serve.triton_server import default_venv
+
+    found = shutil.which("perf_analyzer") or next(
+        (str(p) for p in [default_venv() / "bin" / "perf_analyzer"] if p.exists()), None
+    )
+    if not found:
+        glibc = " ".join(platform.libc_ver()) or "unknown"
+        return {"available": False, "reason": f"perf_analyzer is not installed (its builds need glibc >= 2.38; "
+                f"this machine has {glibc}): rxrec's own load generator is used"}
+    try:
+        out = subprocess.run([found, "--help"], check=False, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return {"available": False, "path": found, "reason": f"perf_analyzer does not run: {exc}"}
+    if out.returncode not in (0, 1) or "GLIBC" in out.stderr:
+        return {"available": False, "path": found,
+                "reason": f"perf_analyzer does not run here: {out.stderr.strip()[:300]}"}
+    return {"available": True, "path": found,
+            "reason": "perf_analyzer runs here, but this benchmark reports rxrec's own generator "
+                      "(same numbers for both lengths); compare with perf_analyzer by hand"}
+
+
+def _batch_counts(triton: Any, model: str) -> tuple[float, float]:
+    """(inferences, executions) of a model from Triton's Prometheus metrics: their ratio is the mean batch."""
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{triton.metrics_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+
+    def total(metric: str) -> float:
+        return sum(float(v) for v in re.findall(metric + r'\{[^}]*model="' + re.escape(model) + r'"[^}]*\} (\S+)', text))
+
+    return total("nv_inference_count"), total("nv_inference_exec_count")
+
+
+def _measured(triton: Any, generator: Any, model: str, sessions: list[np.ndarray], level: Any) -> dict[str, Any]:
+    """One load level plus where the CPU went: server (tritonserver + stubs), load generator, everyone else."""
+    import time
+
+    import psutil
+
+    def cpu_seconds(pids: list[int]) -> float:
+        total = 0.0
+        for pid in pids:
+            try:
+                times = psutil.Process(pid).cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                pass
+        return total
+
+    server_pids = [triton.pid, *(c.pid for c in psutil.Process(triton.pid).children(recursive=True))]
+    counts0, server0, load0 = _batch_counts(triton, model), cpu_seconds(server_pids), cpu_seconds(generator.pids)
+    machine0, t0 = psutil.cpu_times(), time.monotonic()
+    result = generator.run(model, sessions, level)
+    seconds, machine1 = time.monotonic() - t0, psutil.cpu_times()
+    counts1 = _batch_counts(triton, model)
+    server_s, load_s = cpu_seconds(server_pids) - server0, cpu_seconds(generator.pids) - load0
+    busy = sum(machine1) - sum(machine0) - (machine1.idle - machine0.idle) - (machine1.iowait - machine0.iowait)
+    inferences, executions = counts1[0] - counts0[0], counts1[1] - counts0[1]
+    return {**result.to_dict(), "cpu": {
+        "server_cores": round(server_s / seconds, 2),
+        "server_us_per_request": round(server_s / max(inferences, 1) * 1e6),
+        "load_generator_cores": round(load_s / seconds, 2),
+        "load_generator_us_per_request": round(load_s / max(inferences, 1) * 1e6),
+        "others_cores": round(max(0.0, busy - server_s - load_s) / seconds, 2),  # other users of the machine
+        "mean_batch": round(inferences / executions, 2) if executions else None,
+    }}
+
+
+def run(
+    seq_lens: list[int],
+    rates: dict[int, list[float]],
+    *,
+    duration_s: float,
+    warmup_s: float,
+    workers: int,
+    capacity: bool,
+    server: ServerConfig,
+    settings: Any,
+    work_dir: Path = WORK_DIR,
+    engine: str = "threads",
+    load_cpus: tuple[int, ...] = (),
+) -> dict[str, Any]:
+    """Export (or reuse) the models, serve them, run every load level; the report's payload."""
+
+
+    n_items = settings.data.n_products
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=_mkdir(work_dir)))  # parallel runs stay apart
+    try:
+        return _run(seq_lens, rates, run_dir, n_items, duration_s=duration_s, warmup_s=warmup_s,
+                    workers=workers, capacity=capacity, server=server, settings=settings, engine=engine,
+                    work_dir=work_dir, load_cpus=load_cpus)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _run(seq_lens: list[int], rates: dict[int, list[float]], run_dir: Path, n_items: int, *, duration_s: float,
+         warmup_s: float, workers: int, capacity: bool, server: ServerConfig, settings: Any,
+         engine: str, work_dir: Path, load_cpus: tuple[int, ...]) -> dict[str, Any]:
+    import onnxruntime
+
+    from pipelines.export.triton_repo import write_config, write_version
+    from pipelines.serve.load import LoadGenerator, LoadLevel, ort_floor
+    from pipelines.serve.triton_server import TritonServer, find_free_port
+
+    repo = run_dir / "triton_repo"
+    models: dict[int, dict[str, Any]] = {}
+    for length in seq_lens:
+        champion = champion_onnx(length)
+        if champion is not None:
+            path, source = champion, f"the demo's trained champion ({champion.relative_to(PROJECT_ROOT)})"
+        else:
+            path = export_model(length, n_items, settings, work_dir / "models")
+            source = ("GPT4Rec with params.yaml's architecture, random weights (latency does not depend on "
+                      f"them), n_items={n_items}, exported by pipelines/export/onnx.py")
+        name = f"gpt4rec_len{length}"
+        write_config(repo, name, max_batch_size=server.max_batch_size, top_k=settings.export.top_k,
+                     n_items=n_items, max_seq_len=length, instance_count=server.instance_count[length],
+                     intra_op_threads=server.intra_op_threads, max_queue_delay_us=server.max_queue_delay_us,
+                     preferred_batch_sizes=server.preferred_batch_sizes)
+        write_version(repo, name, path, metadata={"benchmark": "serve", "source": source})
+        models[length] = {"model": name, "onnx": str(path), "source": source}
+
+    results: dict[str, Any] = {}
+    triton = TritonServer(repo, http_port=find_free_port(), grpc_port=find_free_port(),
+                          metrics_port=find_free_port(), log_dir=run_dir / "logs")
+    with triton, LoadGenerator(f"127.0.0.1:{triton.grpc_port}", workers=workers, engine=engine,
+                                              cpus=load_cpus) as generator:
+        for length in seq_lens:
+            triton.load(models[length]["model"], timeout_s=180)
+        for length in seq_lens:
+            name, sessions = models[length]["model"], full_sessions(length, n_items)
+            floor = ort_floor(Path(models[length]["onnx"]), sessions, threads=server.intra_op_threads,
+                              seconds=min(2.0, duration_s))
+            generator.run(name, sessions, LoadLevel(rates[length][0], duration_s=1.0, warmup_s=0.5))  # warm
+            levels = [_measured(triton, generator, name, sessions, LoadLevel(rate, duration_s, warmup_s=warmup_s))
+                      for rate in rates[length]]
+            probe = None
+            if capacity:
+                probe = _measured(triton, generator, name, sessions, LoadLevel(
+                    None, duration_s, warmup_s=warmup_s, concurrency=16 if length <= 64 else 4))
+            min_rpm, max_p99 = TARGETS.get(length, (float("nan"), float("nan")))
+            met = [lv for lv in levels
+                   if lv["errors"] == 0 and lv["requests_per_min"] >= min_rpm and lv["p99_ms"] <= max_p99]
+            results[str(length)] = {
+                **models[length],
+                "target": {"requests_per_min": min_rpm, "p99_ms": max_p99} if length in TARGETS else None,
+                "passed": bool(met) if length in TARGETS else None,
+                "ort_floor": floor.to_dict(),
+                "levels": levels,
+                "capacity_closed_loop": probe,
+            }
+    return {
+        "server": {"triton": "tritonserver 2.51 (nvidia-pytriton 0.7.0), Python backend + onnxruntime",
+                   "grpc": True, **server.__dict__, "preferred_batch_sizes": list(server.preferred_batch_sizes)},
+        "load_generator": {"tool": "pipelines/serve/load.py (open loop, unary gRPC, spawned processes)",
+                           "engine": engine, "workers": workers, "pinned_cpus": list(load_cpus), "duration_s": duration_s, "warmup_s": warmup_s,
+                           "perf_analyzer": perf_analyzer_status()},
+        "ort_floor_onnxruntime": onnxruntime.__version__ + " (main venv, in-process, batch=1 back to back)",
+        "passed": all(r["passed"] for r in results.values() if r["passed"] is not None),
+        "results": results,
+        "note": _note(results),
+    }
+
+
+def _note(results: dict[str, Any]) -> str:
+    """Whether other jobs shared the CPU during the run (the server and the load generator always do)."""
+    others = max((lv["cpu"]["others_cores"] for r in results.values() for lv in r["levels"]), default=0.0)
+    shared = f"other jobs on this machine used up to {others} cores during a level"
+    if others >= 0.2:
+        return f"{shared}: a re-run on a quiet machine will be faster"
+    return f"{shared} (quiet); server and load generator share the same {os.cpu_count()} cores"
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    s, lg = payload["server"], payload["load_generator"]
+    lines = [
+        "# Serving benchmark: GPT4Rec through Triton (gRPC), open-loop load", "",
+        (f"Server: {s['triton']}; instance_count per length={s['instance_count']}, intra_op_threads={s['intra_op_threads']}, "
+        f"max_batch_size={s['max_batch_size']}, max_queue_delay_us={s['max_queue_delay_us']}, "
+        f"preferred_batch_sizes={s['preferred_batch_sizes'] or 'none'}."),
+        (f"Load: {lg['tool']}, {lg['engine']} engine, {lg['workers']} workers, {lg['duration_s']} s per level "
+         f"after {lg['warmup_s']} s warm-up; latency from each request's due time. perf_analyzer: {lg['perf_analyzer']['reason']}."),
+        f"Overall: {'PASS' if payload['passed'] else 'FAIL'}. {payload['note']}.", "",
+        ("| length | load | offered req/s | requests/min | p50 ms | p95 ms | p99 ms | max ms | errors "
+         "| client lag p99 ms | mean batch | CPU cores: server / load gen / others |"),
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for length, r in payload["results"].items():
+        rows = [*r["levels"], *([r["capacity_closed_loop"]] if r["capacity_closed_loop"] else [])]
+        for lv in rows:
+            kind = "open loop" if lv["mode"] == "open" else f"closed loop x{lv['concurrency']}"
+            offered = f"{lv['target_rps']:g}" if lv["target_rps"] else "-"
+            lines.append(
+                f"| {length} | {kind} | {offered} | {lv['requests_per_min']:,.0f} | {lv['p50_ms']} | {lv['p95_ms']} "
+                f"| {lv['p99_ms']} | {lv['max_ms']} | {lv['errors']} | {lv['send_lag_p99_ms']} "
+                f"| {lv['cpu']['mean_batch']} | {lv['cpu']['server_cores']} / {lv['cpu']['load_generator_cores']} "
+                f"/ {lv['cpu']['others_cores']} |")
+    lines += ["", ("| length | target | result | ORT floor batch=1 p50 / p99 ms | ORT batch=1 req/s "
+              "| ORT batched sessions/s | model |"), "|---:|---|---|---:|---:|---|---|"]
+    for length, r in payload["results"].items():
+        t, f = r["target"], r["ort_floor"]
+        target = f">= {t['requests_per_min']:,.0f}/min, p99 <= {t['p99_ms']:g} ms" if t else "-"
+        verdict = "-" if r["passed"] is None else ("pass" if r["passed"] else "FAIL")
+        batched = ", ".join(f"b{k}: {v:,.0f}" for k, v in f["batched"].items())
+        lines.append(f"| {length} | {target} | {verdict} | {f['batch1_p50_ms']} / {f['batch1_p99_ms']} "
+                     f"| {f['batch1_rps']:,.0f} | {batched} | {r['source']} |")
+    errors = [m for r in payload["results"].values() for lv in r["levels"] for m in lv["error_messages"]]
+    if errors:
+        lines += ["", "First errors: " + "; ".join(errors[:5])]
+    return "\n".join(lines)
+
+
+def register(bench: typer.Typer) -> None:
+    @bench.command("serve")
+    def serve(
+        seq_lens: str = typer.Option("50,512", help="sequence lengths to serve, comma-separated"),
+        rates: str = typer.Option(DEFAULT_RATES, help="open-loop requests/s per length: '50:500,1050;512:60,125'"),
+        duration: float = typer.Option(10.0, help="measured seconds per load level"),
+        warmup: float = typer.Option(2.0, help="seconds sent before each level's measurement"),
+        workers: int = typer.Option(2, help="load generator processes"),
+        engine: str = typer.Option("threads", help="load generator engine: threads (blocking gRPC channel with "
+                                   "futures; cheapest here) | asyncio (grpc.aio)"),
+        load_cpus: str = typer.Option("", help="pin the load generator to these CPUs, e.g. '1' (empty: no pinning)"),
+        capacity: bool = typer.Option(True, help="also a closed-loop capacity probe per length"),
+        instance_count: str = typer.Option(DEFAULT_INSTANCES, help="model instances: N, or per length "
+                                           "'50:1;512:2' (lengths not named: params.yaml serve.instance_count)"),
+        intra_op_threads: int = typer.Option(1, help="onnxruntime threads per instance"),
+        max_batch_size: int = typer.Option(0, help="0: params.yaml serve.max_batch_size"),
+        max_queue_delay_us: int = typer.Option(2000, help="dynamic batcher's wait for a fuller batch"),
+        preferred_batch_sizes: str = typer.Option("", help="comma-separated, empty: none"),
+        quick: bool = typer.Option(False, help="seconds-long smoke run: one level per length, no probe"),
+        out_dir: str = typer.Option("", help="where serve.json/.md go (default: reports/)"),
+        overrides: Annotated[list[str] | None, typer.Option("--set", "-s", help="param override section.key=value")] = None,
+    ) -> None:
+        """GPT4Rec served by Triton under open-loop gRPC load at lengths 50 and 512, vs ONNX Runtime."""
+        from benchmarks.common import REPORTS, write_report
+        from pipelines.config import load_settings
+
+        settings = load_settings(overrides=overrides or [])
+        try:
+            lengths = [int(v) for v in seq_lens.split(",") if v.strip()]
+            preferred = tuple(int(v) for v in preferred_batch_sizes.split(",") if v.strip())
+        except ValueError as exc:
+            raise typer.BadParameter(f"--seq-lens and --preferred-batch-sizes take integers: {exc}") from None
+        if not lengths or min(lengths) < 1:
+            raise typer.BadParameter(f"--seq-lens needs positive lengths, got {seq_lens!r}")
+        if quick:
+            duration, warmup, capacity = min(duration, 3.0), min(warmup, 1.0), False
+            if rates == DEFAULT_RATES:
+                rates = QUICK_RATES
+        config = ServerConfig(
+            max_batch_size=max_batch_size or settings.serve.max_batch_size,
+            instance_count=parse_instances(instance_count, lengths, settings.serve.instance_count),
+            intra_op_threads=intra_op_threads,
+            max_queue_delay_us=max_queue_delay_us,
+            preferred_batch_sizes=preferred,
+        )
+        payload = run(lengths, parse_rates(rates, lengths), duration_s=duration, warmup_s=warmup,
+                      workers=workers, capacity=capacity, server=config, settings=settings, engine=engine,
+                      load_cpus=tuple(int(c) for c in load_cpus.split(",") if c.strip()))
+        text = markdown(payload)
+        path = write_report("serve", payload, text, Path(out_dir) if out_dir else REPORTS)
+        typer.echo(text)
+        typer.echo(f"written: {path} and {path.with_suffix('.md')}")
+        typer.echo(json.dumps({k: v["passed"] for k, v in payload["results"].items()}))

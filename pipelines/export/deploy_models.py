@@ -1,0 +1,148 @@
+"""Assemble `similar_items` and `recommend` from the pipeline's artifacts at deploy time.
+
+The deploy stage writes gpt4rec first (the registry champion), then calls `deploy_companions`,
+which sizes both models by that gpt4rec version (its n_items, top_k, max_len) and writes:
+
+- similar_items from the embedding table named by `similar.method` (artifacts/embeddings/<method>);
+- recommend from the popularity list (artifacts/models/popularity, required), the association
+  rules (artifacts/models/rules, optional: without them the cold path goes straight to
+  popularity), the training interactions per item (data/features) and the catalogue ids
+  (data/validated).
+
+A model whose inputs are missing is skipped with the reason in the summary, never half-written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from pipelines.config import Paths, Settings
+from pipelines.data.schema import CATALOGUE_FILE
+from pipelines.export.triton_models import (
+    RECOMMEND,
+    SIMILAR_ITEMS,
+    WARM_MIN_INTERACTIONS,
+    FallbackTables,
+    VersionWritten,
+    write_recommend_config,
+    write_recommend_version,
+    write_similar_items_config,
+    write_similar_items_version,
+)
+
+
+def gpt4rec_facts(version_dir: Path) -> dict[str, int]:
+    """n_items, top_k and max_len of a deployed gpt4rec version (its ONNX metadata)."""
+    import onnx
+
+    onnx_path = version_dir / "model.onnx"
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"gpt4rec version folder {version_dir} holds no model.onnx")
+    meta = {e.key: e.value for e in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    missing = [key for key in ("n_items", "top_k", "max_len") if key not in meta]
+    if missing:
+        raise ValueError(f"{onnx_path} lacks ONNX metadata {missing}: re-export it with pipelines/export/onnx.py")
+    return {key: int(meta[key]) for key in ("n_items", "top_k", "max_len")}
+
+
+def _resize(array: np.ndarray, n_rows: int) -> np.ndarray:
+    """Cut or zero-pad a per-item array to n_rows (tables may cover more or fewer items than gpt4rec)."""
+    out = np.zeros(n_rows, dtype=array.dtype)
+    out[: min(n_rows, len(array))] = array[:n_rows]
+    return out
+
+
+def fallback_tables(p: Paths, n_items: int) -> FallbackTables:
+    """The recommend tables over item ids 0..n_items; FileNotFoundError if popularity is missing."""
+    from pipelines.data.sequences import load_sequences
+    from pipelines.models.popularity import PopularityRecommender
+    from pipelines.models.rules import RULES_FILE, AssociationRules
+
+    popularity_dir = p.models / "popularity"
+    if not (popularity_dir / "counts.npy").exists():
+        raise FileNotFoundError(f"{popularity_dir / 'counts.npy'} is missing: run the train_popularity stage")
+    n = n_items + 1
+    popularity = _resize(PopularityRecommender.load(popularity_dir).counts.astype(np.float32), n)
+    interactions = np.zeros(n, dtype=np.int64)
+    for history in load_sequences(p.features).train():
+        np.add.at(interactions, history[history <= n_items], 1)
+    catalogue = np.zeros(n, dtype=bool)
+    catalogue_file = p.validated / CATALOGUE_FILE
+    if catalogue_file.exists():
+        ids = pd.read_parquet(catalogue_file, columns=["item_id"])["item_id"].to_numpy(dtype=np.int64)
+        catalogue[ids[(ids >= 1) & (ids <= n_items)]] = True
+    else:
+        catalogue[1:] = True
+    rules = None
+    if (p.models / "rules" / RULES_FILE).exists():
+        coo = AssociationRules.load(p.models / "rules").rules.tocoo()
+        keep = (coo.row < n) & (coo.col < n) & (coo.data != 0)
+        rules = sp.csr_matrix((coo.data[keep].astype(np.float32), (coo.row[keep], coo.col[keep])), shape=(n, n))
+    tables = FallbackTables(popularity, interactions, catalogue, rules)
+    tables.check()
+    return tables
+
+
+def _summary(written: VersionWritten, config: Path, old_config: str | None, **extra: Any) -> dict[str, Any]:
+    return {"version_path": str(written.path), "triton_version": written.version, "new": written.new,
+            "fingerprint": written.fingerprint, "config_changed": config.read_text() != old_config, **extra}
+
+
+def _old_text(path: Path) -> str | None:
+    return path.read_text() if path.exists() else None
+
+
+def deploy_similar_items(s: Settings, p: Paths, repo: Path, n_items: int) -> dict[str, Any]:
+    """similar_items from the `similar.method` table; {"skipped": why} when the table is missing."""
+    from pipelines.embed.prod2vec import META_FILE, ItemEmbeddings
+    from pipelines.export.similar_onnx import build_similar_items
+
+    table_dir = p.embeddings / s.similar.method
+    if not (table_dir / META_FILE).exists():
+        return {"skipped": f"{table_dir} holds no embedding table: run the {s.similar.method} stage "
+                           "(or set similar.method to a table that exists)"}
+    emb = ItemEmbeddings.load(table_dir)
+    if emb.n_items > n_items:  # a catalogue grown since gpt4rec trained: serve gpt4rec's id range
+        emb.vectors, emb.known = emb.vectors[: n_items + 1], emb.known[: n_items + 1]
+    graph = build_similar_items(emb, s.similar)
+    config = repo / SIMILAR_ITEMS / "config.pbtxt"
+    old = _old_text(config)
+    write_similar_items_config(repo, top_k=graph.top_k, n_items=graph.n_items, max_batch_size=s.serve.max_batch_size,
+                               instance_count=s.serve.instance_count)
+    written = write_similar_items_version(repo, graph.model.SerializeToString(), graph.known, metadata={
+        "embedding_method": s.similar.method, "embedding_table": str(table_dir), "mode": graph.mode,
+        "top_k": graph.top_k, "n_items": graph.n_items, "embedding_info": {
+            k: v for k, v in emb.info.items() if isinstance(v, (str, int, float, bool))}})
+    return _summary(written, config, old, mode=graph.mode, method=s.similar.method)
+
+
+def deploy_recommend(s: Settings, p: Paths, repo: Path, gpt4rec: dict[str, int]) -> dict[str, Any]:
+    """recommend over the deployed gpt4rec; {"skipped": why} when the popularity list is missing."""
+    try:
+        tables = fallback_tables(p, gpt4rec["n_items"])
+    except FileNotFoundError as exc:
+        return {"skipped": str(exc)}
+    config = repo / RECOMMEND / "config.pbtxt"
+    old = _old_text(config)
+    write_recommend_config(
+        repo, top_k=gpt4rec["top_k"], n_items=gpt4rec["n_items"], max_batch_size=s.serve.max_batch_size,
+        gpt4rec_model=s.serve.model_name, gpt4rec_max_len=gpt4rec["max_len"],
+        gpt4rec_max_batch_size=s.serve.max_batch_size, warm_min_interactions=WARM_MIN_INTERACTIONS,
+        rules_recent_items=s.rules.recent_items, rules_decay=s.rules.decay, instance_count=s.serve.instance_count)
+    written = write_recommend_version(repo, tables, metadata={
+        "gpt4rec_model": s.serve.model_name, "n_items": gpt4rec["n_items"], "top_k": gpt4rec["top_k"],
+        "rules": tables.rules is not None, "n_rules": int(tables.rules.nnz) if tables.rules is not None else 0,
+        "popularity": str(p.models / "popularity"), "features": str(p.features)})
+    return _summary(written, config, old, rules=tables.rules is not None)
+
+
+def deploy_companions(s: Settings, p: Paths, repo: Path, gpt4rec_dir: Path) -> dict[str, dict[str, Any]]:
+    """Write similar_items and recommend sized by the gpt4rec version in `gpt4rec_dir`."""
+    facts = gpt4rec_facts(gpt4rec_dir)
+    return {SIMILAR_ITEMS: deploy_similar_items(s, p, repo, facts["n_items"]),
+            RECOMMEND: deploy_recommend(s, p, repo, facts)}

@@ -1,0 +1,378 @@
+"""The model repository's other models: `similar_items` and the `recommend` entry point.
+
+Beside `gpt4rec` (pipelines/export/triton_repo.py) the repository holds::
+
+    repo/similar_items/config.pbtxt
+    repo/similar_items/<n>/model.onnx       item id -> top-k similar products (pipelines/export/similar_onnx.py)
+    repo/similar_items/<n>/model.py         Python backend (pipelines/serve/backend/similar_items.py)
+    repo/similar_items/<n>/known.npy        which ids have a vector (others are rejected)
+    repo/recommend/config.pbtxt
+    repo/recommend/<n>/model.py             BLS entry point (pipelines/serve/backend/recommend.py)
+    repo/recommend/<n>/*.npy, rules.npz     fallback tables: popularity, item counts, catalogue, rules
+
+Version folders follow the same rules as gpt4rec's: assembled in a hidden temp folder and renamed
+into place (complete or absent), never overwritten. Each lineage.json carries a fingerprint of the
+folder's files, so a deploy writes a new folder only when what it would hold changed.
+Pure functions of the filesystem and numpy; no Triton import. Data files are .npy/.npz without
+pickle, so the backends load them with allow_pickle=False.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from pipelines.export.triton_repo import _TMP_PREFIX, _check_name, _positive, list_versions, next_version
+
+SIMILAR_ITEMS = "similar_items"
+RECOMMEND = "recommend"
+#: The order models must be loaded in: recommend calls gpt4rec through BLS.
+LOAD_ORDER = ("gpt4rec", SIMILAR_ITEMS, RECOMMEND)
+
+BACKEND_DIR = Path(__file__).resolve().parents[1] / "serve" / "backend"
+SIMILAR_BACKEND_PY = BACKEND_DIR / "similar_items.py"
+RECOMMEND_BACKEND_PY = BACKEND_DIR / "recommend.py"
+
+# Tensor names (the backends repeat them: they run in Triton's environment, not this package's).
+SIMILAR_INPUT = "item_id"  # int64 [batch, 1]
+SESSION_INPUT = "session_ids"  # int64 [batch, seq], 0 = padding; [[0]] is an empty session
+PURCHASED_INPUT = "purchased_ids"  # optional int64 [batch, n], 0 = padding
+OUTPUT_IDS = "item_ids"
+OUTPUT_SCORES = "scores"
+OUTPUT_SOURCE = "source"  # BYTES [batch, 1]: gpt4rec | rules | popularity
+OUTPUT_UNKNOWN = "unknown_ids"  # int64 [batch, m]: ids dropped as unknown, 0-padded ([0] = none)
+SOURCES = ("gpt4rec", "rules", "popularity")
+
+#: Items with fewer training interactions than this are "cold" for GPT4Rec (their embedding has
+#: barely been trained); a session of only cold items is answered by rules, then popularity.
+WARM_MIN_INTERACTIONS = 3
+
+FileContent = Path | bytes
+
+
+# --------------------------------------------------------------------------- config.pbtxt
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Replace a file atomically: a server loading the repository never reads half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _tensor(name: str, data_type: str, dims: str, optional: bool = False) -> str:
+    flag = "\n    optional: true" if optional else ""
+    return f'  {{\n    name: "{name}"\n    data_type: {data_type}\n    dims: [ {dims} ]{flag}\n  }}'
+
+
+def _config_text(
+    model_name: str,
+    *,
+    max_batch_size: int,
+    inputs: list[str],
+    outputs: list[str],
+    instance_count: int,
+    max_queue_delay_us: int,
+    num_versions: int,
+    params: Mapping[str, object],
+) -> str:
+    for name, value in [("max_batch_size", max_batch_size), ("instance_count", instance_count),
+                        ("num_versions", num_versions)]:
+        _positive(name, value)
+    if max_queue_delay_us < 0:
+        raise ValueError(f"max_queue_delay_us must be >= 0, got {max_queue_delay_us}")
+    param_lines = "\n".join(
+        f'parameters: {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items()
+    )
+    input_lines, output_lines = ",\n".join(inputs), ",\n".join(outputs)
+    return f"""# Written by pipelines/export/triton_models.py; regenerate rather than edit by hand.
+name: "{model_name}"
+backend: "python"
+max_batch_size: {max_batch_size}
+input [
+{input_lines}
+]
+output [
+{output_lines}
+]
+dynamic_batching {{
+  max_queue_delay_microseconds: {max_queue_delay_us}
+}}
+instance_group [
+  {{
+    count: {instance_count}
+    kind: KIND_CPU
+  }}
+]
+version_policy: {{ latest: {{ num_versions: {num_versions} }} }}
+{param_lines}
+"""
+
+
+def write_similar_items_config(
+    repo: Path,
+    *,
+    top_k: int,
+    n_items: int,
+    max_batch_size: int,
+    instance_count: int = 1,
+    max_queue_delay_us: int = 500,
+    model_name: str = SIMILAR_ITEMS,
+) -> Path:
+    """Write repo/similar_items/config.pbtxt: item_id [1] in, item_ids/scores [top_k] out."""
+    _check_name(model_name)
+    _positive("top_k", top_k)
+    _positive("n_items", n_items)
+    text = _config_text(
+        model_name, max_batch_size=max_batch_size, instance_count=instance_count,
+        max_queue_delay_us=max_queue_delay_us, num_versions=1,
+        inputs=[_tensor(SIMILAR_INPUT, "TYPE_INT64", "1")],
+        outputs=[_tensor(OUTPUT_IDS, "TYPE_INT64", str(top_k)), _tensor(OUTPUT_SCORES, "TYPE_FP32", str(top_k))],
+        params={"n_items": n_items, "top_k": top_k, "intra_op_num_threads": 1},
+    )
+    path = Path(repo) / model_name / "config.pbtxt"
+    _atomic_write(path, text)
+    return path
+
+
+def write_recommend_config(
+    repo: Path,
+    *,
+    top_k: int,
+    n_items: int,
+    max_batch_size: int,
+    gpt4rec_model: str = "gpt4rec",
+    gpt4rec_max_len: int,
+    gpt4rec_max_batch_size: int,
+    filter_purchased: bool = True,
+    warm_min_interactions: int = WARM_MIN_INTERACTIONS,
+    rules_recent_items: int = 3,
+    rules_decay: float = 0.5,
+    instance_count: int = 1,
+    max_queue_delay_us: int = 500,
+    model_name: str = RECOMMEND,
+) -> Path:
+    """Write repo/recommend/config.pbtxt for the BLS entry point (sessions in, top_k + source out).
+
+    The parameters tell the backend which model to call (``gpt4rec_model``, whose
+    ``gpt4rec_max_len`` and ``gpt4rec_max_batch_size`` it respects), whether ``purchased_ids`` are
+    filtered out, when a session counts as cold, and how rules are fired (as in params.yaml `rules`).
+    """
+    _check_name(model_name)
+    _check_name(gpt4rec_model)
+    for name, value in [("top_k", top_k), ("n_items", n_items), ("gpt4rec_max_len", gpt4rec_max_len),
+                        ("gpt4rec_max_batch_size", gpt4rec_max_batch_size),
+                        ("warm_min_interactions", warm_min_interactions),
+                        ("rules_recent_items", rules_recent_items)]:
+        _positive(name, value)
+    if not 0 < rules_decay <= 1:
+        raise ValueError(f"rules_decay must be in (0, 1], got {rules_decay}")
+    text = _config_text(
+        model_name, max_batch_size=max_batch_size, instance_count=instance_count,
+        max_queue_delay_us=max_queue_delay_us, num_versions=1,
+        inputs=[_tensor(SESSION_INPUT, "TYPE_INT64", "-1"),
+                _tensor(PURCHASED_INPUT, "TYPE_INT64", "-1", optional=True)],
+        outputs=[_tensor(OUTPUT_IDS, "TYPE_INT64", str(top_k)), _tensor(OUTPUT_SCORES, "TYPE_FP32", str(top_k)),
+                 _tensor(OUTPUT_SOURCE, "TYPE_STRING", "1"), _tensor(OUTPUT_UNKNOWN, "TYPE_INT64", "-1")],
+        params={"n_items": n_items, "top_k": top_k, "gpt4rec_model": gpt4rec_model,
+                "gpt4rec_max_len": gpt4rec_max_len, "gpt4rec_max_batch_size": gpt4rec_max_batch_size,
+                "filter_purchased": str(bool(filter_purchased)).lower(),
+                "warm_min_interactions": warm_min_interactions, "rules_recent_items": rules_recent_items,
+                "rules_decay": rules_decay},
+    )
+    path = Path(repo) / model_name / "config.pbtxt"
+    _atomic_write(path, text)
+    return path
+
+
+# --------------------------------------------------------------------------- version folders
+
+
+def _digest(content: FileContent) -> str:
+    h = hashlib.sha256()
+    if isinstance(content, bytes):
+        h.update(content)
+        return h.hexdigest()
+    with open(content, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(files: Mapping[str, FileContent]) -> tuple[str, dict[str, str]]:
+    """(fingerprint of a whole version folder, sha256 per file): same files, same fingerprint."""
+    digests = {name: _digest(content) for name, content in sorted(files.items())}
+    combined = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+    return combined, digests
+
+
+def newest_version(repo: Path, model_name: str) -> tuple[int, dict[str, Any]] | None:
+    """(number, lineage.json content) of the newest version folder, or None if there is none."""
+    versions = list_versions(repo, model_name)
+    if not versions:
+        return None
+    lineage_file = Path(repo) / model_name / str(versions[-1]) / "lineage.json"
+    lineage = json.loads(lineage_file.read_text()) if lineage_file.exists() else {}
+    return versions[-1], lineage
+
+
+@dataclass(frozen=True)
+class VersionWritten:
+    """What a version writer did: the folder that holds the files now, and whether it is new."""
+
+    path: Path
+    version: int
+    new: bool
+    fingerprint: str
+
+
+def write_model_version(
+    repo: Path, model_name: str, files: Mapping[str, FileContent], *, metadata: Mapping[str, Any]
+) -> VersionWritten:
+    """Add a version folder holding `files` (name -> source path or bytes) and lineage.json.
+
+    Nothing is written when the newest folder's lineage.json has the same fingerprint. Otherwise the
+    folder is built under a hidden temp name and renamed to the next free number, never replacing
+    an existing folder (another writer taking the number first just moves us to the next one).
+    """
+    _check_name(model_name)
+    for name in files:
+        if not name or "/" in name or name.startswith(".") or name == "lineage.json":
+            raise ValueError(f"{model_name}: invalid file name {name!r} for a version folder")
+    for name, content in files.items():
+        if isinstance(content, Path) and not content.is_file():
+            raise FileNotFoundError(f"{model_name}: {name} source not found: {content}")
+    json.dumps(dict(metadata))  # fail before writing anything if metadata is not serialisable
+    fp, digests = fingerprint(files)
+    newest = newest_version(repo, model_name)
+    if newest is not None and newest[1].get("fingerprint") == fp:
+        return VersionWritten(Path(repo) / model_name / str(newest[0]), newest[0], False, fp)
+
+    model_dir = Path(repo) / model_name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=model_dir))
+    try:
+        for name, content in files.items():
+            if isinstance(content, bytes):
+                (tmp / name).write_bytes(content)
+            else:
+                shutil.copyfile(content, tmp / name)
+        for _ in range(100):
+            version = next_version(repo, model_name)
+            lineage = {"model_name": model_name, "version": version,
+                       "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                       "fingerprint": fp, "files": digests, "metadata": dict(metadata)}
+            (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
+            target = model_dir / str(version)
+            if target.exists():
+                continue
+            try:
+                os.rename(tmp, target)  # fails on an existing non-empty target: never overwrites
+            except OSError:
+                if target.exists():
+                    continue
+                raise
+            target.chmod(0o755)  # mkdtemp creates it 0700
+            return VersionWritten(target, version, True, fp)
+        raise RuntimeError(f"could not allocate a new version folder in {model_dir}")
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _npy(array: np.ndarray) -> bytes:
+    """Bytes of a .npy file (deterministic for the same array, so fingerprints are stable)."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def write_similar_items_version(
+    repo: Path, onnx_bytes: bytes, known: np.ndarray, *, metadata: Mapping[str, Any],
+    model_name: str = SIMILAR_ITEMS,
+) -> VersionWritten:
+    """A similar_items version: model.onnx, the Python backend as model.py, known.npy."""
+    known = np.asarray(known, dtype=bool)
+    if known.ndim != 1 or len(known) < 2:
+        raise ValueError(f"known must be a 1-D bool mask over item ids 0..n_items, got shape {known.shape}")
+    files: dict[str, FileContent] = {"model.onnx": onnx_bytes, "model.py": SIMILAR_BACKEND_PY,
+                                     "known.npy": _npy(known)}
+    return write_model_version(repo, model_name, files, metadata=metadata)
+
+
+def _npz(**arrays: np.ndarray) -> bytes:
+    """Bytes of an .npz (what np.load reads) with fixed zip timestamps: same arrays, same bytes."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, array in arrays.items():
+            entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            archive.writestr(entry, _npy(array), compress_type=zipfile.ZIP_DEFLATED)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class FallbackTables:
+    """What `recommend` answers with when GPT4Rec cannot: rules, then popularity.
+
+    Every array is indexed by item id (0 = padding) over 0..n_items.
+    """
+
+    popularity: np.ndarray  # float32: higher = more popular now
+    interactions: np.ndarray  # int64: training interactions per item (warm vs cold)
+    catalogue: np.ndarray  # bool: the id is a product of the catalogue
+    rules: sp.csr_matrix | None  # float32 [n + 1, n + 1]: rule A -> B score, or None (no rules tier)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.popularity) - 1
+
+    def check(self) -> None:
+        """Shapes and values the backend relies on; ValueError naming the table that is wrong."""
+        n = len(self.popularity)
+        for name in ("interactions", "catalogue"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"fallback table {name} has {len(getattr(self, name))} rows, popularity has {n}")
+        if self.rules is not None and self.rules.shape != (n, n):
+            raise ValueError(f"rules matrix is {self.rules.shape}, expected ({n}, {n}) for n_items={n - 1}")
+        if not np.isfinite(self.popularity).all():
+            raise ValueError("popularity holds non-finite scores")
+
+    def files(self) -> dict[str, bytes]:
+        """The version-folder files: popularity.npy, interactions.npy, catalogue.npy, rules.npz."""
+        self.check()
+        out = {"popularity.npy": _npy(np.asarray(self.popularity, dtype=np.float32)),
+               "interactions.npy": _npy(np.asarray(self.interactions, dtype=np.int64)),
+               "catalogue.npy": _npy(np.asarray(self.catalogue, dtype=bool))}
+        if self.rules is not None:
+            rules = sp.csr_matrix(self.rules, dtype=np.float32)
+            rules.sort_indices()
+            out["rules.npz"] = _npz(indptr=rules.indptr.astype(np.int64), indices=rules.indices.astype(np.int64),
+                                    data=rules.data.astype(np.float32))
+        return out
+
+
+def write_recommend_version(
+    repo: Path, tables: FallbackTables, *, metadata: Mapping[str, Any], model_name: str = RECOMMEND
+) -> VersionWritten:
+    """A recommend version: the BLS backend as model.py and the fallback tables."""
+    files: dict[str, FileContent] = {"model.py": RECOMMEND_BACKEND_PY, **tables.files()}
+    return write_model_version(repo, model_name, files, metadata=metadata)

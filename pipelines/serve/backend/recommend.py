@@ -1,0 +1,282 @@
+"""Triton Python-backend model `recommend`: the entry point callers use (BLS over gpt4rec).
+
+Copied as model.py into every recommend version folder (pipelines/export/triton_models.py) beside
+its fallback tables: popularity.npy, interactions.npy, catalogue.npy and, when association rules
+were trained, rules.npz (CSR arrays indptr/indices/data). Runs inside Triton's Python-backend stub
+in the serving venv: only the standard library, numpy and triton_python_backend_utils.
+
+Inputs (batch dimension first; 0 is padding everywhere):
+  session_ids    int64 [batch, seq]  the session's item ids, oldest first. An empty session is
+                                     sent as [[0]] (all padding).
+  purchased_ids  int64 [batch, n]    optional: items never to recommend (already bought); used
+                                     when the config parameter filter_purchased is "true".
+Outputs:
+  item_ids    int64 [batch, k]   best first; -1 pads when fewer than k items can be offered
+  scores      float32 [batch, k] the answering source's own score (comparable within a source)
+  source      bytes [batch, 1]   b"gpt4rec" | b"rules" | b"popularity": who answered
+  unknown_ids int64 [batch, m]   session ids dropped as unknown (> n_items or not in the
+                                 catalogue), 0-padded; [0] when none were dropped
+
+How a row is answered: unknown ids are dropped (reported, not an error). If a remaining item is
+warm (>= warm_min_interactions training interactions), gpt4rec is asked through BLS with the
+latest gpt4rec_max_len known items; otherwise the session is cold and association rules fired by
+its latest items answer; with no rule, popularity does. The session's items, (optionally)
+purchased_ids and ids outside the catalogue are filtered out everywhere; a source that leaves fewer than k items is topped up
+by the next one. If the gpt4rec call fails, the row falls back the same way and the log says why.
+Negative ids are caller bugs (padding is 0) and get an INVALID_ARG error.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+SESSION_INPUT = "session_ids"
+PURCHASED_INPUT = "purchased_ids"
+OUTPUT_IDS = "item_ids"
+OUTPUT_SCORES = "scores"
+OUTPUT_SOURCE = "source"
+OUTPUT_UNKNOWN = "unknown_ids"
+GPT4REC_INPUT = "input_ids"
+
+
+def _error(message: str) -> pb_utils.TritonError:
+    """An INVALID_ARG error where this Triton supports error codes, a plain one otherwise."""
+    try:
+        return pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
+    except (AttributeError, TypeError):
+        return pb_utils.TritonError(message)
+
+
+def _ids(request: object, name: str, required: bool) -> tuple[np.ndarray | None, str | None]:
+    """(ids, problem) of one int64 [batch, n] input; negative ids are a problem."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return None, (f"missing input {name!r}; send [[0]] for an empty session" if required else None)
+    x = tensor.as_numpy()
+    if x.dtype != np.int64:
+        return None, f"{name} must be int64, got {x.dtype}"
+    if x.ndim != 2 or x.shape[0] == 0:
+        return None, f"{name} must be 2-D [batch, n] with batch >= 1, got shape {list(x.shape)}"
+    if x.size and int(x.min()) < 0:
+        row = int(np.argwhere(x < 0)[0][0])
+        return None, f"{name} row {row} contains negative id {int(x.min())}: item ids are >= 1 and 0 is padding"
+    return x, None
+
+
+class _Row:
+    """One session being answered: what is known about it and what has been chosen so far."""
+
+    __slots__ = ("exclude", "ids", "known", "scores", "source", "unknown", "warm")
+
+    def __init__(self, known: np.ndarray, unknown: np.ndarray, exclude: np.ndarray, warm: bool) -> None:
+        self.known, self.unknown, self.exclude, self.warm = known, unknown, exclude, warm
+        self.ids: list[int] = []
+        self.scores: list[float] = []
+        self.source = ""
+
+    def take(self, ids: np.ndarray, scores: np.ndarray, source: str, k: int) -> None:
+        """Append candidates (best first) that are not excluded or already chosen, up to k."""
+        if len(self.ids) >= k or len(ids) == 0:
+            return
+        keep = ~np.isin(ids, self.exclude) & (ids > 0)
+        if self.ids:
+            keep &= ~np.isin(ids, np.asarray(self.ids, dtype=np.int64))
+        chosen = np.flatnonzero(keep)[: k - len(self.ids)]
+        if len(chosen) and not self.source:
+            self.source = source
+        self.ids.extend(int(i) for i in ids[chosen])
+        self.scores.extend(float(s) for s in scores[chosen])
+
+
+class TritonPythonModel:
+    """Drops unknown ids, asks gpt4rec for warm sessions (one BLS batch per execute), falls back."""
+
+    def initialize(self, args: dict) -> None:
+        """Read the config parameters and the fallback tables of this version folder."""
+        config = json.loads(args["model_config"])
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        self.name = f"{args.get('model_name', '?')}:{args.get('model_version', '?')}"
+
+        def param(key: str, cast: type, default: object = None) -> object:
+            raw = params.get(key, "")
+            if raw == "":
+                if default is None:
+                    raise pb_utils.TritonModelException(f"{self.name}: config parameter {key!r} is missing")
+                return default
+            try:
+                return cast(raw)
+            except ValueError as exc:
+                raise pb_utils.TritonModelException(f"{self.name}: config parameter {key}={raw!r}: {exc}") from exc
+
+        self.k = param("top_k", int)
+        self.gpt4rec = param("gpt4rec_model", str, "gpt4rec")
+        self.max_len = param("gpt4rec_max_len", int)
+        self.max_batch = max(1, param("gpt4rec_max_batch_size", int, 64))
+        self.filter_purchased = str(param("filter_purchased", str, "true")).lower() in ("true", "1", "yes")
+        self.warm_min = param("warm_min_interactions", int, 1)
+        self.recent = param("rules_recent_items", int, 3)
+        self.decay = param("rules_decay", float, 0.5)
+
+        folder = Path(args["model_repository"]) / str(args["model_version"])
+        if not (folder / "popularity.npy").is_file():
+            folder = Path(__file__).resolve().parent
+
+        def table(name: str) -> np.ndarray:
+            path = folder / name
+            if not path.is_file():
+                raise pb_utils.TritonModelException(f"{self.name}: {name} not found in {folder}")
+            return np.load(path, allow_pickle=False)
+
+        self.popularity = table("popularity.npy").astype(np.float32)
+        self.interactions = table("interactions.npy").astype(np.int64)
+        self.catalogue = table("catalogue.npy").astype(bool)
+        self.n_items = len(self.popularity) - 1
+        expected = param("n_items", int)
+        for label, array in (("interactions", self.interactions), ("catalogue", self.catalogue)):
+            if len(array) != self.n_items + 1:
+                raise pb_utils.TritonModelException(
+                    f"{self.name}: {label}.npy has {len(array)} rows, popularity.npy has {self.n_items + 1}")
+        if expected != self.n_items:
+            raise pb_utils.TritonModelException(
+                f"{self.name}: config n_items={expected} but the tables cover {self.n_items} items")
+        self.catalogue[0] = False
+        self.rules = None
+        if (folder / "rules.npz").is_file():
+            with np.load(folder / "rules.npz", allow_pickle=False) as z:
+                self.rules = (z["indptr"].astype(np.int64), z["indices"].astype(np.int64),
+                              z["data"].astype(np.float32))
+            if len(self.rules[0]) != self.n_items + 2:
+                raise pb_utils.TritonModelException(f"{self.name}: rules.npz does not cover n_items={self.n_items}")
+        items = np.flatnonzero(self.catalogue)
+        self.popular_order = items[np.lexsort((items, -self.popularity[items]))]
+        pb_utils.Logger.log_info(
+            f"{self.name}: loaded (n_items={self.n_items}, k={self.k}, calls {self.gpt4rec!r} with up to "
+            f"{self.max_len} items, rules={'yes' if self.rules is not None else 'no'}, "
+            f"filter_purchased={self.filter_purchased}, warm_min_interactions={self.warm_min})"
+        )
+
+    # ------------------------------------------------------------------ sources
+
+    def _rules(self, row: _Row) -> None:
+        """Top up `row` from rules fired by its latest known items, newest weighted most."""
+        if self.rules is None or len(row.known) == 0 or len(row.ids) >= self.k:
+            return
+        indptr, indices, data = self.rules
+        cols, vals = [], []
+        for age, item in enumerate(row.known[-self.recent:][::-1]):
+            lo, hi = indptr[item], indptr[item + 1]
+            cols.append(indices[lo:hi])
+            vals.append(data[lo:hi] * (self.decay ** age))
+        cols_all = np.concatenate(cols)
+        if len(cols_all) == 0:
+            return
+        ids, inverse = np.unique(cols_all, return_inverse=True)
+        scores = np.bincount(inverse, weights=np.concatenate(vals)).astype(np.float32)
+        ok = (scores > 0) & self.catalogue[ids]
+        ids, scores = ids[ok], scores[ok]
+        order = np.lexsort((ids, -scores))
+        row.take(ids[order], scores[order], "rules", self.k)
+
+    def _popularity(self, row: _Row) -> None:
+        need = self.k - len(row.ids)
+        if need <= 0:
+            return
+        ids = self.popular_order[: need + len(row.exclude) + len(row.ids)]
+        row.take(ids, self.popularity[ids], "popularity", self.k)
+
+    def _gpt4rec(self, rows: list[_Row]) -> None:
+        """One BLS call per max_batch warm sessions; failed calls leave the rows to the fallbacks."""
+        for lo in range(0, len(rows), self.max_batch):
+            chunk = rows[lo:lo + self.max_batch]
+            latest = [row.known[-self.max_len:] for row in chunk]
+            batch = np.zeros((len(chunk), max(len(x) for x in latest)), dtype=np.int64)
+            for r, items in enumerate(latest):
+                batch[r, batch.shape[1] - len(items):] = items
+            try:
+                ids, scores = self._call_gpt4rec(batch)
+            except Exception as exc:  # noqa: BLE001 - the fallbacks answer, the log says why
+                pb_utils.Logger.log_warn(f"{self.name}: {self.gpt4rec} failed for {len(chunk)} session(s), "
+                                         f"answering from rules/popularity: {exc}")
+                continue
+            offerable = (ids > 0) & (ids <= self.n_items)
+            offerable[offerable] = self.catalogue[ids[offerable]]  # never a product no longer sold
+            for r, row in enumerate(chunk):
+                row.take(ids[r][offerable[r]], scores[r][offerable[r]], "gpt4rec", self.k)
+
+    def _call_gpt4rec(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        kwargs = {"model_name": self.gpt4rec, "inputs": [pb_utils.Tensor(GPT4REC_INPUT, batch)],
+                  "requested_output_names": [OUTPUT_IDS, OUTPUT_SCORES]}
+        try:  # outputs in CPU memory even when gpt4rec runs on a GPU
+            request = pb_utils.InferenceRequest(
+                **kwargs, preferred_memory=pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0))
+        except (AttributeError, TypeError):
+            request = pb_utils.InferenceRequest(**kwargs)
+        response = request.exec()
+        if response.has_error():
+            raise RuntimeError(response.error().message())
+        ids = pb_utils.get_output_tensor_by_name(response, OUTPUT_IDS).as_numpy()
+        scores = pb_utils.get_output_tensor_by_name(response, OUTPUT_SCORES).as_numpy()
+        return ids.astype(np.int64), scores.astype(np.float32)
+
+    # ------------------------------------------------------------------ requests
+
+    def _rows(self, sessions: np.ndarray, purchased: np.ndarray | None) -> list[_Row]:
+        rows = []
+        for r, session in enumerate(sessions):
+            items = session[session > 0]
+            unknown_mask = items > self.n_items
+            unknown_mask[~unknown_mask] = ~self.catalogue[items[~unknown_mask]]
+            known = items[~unknown_mask]
+            exclude = known
+            if purchased is not None and self.filter_purchased:
+                exclude = np.union1d(known, purchased[r][purchased[r] > 0])
+            warm = bool(len(known)) and bool((self.interactions[known] >= self.warm_min).any())
+            rows.append(_Row(known, items[unknown_mask], exclude, warm))
+        return rows
+
+    def _response(self, rows: list[_Row]) -> object:
+        ids = np.full((len(rows), self.k), -1, dtype=np.int64)
+        scores = np.zeros((len(rows), self.k), dtype=np.float32)
+        width = max(1, max(len(row.unknown) for row in rows))
+        unknown = np.zeros((len(rows), width), dtype=np.int64)
+        for r, row in enumerate(rows):
+            ids[r, :len(row.ids)] = row.ids
+            scores[r, :len(row.scores)] = row.scores
+            unknown[r, :len(row.unknown)] = row.unknown
+        source = np.array([[(row.source or "popularity").encode()] for row in rows], dtype=np.object_)
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor(OUTPUT_IDS, ids), pb_utils.Tensor(OUTPUT_SCORES, scores),
+            pb_utils.Tensor(OUTPUT_SOURCE, source), pb_utils.Tensor(OUTPUT_UNKNOWN, unknown)])
+
+    def execute(self, requests: list) -> list:
+        """Validate every request, ask gpt4rec once for all warm sessions, then fill from the fallbacks."""
+        responses: list = [None] * len(requests)
+        per_request: dict[int, list[_Row]] = {}
+        for i, request in enumerate(requests):
+            sessions, problem = _ids(request, SESSION_INPUT, required=True)
+            purchased, problem2 = _ids(request, PURCHASED_INPUT, required=False)
+            problem = problem or problem2
+            if problem is None and purchased is not None and purchased.shape[0] != sessions.shape[0]:
+                problem = (f"{PURCHASED_INPUT} has {purchased.shape[0]} rows but {SESSION_INPUT} has "
+                           f"{sessions.shape[0]}: send one row per session")
+            if problem is not None:
+                responses[i] = pb_utils.InferenceResponse(error=_error(problem))
+                continue
+            per_request[i] = self._rows(sessions, purchased)
+        all_rows = [row for rows in per_request.values() for row in rows]
+        self._gpt4rec([row for row in all_rows if row.warm])
+        for row in all_rows:
+            self._rules(row)
+            self._popularity(row)
+            if len(row.unknown):
+                pb_utils.Logger.log_verbose(f"{self.name}: dropped unknown item ids {row.unknown.tolist()}")
+        for i, rows in per_request.items():
+            responses[i] = self._response(rows)
+        return responses
+
+    def finalize(self) -> None:
+        """Nothing to release: the tables go with the stub process."""

@@ -1,0 +1,240 @@
+"""The local Triton as a background service: `rxrec serve start|stop|status` and `make serve`.
+
+`start_background` launches tritonserver (pipelines/serve/triton_server.py) on 127.0.0.1 on the
+params.yaml serve ports, loads every model of the repository in dependency order (gpt4rec,
+similar_items, recommend, then any other) and leaves it running in its own process group; the pid
+and ports go to var/triton/tritonserver.pid and var/triton/server.json. A model that fails to load
+stops the server and raises TritonModelLoadError naming the model, with Triton's message and the
+log tail. `load_in_running_server` is how deploy hands new version folders to a live server
+(explicit model control: the old version serves until the new one is ready).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+from pipelines.config import Paths, Settings
+from pipelines.export.triton_models import LOAD_ORDER
+from pipelines.serve.triton_server import (
+    HOST,
+    TritonError,
+    TritonModelLoadError,
+    TritonServer,
+    TritonStartError,
+)
+
+PID_FILE = "tritonserver.pid"
+INFO_FILE = "server.json"
+
+
+def _state_dir(p: Paths) -> Path:
+    return p.var / "triton"
+
+
+def model_load_order(repo: Path) -> list[str]:
+    """Models of the repository (a config.pbtxt and a numbered version folder), dependencies first."""
+    repo = Path(repo)
+    if not repo.is_dir():
+        return []
+    present = sorted(d.name for d in repo.iterdir() if d.is_dir() and (d / "config.pbtxt").is_file()
+                     and any(v.is_dir() and v.name.isdigit() for v in d.iterdir()))
+    return [m for m in LOAD_ORDER if m in present] + [m for m in present if m not in LOAD_ORDER]
+
+
+def _post(url: str, timeout_s: float) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=b"{}", method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def _ok(url: str, timeout_s: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _message(body: str) -> str:
+    try:
+        return str(json.loads(body).get("error", body))
+    except (json.JSONDecodeError, AttributeError):
+        return body
+
+
+def load_in_running_server(
+    http_port: int, names: list[str], *, changed: list[str], timeout_s: float = 120
+) -> tuple[list[str], dict[str, str]]:
+    """Load `names` in order into a Triton live on http_port: the changed ones and any not ready.
+
+    Returns (loaded, errors by model); ([], {}) when no server listens there. A failed load leaves
+    the version that was serving in place.
+    """
+    base = f"http://{HOST}:{http_port}"
+    if not _ok(f"{base}/v2/health/live"):
+        return [], {}
+    loaded: list[str] = []
+    errors: dict[str, str] = {}
+    for name in names:
+        if name not in changed and _ok(f"{base}/v2/models/{name}/ready"):
+            continue
+        try:
+            status, body = _post(f"{base}/v2/repository/models/{name}/load", timeout_s)
+        except OSError as exc:
+            errors[name] = str(exc)
+            continue
+        if status == 200:
+            loaded.append(name)
+        else:
+            errors[name] = f"HTTP {status}: {_message(body)}"
+    return loaded, errors
+
+
+@dataclass
+class AttachedServer:
+    """A Triton that is already running (started by `rxrec serve start`), used like TritonServer."""
+
+    http_port: int
+    grpc_port: int
+    log_path: Path
+    start_seconds: float = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"{HOST}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{HOST}:{self.grpc_port}"
+
+    def load(self, model_name: str, timeout_s: float = 120) -> float:
+        """Load (or reload) a model; TritonModelLoadError with Triton's message and the log tail."""
+        t0 = time.monotonic()
+        _, errors = load_in_running_server(self.http_port, [model_name], changed=[model_name], timeout_s=timeout_s)
+        if errors or not _ok(f"http://{self.url}/v2/models/{model_name}/ready"):
+            tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-40:]) \
+                if self.log_path.exists() else "(no server log)"
+            raise TritonModelLoadError(f"loading {model_name!r} failed: {errors.get(model_name, 'not ready')}\n"
+                                       f"--- tail of {self.log_path} ---\n{tail}")
+        return time.monotonic() - t0
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Leave it running: it belongs to `rxrec serve`."""
+
+
+def _read_info(p: Paths) -> dict[str, Any] | None:
+    path = _state_dir(p) / INFO_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _is_our_server(pid: int, http_port: int) -> bool:
+    """Whether pid is a live tritonserver on http_port (a recycled pid must never be signalled)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return bool(cmdline) and cmdline[0].endswith(b"tritonserver") and f"--http-port={http_port}".encode() in cmdline
+
+
+def running_server(p: Paths) -> AttachedServer | None:
+    """The background server recorded under var/triton/ if it is alive and live, else None."""
+    info = _read_info(p)
+    if not info or not _is_our_server(int(info["pid"]), int(info["http_port"])):
+        return None
+    if not _ok(f"http://{HOST}:{info['http_port']}/v2/health/live"):
+        return None
+    return AttachedServer(int(info["http_port"]), int(info["grpc_port"]), Path(info["log"]))
+
+
+def start_background(s: Settings, p: Paths, *, repo: Path | None = None) -> dict[str, Any]:
+    """Start tritonserver in the background (or reuse ours) and load every model in dependency order."""
+    repo = Path(repo or p.triton_repo)
+    models = model_load_order(repo)
+    if not models:
+        raise TritonStartError(f"no model to serve in {repo}: run the pipeline's deploy stage first (make demo)")
+    attached = running_server(p)
+    if attached is not None:
+        for name in models:
+            attached.load(name, timeout_s=s.serve.startup_timeout_s)
+        return {**(_read_info(p) or {}), "models": models, "reused": True}
+    server = TritonServer(repo, http_port=s.serve.http_port, grpc_port=s.serve.grpc_port,
+                          metrics_port=s.serve.metrics_port, startup_timeout_s=s.serve.startup_timeout_s,
+                          log_dir=_state_dir(p))
+    server.start()
+    try:
+        for name in models:
+            server.load(name, timeout_s=s.serve.startup_timeout_s)
+    except TritonError:
+        server.stop()
+        raise
+    atexit.unregister(server.stop)  # it outlives this process: `rxrec serve stop` ends it
+    info = {"pid": server.pid, "http_port": server.http_port, "grpc_port": server.grpc_port,
+            "metrics_port": server.metrics_port, "repo": str(repo), "log": str(server.log_path),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "start_seconds": round(server.start_seconds or 0, 2),
+            "load_seconds": {k: round(v, 2) for k, v in server.load_seconds.items()}}
+    state = _state_dir(p)
+    (state / PID_FILE).write_text(f"{server.pid}\n")
+    (state / INFO_FILE).write_text(json.dumps(info, indent=2))
+    return {**info, "models": models, "reused": False}
+
+
+def _forget(p: Paths) -> None:
+    for name in (PID_FILE, INFO_FILE):
+        (_state_dir(p) / name).unlink(missing_ok=True)
+
+
+def stop_background(p: Paths, timeout_s: float = 30) -> dict[str, Any]:
+    """SIGTERM the background server's process group, SIGKILL it after timeout_s; forget its pid."""
+    info = _read_info(p)
+    if not info:
+        return {"stopped": False, "reason": "no background server recorded under " + str(_state_dir(p))}
+    pid = int(info["pid"])
+    if not _is_our_server(pid, int(info["http_port"])):
+        _forget(p)
+        return {"stopped": False, "reason": f"pid {pid} is no longer a tritonserver (stale pid file removed)"}
+    os.killpg(pid, signal.SIGTERM)  # the server runs in its own session: its group holds the stubs too
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)  # reap it when this process started it (tests), else no-op
+        except ChildProcessError:
+            pass
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _forget(p)
+    return {"stopped": True, "pid": pid}
+
+
+def server_status(p: Paths) -> dict[str, Any]:
+    """Whether the background server runs, its ports, and Triton's state of every model."""
+    info = _read_info(p)
+    if not info:
+        return {"running": False, "reason": "not started (no " + str(_state_dir(p) / INFO_FILE) + ")"}
+    if running_server(p) is None:
+        return {"running": False, "reason": f"pid {info['pid']} is not a live tritonserver", **info}
+    status, body = _post(f"http://{HOST}:{info['http_port']}/v2/repository/index", 10)
+    models = json.loads(body) if status == 200 else []
+    return {"running": True, **info, "models": models}

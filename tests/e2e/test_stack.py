@@ -1,0 +1,235 @@
+"""The distributed stack end to end: `retrain_and_promote` through Celery workers, Postgres-backed MLflow with
+artifacts in S3, a DVC push to the S3 remote, the champion served by the stack's Triton, and a stop that
+leaves no process behind.
+
+Real components only: infra/stack/stack.py starts PostgreSQL, Redis, moto's S3 server, the MLflow server,
+Airflow with the CeleryExecutor and two workers, and Triton, all on free ports of 127.0.0.1 with private
+state. The DAG runs on a tiny world (a few minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipelines.serve.triton_server import default_venv, find_free_port
+
+REPO = Path(__file__).resolve().parents[2]
+STACK_PY = REPO / "infra" / "stack" / "stack.py"
+DAG_ID = "retrain_and_promote"
+MODEL = "gpt4rec"
+CONF = {"n_products": 300, "n_users": 800, "gpt4rec_epochs": 1, "gpt4rec_max_len": 30, "prod2vec_epochs": 1,
+        "promote": True, "gate_latency_budget_ms": 0, "model_families": ["popularity", "gpt4rec"],
+        "extra_overrides": ["graph.walks_per_node=2", "graph.walk_length=10", "meta_prod2vec.epochs=1",
+                            "prod2vec.dim=32", "gpt4rec.dim=32", "export.parity_sessions=64"]}
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (default_venv() / "bin" / "python").exists(),
+                       reason="the stack serves with Triton: run infra/triton/setup.sh"),
+]
+
+
+def _stack_module():
+    spec = importlib.util.spec_from_file_location("rxrec_stack", STACK_PY)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _call(url: str, token: str | None = None, data: dict | None = None, method: str | None = None) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(data).encode() if data is not None else None, method=method,
+                                     headers={"Content-Type": "application/json",
+                                              **({"Authorization": f"Bearer {token}"} if token else {})})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read() or b"{}")
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Iterator[dict]:
+    """`stack.py start` on a private home (outside pytest's private tmp: PostgreSQL runs as `postgres`)."""
+    setup = subprocess.run(["bash", str(REPO / "infra" / "stack" / "setup.sh")], capture_output=True, text=True,
+                           check=False, timeout=900)
+    assert setup.returncode == 0, f"infra/stack/setup.sh failed:\n{setup.stdout}\n{setup.stderr}"
+    home = Path(tempfile.mkdtemp(prefix="rxrec-stack-"))
+    home.chmod(0o755)
+    work = tmp_path_factory.mktemp("stack-work")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    started = time.monotonic()
+    start = subprocess.run([sys.executable, str(STACK_PY), "start", "--home", str(home), "--workdir", str(work)],
+                           capture_output=True, text=True, env=env, check=False, timeout=900)
+    timings = {"start_s": round(time.monotonic() - started, 1)}
+    module = _stack_module()
+    handle = module.Stack(home, work)
+    try:
+        assert start.returncode == 0, f"stack start failed:\n{start.stdout}\n{start.stderr}"
+        handle.load_state()
+        yield {"home": home, "work": work, "module": module, "stack": handle, "start_out": start.stdout,
+               "env": handle.environment(), "timings": timings}
+    finally:
+        module.Stack(home, work).stop()  # fresh state: a no-op when test_stop_leaves_no_process_behind ran
+        print(f"\nstack timings: {json.dumps(timings)}")
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def dag_run(stack) -> dict:
+    """Unpause and trigger retrain_and_promote over the REST API; wait until the run ends."""
+    handle = stack["stack"]
+    url = f"http://127.0.0.1:{handle.ports['airflow']}"
+    password = json.loads((handle.airflow_home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
+    token = _call(f"{url}/auth/token", data={"username": "admin", "password": password})["access_token"]
+    _call(f"{url}/api/v2/dags/{DAG_ID}", token, {"is_paused": False}, method="PATCH")
+    ports = [f"serve.{name}_port={find_free_port()}" for name in ("http", "grpc", "metrics")]
+    conf = {**CONF, "extra_overrides": CONF["extra_overrides"] + ports}
+    run = _call(f"{url}/api/v2/dags/{DAG_ID}/dagRuns", token, {"logical_date": None, "conf": conf})
+    started = time.monotonic()
+    while time.monotonic() - started < 1200:
+        run = _call(f"{url}/api/v2/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}", token)
+        if run["state"] in ("success", "failed"):
+            break
+        time.sleep(5)
+    stack["timings"]["dag_run_s"] = round(time.monotonic() - started, 1)
+    tis = _call(f"{url}/api/v2/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances", token)["task_instances"]
+    failed = [t["task_id"] for t in tis if t["state"] in ("failed", "upstream_failed")]
+    logs = "\n".join(f"--- {log}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+                     for task in failed for log in sorted(handle.airflow_home.glob(f"logs/**/task_id={task}/*.log")))
+    states = {t["task_id"]: t["state"] for t in tis}
+    return {"run": run, "tasks": {t["task_id"]: t for t in tis}, "failure": f"states {states}\n{logs}"}
+
+
+def test_stack_reports_every_service_healthy(stack):
+    status = stack["stack"].status()
+    expected = {"postgres", "redis", "s3", "mlflow", "airflow-api-server", "airflow-scheduler",
+                "airflow-dag-processor", "worker-1", "worker-2", "triton"}
+    assert set(status) == expected
+    assert {n: s["healthy"] for n, s in status.items()} == dict.fromkeys(expected, True)
+    for name in expected:  # one status line per service
+        assert any(line.split()[0] == name for line in stack["start_out"].splitlines() if line.strip())
+    ports = json.loads((stack["home"] / "ports.json").read_text())
+    assert len(set(ports.values())) == len(ports)
+    assert [name for name, port in ports.items() if not _port_in_use(port)] == []
+
+
+def test_retrain_and_promote_runs_on_both_celery_workers(stack, dag_run):
+    states = {t: ti["state"] for t, ti in dag_run["tasks"].items()}
+    assert dag_run["run"]["state"] == "success", dag_run["failure"]
+    assert states["register"] == states["deploy"] == states["serve_check"] == "success", states
+    ran = {t: ti["hostname"] for t, ti in dag_run["tasks"].items() if ti["state"] == "success"}
+    assert set(ran.values()) == {"worker-1", "worker-2"}, f"tasks per worker: {ran}"
+    assert stack["env"]["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+
+
+def test_model_registered_and_promoted_in_postgres_mlflow_with_s3_artifacts(stack, dag_run):
+    import boto3
+    import psycopg2
+
+    handle, env = stack["stack"], stack["env"]
+    with psycopg2.connect(host="127.0.0.1", port=handle.ports["postgres"], user="rxrec", dbname="mlflow",
+                          password=env["PGPASSWORD"]) as conn, conn.cursor() as cur:
+        cur.execute("SELECT version FROM registered_model_aliases WHERE name = %s AND alias = 'champion'", (MODEL,))
+        (champion,) = cur.fetchone()
+        cur.execute("SELECT source, run_id FROM model_versions WHERE name = %s AND version = %s", (MODEL, champion))
+        source, run_id = cur.fetchone()
+    registry = json.loads((stack["work"] / "reports" / "pipeline" / "registry.json").read_text())
+    assert registry["promoted"] is True and str(registry["version"]) == str(champion)
+    assert registry["tracking_uri"] == env["RXREC_MLFLOW_TRACKING_URI"]
+    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"], region_name="us-east-1",
+                      aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="rxrec-mlflow", Prefix="artifacts/").get("Contents", [])]
+    model_id = source.removeprefix("models:/")
+    assert any(k.endswith(f"{model_id}/artifacts/model.onnx") for k in keys), (source, keys[:20])
+    assert any(f"/{run_id}/artifacts/" in k for k in keys), "the run's own artifacts are in S3 too"
+    assert not (stack["work"] / "var" / "mlartifacts").exists(), "no artifact may land on the local disk"
+
+
+def test_data_pushed_to_the_s3_remote(stack, dag_run):
+    import boto3
+
+    work, env = stack["work"], stack["env"]
+    run_env = {**os.environ, **env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    def dvc(*args: str) -> str:
+        done = subprocess.run(["dvc", *args], cwd=work, env=run_env, capture_output=True, text=True, timeout=300,
+                              check=False)
+        assert done.returncode == 0, f"dvc {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    dvc("init", "-q")
+    (work / ".dvc" / "config").write_text((REPO / ".dvc" / "config").read_text())
+    dvc("add", "data/validated")
+    dvc("push", "-r", env["RXREC_DVC_REMOTE"])
+    md5 = yaml.safe_load((work / "data" / "validated.dvc").read_text())["outs"][0]["md5"]
+    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"], region_name="us-east-1",
+                      aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="rxrec-dvc").get("Contents", [])}
+    assert f"dvcstore/files/md5/{md5[:2]}/{md5[2:]}" in keys, sorted(keys)[:10]
+    assert len(keys) > 2, "the directory listing and its files"
+
+
+def test_stack_triton_serves_the_champion(stack, dag_run):
+    import mlflow.artifacts
+
+    from mlflow import MlflowClient
+    from pipelines.export.onnx import onnx_session, onnx_top_k
+    from pipelines.serve.client import pad_sessions, recommend
+
+    handle, env = stack["stack"], stack["env"]
+    base = f"http://127.0.0.1:{handle.ports['triton_http']}"
+    _call(f"{base}/v2/repository/models/{MODEL}/load", data={}, method="POST")
+    assert urllib.request.urlopen(f"{base}/v2/models/{MODEL}/ready", timeout=10).status == 200
+    repo = Path(env["RXREC_TRITON_REPO"])
+    newest = max((p for p in (repo / MODEL).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    lineage = json.loads((newest / "lineage.json").read_text())["metadata"]
+    client = MlflowClient(env["RXREC_MLFLOW_TRACKING_URI"], env["RXREC_MLFLOW_TRACKING_URI"])
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    assert str(lineage["model_version"]) == str(champion.version)
+    mlflow.set_tracking_uri(env["RXREC_MLFLOW_TRACKING_URI"])
+    downloaded = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}@champion",
+                                                          dst_path=str(stack["work"] / "champion")))
+    onnx_file = next(downloaded.rglob("model.onnx"))
+    assert onnx_file.read_bytes() == (newest / "model.onnx").read_bytes(), "served bytes = the champion in S3"
+    sessions = [[1, 2, 3], [5, 8], [13, 21, 34, 55]]
+    served = recommend(sessions, url=f"127.0.0.1:{handle.ports['triton_http']}", model_name=MODEL)
+    expected_ids, expected_scores = onnx_top_k(onnx_session(onnx_file), pad_sessions(sessions))
+    served_scores = np.array([s for _, s in served], dtype=np.float32)
+    assert [ids for ids, _ in served] == expected_ids.tolist() or np.allclose(served_scores, expected_scores,
+                                                                              rtol=1e-4, atol=1e-4)
+
+
+def test_stop_leaves_no_process_behind(stack):
+    handle, module = stack["stack"], stack["module"]
+    services = json.loads(handle.services_file.read_text())["services"]
+    groups = {s["pgid"] for s in services.values()} | {s["server_pid"] for s in services.values() if "server_pid" in s}
+    ports = json.loads(handle.ports_file.read_text())
+    started = time.monotonic()
+    stop = subprocess.run([sys.executable, str(STACK_PY), "stop", "--home", str(stack["home"])], capture_output=True,
+                          text=True, check=False, timeout=300)
+    stack["timings"]["stop_s"] = round(time.monotonic() - started, 1)
+    assert stop.returncode == 0, f"{stop.stdout}\n{stop.stderr}"
+    assert module.group_members(groups) == []
+    assert [name for name, port in ports.items() if _port_in_use(port)] == []
+    leftovers = subprocess.run(["pgrep", "-f", str(stack["home"])], capture_output=True, text=True,
+                               check=False).stdout
+    assert not leftovers.strip(), f"processes left behind: {leftovers}"

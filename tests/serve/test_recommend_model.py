@@ -1,0 +1,184 @@
+"""The `recommend` entry point on the real tritonserver: BLS to gpt4rec, unknown ids, cold sessions, filters.
+
+A tiny repository: a toy gpt4rec (masked mean of item embeddings, top-5, no seen-item masking, so
+recommend's own filtering and backfill are exercised) and hand-made fallback tables where
+items 1..30 are warm, 31..35 are new (cold) products, 36..40 are ids outside the catalogue, and
+item 31 has association rules.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from pipelines.export.triton_models import FallbackTables, write_recommend_config, write_recommend_version
+from pipelines.export.triton_repo import write_config, write_version
+from pipelines.serve.client import pad_sessions, recommend_session
+from pipelines.serve.triton_server import TritonServer, default_venv, find_free_port
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (default_venv() / "bin" / "python").exists(),
+                       reason="Triton serving venv missing: run `make setup` (infra/triton/setup.sh)"),
+]
+
+N_ITEMS, K = 40, 5
+CATALOGUE = np.r_[False, np.ones(35, bool), np.zeros(5, bool)]  # ids 36..40 are not products
+INTERACTIONS = np.r_[0, np.full(30, 5), np.zeros(10, int)].astype(np.int64)  # 31..35: no training data
+POPULARITY = np.r_[0.0, (np.arange(1, N_ITEMS + 1) * 7) % 41].astype(np.float32)  # distinct scores
+RULES = {31: {32: 0.9, 12: 0.5}, 34: {36: 0.8, 2: 0.3}}  # 34 -> 36: 36 is not a product, never offered
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+tritonclient_utils = pytest.importorskip("tritonclient.utils")
+
+
+def _toy_gpt4rec(path: Path) -> Path:
+    class Toy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(N_ITEMS + 1, 8, padding_idx=0)
+
+        def forward(self, input_ids):
+            mask = (input_ids > 0).unsqueeze(-1).float()
+            h = (self.emb(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            scores, idx = torch.topk(h @ self.emb.weight[1:].T, K, dim=-1)
+            return idx + 1, scores
+
+    torch.manual_seed(0)
+    torch.onnx.export(Toy().eval(), (torch.ones(2, 4, dtype=torch.long),), str(path), input_names=["input_ids"],
+                      output_names=["item_ids", "scores"], opset_version=18, dynamo=False,
+                      dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "item_ids": {0: "batch"},
+                                    "scores": {0: "batch"}})
+    return path
+
+
+def _tables() -> FallbackTables:
+    rows, cols, vals = zip(*[(a, b, v) for a, targets in RULES.items() for b, v in targets.items()])
+    rules = sp.csr_matrix((vals, (rows, cols)), shape=(N_ITEMS + 1, N_ITEMS + 1), dtype=np.float32)
+    return FallbackTables(POPULARITY, INTERACTIONS, CATALOGUE, rules)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recommend_serving")
+    repo = root / "triton_repo"
+    onnx_path = _toy_gpt4rec(root / "toy.onnx")
+    write_config(repo, "gpt4rec", max_batch_size=16, top_k=K, n_items=N_ITEMS)
+    write_version(repo, "gpt4rec", onnx_path, metadata={})
+    common = {"top_k": K, "n_items": N_ITEMS, "max_batch_size": 16, "gpt4rec_max_len": 20,
+              "gpt4rec_max_batch_size": 16}
+    write_recommend_config(repo, **common)
+    write_recommend_version(repo, _tables(), metadata={})
+    write_recommend_config(repo, **common, filter_purchased=False, model_name="recommend_keep")
+    write_recommend_version(repo, _tables(), metadata={}, model_name="recommend_keep")
+    server = TritonServer(repo, http_port=find_free_port(), grpc_port=find_free_port(),
+                          metrics_port=find_free_port(), startup_timeout_s=120, log_dir=root / "logs",
+                          backend_root=root / "backends")
+    with server:
+        for name in ("gpt4rec", "recommend", "recommend_keep"):
+            server.load(name, timeout_s=120)
+        yield server, ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+
+
+def _popular(exclude: set[int], n: int = K) -> list[int]:
+    items = np.flatnonzero(CATALOGUE)
+    order = items[np.lexsort((items, -POPULARITY[items]))]
+    return [int(i) for i in order if i not in exclude][:n]
+
+
+def _gpt4rec_then_popularity(session, known: list[int], exclude: set[int]) -> list[int]:
+    """What recommend must answer for a warm session: gpt4rec's unseen items, topped up by popularity."""
+    ids, _ = session.run(["item_ids", "scores"], {"input_ids": pad_sessions([known])})
+    first = [int(i) for i in ids[0] if i not in exclude and CATALOGUE[i]]
+    return first + _popular(exclude | set(first), K - len(first))
+
+
+def test_warm_session_is_answered_by_gpt4rec(served) -> None:
+    server, gpt4rec = served
+    (answer,) = recommend_session([[3, 17, 8]], url=server.url)
+    assert answer.source == "gpt4rec" and answer.unknown_ids == []
+    assert answer.item_ids == _gpt4rec_then_popularity(gpt4rec, [3, 17, 8], {3, 17, 8})
+    assert len(set(answer.item_ids)) == K and all(CATALOGUE[i] for i in answer.item_ids)
+    # the toy's own top-k offers ids outside the catalogue for this session: recommend drops them
+    raw, _ = gpt4rec.run(["item_ids", "scores"], {"input_ids": pad_sessions([[3, 17, 8]])})
+    assert not all(CATALOGUE[raw[0]]), "test data no longer exercises the catalogue filter"
+
+
+def test_unknown_ids_are_dropped_and_reported(served) -> None:
+    server, _ = served
+    answer, clean = recommend_session([[3, 999, 17, 37], [3, 17]], url=server.url)
+    assert answer.unknown_ids == [999, 37] and clean.unknown_ids == []
+    assert answer.item_ids == clean.item_ids and answer.source == "gpt4rec"
+    (only_unknown,) = recommend_session([[999, 38]], url=server.url)
+    assert only_unknown.source == "popularity" and only_unknown.item_ids == _popular(set())
+
+
+def test_empty_session_gets_the_popularity_list(served) -> None:
+    server, _ = served
+    (answer,) = recommend_session([[]], url=server.url)  # sent as [[0]]: all padding
+    assert answer.source == "popularity" and answer.item_ids == _popular(set())
+    assert answer.scores == [float(POPULARITY[i]) for i in answer.item_ids]
+
+
+def test_cold_session_uses_rules_then_popularity(served) -> None:
+    server, _ = served
+    rules, no_rules, outside = recommend_session([[31], [33], [34]], url=server.url)
+    assert rules.source == "rules" and rules.item_ids[:2] == [32, 12]
+    assert rules.scores[:2] == pytest.approx([0.9, 0.5])
+    assert rules.item_ids[2:] == _popular({31, 32, 12}, K - 2)  # topped up by popularity
+    assert no_rules.source == "popularity" and no_rules.item_ids == _popular({33})
+    assert outside.source == "rules" and outside.item_ids[0] == 2 and 36 not in outside.item_ids
+
+
+def test_purchased_items_are_filtered(served) -> None:
+    server, gpt4rec = served
+    plain = recommend_session([[3, 17, 8], []], url=server.url)
+    bought = [[plain[0].item_ids[0], 30], [plain[1].item_ids[0]]]
+    filtered = recommend_session([[3, 17, 8], []], purchased=bought, url=server.url)
+    assert filtered[0].item_ids == _gpt4rec_then_popularity(gpt4rec, [3, 17, 8], {3, 17, 8, *bought[0]})
+    assert filtered[1].item_ids == _popular(set(bought[1]))
+    assert all(len(a.item_ids) == K and not set(a.item_ids) & set(b) for a, b in zip(filtered, bought))
+    # filter_purchased=false in the config: the same request keeps them
+    kept = recommend_session([[3, 17, 8], []], purchased=bought, url=server.url, model_name="recommend_keep")
+    assert [a.item_ids for a in kept] == [a.item_ids for a in plain]
+
+
+def test_mixed_batch_over_grpc(served) -> None:
+    server, _ = served
+    sessions = [[3, 17, 8], [], [31], [999]]
+    over_grpc = recommend_session(sessions, url=f"127.0.0.1:{server.grpc_port}", protocol="grpc")
+    over_http = recommend_session(sessions, url=server.url)
+    assert over_grpc == over_http
+    assert [a.source for a in over_grpc] == ["gpt4rec", "popularity", "rules", "popularity"]
+
+
+def test_negative_ids_are_rejected(served) -> None:
+    server, _ = served
+    with pytest.raises(ValueError, match="negative item id -2"):
+        recommend_session([[1, -2]], url=server.url)
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url=server.url)
+    try:
+        infer_input = httpclient.InferInput("session_ids", [1, 2], "INT64")
+        infer_input.set_data_from_numpy(np.array([[4, -1]], dtype=np.int64))
+        with pytest.raises(tritonclient_utils.InferenceServerException, match="negative id -1.*0 is padding"):
+            client.infer("recommend", [infer_input])
+    finally:
+        client.close()
+
+
+def test_gpt4rec_down_falls_back_instead_of_failing(served) -> None:
+    server, _ = served
+    server.unload("gpt4rec")
+    try:
+        (answer,) = recommend_session([[3, 17]], url=server.url)
+        assert answer.source == "popularity" and answer.item_ids == _popular({3, 17})
+        assert "gpt4rec failed" in server.log_tail(200)
+    finally:
+        server.load("gpt4rec", timeout_s=120)
+    assert recommend_session([[3, 17]], url=server.url)[0].source == "gpt4rec"
