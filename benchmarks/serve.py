@@ -112,8 +112,11 @@ def champion_onnx(length: int) -> Path | None:
 
 def export_model(length: int, n_items: int, settings: Any, cache: Path) -> Path:
     """A GPT4Rec with params.yaml's architecture and random weights, exported like the pipeline does."""
+    from pipelines.data.sequences import N_EVENT_KINDS
+
     g, top_k, opset = settings.gpt4rec, settings.export.top_k, settings.export.opset
-    key = f"L{length}-n{n_items}-d{g.dim}-l{g.layers}-h{g.heads}-k{top_k}-o{opset}-{_source_digest()}"
+    kinds = N_EVENT_KINDS if g.use_event_kinds else 0  # the served graph then has the event_types input too
+    key = f"L{length}-n{n_items}-d{g.dim}-l{g.layers}-h{g.heads}-e{kinds}-k{top_k}-o{opset}-{_source_digest()}"
     out = cache / key
     if (out / "model.onnx").is_file():
         return out / "model.onnx"
@@ -124,7 +127,8 @@ def export_model(length: int, n_items: int, settings: Any, cache: Path) -> Path:
 
     torch.manual_seed(0)
     meta_vocab, meta_width = (META_VOCAB, META_WIDTH) if g.use_meta else (0, 0)
-    model = GPT4Rec(GPT4RecConfig(n_items, g.dim, g.layers, g.heads, length, g.dropout, meta_vocab, meta_width))
+    model = GPT4Rec(GPT4RecConfig(n_items, g.dim, g.layers, g.heads, length, g.dropout, meta_vocab, meta_width,
+                                  event_kinds=kinds))
     if meta_vocab:
         tokens = np.random.default_rng(0).integers(0, meta_vocab, size=(n_items + 1, meta_width))
         tokens[0] = 0
@@ -252,6 +256,7 @@ def _mkdir(path: Path) -> Path:
 def _run(seq_lens: list[int], rates: dict[int, list[float]], run_dir: Path, n_items: int, *, duration_s: float,
          warmup_s: float, workers: int, capacity: bool, server: ServerConfig, settings: Any,
          engine: str, work_dir: Path, load_cpus: tuple[int, ...]) -> dict[str, Any]:
+    import onnx
     import onnxruntime
 
     from pipelines.export.triton_repo import write_config, write_version
@@ -269,10 +274,12 @@ def _run(seq_lens: list[int], rates: dict[int, list[float]], run_dir: Path, n_it
             source = ("GPT4Rec with params.yaml's architecture, random weights (latency does not depend on "
                       f"them), n_items={n_items}, exported by pipelines/export/onnx.py")
         name = f"gpt4rec_len{length}"
+        meta = {e.key: e.value for e in onnx.load(str(path), load_external_data=False).metadata_props}
         write_config(repo, name, max_batch_size=server.max_batch_size, top_k=settings.export.top_k,
                      n_items=n_items, max_seq_len=length, instance_count=server.instance_count[length],
                      intra_op_threads=server.intra_op_threads, max_queue_delay_us=server.max_queue_delay_us,
-                     preferred_batch_sizes=server.preferred_batch_sizes)
+                     preferred_batch_sizes=server.preferred_batch_sizes,
+                     event_kinds=int(meta.get("event_kinds", 0)))
         write_version(repo, name, path, metadata={"benchmark": "serve", "source": source})
         models[length] = {"model": name, "onnx": str(path), "source": source}
 

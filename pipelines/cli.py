@@ -171,6 +171,8 @@ def _ask_server(call: Callable[[], object], what: str) -> object:
 def recommend(
     session: Annotated[str, typer.Option(help="comma-separated item ids, oldest first, e.g. 12,45,7 ('' = empty)")],
     purchased: Annotated[str, typer.Option(help="comma-separated item ids never to recommend")] = "",
+    events: Annotated[str, typer.Option(help="comma-separated event kind per session item, e.g. "
+                                        "view,add_to_cart,purchase (view|click|add_to_cart|purchase|0-4)")] = "",
     model: Annotated[str, typer.Option(help="recommend (entry point with fallbacks) or gpt4rec (raw model)")] = (
         "recommend"),
     url: Annotated[str | None, typer.Option(help="Triton endpoint host:port (default: params.yaml serve ports)")] = None,
@@ -181,17 +183,23 @@ def recommend(
     from pipelines.serve.client import recommend_session
 
     items, bought = _id_list(session, "--session"), _id_list(purchased, "--purchased")
+    kinds = None
+    if events.strip():
+        kinds = [[int(k) if k.strip().isdigit() else k.strip() for k in events.split(",")]]
+        if len(kinds[0]) != len(items):
+            _fail(f"--events has {len(kinds[0])} kinds but --session has {len(items)} items: give one per item")
     endpoint = _endpoint(url, protocol)
     if model == "recommend":
         (answer,) = _ask_server(lambda: recommend_session([items], purchased=[bought] if bought else None,
-                                                          url=endpoint, protocol=protocol), model)
+                                                          kinds=kinds, url=endpoint, protocol=protocol), model)
         ids, scores = answer.item_ids, answer.scores
         typer.echo(f"source: {answer.source}" + (f"  (dropped unknown ids {answer.unknown_ids})"
                                                  if answer.unknown_ids else ""))
     else:
         if protocol != "http" or bought:
             _fail("--model gpt4rec is asked over HTTP without --purchased; use the recommend entry point for those")
-        ((ids, scores),) = _ask_server(lambda: ask_gpt4rec([items], url=endpoint, model_name=model), model)
+        ((ids, scores),) = _ask_server(lambda: ask_gpt4rec([items], url=endpoint, model_name=model, kinds=kinds),
+                                       model)
     for rank, (item, score) in enumerate(zip(ids, scores), 1):
         if item >= 0:
             typer.echo(f"{rank:>3}. item {item}  score {score:.4f}")

@@ -130,6 +130,8 @@ class GPT4RecSettings(_Section):
     weight_decay: float = Field(0.0, ge=0)
     init_from_prod2vec: bool = True
     use_meta: bool = True
+    use_event_kinds: bool = True
+    event_kind_dropout: float = Field(0.1, ge=0, lt=1)
     loss: Literal["full", "sampled"] = "full"
     negatives: int = Field(1024, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"

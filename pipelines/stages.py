@@ -384,7 +384,7 @@ def deploy(s: Settings, p: Paths) -> dict[str, Any]:
     meta = {e.key: e.value for e in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
     write_config(repo, s.serve.model_name, max_batch_size=s.serve.max_batch_size, top_k=int(meta["top_k"]),
                  n_items=int(meta["n_items"]), max_seq_len=int(meta["max_len"]),
-                 instance_count=s.serve.instance_count)
+                 instance_count=s.serve.instance_count, event_kinds=int(meta.get("event_kinds", 0)))
     info = MlflowClient().get_model_version(name, version_id)
     path = write_version(repo, s.serve.model_name, onnx_path, metadata={
         "registered_model": name, "model_version": version_id, "alias": CHAMPION,

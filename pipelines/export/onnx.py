@@ -1,7 +1,8 @@
 """ONNX export of GPT4Rec with the top-k inside the graph, and the parity check that gates it.
 
 The exported graph takes `input_ids` (batch, length) int64, left-padded with 0, of any length up
-to max_len, and returns `item_ids` (batch, k) int64 and `scores` (batch, k) float32: padding and
+to max_len (plus `event_types`, same shape, event kind codes with 0 = unknown, when the model was
+trained with event kinds), and returns `item_ids` (batch, k) int64 and `scores` (batch, k) float32: padding and
 the items already in the session are masked before the top-k, exactly as in evaluation.
 Parity: ONNX Runtime must return the same top-k ids as the eager model on real sessions.
 """
@@ -19,7 +20,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from pipelines.export.contract import INPUT_NAME, MODEL_FILE, OUTPUT_IDS, OUTPUT_SCORES
+from pipelines.export.contract import EVENT_TYPES_NAME, INPUT_NAME, MODEL_FILE, OUTPUT_IDS, OUTPUT_SCORES
 from pipelines.models.gpt4rec import GPT4Rec, left_pad
 
 MASKED_SCORE = -1.0e9
@@ -35,16 +36,17 @@ class TopKRecommender(nn.Module):
         self.k = k
         self.mask_seen = mask_seen
 
-    def masked_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        logits = self.model(input_ids)
+    def masked_logits(self, input_ids: torch.Tensor, event_types: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.model(input_ids, event_types)
         is_padding = torch.arange(logits.shape[1], device=logits.device) == 0
         masked = is_padding.unsqueeze(0).expand_as(logits)
         if self.mask_seen:
             masked = masked | torch.zeros_like(logits, dtype=torch.bool).scatter(1, input_ids, True)
         return logits.masked_fill(masked, MASKED_SCORE)
 
-    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scores, ids = torch.topk(self.masked_logits(input_ids), self.k, dim=1)
+    def forward(self, input_ids: torch.Tensor,
+                event_types: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, ids = torch.topk(self.masked_logits(input_ids, event_types), self.k, dim=1)
         return ids, scores
 
 
@@ -80,21 +82,26 @@ def _disagreeing_rows(t_scores: np.ndarray, t_all: np.ndarray, o_ids: np.ndarray
 
 
 def export_onnx(model: GPT4Rec, out_dir: Path, k: int, opset: int, mask_seen: bool = True) -> Path:
-    """Write out_dir/model.onnx with dynamic batch and length axes; returns its path."""
+    """Write out_dir/model.onnx with dynamic batch and length axes; returns its path.
+
+    A model trained with event kinds gets a second input, event_types, sharing input_ids' axes.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / MODEL_FILE
     wrapper = TopKRecommender(model.eval(), k, mask_seen).eval()
     example = torch.ones(2, min(8, model.config.max_len), dtype=torch.int64)
     batch = torch.export.Dim("batch", min=1, max=4096)
     length = torch.export.Dim("length", min=1, max=model.config.max_len)
+    axes = {0: batch, 1: length}
+    with_kinds = model.config.event_kinds > 0
     program = torch.onnx.export(
         wrapper,
-        (example,),
+        (example, torch.ones_like(example)) if with_kinds else (example,),
         dynamo=True,
         opset_version=opset,
-        input_names=[INPUT_NAME],
+        input_names=[INPUT_NAME, EVENT_TYPES_NAME] if with_kinds else [INPUT_NAME],
         output_names=[OUTPUT_IDS, OUTPUT_SCORES],
-        dynamic_shapes=({0: batch, 1: length},),
+        dynamic_shapes=(axes, axes) if with_kinds else (axes,),
         optimize=True,
         verbose=False,
     )
@@ -106,6 +113,7 @@ def export_onnx(model: GPT4Rec, out_dir: Path, k: int, opset: int, mask_seen: bo
             onnx.StringStringEntryProto(key="max_len", value=str(model.config.max_len)),
             onnx.StringStringEntryProto(key="top_k", value=str(k)),
             onnx.StringStringEntryProto(key="mask_seen", value=str(mask_seen).lower()),
+            onnx.StringStringEntryProto(key="event_kinds", value=str(model.config.event_kinds)),
         ]
     )
     onnx.checker.check_model(proto)
@@ -120,8 +128,28 @@ def onnx_session(path: Path, threads: int = 2) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def onnx_top_k(session: ort.InferenceSession, input_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    ids, scores = session.run([OUTPUT_IDS, OUTPUT_SCORES], {INPUT_NAME: input_ids.astype(np.int64)})
+def has_event_types(session: ort.InferenceSession) -> bool:
+    """Whether this graph takes event_types (a model trained with event kinds)."""
+    return any(i.name == EVENT_TYPES_NAME for i in session.get_inputs())
+
+
+def onnx_feeds(session: ort.InferenceSession, input_ids: np.ndarray,
+               kinds: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The inputs this graph needs: event_types are zeros (unknown) when the graph has them and none are given."""
+    ids = np.asarray(input_ids, dtype=np.int64)
+    feeds = {INPUT_NAME: ids}
+    if has_event_types(session):
+        kinds = np.zeros_like(ids) if kinds is None else np.asarray(kinds, dtype=np.int64)
+        if kinds.shape != ids.shape:
+            raise ValueError(f"{EVENT_TYPES_NAME} has shape {list(kinds.shape)}, {INPUT_NAME} has {list(ids.shape)}")
+        feeds[EVENT_TYPES_NAME] = kinds
+    return feeds
+
+
+def onnx_top_k(session: ort.InferenceSession, input_ids: np.ndarray,
+               kinds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k ids and scores; kinds (same shape as input_ids) are ignored by a graph without event_types."""
+    ids, scores = session.run([OUTPUT_IDS, OUTPUT_SCORES], onnx_feeds(session, input_ids, kinds))
     return ids, scores
 
 
@@ -132,10 +160,11 @@ def check_parity(
     """Same top-k from torch and ONNX Runtime (near-ties may swap), batch by batch of equal length.
 
     Sessions are grouped by length so that several padded widths are exercised, including 1
-    and the maximum.
+    and the maximum. A model with event kinds is fed random kind codes, zeros (unknown) included.
     """
     wrapper = TopKRecommender(model.eval(), k, mask_seen).eval()
     session = onnx_session(onnx_path)
+    kind_rng = np.random.default_rng(0)
     mismatched, exact, max_diff = 0, 0, 0.0
     lengths: set[int] = set()
     widths = sorted({1, model.config.max_len, *(min(len(s), model.config.max_len) for s in sessions)})
@@ -153,10 +182,14 @@ def check_parity(
         if ids.shape[1] < width:  # sessions shorter than the width: pad further on the left
             ids = np.pad(ids, ((0, 0), (width - ids.shape[1], 0)))
         lengths.add(int(ids.shape[1]))
+        kinds = None
+        if model.config.event_kinds:
+            kinds = kind_rng.integers(0, model.config.event_kinds + 1, size=ids.shape) * (ids != 0)
+        t_kinds = None if kinds is None else torch.from_numpy(kinds)
         with torch.no_grad():
-            t_ids, t_scores = (x.numpy() for x in wrapper(torch.from_numpy(ids)))
-            t_all = wrapper.masked_logits(torch.from_numpy(ids)).numpy()
-        o_ids, o_scores = onnx_top_k(session, ids)
+            t_ids, t_scores = (x.numpy() for x in wrapper(torch.from_numpy(ids), t_kinds))
+            t_all = wrapper.masked_logits(torch.from_numpy(ids), t_kinds).numpy()
+        o_ids, o_scores = onnx_top_k(session, ids, kinds)
         mismatched += int(_disagreeing_rows(t_scores, t_all, o_ids).sum())
         exact += int((t_ids == o_ids).all(axis=1).sum())
         max_diff = max(max_diff, float(np.abs(t_scores - o_scores).max()))

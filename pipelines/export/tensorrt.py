@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.export.contract import OUTPUT_IDS, OUTPUT_SCORES
+from pipelines.export.contract import EVENT_TYPES_NAME, OUTPUT_IDS, OUTPUT_SCORES
 
 JOB_MANIFEST = "infra/k8s/tensorrt-build-job.yaml"
 MIN_TENSORRT_MAJOR = 10
@@ -503,9 +503,13 @@ def check_engine(plan_path: Path, onnx_path: Path, *, batch: int = 16, seed: int
     if not {OUTPUT_IDS, OUTPUT_SCORES} <= names:
         raise EngineBuildError(f"{onnx_path}: the check compares {OUTPUT_IDS!r}/{OUTPUT_SCORES!r}; "
                                f"the model's outputs are {sorted(names)}")
-    if len(inputs) != 1:
-        raise EngineBuildError(f"{onnx_path}: the check feeds one item-id input; the model has {len(inputs)}")
-    (source,) = inputs
+    kind_inputs = [io for io in inputs if io.name == EVENT_TYPES_NAME]  # a model trained with event kinds
+    id_inputs = [io for io in inputs if io.name != EVENT_TYPES_NAME]
+    if len(id_inputs) != 1:
+        raise EngineBuildError(f"{onnx_path}: the check feeds one item-id input (plus {EVENT_TYPES_NAME!r}); "
+                               f"the model has {[io.name for io in inputs]}")
+    (source,) = id_inputs
+    kind_rng = np.random.default_rng(seed + 1)
     runner = _EngineRunner(trt, cuda, Path(plan_path))
     max_batch = int(runner.engine.get_tensor_profile_shape(source.name, 0)[2][0])
     max_len = int(meta.get("max_len") or runner.engine.get_tensor_profile_shape(source.name, 0)[2][-1])
@@ -518,8 +522,11 @@ def check_engine(plan_path: Path, onnx_path: Path, *, batch: int = 16, seed: int
     max_diff, shapes, examples = 0.0, [], []
     for ids in batches:
         ids = np.asarray(ids, dtype=np.int64)
-        ref_ids, ref_scores = ort_session.run([OUTPUT_IDS, OUTPUT_SCORES], {source.name: ids})
-        got = runner.run({source.name: ids})
+        feeds = {source.name: ids}
+        if kind_inputs:  # random kinds, unknown (0) included; 0 on padding
+            feeds[EVENT_TYPES_NAME] = kind_rng.integers(0, int(meta.get("event_kinds") or 4) + 1, ids.shape) * (ids != 0)
+        ref_ids, ref_scores = ort_session.run([OUTPUT_IDS, OUTPUT_SCORES], feeds)
+        got = runner.run(feeds)
         got_ids, got_scores = got[OUTPUT_IDS].astype(np.int64), got[OUTPUT_SCORES].astype(np.float32)
         bad = disagreeing_rows(ref_ids, ref_scores, got_ids, got_scores, tolerance)
         mismatched += int(bad.sum())

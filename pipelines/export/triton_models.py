@@ -50,6 +50,7 @@ RECOMMEND_BACKEND_PY = BACKEND_DIR / "recommend.py"
 SIMILAR_INPUT = "item_id"  # int64 [batch, 1]
 SESSION_INPUT = "session_ids"  # int64 [batch, seq], 0 = padding; [[0]] is an empty session
 PURCHASED_INPUT = "purchased_ids"  # optional int64 [batch, n], 0 = padding
+EVENT_TYPES_INPUT = "event_types"  # optional int64, shape of session_ids: event kind codes, 0 = unknown
 OUTPUT_IDS = "item_ids"
 OUTPUT_SCORES = "scores"
 OUTPUT_SOURCE = "source"  # BYTES [batch, 1]: gpt4rec | rules | popularity
@@ -190,7 +191,8 @@ def write_recommend_config(
         model_name, max_batch_size=max_batch_size, instance_count=instance_count,
         max_queue_delay_us=max_queue_delay_us, num_versions=1,
         inputs=[_tensor(SESSION_INPUT, "TYPE_INT64", "-1"),
-                _tensor(PURCHASED_INPUT, "TYPE_INT64", "-1", optional=True)],
+                _tensor(PURCHASED_INPUT, "TYPE_INT64", "-1", optional=True),
+                _tensor(EVENT_TYPES_INPUT, "TYPE_INT64", "-1", optional=True)],
         outputs=[_tensor(OUTPUT_IDS, "TYPE_INT64", str(top_k)), _tensor(OUTPUT_SCORES, "TYPE_FP32", str(top_k)),
                  _tensor(OUTPUT_SOURCE, "TYPE_STRING", "1"), _tensor(OUTPUT_UNKNOWN, "TYPE_INT64", "-1")],
         params={"n_items": n_items, "top_k": top_k, "gpt4rec_model": gpt4rec_model,

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipelines.export.contract import INPUT_NAME, OUTPUT_IDS, OUTPUT_SCORES
+from pipelines.export.contract import EVENT_TYPES_NAME, INPUT_NAME, OUTPUT_IDS, OUTPUT_SCORES
 
 #: The Python-backend model copied beside each model.onnx.
 BACKEND_MODEL_PY = Path(__file__).resolve().parents[1] / "serve" / "backend" / "model.py"
@@ -59,12 +59,14 @@ def write_config(
     max_queue_delay_us: int = 1000,
     max_seq_len: int | None = None,
     preferred_batch_sizes: tuple[int, ...] = (),
+    event_kinds: int = 0,
 ) -> Path:
     """Write repo/model_name/config.pbtxt for the Python backend and return its path.
 
     The parameters block carries what the backend needs at load time: ``n_items`` (ids above it
     are rejected; a model whose ONNX metadata has ``n_items`` overrides it per version),
     ``top_k``, ``intra_op_num_threads`` for onnxruntime and optionally ``max_seq_len``.
+    ``event_kinds`` > 0 (a model trained with event kinds) adds the optional input ``event_types``.
     """
     _check_name(model_name)
     for name, value in [
@@ -77,6 +79,8 @@ def write_config(
         _positive(name, value)
     if max_seq_len is not None:
         _positive("max_seq_len", max_seq_len)
+    if isinstance(event_kinds, bool) or not isinstance(event_kinds, int) or event_kinds < 0:
+        raise ValueError(f"event_kinds must be a non-negative integer (0: no event_types input), got {event_kinds!r}")
     if max_queue_delay_us < 0:
         raise ValueError(f"max_queue_delay_us must be >= 0, got {max_queue_delay_us}")
     for size in preferred_batch_sizes:
@@ -94,6 +98,16 @@ def write_config(
     }
     if max_seq_len is not None:
         params["max_seq_len"] = max_seq_len
+    kinds_input = ""
+    if event_kinds:
+        params["event_kinds"] = event_kinds
+        kinds_input = f""",
+  {{
+    name: "{EVENT_TYPES_NAME}"
+    data_type: TYPE_INT64
+    dims: [ -1 ]
+    optional: true
+  }}"""
     param_lines = "\n".join(
         f'parameters: {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items()
     )
@@ -106,7 +120,7 @@ input [
     name: "{INPUT_NAME}"
     data_type: TYPE_INT64
     dims: [ -1 ]
-  }}
+  }}{kinds_input}
 ]
 output [
   {{

@@ -92,7 +92,7 @@ def fit_family(name: str, seqs, settings, pretrained=None, item_tokens=None,
                                progress=progress, item_tokens=item_tokens)
         model = GPT4RecRecommender(result.model)
         info.update(best_epoch=result.best_epoch, epochs_run=len(result.history), history=result.history,
-                    initialised_items=result.initialised_items)
+                    initialised_items=result.initialised_items, event_kinds=result.model.config.event_kinds)
     else:
         raise KeyError(f"unknown model family {name!r}; families are: {', '.join(LOADERS)}")
     info["train_seconds"] = round(time.perf_counter() - started, 3)

@@ -32,6 +32,7 @@ class GPT4RecConfig:
     dropout: float = 0.2
     meta_vocab: int = 0  # meta-info token vocabulary (0: item ids only)
     meta_width: int = 0  # meta tokens per item
+    event_kinds: int = 0  # event kinds per token (view, click, ...; 0: no kind input); code 0 = unknown
 
 
 class _Block(nn.Module):
@@ -75,10 +76,18 @@ class GPT4Rec(nn.Module):
         self.blocks = nn.ModuleList(_Block(config.dim, config.heads, config.dropout) for _ in range(config.layers))
         self.norm = nn.LayerNorm(config.dim)
         self.meta_emb = nn.Embedding(config.meta_vocab, config.dim, padding_idx=0) if config.meta_vocab else None
+        # Code 0 (unknown / padding) adds nothing, so a client that sends no kinds gets the plain model.
+        self.kind_emb = (
+            nn.Embedding(config.event_kinds + 1, config.dim, padding_idx=0) if config.event_kinds else None
+        )
         # Each item's meta tokens travel with the model (and into the ONNX graph).
         self.register_buffer("item_tokens", torch.zeros(config.n_items + 1, config.meta_width, dtype=torch.int64))
         if self.meta_emb is not None:
             nn.init.normal_(self.meta_emb.weight, std=0.02)
+        if self.kind_emb is not None:
+            nn.init.normal_(self.kind_emb.weight, std=0.02)
+            with torch.no_grad():
+                self.kind_emb.weight[0].zero_()
         nn.init.normal_(self.item_emb.weight, std=0.02)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
         with torch.no_grad():
@@ -113,13 +122,24 @@ class GPT4Rec(nn.Module):
         meta = (self.meta_emb(tokens) * present).sum(-2) / present.sum(-2).clamp(min=1.0)
         return base + meta
 
-    def hidden(self, input_ids: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-        """(batch, length, dim) states; state t has seen items 0..t only (last_only: length 1)."""
+    def hidden(self, input_ids: torch.Tensor, event_kinds: torch.Tensor | None = None,
+               last_only: bool = False) -> torch.Tensor:
+        """(batch, length, dim) states; state t has seen items 0..t only (last_only: length 1).
+
+        event_kinds: (batch, length) kind codes aligned with input_ids (0 = unknown); None = all
+        unknown. Ignored by a model trained without kinds.
+        """
         length = input_ids.shape[1]
         positions = torch.arange(length - 1, -1, -1, device=input_ids.device).clamp(max=self.config.max_len - 1)
         # Gather rows of the all-item table (the logits need it anyway; constant in an exported graph)
         # instead of averaging each position's meta tokens again: same numbers, less work per request.
-        x = self.item_vectors()[input_ids] * (self.config.dim**0.5) + self.pos_emb(positions)
+        x = self.item_vectors()[input_ids]
+        if self.kind_emb is not None and event_kinds is not None:
+            if event_kinds.shape != input_ids.shape:
+                raise ValueError(f"event_kinds has shape {tuple(event_kinds.shape)}, "
+                                 f"input_ids has {tuple(input_ids.shape)}: they must match")
+            x = x + self.kind_emb(event_kinds)
+        x = x * (self.config.dim**0.5) + self.pos_emb(positions)
         x = self.dropout(x)
         valid = input_ids != 0
         causal = torch.ones(length, length, dtype=torch.bool, device=input_ids.device).tril()
@@ -133,9 +153,9 @@ class GPT4Rec(nn.Module):
     def logits(self, states: torch.Tensor) -> torch.Tensor:
         return states @ self.item_vectors().T
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, event_kinds: torch.Tensor | None = None) -> torch.Tensor:
         """Next-item scores over all items (column 0 = padding) for the last position."""
-        return self.logits(self.hidden(input_ids, last_only=True)[:, -1])
+        return self.logits(self.hidden(input_ids, event_kinds, last_only=True)[:, -1])
 
     def save(self, out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -144,6 +164,7 @@ class GPT4Rec(nn.Module):
 
     @classmethod
     def load(cls, in_dir: Path) -> GPT4Rec:
+        # Configs saved before a field existed (e.g. event_kinds) load with that field's default.
         model = cls(GPT4RecConfig(**json.loads((in_dir / CONFIG_FILE).read_text())))
         model.load_state_dict(load_file(in_dir / WEIGHTS_FILE))
         return model.eval()
@@ -169,14 +190,33 @@ class GPT4RecRecommender:
         self.model = model.eval()
         self.batch_size = batch_size
 
+    @property
+    def uses_event_kinds(self) -> bool:
+        """True when the network reads event kinds: evaluate() then passes kinds= to score()."""
+        return self.model.config.event_kinds > 0
+
     def save(self, out_dir: Path) -> None:
         self.model.save(out_dir)
 
     @torch.no_grad()
-    def score(self, histories: list[np.ndarray]) -> np.ndarray:
+    def score(self, histories: list[np.ndarray], kinds: list[np.ndarray] | None = None) -> np.ndarray:
+        """Scores of every item after each history; kinds (aligned with histories) only if the model reads them."""
+        if kinds is not None and len(kinds) != len(histories):
+            raise ValueError(f"got {len(kinds)} kind sequences for {len(histories)} histories")
         device = next(self.model.parameters()).device
+        max_len = self.model.config.max_len
         out = []
         for i in range(0, len(histories), self.batch_size):
-            batch = torch.from_numpy(left_pad(histories[i:i + self.batch_size], self.model.config.max_len))
-            out.append(self.model(batch.to(device)).float().cpu().numpy())
+            chunk = histories[i:i + self.batch_size]
+            batch = torch.from_numpy(left_pad(chunk, max_len)).to(device)
+            batch_kinds = None
+            if kinds is not None and self.uses_event_kinds:
+                chunk_kinds = kinds[i:i + self.batch_size]
+                for row, (h, k) in enumerate(zip(chunk, chunk_kinds)):
+                    if len(h) != len(k):
+                        raise ValueError(f"history {i + row} has {len(h)} items but {len(k)} event kinds")
+                padded = left_pad([np.asarray(k, dtype=np.int64) for k in chunk_kinds], max_len)
+                padded = np.pad(padded, ((0, 0), (batch.shape[1] - padded.shape[1], 0)))
+                batch_kinds = torch.from_numpy(padded).to(device)
+            out.append(self.model(batch, batch_kinds).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.model.config.n_items + 1), np.float32)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pipelines.config import GPT4RecSettings
-from pipelines.data.sequences import Sequences
+from pipelines.data.sequences import N_EVENT_KINDS, Sequences
 from pipelines.embed.prod2vec import ItemEmbeddings
 from pipelines.evaluate.protocol import evaluate
 from pipelines.models.gpt4rec import GPT4Rec, GPT4RecConfig, GPT4RecRecommender
@@ -110,13 +110,21 @@ def train_gpt4rec(
     progress: bool = True,
     item_tokens: np.ndarray | None = None,
 ) -> TrainResult:
-    """Train GPT4Rec; `item_tokens` (see pipelines/data/item_features.py) adds item meta-info."""
+    """Train GPT4Rec; `item_tokens` (see pipelines/data/item_features.py) adds item meta-info.
+
+    With gpt4rec.use_event_kinds and kinds in `seqs`, each input token also carries its event kind;
+    gpt4rec.event_kind_dropout of them are blanked per batch so kind-less requests stay in-distribution.
+    """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     device = resolve_device(s.device)
     meta_vocab = int(item_tokens.max()) + 1 if item_tokens is not None and item_tokens.size else 0
     meta_width = int(item_tokens.shape[1]) if meta_vocab else 0
-    model = GPT4Rec(GPT4RecConfig(seqs.n_items, s.dim, s.layers, s.heads, s.max_len, s.dropout, meta_vocab, meta_width))
+    # Kinds only when asked for and the data has them (older sequence files have none).
+    train_kinds = seqs.train_kinds() if s.use_event_kinds else None
+    event_kinds = N_EVENT_KINDS if train_kinds is not None else 0
+    model = GPT4Rec(GPT4RecConfig(seqs.n_items, s.dim, s.layers, s.heads, s.max_len, s.dropout, meta_vocab, meta_width,
+                                  event_kinds))
     if meta_vocab:
         model.set_item_tokens(item_tokens)
     initialised = 0
@@ -129,6 +137,7 @@ def train_gpt4rec(
         initialised = model.init_item_embeddings(pretrained.vectors, pretrained.known)
     model.to(device)
     inputs, targets = training_examples(seqs.train(), s.max_len)
+    input_kinds = training_kinds(seqs.train(), train_kinds, s.max_len) if train_kinds is not None else None
     sampler = NegativeSampler(seqs.train(), seqs.n_items, s.negatives, device) if s.loss == "sampled" else None
     generator = torch.Generator(device=device).manual_seed(seed)
     if not len(inputs):
@@ -147,7 +156,10 @@ def train_gpt4rec(
             idx = order[start:start + s.batch_size]
             x = torch.from_numpy(inputs[idx]).to(device)
             y = torch.from_numpy(targets[idx]).to(device)
-            states = model.hidden(x)
+            kinds = None
+            if input_kinds is not None:
+                kinds = drop_kinds(torch.from_numpy(input_kinds[idx]).to(device), s.event_kind_dropout, generator)
+            states = model.hidden(x, kinds)
             keep = y != 0
             if s.loss == "sampled":
                 loss = sampled_softmax_loss(model, states[keep], y[keep], sampler, generator)

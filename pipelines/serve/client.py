@@ -9,6 +9,9 @@ Sessions are left-padded with 0 to a common length (0 is padding in the model co
 are 1..n_items), optionally truncated to the most recent ``max_len`` items first, and sent as one
 batch. Server-side rejections raise tritonclient.utils.InferenceServerException with the model's
 message; caller bugs (non-integer or negative ids) raise ValueError before anything is sent.
+
+Event kinds (optional, one per session item: names "view", "click", "add_to_cart", "purchase" or
+their codes 1..4, 0 = unknown) are padded exactly like the ids and sent as `event_types`.
 """
 
 from __future__ import annotations
@@ -20,12 +23,46 @@ from typing import Any, Literal
 import numpy as np
 import tritonclient.http as httpclient
 
-from pipelines.export.contract import INPUT_NAME, OUTPUT_IDS, OUTPUT_SCORES
+from pipelines.export.contract import EVENT_TYPES_NAME, INPUT_NAME, OUTPUT_IDS, OUTPUT_SCORES
+
+EventKind = int | str
 
 
-def pad_sessions(sessions: list[list[int]], max_len: int | None = None) -> np.ndarray:
+def kind_codes(kinds: list[list[EventKind]], sessions: list[list[int]]) -> list[list[int]]:
+    """Event kind codes per session item (names or codes in; 0 = unknown), one list per session."""
+    from pipelines.data.sequences import EVENT_KIND_CODES
+
+    if not isinstance(kinds, (list, tuple)) or len(kinds) != len(sessions):
+        count = len(kinds) if isinstance(kinds, (list, tuple)) else type(kinds).__name__
+        raise ValueError(f"kinds must be one list per session: got {count} for {len(sessions)} sessions")
+    out: list[list[int]] = []
+    for i, (row, session) in enumerate(zip(kinds, sessions)):
+        if isinstance(row, (str, bytes)) or not hasattr(row, "__iter__"):
+            raise ValueError(f"kinds {i} must be a list of event kinds, got {type(row).__name__}")
+        row = list(row)
+        if len(row) != len(list(session)):
+            raise ValueError(f"session {i} has {len(list(session))} items but {len(row)} event kinds: give one per item")
+        codes = []
+        for kind in row:
+            if isinstance(kind, str) and kind in EVENT_KIND_CODES:
+                codes.append(EVENT_KIND_CODES[kind])
+            elif isinstance(kind, numbers.Integral) and not isinstance(kind, (bool, np.bool_)) \
+                    and 0 <= int(kind) <= len(EVENT_KIND_CODES):
+                codes.append(int(kind))
+            else:
+                names = ", ".join(EVENT_KIND_CODES)
+                raise ValueError(f"session {i} has event kind {kind!r}: use one of {names} "
+                                 f"or a code 0..{len(EVENT_KIND_CODES)} (0 = unknown)")
+        out.append(codes)
+    return out
+
+
+def pad_sessions(sessions: list[list[int]], max_len: int | None = None,
+                 kinds: list[list[EventKind]] | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Left-pad (and left-truncate to max_len) sessions into an int64 [batch, seq] array.
 
+    With ``kinds`` (one event kind per item, names or codes), returns (ids, kind codes), both
+    padded and truncated the same way.
     Raises ValueError for an empty list, an empty session, or ids that are not integers: those
     are caller bugs that would otherwise come back as a less clear server error.
     """
@@ -50,8 +87,10 @@ def pad_sessions(sessions: list[list[int]], max_len: int | None = None) -> np.nd
                     f"session {i} has a non-integer item id {item!r} ({type(item).__name__})"
                 )
         rows.append([int(item) for item in items])
+    codes = kind_codes(kinds, rows) if kinds is not None else None
     if max_len is not None:
         rows = [row[-max_len:] for row in rows]
+        codes = None if codes is None else [row[-max_len:] for row in codes]
     width = max(len(row) for row in rows)
     batch = np.zeros((len(rows), width), dtype=np.int64)
     for r, row in enumerate(rows):
@@ -59,7 +98,12 @@ def pad_sessions(sessions: list[list[int]], max_len: int | None = None) -> np.nd
             batch[r, width - len(row) :] = row
         except OverflowError as exc:
             raise ValueError(f"session {r} has an item id that does not fit int64: {exc}") from exc
-    return batch
+    if codes is None:
+        return batch
+    kind_batch = np.zeros_like(batch)
+    for r, row in enumerate(codes):
+        kind_batch[r, width - len(row):] = row
+    return batch, kind_batch
 
 
 def recommend(
@@ -69,23 +113,29 @@ def recommend(
     model_name: str = "gpt4rec",
     max_len: int | None = None,
     timeout_s: float = 10.0,
+    kinds: list[list[EventKind]] | None = None,
 ) -> list[tuple[list[int], list[float]]]:
     """Top-k recommendations per session as (item_ids, scores), best first.
 
+    ``kinds``: the event kind of each session item (only for a model trained with event kinds).
     Server-side rejections (e.g. an id outside 1..n_items) raise
     tritonclient.utils.InferenceServerException carrying the model's message.
     """
-    batch = pad_sessions(sessions, max_len)
+    padded = pad_sessions(sessions, max_len, kinds)
+    batch, kind_batch = padded if isinstance(padded, tuple) else (padded, None)
     client = httpclient.InferenceServerClient(
         url=url, connection_timeout=timeout_s, network_timeout=timeout_s
     )
     try:
-        infer_input = httpclient.InferInput(INPUT_NAME, list(batch.shape), "INT64")
-        infer_input.set_data_from_numpy(batch, binary_data=True)
+        infer_inputs = []
+        for name, array in ((INPUT_NAME, batch), (EVENT_TYPES_NAME, kind_batch)):
+            if array is not None:
+                infer_inputs.append(httpclient.InferInput(name, list(array.shape), "INT64"))
+                infer_inputs[-1].set_data_from_numpy(array, binary_data=True)
         outputs = [
             httpclient.InferRequestedOutput(name, binary_data=True) for name in (OUTPUT_IDS, OUTPUT_SCORES)
         ]
-        result = client.infer(model_name, [infer_input], outputs=outputs)
+        result = client.infer(model_name, infer_inputs, outputs=outputs)
         ids = result.as_numpy(OUTPUT_IDS)
         scores = result.as_numpy(OUTPUT_SCORES)
     finally:
@@ -194,6 +244,7 @@ def recommend_session(
     sessions: list[list[int]],
     *,
     purchased: list[list[int]] | None = None,
+    kinds: list[list[EventKind]] | None = None,
     url: str | None = None,
     protocol: Protocol = "http",
     model_name: str = "recommend",
@@ -202,9 +253,17 @@ def recommend_session(
     """Ask the `recommend` entry point for each session (empty sessions and unknown ids allowed).
 
     `purchased` (one list per session) names items never to recommend, e.g. already bought.
+    `kinds` (one list per session, one per item: names or codes) are the sessions' event kinds.
     """
     batch = _ids_matrix(sessions, "session")
     inputs = {"session_ids": batch}
+    if kinds is not None:
+        codes = kind_codes(kinds, [list(s) for s in sessions])
+        kind_batch = np.zeros_like(batch)
+        for r, row in enumerate(codes):
+            if row:
+                kind_batch[r, batch.shape[1] - len(row):] = row
+        inputs[EVENT_TYPES_NAME] = kind_batch
     if purchased is not None:
         if len(purchased) != len(batch):
             raise ValueError(f"purchased has {len(purchased)} lists for {len(batch)} sessions: give one per session")

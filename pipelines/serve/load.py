@@ -472,6 +472,8 @@ def ort_floor(
     """Time onnxruntime on batch=1 requests (latency, rate) and on batches (throughput)."""
     import onnxruntime as ort
 
+    from pipelines.export.onnx import onnx_feeds
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -479,22 +481,22 @@ def ort_floor(
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     rows = [np.asarray(s, dtype=np.int64).reshape(1, -1) for s in sessions]
     for x in rows[:3]:
-        session.run(None, {INPUT_NAME: x})
+        session.run(None, onnx_feeds(session, x))
     times: list[float] = []
     t_end = time.perf_counter() + seconds
     while time.perf_counter() < t_end:
         x = rows[len(times) % len(rows)]
         t = time.perf_counter()
-        session.run(None, {INPUT_NAME: x})
+        session.run(None, onnx_feeds(session, x))
         times.append(time.perf_counter() - t)
     ms = np.asarray(times) * 1e3
     batched: dict[int, float] = {}
     for size in batch_sizes:
         x = np.concatenate([rows[i % len(rows)] for i in range(size)])
-        session.run(None, {INPUT_NAME: x})
+        session.run(None, onnx_feeds(session, x))
         calls, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds / 2 or calls == 0:
-            session.run(None, {INPUT_NAME: x})
+            session.run(None, onnx_feeds(session, x))
             calls += 1
         batched[int(size)] = round(size * calls / (time.perf_counter() - t0), 1)
     return OrtFloor(

@@ -98,11 +98,16 @@ def onnx_metrics(onnx_path: Path, features: Path, k: int, batch_size: int = 512)
         raise IncompatibleModel(f"model has {n_items} items, the current catalogue {seqs.n_items}")
     k = min(k, top_k)
     histories, targets, _ = seqs.evaluation("test")
+    kinds = seqs.evaluation_kinds("test")  # used by a graph with event_types; zeros for older data
     ranks = np.full(len(targets), k, dtype=np.int64)  # 0-based; k = not in the top-k
     recommended = np.zeros(n_items + 1, dtype=bool)
     for start in range(0, len(targets), batch_size):
         batch = [h.tolist() or [0] for h in histories[start:start + batch_size]]
-        ids, _ = onnx_top_k(session, pad_sessions(batch, max_len))
+        if kinds is None:
+            ids, _ = onnx_top_k(session, pad_sessions(batch, max_len))
+        else:
+            batch_kinds = [row.tolist() or [0] for row in kinds[start:start + batch_size]]
+            ids, _ = onnx_top_k(session, *pad_sessions(batch, max_len, batch_kinds))
         ids = ids[:, :k]
         recommended[ids.ravel()] = True
         hit = ids == targets[start:start + batch_size, None]

@@ -23,38 +23,10 @@ from pipelines.serve.triton_server import (
     default_venv,
     find_free_port,
 )
+from tests.serve.toy_triton import N_ITEMS, TOP_K, export_toy_onnx
 
-N_ITEMS, TOP_K, MODEL = 40, 5, "gpt4rec"
+MODEL = "gpt4rec"
 SESSIONS = [[3, 17, 8, 22], [5], [40, 1, 9]]
-
-
-def _export_toy_onnx(path: Path) -> Path:
-    """A tiny model with the served contract: masked mean of item embeddings, dot products, top-k."""
-    torch = pytest.importorskip("torch")
-
-    class Toy(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.emb = torch.nn.Embedding(N_ITEMS + 1, 8, padding_idx=0)
-
-        def forward(self, input_ids):
-            mask = (input_ids > 0).unsqueeze(-1).float()
-            h = (self.emb(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            scores, idx = torch.topk(h @ self.emb.weight[1:].T, TOP_K, dim=-1)
-            return idx + 1, scores
-
-    torch.manual_seed(0)
-    torch.onnx.export(
-        Toy().eval(),
-        (torch.ones(2, 4, dtype=torch.long),),
-        str(path),
-        input_names=["input_ids"],
-        output_names=["item_ids", "scores"],
-        dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "item_ids": {0: "batch"}, "scores": {0: "batch"}},
-        opset_version=18,
-        dynamo=False,
-    )
-    return path
 
 
 def test_client_rejects_bad_sessions() -> None:
@@ -93,7 +65,7 @@ def test_serve_and_query(tmp_path: Path) -> None:
         pytest.skip(f"serving venv {venv} does not exist: run infra/triton/setup.sh or set RXREC_TRITON_VENV")
     ort = pytest.importorskip("onnxruntime")
 
-    onnx_path = _export_toy_onnx(tmp_path / "toy.onnx")
+    onnx_path = export_toy_onnx(tmp_path / "toy.onnx", seed=0)
     repo = tmp_path / "triton_repo"
     write_config(repo, MODEL, max_batch_size=16, top_k=TOP_K, n_items=N_ITEMS)
     write_version(repo, MODEL, onnx_path, metadata={"mlflow_run_id": "test"})

@@ -62,3 +62,126 @@ def test_sampled_softmax_learns_too(cyclic_world):
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     learned = evaluate(GPT4RecRecommender(result.model), cyclic_world, k=10)
     assert learned["hr_at_10"] > 0.8
+
+
+def make_kind_world(n_users: int = 400, n_items: int = 40, length: int = 8, seed: int = 0):
+    """The step to the next item is set by the event kind of the current one (view: +1, purchase: +3):
+    only a model that reads kinds can predict it."""
+    from pipelines.data.sequences import EVENT_KIND_CODES, Sequences
+
+    rng = np.random.default_rng(seed)
+    view, purchase = EVENT_KIND_CODES["view"], EVENT_KIND_CODES["purchase"]
+    items, kinds = [], []
+    for _ in range(n_users):
+        k = rng.choice([view, purchase], size=length).astype(np.int8)
+        steps = np.where(k == view, 1, 3)
+        start = rng.integers(0, n_items)
+        items.append((start + np.concatenate([[0], np.cumsum(steps[:-1])])) % n_items + 1)
+        kinds.append(k)
+    times = [np.arange(length, dtype=np.float64) + u * 100 for u in range(n_users)]
+    return Sequences(user_ids=np.arange(1, n_users + 1), items=items, times=times, n_items=n_items, kinds=kinds)
+
+
+def _kind_model(**overrides) -> GPT4Rec:
+    torch.manual_seed(0)
+    model = GPT4Rec(GPT4RecConfig(**{"n_items": 30, "dim": 16, "layers": 2, "heads": 2, "max_len": 12,
+                                     "dropout": 0.0, "event_kinds": 4, **overrides})).eval()
+    with torch.no_grad():  # make the kind rows matter (init scale is small)
+        model.kind_emb.weight[1:] *= 50
+    return model
+
+
+def test_event_kinds_change_the_output_and_none_means_unknown():
+    model = _kind_model()
+    x = torch.tensor([[3, 7, 9, 11]])
+    with torch.no_grad():
+        plain = model(x)
+        assert torch.equal(plain, model(x, torch.zeros_like(x)))  # None == all unknown
+        viewed = model(x, torch.tensor([[1, 1, 1, 1]]))
+        bought = model(x, torch.tensor([[1, 1, 1, 4]]))
+    assert not torch.allclose(plain, viewed, atol=1e-4) and not torch.allclose(viewed, bought, atol=1e-4)
+    with pytest.raises(ValueError, match="event_kinds has shape"):
+        model(x, torch.zeros(1, 3, dtype=torch.int64))
+
+
+def test_causal_and_padding_invariant_with_kinds():
+    model = _kind_model()
+    x, k = torch.tensor([[3, 7, 9, 11]]), torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        states = model.hidden(x, k)
+        later_kind = model.hidden(x, torch.tensor([[1, 2, 3, 1]]))
+        assert torch.allclose(states[:, :3], later_kind[:, :3], atol=1e-6)  # a later kind does not leak back
+        assert not torch.allclose(states[:, 3], later_kind[:, 3], atol=1e-4)
+        padded = model(torch.tensor([[0, 0, 3, 7, 9, 11]]), torch.tensor([[0, 0, 1, 2, 3, 4]]))
+        assert torch.allclose(model(x, k), padded, atol=1e-5)
+
+
+def test_recommender_left_pads_kinds_like_ids():
+    model = _kind_model()
+    rec = GPT4RecRecommender(model)
+    assert rec.uses_event_kinds and not GPT4RecRecommender(_plain_model()).uses_event_kinds
+    histories = [np.array([3, 7, 9, 11]), np.array([5])]
+    kinds = [np.array([1, 2, 3, 4], np.int8), np.array([4], np.int8)]
+    scores = rec.score(histories, kinds=kinds)
+    with torch.no_grad():
+        first = model(torch.tensor([[3, 7, 9, 11]]), torch.tensor([[1, 2, 3, 4]]))
+        second = model(torch.tensor([[5]]), torch.tensor([[4]]))
+    assert np.allclose(scores[0], first[0].numpy(), atol=1e-5) and np.allclose(scores[1], second[0].numpy(), atol=1e-5)
+    assert np.allclose(rec.score(histories), rec.score(histories, kinds=[np.zeros(4), np.zeros(1)]))
+    with pytest.raises(ValueError, match="history 1 has 1 items but 2 event kinds"):
+        rec.score(histories, kinds=[kinds[0], np.array([1, 1])])
+
+
+def _plain_model() -> GPT4Rec:
+    return GPT4Rec(GPT4RecConfig(n_items=30, dim=16, layers=1, heads=2, max_len=12)).eval()
+
+
+def test_configs_saved_without_event_kinds_still_load(tmp_path):
+    import json
+
+    model = _plain_model()
+    model.save(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.pop("event_kinds")  # as written before event kinds existed
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    again = GPT4Rec.load(tmp_path)
+    assert again.config.event_kinds == 0 and again.kind_emb is None
+    kinded = _kind_model()
+    kinded.save(tmp_path / "k")
+    assert GPT4Rec.load(tmp_path / "k").config.event_kinds == 4
+
+
+def test_drop_kinds_blanks_about_the_given_share():
+    from pipelines.models.train import drop_kinds
+
+    kinds = torch.full((200, 50), 3, dtype=torch.int64)
+    dropped = drop_kinds(kinds, 0.1, torch.Generator().manual_seed(0))
+    share = float((dropped == 0).float().mean())
+    assert 0.08 < share < 0.12 and set(dropped.unique().tolist()) == {0, 3}
+    assert torch.equal(drop_kinds(kinds, 0.0, torch.Generator()), kinds)
+
+
+def _kind_settings(**overrides) -> GPT4RecSettings:
+    return GPT4RecSettings(dim=32, layers=1, heads=2, max_len=10, dropout=0.0, batch_size=32, lr=0.01, **overrides)
+
+
+def test_training_with_kinds_learns_what_only_kinds_tell():
+    seqs = make_kind_world()
+    with_kinds = train_gpt4rec(seqs, _kind_settings(epochs=6, event_kind_dropout=0.0), seed=0, progress=False)
+    without = train_gpt4rec(seqs, _kind_settings(epochs=6, use_event_kinds=False), seed=0, progress=False)
+    assert with_kinds.model.config.event_kinds == 4 and without.model.config.event_kinds == 0
+    losses = [row["loss"] for row in with_kinds.history]
+    assert losses[-1] < losses[0] * 0.7
+    hr_with = evaluate(GPT4RecRecommender(with_kinds.model), seqs, k=1)["hr_at_1"]
+    hr_without = evaluate(GPT4RecRecommender(without.model), seqs, k=1)["hr_at_1"]
+    assert hr_with > 0.9 and hr_without < 0.7  # without kinds the step is a coin flip
+
+
+def test_kind_dropout_is_applied_in_training():
+    seqs = make_kind_world()
+    kept = train_gpt4rec(seqs, _kind_settings(epochs=4, event_kind_dropout=0.0), seed=0, progress=False)
+    blanked = train_gpt4rec(seqs, _kind_settings(epochs=4, event_kind_dropout=0.95), seed=0, progress=False)
+    # Almost every kind blanked: the model cannot lean on them (higher loss, worse hit rate).
+    assert blanked.history[-1]["loss"] > kept.history[-1]["loss"] + 0.2
+    assert evaluate(GPT4RecRecommender(blanked.model), seqs, k=1)["hr_at_1"] < \
+        evaluate(GPT4RecRecommender(kept.model), seqs, k=1)["hr_at_1"] - 0.2

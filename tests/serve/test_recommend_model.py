@@ -75,13 +75,30 @@ def served(tmp_path_factory):
     write_recommend_version(repo, _tables(), metadata={})
     write_recommend_config(repo, **common, filter_purchased=False, model_name="recommend_keep")
     write_recommend_version(repo, _tables(), metadata={}, model_name="recommend_keep")
+    kinds_onnx = _gpt4rec_with_kinds(root / "kinds")  # a real GPT4Rec that reads event kinds
+    write_config(repo, "gpt4rec_kinds", max_batch_size=16, top_k=K, n_items=N_ITEMS, event_kinds=4)
+    write_version(repo, "gpt4rec_kinds", kinds_onnx, metadata={})
+    write_recommend_config(repo, **common, gpt4rec_model="gpt4rec_kinds", model_name="recommend_kinds")
+    write_recommend_version(repo, _tables(), metadata={}, model_name="recommend_kinds")
     server = TritonServer(repo, http_port=find_free_port(), grpc_port=find_free_port(),
                           metrics_port=find_free_port(), startup_timeout_s=120, log_dir=root / "logs",
                           backend_root=root / "backends")
     with server:
-        for name in ("gpt4rec", "recommend", "recommend_keep"):
+        for name in ("gpt4rec", "recommend", "recommend_keep", "gpt4rec_kinds", "recommend_kinds"):
             server.load(name, timeout_s=120)
         yield server, ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+
+
+def _gpt4rec_with_kinds(out_dir: Path) -> Path:
+    from pipelines.export.onnx import export_onnx
+    from pipelines.models.gpt4rec import GPT4Rec, GPT4RecConfig
+
+    torch.manual_seed(4)
+    model = GPT4Rec(GPT4RecConfig(n_items=N_ITEMS, dim=16, layers=1, heads=2, max_len=20, dropout=0.0,
+                                  event_kinds=4)).eval()
+    with torch.no_grad():  # kinds strong enough to change the top-k
+        model.kind_emb.weight[1:] *= 50
+    return export_onnx(model, out_dir, k=K, opset=18)
 
 
 def _popular(exclude: set[int], n: int = K) -> list[int]:
@@ -182,3 +199,58 @@ def test_gpt4rec_down_falls_back_instead_of_failing(served) -> None:
     finally:
         server.load("gpt4rec", timeout_s=120)
     assert recommend_session([[3, 17]], url=server.url)[0].source == "gpt4rec"
+
+
+def test_event_kinds_reach_gpt4rec_aligned_with_the_kept_items(served, tmp_path) -> None:
+    from pipelines.export.onnx import onnx_session, onnx_top_k
+
+    server, _ = served
+    kinds_session = onnx_session(Path(server.repo) / "gpt4rec_kinds" / "1" / "model.onnx")
+
+    def expected(known: list[int], kinds: list[int]) -> list[int]:
+        ids, _ = onnx_top_k(kinds_session, np.asarray([known]), np.asarray([kinds]))
+        first = [int(i) for i in ids[0] if CATALOGUE[i]]
+        return first + _popular(set(known) | set(first), K - len(first))
+
+    answers = set()
+    for kinds in (["view", "view", "view"], ["view", "click", "purchase"], [4, 4, 3], [0, 0, 0]):
+        (answer,) = recommend_session([[3, 17, 8]], kinds=[kinds], url=server.url, model_name="recommend_kinds")
+        codes = [{"view": 1, "click": 2, "purchase": 4}.get(k, k) for k in kinds]
+        assert answer.source == "gpt4rec" and answer.item_ids == expected([3, 17, 8], codes), kinds
+        answers.add(tuple(answer.item_ids))
+    assert len(answers) > 1
+    (plain,) = recommend_session([[3, 17, 8]], url=server.url, model_name="recommend_kinds")
+    assert plain.item_ids == expected([3, 17, 8], [0, 0, 0])  # no kinds sent: unknown
+    # 999 and 37 are dropped; the kinds of 3 and 17 (view, purchase) go with them
+    (dropped,) = recommend_session([[3, 999, 17, 37]], kinds=[[1, 2, 4, 3]], url=f"127.0.0.1:{server.grpc_port}",
+                                   protocol="grpc", model_name="recommend_kinds")
+    assert dropped.unknown_ids == [999, 37] and dropped.item_ids == expected([3, 17], [1, 4])
+
+
+def test_kinds_sent_to_a_gpt4rec_without_them_are_dropped(served) -> None:
+    server, gpt4rec = served
+    (answer,) = recommend_session([[3, 17, 8]], kinds=[["view", "click", "purchase"]], url=server.url)
+    assert answer.source == "gpt4rec" and answer.item_ids == _gpt4rec_then_popularity(gpt4rec, [3, 17, 8], {3, 17, 8})
+
+
+def test_bad_event_kinds_are_rejected(served) -> None:
+    server, _ = served
+    with pytest.raises(ValueError, match="event kind 'bought'"):
+        recommend_session([[3, 17]], kinds=[["view", "bought"]], url=server.url)
+    with pytest.raises(ValueError, match="session 0 has 2 items but 1 event kinds"):
+        recommend_session([[3, 17]], kinds=[["view"]], url=server.url)
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url=server.url)
+    try:
+        for kinds, message in ((np.array([[1, 7]]), "kind 7; kinds are 0..4"), (np.array([[1, -1]]), "kind -1"),
+                               (np.array([[1, 1, 1]]), "must have the shape of session_ids")):
+            inputs = [httpclient.InferInput("session_ids", [1, 2], "INT64"),
+                      httpclient.InferInput("event_types", list(kinds.shape), "INT64")]
+            inputs[0].set_data_from_numpy(np.array([[3, 17]], dtype=np.int64))
+            inputs[1].set_data_from_numpy(kinds.astype(np.int64))
+            with pytest.raises(tritonclient_utils.InferenceServerException, match=message):
+                client.infer("recommend_kinds", inputs)
+    finally:
+        client.close()
+    assert server.model_ready("recommend_kinds")

@@ -7,6 +7,9 @@ standard library, numpy, onnxruntime and triton_python_backend_utils.
 
 Contract: input "input_ids" int64 [batch, seq], sessions left-padded with 0 (0 = padding, item
 ids 1..n_items); outputs "item_ids" int64 [batch, k] and "scores" float32 [batch, k].
+When model.onnx also takes "event_types" (a model trained with event kinds; its metadata_props
+"event_kinds" gives the number of kinds), requests MAY send "event_types" int64, same shape as
+input_ids, values 0..event_kinds (0 = unknown); a request without it is answered as all unknown.
 
 Where n_items comes from (first found wins):
   1. the ONNX model's metadata_props key "n_items" (per version: a retrained model with a larger
@@ -21,7 +24,7 @@ sessions are rejected rather than crashing a positional embedding lookup), "max_
 (default 2048: a dynamic batch of long sessions runs as several smaller onnxruntime calls).
 
 Bad requests (wrong dtype, not 2-D, empty, a session with no item (all padding), negative ids,
-ids > n_items, too long) get a TritonError response; other requests in the same batch are still
+ids > n_items, too long; event_types of another dtype or shape than input_ids or out of range) get a TritonError response; other requests in the same batch are still
 answered.
 
 Speed (measured by `rxrec bench serve`, reports/serve.md): a dynamic batch is validated with one
@@ -45,6 +48,7 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 INPUT_NAME = "input_ids"
+EVENT_TYPES_NAME = "event_types"
 OUTPUT_IDS = "item_ids"
 OUTPUT_SCORES = "scores"
 # Rows x positions per onnxruntime call. At length 512, batches of 32 run ~15% slower per session
@@ -113,6 +117,17 @@ class TritonPythonModel:
                 f"{self.name}: n_items is unknown: set the config.pbtxt parameter 'n_items' "
                 "or the ONNX metadata_props key 'n_items'"
             )
+        # Event kinds: optional second input. Its range comes from the ONNX metadata (per version).
+        self.takes_kinds = EVENT_TYPES_NAME in inputs
+        self.event_kinds = 0
+        if self.takes_kinds:
+            raw = meta.get("event_kinds") or params.get("event_kinds", "")
+            self.event_kinds = int(raw) if raw.isdigit() else 0
+            if self.event_kinds < 1:
+                raise pb_utils.TritonModelException(
+                    f"{self.name}: model.onnx takes {EVENT_TYPES_NAME!r} but the number of event kinds is unknown: "
+                    "set the ONNX metadata_props key 'event_kinds' (pipelines/export/onnx.py writes it)"
+                )
         self.max_seq_len = _int_param(params, "max_seq_len", None)
         self.max_tokens_per_call = max(1, _int_param(params, "max_tokens_per_call", MAX_TOKENS_PER_CALL))
 
@@ -125,7 +140,7 @@ class TritonPythonModel:
         gc.freeze()  # what initialize built lives as long as the stub: keep it out of every collection
         pb_utils.Logger.log_info(
             f"{self.name}: loaded {onnx_path} (n_items={self.n_items} from {source}, "
-            f"intra_op_num_threads={threads}, max_seq_len={self.max_seq_len})"
+            f"intra_op_num_threads={threads}, max_seq_len={self.max_seq_len}, event_kinds={self.event_kinds})"
         )
 
     def _validate(self, x: np.ndarray) -> str | None:
@@ -151,6 +166,33 @@ class TritonPythonModel:
             )
         return None
 
+    def _validate_kinds(self, x: np.ndarray, kinds: np.ndarray) -> str | None:
+        """Why a request's event_types is unusable next to its (valid) input_ids, or None."""
+        if kinds.dtype != np.int64:
+            return f"{EVENT_TYPES_NAME} must be int64, got {kinds.dtype}"
+        if kinds.shape != x.shape:
+            return (f"{EVENT_TYPES_NAME} must have the shape of {INPUT_NAME} {list(x.shape)} "
+                    f"(one kind per item), got {list(kinds.shape)}")
+        lo, hi = int(kinds.min()), int(kinds.max())
+        if lo < 0 or hi > self.event_kinds:
+            bad = lo if lo < 0 else hi
+            return (f"{EVENT_TYPES_NAME} contains kind {bad}; kinds are 0..{self.event_kinds} "
+                    "(0 unknown, 1 view, 2 click, 3 add_to_cart, 4 purchase)")
+        return None
+
+    def _valid_kinds(self, arrays: list[np.ndarray], kinds: list[np.ndarray | None], batch: np.ndarray) -> np.ndarray | None:
+        """The batch's event kinds as one array (zeros where a request sent none) if all are fine, else None."""
+        if all(k is None for k in kinds):
+            return np.zeros_like(batch)
+        for x, k in zip(arrays, kinds):
+            if k is not None and (k.dtype != np.int64 or k.shape != x.shape):
+                return None
+        parts = [np.zeros_like(x) if k is None else k for x, k in zip(arrays, kinds)]
+        out = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if int(out.min()) < 0 or int(out.max()) > self.event_kinds:
+            return None
+        return out
+
     def _valid_batch(self, arrays: list[np.ndarray]) -> np.ndarray | None:
         """The whole dynamic batch as one array if every request is fine (one check), else None."""
         x = arrays[0]
@@ -170,39 +212,54 @@ class TritonPythonModel:
         """Answer every request; requests with the same seq length share one ONNX call."""
         responses: list = [None] * len(requests)
         arrays: list[np.ndarray | None] = []
+        kinds: list[np.ndarray | None] = []  # event_types per request (None: not sent / not taken)
         for i, request in enumerate(requests):
             tensor = pb_utils.get_input_tensor_by_name(request, INPUT_NAME)
             if tensor is None:
                 responses[i] = pb_utils.InferenceResponse(error=_error(f"missing input {INPUT_NAME!r}"))
                 arrays.append(None)
+                kinds.append(None)
                 continue
             arrays.append(tensor.as_numpy())
+            kind_tensor = pb_utils.get_input_tensor_by_name(request, EVENT_TYPES_NAME) if self.takes_kinds else None
+            kinds.append(None if kind_tensor is None else kind_tensor.as_numpy())
 
-        # (members, their rows as one array): one ONNX call each
-        calls: list[tuple[list[tuple[int, np.ndarray]], np.ndarray]] = []
+        # (members, their rows as one array, their kinds as one array or None): one ONNX call each
+        calls: list[tuple[list[tuple[int, np.ndarray]], np.ndarray, np.ndarray | None]] = []
         present = [x for x in arrays if x is not None]
         whole = self._valid_batch(present) if present and len(present) == len(arrays) else None
-        if whole is not None:  # the common case: every request fine, one check, one call
-            calls.append((list(enumerate(present)), whole))
+        whole_kinds = self._valid_kinds(present, kinds, whole) if whole is not None and self.takes_kinds else None
+        if whole is not None and (whole_kinds is not None or not self.takes_kinds):
+            # the common case: every request fine, one check, one call
+            calls.append((list(enumerate(present)), whole, whole_kinds))
         else:
             groups: dict[int, list[tuple[int, np.ndarray]]] = {}
             for i, x in enumerate(arrays):
                 if x is None:
                     continue
                 problem = self._validate(x)
+                if problem is None and kinds[i] is not None:
+                    problem = self._validate_kinds(x, kinds[i])
                 if problem is not None:
                     responses[i] = pb_utils.InferenceResponse(error=_error(problem))
                     continue
                 groups.setdefault(x.shape[1], []).append((i, x))
             for members in groups.values():
-                calls.append((members, members[0][1] if len(members) == 1 else np.concatenate([x for _, x in members])))
+                batch = members[0][1] if len(members) == 1 else np.concatenate([x for _, x in members])
+                batch_kinds = None
+                if self.takes_kinds:
+                    parts = [np.zeros_like(x) if kinds[i] is None else kinds[i] for i, x in members]
+                    batch_kinds = parts[0] if len(parts) == 1 else np.concatenate(parts)
+                calls.append((members, batch, batch_kinds))
 
-        for members, batch in calls:
+        for members, batch, batch_kinds in calls:
             first_item_column = int(np.argmax(batch.any(axis=0)))  # every row has an item: exists
-            if first_item_column:
+            if first_item_column:  # exact for event kinds too: padding positions are masked out
                 batch = np.ascontiguousarray(batch[:, first_item_column:])
+                if batch_kinds is not None:
+                    batch_kinds = np.ascontiguousarray(batch_kinds[:, first_item_column:])
             try:
-                ids, scores = self._run(batch)
+                ids, scores = self._run(batch, batch_kinds)
             except Exception as exc:  # noqa: BLE001 - reported to the caller, the model stays up
                 for i, _ in members:
                     responses[i] = pb_utils.InferenceResponse(
@@ -223,12 +280,18 @@ class TritonPythonModel:
                 start = stop
         return responses
 
-    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _feeds(self, batch: np.ndarray, batch_kinds: np.ndarray | None) -> dict[str, np.ndarray]:
+        if batch_kinds is None:
+            return {INPUT_NAME: batch}
+        return {INPUT_NAME: batch, EVENT_TYPES_NAME: batch_kinds}
+
+    def _run(self, batch: np.ndarray, batch_kinds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """ONNX calls of at most max_tokens_per_call tokens: long sessions in big batches thrash the cache."""
         rows = max(1, self.max_tokens_per_call // batch.shape[1])
         if batch.shape[0] <= rows:
-            return self.session.run([OUTPUT_IDS, OUTPUT_SCORES], {INPUT_NAME: batch})
-        parts = [self.session.run([OUTPUT_IDS, OUTPUT_SCORES], {INPUT_NAME: batch[i : i + rows]})
+            return self.session.run([OUTPUT_IDS, OUTPUT_SCORES], self._feeds(batch, batch_kinds))
+        parts = [self.session.run([OUTPUT_IDS, OUTPUT_SCORES],
+                                  self._feeds(batch[i : i + rows], None if batch_kinds is None else batch_kinds[i : i + rows]))
                  for i in range(0, batch.shape[0], rows)]
         return np.concatenate([ids for ids, _ in parts]), np.concatenate([s for _, s in parts])
 

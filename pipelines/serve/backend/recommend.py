@@ -10,6 +10,10 @@ Inputs (batch dimension first; 0 is padding everywhere):
                                      sent as [[0]] (all padding).
   purchased_ids  int64 [batch, n]    optional: items never to recommend (already bought); used
                                      when the config parameter filter_purchased is "true".
+  event_types    int64 [batch, seq]  optional: the event kind of each session item (same shape as
+                                     session_ids; 0 unknown, 1 view, 2 click, 3 add_to_cart,
+                                     4 purchase). The kinds of the items kept are passed to gpt4rec;
+                                     a gpt4rec without the event_types input is asked without them.
 Outputs:
   item_ids    int64 [batch, k]   best first; -1 pads when fewer than k items can be offered
   scores      float32 [batch, k] the answering source's own score (comparable within a source)
@@ -29,6 +33,7 @@ Negative ids are caller bugs (padding is 0) and get an INVALID_ARG error.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +41,9 @@ import triton_python_backend_utils as pb_utils
 
 SESSION_INPUT = "session_ids"
 PURCHASED_INPUT = "purchased_ids"
+EVENT_TYPES_INPUT = "event_types"
+MAX_EVENT_KIND = 4  # purchase; config parameter "event_kinds" overrides
+KINDS_RETRY_S = 60.0  # after gpt4rec refused event_types, ask without them this long
 OUTPUT_IDS = "item_ids"
 OUTPUT_SCORES = "scores"
 OUTPUT_SOURCE = "source"
@@ -63,6 +71,8 @@ def _ids(request: object, name: str, required: bool) -> tuple[np.ndarray | None,
         return None, f"{name} must be 2-D [batch, n] with batch >= 1, got shape {list(x.shape)}"
     if x.size and int(x.min()) < 0:
         row = int(np.argwhere(x < 0)[0][0])
+        if name == EVENT_TYPES_INPUT:
+            return None, f"{name} row {row} contains kind {int(x.min())}; kinds are >= 0 (0 unknown)"
         return None, f"{name} row {row} contains negative id {int(x.min())}: item ids are >= 1 and 0 is padding"
     return x, None
 
@@ -70,10 +80,12 @@ def _ids(request: object, name: str, required: bool) -> tuple[np.ndarray | None,
 class _Row:
     """One session being answered: what is known about it and what has been chosen so far."""
 
-    __slots__ = ("exclude", "ids", "known", "scores", "source", "unknown", "warm")
+    __slots__ = ("exclude", "ids", "kinds", "known", "scores", "source", "unknown", "warm")
 
-    def __init__(self, known: np.ndarray, unknown: np.ndarray, exclude: np.ndarray, warm: bool) -> None:
+    def __init__(self, known: np.ndarray, unknown: np.ndarray, exclude: np.ndarray, warm: bool,
+                 kinds: np.ndarray | None = None) -> None:
         self.known, self.unknown, self.exclude, self.warm = known, unknown, exclude, warm
+        self.kinds = kinds  # event kind of each known item (None: the caller sent none)
         self.ids: list[int] = []
         self.scores: list[float] = []
         self.source = ""
@@ -120,6 +132,8 @@ class TritonPythonModel:
         self.warm_min = param("warm_min_interactions", int, 1)
         self.recent = param("rules_recent_items", int, 3)
         self.decay = param("rules_decay", float, 0.5)
+        self.max_kind = param("event_kinds", int, MAX_EVENT_KIND)
+        self.kinds_refused_until = 0.0  # monotonic time until which gpt4rec is asked without kinds
 
         folder = Path(args["model_repository"]) / str(args["model_version"])
         if not (folder / "popularity.npy").is_file():
@@ -194,10 +208,15 @@ class TritonPythonModel:
             chunk = rows[lo:lo + self.max_batch]
             latest = [row.known[-self.max_len:] for row in chunk]
             batch = np.zeros((len(chunk), max(len(x) for x in latest)), dtype=np.int64)
+            kinds = None
+            if any(row.kinds is not None for row in chunk):
+                kinds = np.zeros_like(batch)
             for r, items in enumerate(latest):
                 batch[r, batch.shape[1] - len(items):] = items
+                if kinds is not None and chunk[r].kinds is not None:
+                    kinds[r, batch.shape[1] - len(items):] = chunk[r].kinds[-self.max_len:]
             try:
-                ids, scores = self._call_gpt4rec(batch)
+                ids, scores = self._call_gpt4rec(batch, kinds)
             except Exception as exc:  # noqa: BLE001 - the fallbacks answer, the log says why
                 pb_utils.Logger.log_warn(f"{self.name}: {self.gpt4rec} failed for {len(chunk)} session(s), "
                                          f"answering from rules/popularity: {exc}")
@@ -207,8 +226,25 @@ class TritonPythonModel:
             for r, row in enumerate(chunk):
                 row.take(ids[r][offerable[r]], scores[r][offerable[r]], "gpt4rec", self.k)
 
-    def _call_gpt4rec(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        kwargs = {"model_name": self.gpt4rec, "inputs": [pb_utils.Tensor(GPT4REC_INPUT, batch)],
+    def _call_gpt4rec(self, batch: np.ndarray, kinds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """gpt4rec's top-k; kinds go along when given, and again without them if this gpt4rec takes none."""
+        if kinds is not None and time.monotonic() >= self.kinds_refused_until:
+            try:
+                return self._call_gpt4rec_once(batch, kinds)
+            except RuntimeError as exc:  # Triton: "expected 1 inputs but got 2 ... ['event_types', ...]"
+                if EVENT_TYPES_INPUT not in str(exc) or "expected" not in str(exc):
+                    raise
+                # Do not pay a refused call per batch; look again later (a new gpt4rec version may take them).
+                self.kinds_refused_until = time.monotonic() + KINDS_RETRY_S
+                pb_utils.Logger.log_warn(f"{self.name}: {self.gpt4rec} takes no {EVENT_TYPES_INPUT}; asking it "
+                                         f"without event kinds for the next {KINDS_RETRY_S:.0f}s")
+        return self._call_gpt4rec_once(batch, None)
+
+    def _call_gpt4rec_once(self, batch: np.ndarray, kinds: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        inputs = [pb_utils.Tensor(GPT4REC_INPUT, batch)]
+        if kinds is not None:
+            inputs.append(pb_utils.Tensor(EVENT_TYPES_INPUT, kinds))
+        kwargs = {"model_name": self.gpt4rec, "inputs": inputs,
                   "requested_output_names": [OUTPUT_IDS, OUTPUT_SCORES]}
         try:  # outputs in CPU memory even when gpt4rec runs on a GPU
             request = pb_utils.InferenceRequest(
@@ -224,18 +260,20 @@ class TritonPythonModel:
 
     # ------------------------------------------------------------------ requests
 
-    def _rows(self, sessions: np.ndarray, purchased: np.ndarray | None) -> list[_Row]:
+    def _rows(self, sessions: np.ndarray, purchased: np.ndarray | None, kinds: np.ndarray | None = None) -> list[_Row]:
         rows = []
         for r, session in enumerate(sessions):
-            items = session[session > 0]
+            present = session > 0
+            items = session[present]
             unknown_mask = items > self.n_items
             unknown_mask[~unknown_mask] = ~self.catalogue[items[~unknown_mask]]
             known = items[~unknown_mask]
+            known_kinds = None if kinds is None else kinds[r][present][~unknown_mask]
             exclude = known
             if purchased is not None and self.filter_purchased:
                 exclude = np.union1d(known, purchased[r][purchased[r] > 0])
             warm = bool(len(known)) and bool((self.interactions[known] >= self.warm_min).any())
-            rows.append(_Row(known, items[unknown_mask], exclude, warm))
+            rows.append(_Row(known, items[unknown_mask], exclude, warm, known_kinds))
         return rows
 
     def _response(self, rows: list[_Row]) -> object:
@@ -252,6 +290,16 @@ class TritonPythonModel:
             pb_utils.Tensor(OUTPUT_IDS, ids), pb_utils.Tensor(OUTPUT_SCORES, scores),
             pb_utils.Tensor(OUTPUT_SOURCE, source), pb_utils.Tensor(OUTPUT_UNKNOWN, unknown)])
 
+    def _kinds_problem(self, sessions: np.ndarray, kinds: np.ndarray) -> str | None:
+        """Why event_types does not fit session_ids, or None (negatives were already caught)."""
+        if kinds.shape != sessions.shape:
+            return (f"{EVENT_TYPES_INPUT} must have the shape of {SESSION_INPUT} {list(sessions.shape)} "
+                    f"(one kind per session item), got {list(kinds.shape)}")
+        if kinds.size and int(kinds.max()) > self.max_kind:
+            return (f"{EVENT_TYPES_INPUT} contains kind {int(kinds.max())}; kinds are 0..{self.max_kind} "
+                    "(0 unknown, 1 view, 2 click, 3 add_to_cart, 4 purchase)")
+        return None
+
     def execute(self, requests: list) -> list:
         """Validate every request, ask gpt4rec once for all warm sessions, then fill from the fallbacks."""
         responses: list = [None] * len(requests)
@@ -259,14 +307,17 @@ class TritonPythonModel:
         for i, request in enumerate(requests):
             sessions, problem = _ids(request, SESSION_INPUT, required=True)
             purchased, problem2 = _ids(request, PURCHASED_INPUT, required=False)
-            problem = problem or problem2
+            kinds, problem3 = _ids(request, EVENT_TYPES_INPUT, required=False)
+            problem = problem or problem2 or problem3
             if problem is None and purchased is not None and purchased.shape[0] != sessions.shape[0]:
                 problem = (f"{PURCHASED_INPUT} has {purchased.shape[0]} rows but {SESSION_INPUT} has "
                            f"{sessions.shape[0]}: send one row per session")
+            if problem is None and kinds is not None:
+                problem = self._kinds_problem(sessions, kinds)
             if problem is not None:
                 responses[i] = pb_utils.InferenceResponse(error=_error(problem))
                 continue
-            per_request[i] = self._rows(sessions, purchased)
+            per_request[i] = self._rows(sessions, purchased, kinds)
         all_rows = [row for rows in per_request.values() for row in rows]
         self._gpt4rec([row for row in all_rows if row.warm])
         for row in all_rows:
