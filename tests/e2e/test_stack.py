@@ -205,7 +205,9 @@ def test_stack_triton_serves_the_champion(stack, dag_run):
     client = MlflowClient(env["RXREC_MLFLOW_TRACKING_URI"], env["RXREC_MLFLOW_TRACKING_URI"])
     champion = client.get_model_version_by_alias(MODEL, "champion")
     assert str(lineage["model_version"]) == str(champion.version)
+    # Both URIs: an earlier test in this process may have left the registry URI pointing elsewhere.
     mlflow.set_tracking_uri(env["RXREC_MLFLOW_TRACKING_URI"])
+    mlflow.set_registry_uri(env["RXREC_MLFLOW_TRACKING_URI"])
     downloaded = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}@champion",
                                                           dst_path=str(stack["work"] / "champion")))
     onnx_file = next(downloaded.rglob("model.onnx"))
