@@ -21,7 +21,6 @@ atomically and version folders appear complete or not at all, numbered after the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -32,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pipelines.export.triton_repo import next_version
+from pipelines.export.triton_repo import atomic_write_text, next_version, sha256_file
 
 Variant = Literal["tensorrt_plan", "onnxruntime_trt"]
 VARIANTS: tuple[str, ...] = ("tensorrt_plan", "onnxruntime_trt")
@@ -248,26 +247,6 @@ def _check_name(model_name: str) -> None:
         raise ValueError(f"invalid model name {model_name!r}: use letters, digits, '_', '.', '-'")
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_gpu_model(repo: Path, model_name: str, onnx_path: Path, *, variant: Variant,
                     options: GpuProfileOptions, metadata: dict[str, Any] | None = None) -> Path:
     """Write repo/model_name/config.pbtxt for `variant` and a new complete version folder; return the folder.
@@ -305,7 +284,7 @@ def write_gpu_model(repo: Path, model_name: str, onnx_path: Path, *, variant: Va
                     continue
                 raise
             target.chmod(0o755)
-            _atomic_text(model_dir / "config.pbtxt", text)  # after the version: never a config without one
+            atomic_write_text(model_dir / "config.pbtxt", text)  # after the version: never a config without one
             return target
         raise RuntimeError(f"could not allocate a new version folder in {model_dir}")
     finally:

@@ -35,7 +35,14 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from pipelines.export.triton_repo import _TMP_PREFIX, _check_name, _positive, list_versions, next_version
+from pipelines.export.triton_repo import (
+    _TMP_PREFIX,
+    _check_name,
+    _positive,
+    atomic_write_text,
+    list_versions,
+    next_version,
+)
 
 SIMILAR_ITEMS = "similar_items"
 RECOMMEND = "recommend"
@@ -65,19 +72,6 @@ FileContent = Path | bytes
 
 
 # --------------------------------------------------------------------------- config.pbtxt
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Replace a file atomically: a server loading the repository never reads half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _tensor(name: str, data_type: str, dims: str, optional: bool = False) -> str:
@@ -151,7 +145,7 @@ def write_similar_items_config(
         params={"n_items": n_items, "top_k": top_k, "intra_op_num_threads": 1},
     )
     path = Path(repo) / model_name / "config.pbtxt"
-    _atomic_write(path, text)
+    atomic_write_text(path, text)
     return path
 
 
@@ -202,7 +196,7 @@ def write_recommend_config(
                 "rules_decay": rules_decay},
     )
     path = Path(repo) / model_name / "config.pbtxt"
-    _atomic_write(path, text)
+    atomic_write_text(path, text)
     return path
 
 

@@ -147,18 +147,23 @@ version_policy: {{ latest: {{ num_versions: 2 }} }}
 {param_lines}
 """
     model_dir = Path(repo) / model_name
-    model_dir.mkdir(parents=True, exist_ok=True)
     path = model_dir / "config.pbtxt"
-    # Atomic replace: a server polling or loading the repo never reads a truncated config.
-    fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".tmp", dir=model_dir)
+    atomic_write_text(path, text)
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace a file atomically: a server polling or loading the repository never reads half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the server may run as another user
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
 def list_versions(repo: Path, model_name: str) -> list[int]:
@@ -175,7 +180,7 @@ def next_version(repo: Path, model_name: str) -> int:
     return versions[-1] + 1 if versions else 1
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -205,7 +210,7 @@ def write_version(repo: Path, model_name: str, onnx_path: Path, *, metadata: dic
     try:
         shutil.copyfile(onnx_path, tmp / "model.onnx")
         shutil.copyfile(BACKEND_MODEL_PY, tmp / "model.py")
-        onnx_sha = _sha256(tmp / "model.onnx")
+        onnx_sha = sha256_file(tmp / "model.onnx")
         for _ in range(100):
             version = next_version(repo, model_name)
             lineage = {

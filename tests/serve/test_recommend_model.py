@@ -18,6 +18,7 @@ from pipelines.export.triton_models import FallbackTables, write_recommend_confi
 from pipelines.export.triton_repo import write_config, write_version
 from pipelines.serve.client import pad_sessions, recommend_session
 from pipelines.serve.triton_server import TritonServer, default_venv, find_free_port
+from tests.serve.toy_triton import export_toy_onnx
 
 pytestmark = [
     pytest.mark.slow,
@@ -36,26 +37,6 @@ ort = pytest.importorskip("onnxruntime")
 tritonclient_utils = pytest.importorskip("tritonclient.utils")
 
 
-def _toy_gpt4rec(path: Path) -> Path:
-    class Toy(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.emb = torch.nn.Embedding(N_ITEMS + 1, 8, padding_idx=0)
-
-        def forward(self, input_ids):
-            mask = (input_ids > 0).unsqueeze(-1).float()
-            h = (self.emb(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            scores, idx = torch.topk(h @ self.emb.weight[1:].T, K, dim=-1)
-            return idx + 1, scores
-
-    torch.manual_seed(0)
-    torch.onnx.export(Toy().eval(), (torch.ones(2, 4, dtype=torch.long),), str(path), input_names=["input_ids"],
-                      output_names=["item_ids", "scores"], opset_version=18, dynamo=False,
-                      dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "item_ids": {0: "batch"},
-                                    "scores": {0: "batch"}})
-    return path
-
-
 def _tables() -> FallbackTables:
     rows, cols, vals = zip(*[(a, b, v) for a, targets in RULES.items() for b, v in targets.items()])
     rules = sp.csr_matrix((vals, (rows, cols)), shape=(N_ITEMS + 1, N_ITEMS + 1), dtype=np.float32)
@@ -66,7 +47,7 @@ def _tables() -> FallbackTables:
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("recommend_serving")
     repo = root / "triton_repo"
-    onnx_path = _toy_gpt4rec(root / "toy.onnx")
+    onnx_path = export_toy_onnx(root / "toy.onnx", seed=0)
     write_config(repo, "gpt4rec", max_batch_size=16, top_k=K, n_items=N_ITEMS)
     write_version(repo, "gpt4rec", onnx_path, metadata={})
     common = {"top_k": K, "n_items": N_ITEMS, "max_batch_size": 16, "gpt4rec_max_len": 20,
