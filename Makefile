@@ -11,7 +11,7 @@ export RXREC_TRITON_VENV ?= $(CURDIR)/.venv-triton
 QUIET_PIP := 2>&1 | { grep -v -e "is ignored: it is neither" -e "^\s*$$" || true; }
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-fast lint mlflow serve serve-stop clean distclean airflow airflow-stop browser-deps stack stack-stop
+.PHONY: help setup demo test test-fast lint mlflow serve serve-stop clean distclean airflow airflow-stop browser-deps stack stack-stop audit
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,11 +30,14 @@ setup: $(BIN)/.installed  ## create both environments (main, Triton serving); qu
 demo: setup  ## run data → validation → embeddings → GPT4Rec → MLflow → ONNX → real Triton
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/rxrec demo
 
-test: setup browser-deps  ## run every test, the slow end-to-end ones included (what CI runs)
+test: setup browser-deps audit  ## run every test, the slow end-to-end ones included (what CI runs)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: setup  ## skip the slow end-to-end tests (real Airflow DAG run, real Triton)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+audit: setup  ## dependency audit (pip-audit + the index): reports/audit.{json,md}; fails on an untriaged vulnerability
+	$(BIN)/python -m pipelines.audit
 
 lint: setup  ## ruff
 	$(BIN)/ruff check pipelines dags tests

@@ -253,17 +253,14 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-def _run(seq_lens: list[int], rates: dict[int, list[float]], run_dir: Path, n_items: int, *, duration_s: float,
-         warmup_s: float, workers: int, capacity: bool, server: ServerConfig, settings: Any,
-         engine: str, work_dir: Path, load_cpus: tuple[int, ...]) -> dict[str, Any]:
+def prepare_models(repo: Path, seq_lens: list[int], n_items: int, server: ServerConfig, settings: Any,
+                   work_dir: Path, *, benchmark: str) -> dict[int, dict[str, Any]]:
+    """Write gpt4rec_len<N> into a Triton repository per length: the demo's champion when it was
+    exported for that length, else a fresh export; {length: {model, onnx, source}}."""
     import onnx
-    import onnxruntime
 
     from pipelines.export.triton_repo import write_config, write_version
-    from pipelines.serve.load import LoadGenerator, LoadLevel, ort_floor
-    from pipelines.serve.triton_server import TritonServer, find_free_port
 
-    repo = run_dir / "triton_repo"
     models: dict[int, dict[str, Any]] = {}
     for length in seq_lens:
         champion = champion_onnx(length)
@@ -280,8 +277,21 @@ def _run(seq_lens: list[int], rates: dict[int, list[float]], run_dir: Path, n_it
                      intra_op_threads=server.intra_op_threads, max_queue_delay_us=server.max_queue_delay_us,
                      preferred_batch_sizes=server.preferred_batch_sizes,
                      event_kinds=int(meta.get("event_kinds", 0)))
-        write_version(repo, name, path, metadata={"benchmark": "serve", "source": source})
+        write_version(repo, name, path, metadata={"benchmark": benchmark, "source": source})
         models[length] = {"model": name, "onnx": str(path), "source": source}
+    return models
+
+
+def _run(seq_lens: list[int], rates: dict[int, list[float]], run_dir: Path, n_items: int, *, duration_s: float,
+         warmup_s: float, workers: int, capacity: bool, server: ServerConfig, settings: Any,
+         engine: str, work_dir: Path, load_cpus: tuple[int, ...]) -> dict[str, Any]:
+    import onnxruntime
+
+    from pipelines.serve.load import LoadGenerator, LoadLevel, ort_floor
+    from pipelines.serve.triton_server import TritonServer, find_free_port
+
+    repo = run_dir / "triton_repo"
+    models = prepare_models(repo, seq_lens, n_items, server, settings, work_dir, benchmark="serve")
 
     results: dict[str, Any] = {}
     triton = TritonServer(repo, http_port=find_free_port(), grpc_port=find_free_port(),

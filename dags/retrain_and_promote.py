@@ -48,7 +48,11 @@ GUARD_FIELDS = {
                                                           "champion (skipped without cold-start targets).")),
 }
 # Tasks that talk to services (MLflow, Triton): retried with exponential backoff. Training stages are
-# deterministic, so they fail fast instead.
+# deterministic, so they fail fast instead. Two layers: inside the task every MLflow call retries per
+# params.yaml `service_retries` (pipelines/track/retry.py: seconds, for a restart or a blip) and then fails
+# naming the URL; these task retries cover a longer outage. A retried task is safe: a model version is
+# found again by its fingerprint (no duplicate), a version the killed attempt left ungated is gated by the
+# retry, and stage outputs are written atomically (tmp + rename).
 SERVICE_STAGES = frozenset({"register", "deploy", "serve_check"})
 SERVICE_RETRIES = {"retries": 3, "retry_delay": timedelta(seconds=20), "retry_exponential_backoff": 2.0,
                    "max_retry_delay": timedelta(minutes=10)}

@@ -32,12 +32,13 @@ def _fail(message: str) -> None:
 
 
 def _run(name: str, overrides: list[str]) -> dict:
+    from pipelines.track.retry import ServiceUnavailable
     from pipelines.validate.gate import DataValidationError
 
     typer.secho(f"▶ {name}", bold=True)
     try:
         summary = run_stage(name, overrides)
-    except (SettingsError, DataValidationError, FileNotFoundError) as exc:
+    except (SettingsError, DataValidationError, FileNotFoundError, ServiceUnavailable) as exc:
         _fail(f"stage {name} stopped: {exc}")
     typer.echo("  " + json.dumps(summary, default=str)[:400])
     return summary
@@ -134,12 +135,45 @@ def summary(elapsed: Annotated[float, typer.Option(hidden=True)] = 0.0) -> None:
     typer.echo(f"Reports: {reports}/  (metrics.png, validation.md, parity.json)\n{line}")
 
 
+INT64_MAX = 2**63 - 1
+
+
 def _id_list(text: str, option: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        _fail(f"{option} must be comma-separated integer item ids, got {text!r}")
-        raise  # unreachable: _fail exits
+    """Comma-separated item ids (ASCII digits, >= 1); blank entries are skipped. Exits with a clear error."""
+    ids = []
+    for part in text.split(","):
+        word = part.strip()
+        if not word:
+            continue
+        if not (word.isascii() and word.isdigit()):
+            _fail(f"{option} must be comma-separated item ids (integers >= 1, e.g. 12,45,7); "
+                  f"{word[:40]!r} is not one")
+        value = int(word) if len(word) <= 19 else INT64_MAX + 1
+        if not 1 <= value <= INT64_MAX:
+            _fail(f"{option}: item id {word[:40]} is out of range; item ids are 1..{INT64_MAX} (0 is padding)")
+        ids.append(value)
+    return ids
+
+
+def _event_list(text: str, n_items: int) -> list[list[int | str]] | None:
+    """--events: one kind per --session item, by name or code 0-4; None when empty. Exits with a clear error."""
+    from pipelines.data.sequences import EVENT_KIND_CODES
+
+    if not text.strip():
+        return None
+    kinds: list[int | str] = []
+    for part in text.split(","):
+        word = part.strip()
+        if word.isascii() and word.isdigit() and int(word) <= len(EVENT_KIND_CODES):
+            kinds.append(int(word))
+        elif word in EVENT_KIND_CODES:
+            kinds.append(word)
+        else:
+            _fail(f"--events: {word[:40]!r} is not an event kind; use {'|'.join(EVENT_KIND_CODES)} "
+                  f"or a code 0-{len(EVENT_KIND_CODES)} (0 = unknown), one per --session item")
+    if len(kinds) != n_items:
+        _fail(f"--events has {len(kinds)} kinds but --session has {n_items} items: give one per item")
+    return [kinds]
 
 
 def _endpoint(url: str | None, protocol: str) -> str:
@@ -183,11 +217,7 @@ def recommend(
     from pipelines.serve.client import recommend_session
 
     items, bought = _id_list(session, "--session"), _id_list(purchased, "--purchased")
-    kinds = None
-    if events.strip():
-        kinds = [[int(k) if k.strip().isdigit() else k.strip() for k in events.split(",")]]
-        if len(kinds[0]) != len(items):
-            _fail(f"--events has {len(kinds[0])} kinds but --session has {len(items)} items: give one per item")
+    kinds = _event_list(events, len(items))
     endpoint = _endpoint(url, protocol)
     if model == "recommend":
         (answer,) = _ask_server(lambda: recommend_session([items], purchased=[bought] if bought else None,
@@ -207,7 +237,7 @@ def recommend(
 
 @app.command()
 def similar(
-    item: Annotated[int, typer.Option(help="item id whose similar products to list")],
+    item: Annotated[int, typer.Option(min=1, help="item id whose similar products to list (>= 1)")],
     url: Annotated[str | None, typer.Option(help="Triton endpoint host:port (default: params.yaml serve ports)")] = None,
     protocol: Annotated[str, typer.Option(help="http or grpc")] = "http",
 ) -> None:
@@ -236,6 +266,11 @@ def serve_start(set_: SetOption = None) -> None:
         _fail(str(exc))
     except TritonError as exc:
         _fail(str(exc))
+    if info.get("recovered"):
+        typer.echo(f"previous tritonserver pid {info['recovered']['stale_pid']} had died "
+                   f"({info['recovered']['reason']}); cleaned up and restarting")
+    for problem in info.get("repo_problems", []):
+        typer.secho(f"warning: {problem}", fg=typer.colors.YELLOW, err=True)
     verb = "already running, models reloaded" if info["reused"] else "started"
     typer.echo(f"tritonserver {verb}: pid {info['pid']}, HTTP 127.0.0.1:{info['http_port']}, "
                f"gRPC 127.0.0.1:{info['grpc_port']}, metrics 127.0.0.1:{info['metrics_port']}")
@@ -269,6 +304,55 @@ def serve_status(as_json: Annotated[bool, typer.Option("--json", help="print JSO
             typer.echo(f"  {m['name']:<16} v{m.get('version', '?'):<4} {m.get('state', '?')}{reason}")
     if not status["running"]:
         raise typer.Exit(code=3)
+
+
+@serve.command("check")
+def serve_check_repo(
+    quarantine: Annotated[bool, typer.Option("--quarantine", help="rename broken version folders aside "
+                                             "(.quarantine-N-<time>, never deleted) so Triton never loads them")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Check triton_repo/: every version folder complete and matching its lineage.json checksums (exit 1 if not)."""
+    from pipelines.serve.repo_check import check_repository
+    from pipelines.serve.repo_check import quarantine as move_aside
+
+    check = check_repository(Paths().triton_repo)
+    moved = move_aside(check) if quarantine else []
+    typer.echo(json.dumps({**check.as_dict(), "quarantined": moved}, indent=2) if as_json else check.summary())
+    for path in moved:
+        typer.echo(f"quarantined: {path}")
+    if not check.ok and not (quarantine and check_repository(Paths().triton_repo).ok):
+        raise typer.Exit(code=1)
+
+
+@serve.command("rollback")
+def serve_rollback(
+    model: Annotated[str, typer.Option(help="model folder of triton_repo/ to roll back")] = "gpt4rec",
+    to: Annotated[int | None, typer.Option("--to", help="version to serve again (default: the newest earlier "
+                                           "intact version that differs)")] = None,
+    reason: Annotated[str, typer.Option(help="why, kept in the new folder's lineage.json")] = "",
+    set_: SetOption = None,
+) -> None:
+    """Serve an earlier Triton version again: its files go to a new version folder, a running server loads it.
+
+    No folder is overwritten. The registry is not changed: follow with `rxrec promote --rollback` so the
+    next deploy does not bring the rolled-back model back.
+    """
+    from pipelines.serve.daemon import load_in_running_server
+    from pipelines.serve.repo_check import rollback as roll_back
+
+    settings, paths = load_settings(overrides=set_ or []), Paths()
+    try:
+        done = roll_back(paths.triton_repo, model, to_version=to, reason=reason)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(f"{model}: version {done['rolled_back']} rolled back; version {done['restored_from']} "
+               f"copied to new version {done['new_version']} ({done['path']})")
+    loaded, errors = load_in_running_server(settings.serve.http_port, [model], changed=[model],
+                                            timeout_s=settings.serve.startup_timeout_s)
+    if errors:
+        _fail(f"the running Triton could not load {model!r} (the previous version keeps serving): {errors[model]}")
+    typer.echo("loaded into the running Triton" if loaded else "no Triton running: `rxrec serve start` serves it")
 
 
 @app.command()
@@ -375,11 +459,33 @@ def export_(
         typer.echo("model.plan is built on the GPU node: infra/k8s/tensorrt-build-job.yaml (docs/gpu.md)")
 
 
+data_app = typer.Typer(no_args_is_help=True, help="DVC-tracked data: push to a remote with retries.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("push")
+def data_push(
+    remote: Annotated[str, typer.Option("--remote", "-r", help="DVC remote name in .dvc/config, e.g. s3 or local")],
+    set_: SetOption = None,
+) -> None:
+    """`dvc push -r REMOTE` retried with backoff (params.yaml service_retries); a clear error if it never works."""
+    from pipelines.data.remote import push
+    from pipelines.track.retry import RetryPolicy, ServiceUnavailable
+
+    try:
+        r = load_settings(overrides=set_ or []).service_retries
+        result = push(remote, repo=Paths().root, policy=RetryPolicy(r.attempts, r.backoff_s, r.max_backoff_s,
+                                                                    r.timeout_s))
+    except (SettingsError, ValueError, RuntimeError, ServiceUnavailable) as exc:
+        _fail(str(exc))
+    typer.echo(f"pushed to {result.remote} ({result.url}) in {result.attempts} attempt(s), {result.elapsed_s} s")
+
+
 bench = typer.Typer(no_args_is_help=True, help="Quality and speed benchmarks (JSON + markdown under reports/).")
 app.add_typer(bench, name="bench")
 # Benchmark commands live in benchmarks/<name>.py and are registered on `bench` there:
 # each module defines `register(bench: typer.Typer)`; list them here.
-BENCHMARK_MODULES: tuple[str, ...] = ("data", "quality", "embeddings", "walks", "serve")
+BENCHMARK_MODULES: tuple[str, ...] = ("data", "quality", "embeddings", "walks", "serve", "soak", "reliability")
 for _module in BENCHMARK_MODULES:
     __import__(f"benchmarks.{_module}", fromlist=["register"]).register(bench)
 

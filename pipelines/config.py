@@ -210,6 +210,15 @@ class GateSettings(_Section):
     latency_requests: int = Field(40, ge=5)
 
 
+class ServiceRetrySettings(_Section):
+    """Retries of calls to services (MLflow, the DVC remote): exponential backoff with jitter."""
+
+    attempts: int = Field(4, ge=1, le=20)  # calls in all, the first included
+    backoff_s: float = Field(1.0, ge=0)  # first wait; doubles after each failure (+-50% jitter)
+    max_backoff_s: float = Field(30.0, ge=0)
+    timeout_s: float = Field(30.0, gt=0)  # per attempt (MLflow HTTP request, one `dvc push`)
+
+
 class GpuSettings(_Section):
     """The GPU serving profile: Triton's GPU containers, and the TensorRT engine built on the GPU node pool."""
 
@@ -252,6 +261,7 @@ class Settings(_Section):
     serve: ServeSettings = ServeSettings()
     gate: GateSettings = GateSettings()
     gpu: GpuSettings = GpuSettings()
+    service_retries: ServiceRetrySettings = ServiceRetrySettings()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -270,11 +280,71 @@ class SettingsError(ValueError):
 
 def parse_override(text: str) -> tuple[str, str, Any]:
     """`section.key=value` -> (section, key, YAML-parsed value)."""
-    if "=" not in text or "." not in text.split("=", 1)[0]:
+    if not isinstance(text, str) or "=" not in text or "." not in text.split("=", 1)[0]:
         raise SettingsError(f"override {text!r} must look like section.key=value, e.g. gpt4rec.epochs=2")
     dotted, raw = text.split("=", 1)
-    section, key = dotted.strip().split(".", 1)
-    return section, key, yaml.safe_load(raw) if raw.strip() else ""
+    section, key = (part.strip() for part in dotted.strip().split(".", 1))
+    if not section or not key:
+        raise SettingsError(f"override {text!r} must name a section and a key: section.key=value, e.g. gpt4rec.epochs=2")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        problem = str(exc).splitlines()[0]
+        raise SettingsError(f"override {section}.{key}: value {raw[:60]!r} is not a YAML value ({problem}); "
+                            "check its brackets and quotes, or quote the whole value") from exc
+    return section, key, value
+
+
+def _section_keys() -> dict[str, list[str]]:
+    """params.yaml section name -> its keys."""
+    return {(info.alias or name): sorted(info.annotation.model_fields)  # type: ignore[union-attr]
+            for name, info in Settings.model_fields.items()}
+
+
+def _bound(value: Any) -> str:
+    """A bound as people write it: 0 not 0.0, 2e-05 for tiny ones."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+_RULES = {
+    "greater_than_equal": lambda c: f"must be >= {_bound(c.get('ge'))}",
+    "greater_than": lambda c: f"must be > {_bound(c.get('gt'))}",
+    "less_than_equal": lambda c: f"must be <= {_bound(c.get('le'))}",
+    "less_than": lambda c: f"must be < {_bound(c.get('lt'))}",
+    "literal_error": lambda c: f"must be one of {c.get('expected')}",
+    "int_parsing": lambda c: "must be an integer",
+    "int_type": lambda c: "must be an integer",
+    "int_from_float": lambda c: "must be a whole number",
+    "float_parsing": lambda c: "must be a number",
+    "float_type": lambda c: "must be a number",
+    "finite_number": lambda c: "must be a finite number",
+    "bool_parsing": lambda c: "must be true or false",
+    "bool_type": lambda c: "must be true or false",
+    "string_type": lambda c: "must be a string (quote it in YAML)",
+    "dict_type": lambda c: "must be a mapping of key: value",
+    "list_type": lambda c: "must be a list, e.g. [a, b]",
+    "model_type": lambda c: "must be a mapping of key: value",
+    "model_attributes_type": lambda c: "must be a mapping of key: value",
+}
+
+
+def _problem(err: Any, file_name: str) -> str:
+    """One pydantic error as `what is wrong, got what: where to change it`."""
+    loc = [str(p) for p in err["loc"]]
+    dotted = ".".join(loc)
+    got = repr(err.get("input"))
+    got = got if len(got) <= 60 else got[:57] + "..."
+    if err["type"] == "extra_forbidden":
+        sections = _section_keys()
+        if len(loc) == 1:
+            return f"{dotted} is not a params section; sections are: {', '.join(sorted(sections))}"
+        if len(loc) == 2 and loc[0] in sections:
+            return (f"{dotted} is not a setting; the keys of {loc[0]} are: {', '.join(sections[loc[0]])}: "
+                    f"fix the name in {file_name} or the --set")
+    rule = _RULES.get(err["type"])
+    what = rule(err.get("ctx") or {}) if rule else err["msg"]
+    where = f"{loc[0]}.{loc[1]}" if len(loc) >= 2 else dotted
+    return f"{dotted} {what}, got {got}: change it in {file_name} or --set {where}=..."
 
 
 def load_settings(
@@ -287,26 +357,35 @@ def load_settings(
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError as exc:
         raise SettingsError(f"params file not found: {path}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"params file {path} cannot be read: {exc}") from exc
     except yaml.YAMLError as exc:
         raise SettingsError(f"params file {path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise SettingsError(f"params file {path} must hold a mapping of sections")
-    merged = {section: dict(values or {}) for section, values in raw.items()}
+    for section, values in raw.items():
+        if values is not None and not isinstance(values, dict):
+            raise SettingsError(f"params file {path}: section {section!r} must be a mapping of key: value, "
+                                f"got {type(values).__name__} {values!r:.60}")
+    merged = {str(section): dict(values or {}) for section, values in raw.items()}
     if isinstance(overrides, list):
         parsed: dict[str, dict[str, Any]] = {}
         for text in overrides:
             section, key, value = parse_override(text)
             parsed.setdefault(section, {})[key] = value
         overrides = parsed
+    if not isinstance(overrides, (dict, type(None))):
+        raise SettingsError(f"overrides must be a list of section.key=value or a dict of sections, "
+                            f"got {type(overrides).__name__}")
     for section, values in (overrides or {}).items():
-        merged.setdefault(section, {}).update(values)
+        if not isinstance(values, dict):
+            raise SettingsError(f"overrides for section {section!r} must be a mapping of key: value, "
+                                f"got {type(values).__name__}")
+        merged.setdefault(str(section), {}).update(values)
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
-            for err in exc.errors()
-        )
+        problems = "; ".join(_problem(err, path.name) for err in exc.errors())
         raise SettingsError(f"invalid settings from {path}: {problems}") from exc
 
 

@@ -24,10 +24,39 @@ StageFn = Callable[[Settings, Paths], dict[str, Any]]
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Atomic (tmp file + rename): a task killed mid-write leaves the previous complete file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=str))
     tmp.replace(path)
+
+
+def _staging_dir(path: Path) -> Path:
+    """An empty sibling folder to write a stage output into before `_swap_in` makes it the output."""
+    staging = path.with_name(f".{path.name}.staging-{os.getpid()}")
+    for old in path.parent.glob(f".{path.name}.staging-*"):  # left by a killed attempt
+        shutil.rmtree(old, ignore_errors=True)
+    backups = sorted(path.parent.glob(f".{path.name}.old-*"))
+    if backups and not path.exists():  # killed between the two renames of `_swap_in`: put the old output back
+        os.replace(backups[-1], path)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _swap_in(staging: Path, path: Path) -> None:
+    """Replace the folder `path` by the complete `staging` folder with renames only.
+
+    A kill at any point leaves either the old complete output or the new one at `path` (at worst, between
+    the two renames, the old one under `.<name>.old-*`, which the next attempt puts back), never a
+    half-written file.
+    """
+    backup = path.with_name(f".{path.name}.old-{os.getpid()}")
+    for old in path.parent.glob(f".{path.name}.old-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, backup)
+    os.replace(staging, path)
+    shutil.rmtree(backup, ignore_errors=True)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -216,9 +245,16 @@ def export_onnx(s: Settings, p: Paths) -> dict[str, Any]:
 
     model = GPT4Rec.load(p.models / "gpt4rec")
     histories, _, _ = load_sequences(p.features).evaluation("test")
-    report = export_and_check(model, _fresh_dir(p.onnx / "gpt4rec"), histories[: s.export.parity_sessions],
+    out = p.onnx / "gpt4rec"
+    # Written beside the output and renamed into place: a killed export leaves the previous model whole.
+    staging = _staging_dir(out)
+    report = export_and_check(model, staging, histories[: s.export.parity_sessions],
                               k=s.export.top_k, opset=s.export.opset, mask_seen=s.evaluate.mask_seen)
-    report.save(p.reports / "parity.json")
+    report.onnx_file = str(out / Path(report.onnx_file).name)
+    _swap_in(staging, out)
+    from dataclasses import asdict
+
+    _write_json(p.reports / "parity.json", asdict(report))
     if not report.passed:
         raise RuntimeError(
             f"ONNX parity failed: {report.mismatched_sessions} of {report.sessions} sessions get a different "
@@ -236,17 +272,22 @@ def register(s: Settings, p: Paths) -> dict[str, Any]:
 
     The gate scores champion and challenger on the same split, checks guard metrics, export parity
     and Triton latency, and moves `champion` only when all pass and `gate.promote` is on. The same
-    model registered again (same fingerprint) changes nothing.
+    model registered again (same fingerprint) changes nothing; a version left without a gate decision
+    by a killed attempt is reused and the gate finishes. A corrupt or incompatible ONNX file is
+    rejected before anything is registered. Registry calls retry per `service_retries`.
     """
+    from pipelines.data.sequences import load_sequences
     from pipelines.track import lineage, registry
     from pipelines.track.gate import (
         GateReport,
         IncompatibleModel,
+        artifact_checks,
         decide,
         onnx_metrics,
         reason_of,
         triton_latency,
     )
+    from pipelines.track.retry import RetryPolicy
 
     metrics_all = _read_json(p.reports / "metrics.json")["models"]
     parity = _read_json(p.reports / "parity.json")
@@ -265,10 +306,13 @@ def register(s: Settings, p: Paths) -> dict[str, Any]:
     params = s.flat()
     name, uri = s.mlflow.registered_model, p.tracking_uri(s)
     fp = registry.fingerprint(data["content_md5"], registry.model_params(params))
-    experiment_id = registry.configure(uri, s.mlflow.experiment, p.mlflow_artifacts)
+    r = s.service_retries
+    experiment_id = registry.configure(uri, s.mlflow.experiment, p.mlflow_artifacts,
+                                       RetryPolicy(r.attempts, r.backoff_s, r.max_backoff_s, r.timeout_s))
 
     existing = registry.find_version(name, fp)
-    if existing is not None:  # same data version, same params: the registry already has this model
+    if existing is not None and existing.tags.get(registry.GATE_TAG):
+        # same data version, same params, gate already decided: the registry already has this model
         champion = registry.alias_version(name, registry.CHAMPION)
         reason = (f"no-op: this model (data {data['content_md5'][:8]}, fingerprint {fp[:8]}) is already "
                   f"registered as v{existing.version}; aliases unchanged")
@@ -276,6 +320,22 @@ def register(s: Settings, p: Paths) -> dict[str, Any]:
         result = registry.RegistryResult(name, str(existing.version), existing.run_id, experiment_id, uri,
                                          promoted=False, reason=reason, reused=True,
                                          champion_version=str(champion.version) if champion else "")
+        result.save(p.reports / "registry.json")
+        return json.loads((p.reports / "registry.json").read_text())
+
+    # The artifact itself, before anything is registered: a corrupt or incompatible file is rejected here.
+    checks = artifact_checks(onnx_path, load_sequences(p.features).n_items)
+    if not all(c.passed for c in checks):
+        champion = registry.alias_version(name, registry.CHAMPION)
+        champion_version = str(champion.version) if champion is not None else None
+        reason = reason_of(False, checks, champion_version)
+        report = GateReport("", champion_version, False, False, reason, checks,
+                            compared_on="the challenger artifact alone (not registered)")
+        report.save(p.reports / "gate.json")
+        print(report.table())
+        result = registry.RegistryResult(name, "", "", experiment_id, uri, promoted=False, reason=reason,
+                                         champion_version=champion_version or "", reused=False,
+                                         gate=report.to_dict())
         result.save(p.reports / "registry.json")
         return json.loads((p.reports / "registry.json").read_text())
 
@@ -306,14 +366,16 @@ def register(s: Settings, p: Paths) -> dict[str, Any]:
     champion = registry.alias_version(name, registry.CHAMPION)
     champion_metrics: dict[str, float] | None = None
     compared_on = f"test split of data {data['content_md5'][:8]} (ONNX Runtime, both models)"
+    resumed = champion is not None and str(champion.version) == version
+    if resumed:  # an interrupted attempt already promoted this version: compare with the one it replaced
+        past = [v for v in registry.history(name) if v != version]
+        champion = registry.get_version(name, past[-1]) if past else None
     if champion is not None:
         try:
             staged = registry.download_model(f"models:/{name}/{champion.version}", _fresh_dir(p.var / "gate" / "champion"))
             champion_metrics = onnx_metrics(staged, p.features, k)
         except IncompatibleModel as exc:
-            from mlflow import MlflowClient
-
-            champion_metrics = dict(MlflowClient().get_run(champion.run_id).data.metrics)
+            champion_metrics = registry.run_metrics(champion.run_id)
             compared_on = f"champion's logged metrics on its own data ({exc})"
     latency = triton_latency(onnx_path, s, p, s.gate.latency_requests) if s.gate.latency_budget_ms > 0 else None
     verdict, checks = decide(s.gate, challenger_metrics, champion_metrics, parity_passed=bool(parity["passed"]),
@@ -323,6 +385,8 @@ def register(s: Settings, p: Paths) -> dict[str, Any]:
     reason = reason_of(verdict, checks, champion_version)
     if verdict and not applied:
         reason = f"dry run (gate.promote=false), would be {reason}"
+    if resumed and not applied:
+        reason += f" (note: an interrupted attempt had already made v{version} champion; it stays)"
     if applied:
         registry.promote(name, version)
     report = GateReport(version, champion_version, verdict, applied, reason, checks, challenger_metrics,
@@ -330,9 +394,7 @@ def register(s: Settings, p: Paths) -> dict[str, Any]:
     report.save(p.reports / "gate.json")
     print(report.table())
 
-    from mlflow import MlflowClient
-
-    MlflowClient().set_model_version_tag(name, version, "gate_decision", reason)
+    registry.tag_version(name, version, registry.GATE_TAG, reason)
     gate_metrics = {f"gate.challenger.{m}": v for m, v in challenger_metrics.items()}
     gate_metrics |= {f"gate.champion.{m}": v for m, v in (champion_metrics or {}).items()}
     gate_metrics |= {f"gate.latency_{m}": v for m, v in (latency or {}).items()}
@@ -359,12 +421,14 @@ def deploy(s: Settings, p: Paths) -> dict[str, Any]:
     """
     import onnx
 
-    from mlflow import MlflowClient
     from pipelines.export.triton_repo import list_versions, write_config, write_version
-    from pipelines.track.registry import CHAMPION, alias_version, configure, download_model
+    from pipelines.track.registry import CHAMPION, alias_version, configure, download_model, get_version
+    from pipelines.track.retry import RetryPolicy
 
     name, uri = s.mlflow.registered_model, p.tracking_uri(s)
-    configure(uri, s.mlflow.experiment, p.mlflow_artifacts)
+    r = s.service_retries
+    configure(uri, s.mlflow.experiment, p.mlflow_artifacts,
+              RetryPolicy(r.attempts, r.backoff_s, r.max_backoff_s, r.timeout_s))
     champion = alias_version(name, CHAMPION)
     if champion is None:
         raise RuntimeError(f"model {name!r} in {uri} has no {CHAMPION!r} alias: nothing to deploy")
@@ -385,7 +449,7 @@ def deploy(s: Settings, p: Paths) -> dict[str, Any]:
     write_config(repo, s.serve.model_name, max_batch_size=s.serve.max_batch_size, top_k=int(meta["top_k"]),
                  n_items=int(meta["n_items"]), max_seq_len=int(meta["max_len"]),
                  instance_count=s.serve.instance_count, event_kinds=int(meta.get("event_kinds", 0)))
-    info = MlflowClient().get_model_version(name, version_id)
+    info = get_version(name, version_id)
     path = write_version(repo, s.serve.model_name, onnx_path, metadata={
         "registered_model": name, "model_version": version_id, "alias": CHAMPION,
         "run_id": info.run_id, "tracking_uri": uri, **info.tags,

@@ -72,3 +72,7 @@ def trained_workdir(tmp_path_factory, tiny_overrides) -> Path:
 @pytest.fixture(scope="session")
 def trained_paths(trained_workdir) -> Paths:
     return Paths(trained_workdir)
+
+
+# The reliability ledger (tests/ledger.py): the `ledger` fixture and the hooks that write records.
+pytest_plugins = ["tests.ledger"]

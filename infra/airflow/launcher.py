@@ -5,8 +5,10 @@ DAG processor) as separate processes, because that way every socket is on 127.0.
 scheduler and triggerer also open log servers on every interface, which a LocalExecutor on one
 machine does not need (`--skip-serve-logs`). SQLite metadata DB under $AIRFLOW_HOME by default
 (set AIRFLOW__DATABASE__SQL_ALCHEMY_CONN for Postgres), parallelism 2 for a 2-core machine,
-SimpleAuthManager with one admin user whose generated password lands in
-$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated.
+SimpleAuthManager with one admin user and no anonymous access (every REST call and UI page needs a
+login; `simple_auth_manager_all_admins` stays off): the password comes from RXREC_AIRFLOW_ADMIN_PASSWORD
+when set (what the stack does), else Airflow generates one; either way it is in
+$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated (mode 600).
 
 Stopping sends SIGINT (SIGTERM orphans the scheduler's LocalExecutor workers) and waits; only
 what is still alive after the timeout is killed, by process group.
@@ -33,6 +35,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 USER = "admin"
 PASSWORD_FILE = "simple_auth_manager_passwords.json.generated"
+PASSWORD_ENV = "RXREC_AIRFLOW_ADMIN_PASSWORD"
 COMPONENTS = {
     "api-server": ["api-server", "--host", HOST, "--port", "{port}", "--workers", "1"],
     "scheduler": ["scheduler", "--skip-serve-logs"],
@@ -80,6 +83,7 @@ def environment(home: Path, port: int, extra: dict[str, str] | None = None) -> d
         "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "2",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{HOST}:{port}/execution/",
         "AIRFLOW__API__HOST": HOST,
         "AIRFLOW__API__PORT": str(port),
@@ -154,6 +158,7 @@ def start(home: Path, port: int, *, extra_env: dict[str, str] | None = None, tim
             raise RuntimeError(f"Airflow already runs from {home} on port {running['port']}: "
                                "`make airflow-stop` first")
     env = environment(home, port, extra_env)
+    write_password(home, env.pop(PASSWORD_ENV, None))
     logs = home / "logs"
     logs.mkdir(exist_ok=True)
     with (logs / "db-migrate.log").open("w") as fh:
@@ -181,6 +186,18 @@ def start(home: Path, port: int, *, extra_env: dict[str, str] | None = None, tim
             raise RuntimeError(f"Airflow did not start: {why}\n{tails}")
         time.sleep(1)
     return airflow
+
+
+def write_password(home: Path, password: str | None) -> Path:
+    """Give the admin user `password` (from the environment) before the API server starts, so the login is
+    known up front instead of generated; without one, keep Airflow's generated file. The file is mode 600."""
+    path = home / PASSWORD_FILE
+    if password:
+        path.touch(mode=0o600)
+        path.write_text(json.dumps({USER: password}) + "\n")
+    if path.exists():
+        path.chmod(0o600)
+    return path
 
 
 def stop(home: Path, timeout_s: float = 15) -> list[str]:

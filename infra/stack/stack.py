@@ -6,8 +6,10 @@ emulator (moto: buckets for the DVC remote, MLflow artifacts, Triton models), th
 Postgres with artifacts in S3, Airflow with the CeleryExecutor (api-server, scheduler, dag-processor via
 infra/airflow/launcher.py, plus two Celery workers with distinct hostnames on the default queue) and
 Triton (pipelines/serve/triton_server.py) over the work directory's model repository. Every service's
-configuration comes from infra/profiles/stack.env; the only secrets (PGPASSWORD, AWS keys) come from the
-environment, or are generated into <home>/secrets.env (mode 600, under var/, never committed).
+configuration comes from infra/profiles/stack.env; the only secrets (PGPASSWORD, AWS keys, the MLflow and
+Airflow admin passwords, MLflow's CSRF key) come from the environment, or are generated into
+<home>/secrets.env (mode 600, under var/, never committed). Login is on: MLflow runs its basic-auth app,
+Airflow's API needs a token; clients get MLFLOW_TRACKING_USERNAME/PASSWORD from `stack.py env`.
 
 Each service gets a health check with a timeout and a status line; `stop` stops them in reverse order
 and kills the process group of anything that lingers, so no process is left behind.
@@ -51,6 +53,11 @@ PORT_NAMES = ("postgres", "redis", "s3", "mlflow", "airflow", "triton_http", "tr
 # Emulator credentials for moto; real deployments take AWS_* from their own environment or secret store.
 S3_EMULATOR_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 HOSTNAME_CALLABLE = "infra.stack.worker_hostname.hostname"
+# Login on the stack: MLflow runs its basic-auth app and Airflow's SimpleAuthManager has no anonymous access.
+# The passwords are secrets like PGPASSWORD (environment first, else generated into <home>/secrets.env);
+# the DAG tasks and `stack.py env` get MLFLOW_TRACKING_USERNAME/PASSWORD, which the MLflow client reads.
+MLFLOW_ADMIN = "admin"
+LOGIN_SECRETS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "RXREC_AIRFLOW_ADMIN_PASSWORD")
 
 
 class StackError(RuntimeError):
@@ -185,7 +192,8 @@ class Stack:
         stored: dict[str, str] = {}
         if self.secrets_file.exists():
             stored = dict(line.split("=", 1) for line in self.secrets_file.read_text().splitlines() if "=" in line)
-        wanted = {"PGPASSWORD": secrets.token_urlsafe(18), **S3_EMULATOR_CREDENTIALS}
+        wanted = {"PGPASSWORD": secrets.token_urlsafe(18), **S3_EMULATOR_CREDENTIALS,
+                  **{name: secrets.token_urlsafe(18) for name in LOGIN_SECRETS}}
         values = {k: os.environ.get(k) or stored.get(k) or default for k, default in wanted.items()}
         if values != stored:
             self.secrets_file.touch(mode=0o600)
@@ -207,7 +215,38 @@ class Stack:
         missing = [name for name in secret_names(env) if name not in values]
         if missing:
             raise StackError(f"secrets named by the stack profile have no value: {', '.join(missing)}")
-        return {**env, **{name: values[name] for name in secret_names(env)}, "RXREC_WORKDIR": str(self.workdir)}
+        return {**env, **{name: values[name] for name in secret_names(env)}, "RXREC_WORKDIR": str(self.workdir),
+                "MLFLOW_TRACKING_USERNAME": MLFLOW_ADMIN, "MLFLOW_TRACKING_PASSWORD": values["MLFLOW_TRACKING_PASSWORD"]}
+
+    def launch_commands(self) -> dict[str, list[str]]:
+        """The command line (or, for PostgreSQL, the server options) of every service, bind address included.
+
+        One place that says how each service listens, so tests can check every one binds HOST without
+        starting the stack (tests/reliability/test_security.py); the start_* methods run exactly these.
+        """
+        p = self.ports
+        triton_dir = self.home / "triton"
+        airflow_bin = str(Path(sys.executable).parent / "airflow")
+        commands = {
+            "postgres": ["-c", f"listen_addresses={HOST}", "-p", str(p["postgres"]), "-k", str(self.pgdata),
+                         "-c", "max_connections=200"],
+            "redis": ["redis-server", "--bind", HOST, "--port", str(p["redis"]), "--save", "", "--appendonly", "no",
+                      "--dir", str(self.home / "redis"), "--protected-mode", "yes"],
+            "s3": [sys.executable, str(PROJECT_ROOT / "infra" / "s3" / "server.py"), "--host", HOST,
+                   "--port", str(p["s3"]), "--bucket", BUCKETS[0]],
+            "mlflow": ["env", f"MLFLOW_HOST={HOST}", f"MLFLOW_PORT={p['mlflow']}", "RXREC_MLFLOW_AUTH=basic-auth",
+                       "bash", str(PROJECT_ROOT / "mlflow" / "server.sh")],
+            "triton": [sys.executable, str(HERE / "triton_service.py"),
+                       "--repo", str(Path(self.profile()["RXREC_TRITON_REPO"])),
+                       "--http-port", str(p["triton_http"]), "--grpc-port", str(p["triton_grpc"]),
+                       "--metrics-port", str(p["triton_metrics"]), "--log-dir", str(triton_dir),
+                       "--pid-file", str(triton_dir / "tritonserver.pid")],
+        }
+        for worker in WORKERS:  # no log server: --skip-serve-logs (the api-server reads the shared log folder)
+            commands[worker] = [airflow_bin, "celery", "worker", "--celery-hostname", f"{worker}@rxrec-stack",
+                                "--concurrency", "1", "--queues", self.profile()["AIRFLOW__OPERATORS__DEFAULT_QUEUE"],
+                                "--skip-serve-logs", "--without-mingle", "--without-gossip"]
+        return commands
 
     def _record(self, name: str, pid: int, log: Path, pgid: int | None = None, **extra: object) -> None:
         self.services[name] = {"pid": pid, "pgid": pgid if pgid is not None else pid, "log": str(log), **extra}
@@ -260,7 +299,7 @@ class Stack:
         if self.as_postgres:
             log.touch()
             shutil.chown(log, "postgres", "postgres")
-        options = f"-c listen_addresses={HOST} -p {self.ports['postgres']} -k {self.pgdata} -c max_connections=200"
+        options = " ".join(self.launch_commands()["postgres"])
         proc = subprocess.Popen([str(pg / "pg_ctl"), "start", "-D", str(self.pgdata), "-l", str(log), "-w",
                                  "-t", "60", "-o", options], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True, **user)
@@ -296,15 +335,12 @@ class Stack:
     def start_redis(self) -> None:
         data = self.home / "redis"
         data.mkdir(exist_ok=True)
-        proc = self._spawn("redis", ["redis-server", "--bind", HOST, "--port", str(self.ports["redis"]),
-                                     "--save", "", "--appendonly", "no", "--dir", str(data),
-                                     "--protected-mode", "yes"], self._base_env())
+        proc = self._spawn("redis", self.launch_commands()["redis"], self._base_env())
         wait_until("redis", lambda: _redis_ping(self.ports["redis"]), 30, self.logs / "redis.log", proc.pid)
 
     def start_s3(self, creds: dict[str, str]) -> None:
         env = {**self._base_env(), **creds, "AWS_DEFAULT_REGION": "us-east-1"}
-        proc = self._spawn("s3", [sys.executable, str(PROJECT_ROOT / "infra" / "s3" / "server.py"),
-                                  "--port", str(self.ports["s3"]), "--bucket", BUCKETS[0]], env)
+        proc = self._spawn("s3", self.launch_commands()["s3"], env)
         log = self.logs / "s3.log"
         wait_until("s3", lambda: "ready at" in log.read_text(errors="replace"), 60, log, proc.pid)
         import boto3
@@ -318,8 +354,13 @@ class Stack:
                 client.create_bucket(Bucket=bucket)
 
     def start_mlflow(self, env: dict[str, str]) -> None:
-        run_env = {**self._base_env(), **env, "MLFLOW_HOST": HOST, "MLFLOW_PORT": str(self.ports["mlflow"])}
-        proc = self._spawn("mlflow", ["bash", str(PROJECT_ROOT / "mlflow" / "server.sh")], run_env)
+        values = self.secrets()
+        run_env = {**self._base_env(), **env, "MLFLOW_AUTH_ADMIN_USERNAME": MLFLOW_ADMIN,
+                   "MLFLOW_AUTH_ADMIN_PASSWORD": values["MLFLOW_TRACKING_PASSWORD"],
+                   "MLFLOW_FLASK_SERVER_SECRET_KEY": values["MLFLOW_FLASK_SERVER_SECRET_KEY"],
+                   "MLFLOW_AUTH_DATABASE_URI": f"sqlite:///{self.home / 'mlflow-auth.db'}",
+                   "MLFLOW_AUTH_CONFIG_PATH": str(self.home / "mlflow-basic-auth.ini")}
+        proc = self._spawn("mlflow", self.launch_commands()["mlflow"], run_env)
         wait_until("mlflow", lambda: _http_ok(f"http://{HOST}:{self.ports['mlflow']}/health"), 180,
                    self.logs / "mlflow.log", proc.pid)
 
@@ -327,36 +368,28 @@ class Stack:
         launcher = _airflow_launcher()
         extra = {**env, "AIRFLOW__CORE__PARALLELISM": "2", "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "2",
                  "RXREC_RETRAIN_SCHEDULE": os.environ.get("RXREC_RETRAIN_SCHEDULE", "none")}
+        password = {launcher.PASSWORD_ENV: self.secrets()["RXREC_AIRFLOW_ADMIN_PASSWORD"]}
         try:
-            airflow = launcher.start(self.airflow_home, self.ports["airflow"], extra_env=extra, timeout_s=300)
+            airflow = launcher.start(self.airflow_home, self.ports["airflow"], extra_env={**extra, **password},
+                                     timeout_s=300)
         except RuntimeError as exc:
             raise StackError(f"airflow: {exc}") from exc
         for component, pid in airflow.pids.items():
             self._record(f"airflow-{component}", pid, self.airflow_home / "logs" / f"{component}.log")
         worker_env = launcher.environment(self.airflow_home, self.ports["airflow"], extra)
         worker_env["AIRFLOW__CORE__HOSTNAME_CALLABLE"] = HOSTNAME_CALLABLE
-        airflow_bin = str(Path(sys.executable).parent / "airflow")
+        commands = self.launch_commands()
         procs = []
         for worker in WORKERS:
-            cmd = [airflow_bin, "celery", "worker", "--celery-hostname", f"{worker}@rxrec-stack",
-                   "--concurrency", "1", "--queues", env["AIRFLOW__OPERATORS__DEFAULT_QUEUE"],
-                   "--skip-serve-logs", "--without-mingle", "--without-gossip"]
-            procs.append((worker, self._spawn(worker, cmd, {**worker_env, "RXREC_WORKER_HOSTNAME": worker},
+            procs.append((worker, self._spawn(worker, commands[worker], {**worker_env, "RXREC_WORKER_HOSTNAME": worker},
                                               cwd=self.airflow_home)))
         for worker, proc in procs:
             log = self.logs / f"{worker}.log"
             wait_until(worker, lambda log=log: " ready." in log.read_text(errors="replace"), 180, log, proc.pid)
 
     def start_triton(self) -> None:
-        repo = Path(self.profile()["RXREC_TRITON_REPO"])
-        log_dir = self.home / "triton"
-        pid_file = log_dir / "tritonserver.pid"
-        proc = self._spawn("triton", [sys.executable, str(HERE / "triton_service.py"), "--repo", str(repo),
-                                      "--http-port", str(self.ports["triton_http"]),
-                                      "--grpc-port", str(self.ports["triton_grpc"]),
-                                      "--metrics-port", str(self.ports["triton_metrics"]),
-                                      "--log-dir", str(log_dir), "--pid-file", str(pid_file)],
-                           {**self._base_env(), "PYTHONUNBUFFERED": "1"})
+        pid_file = self.home / "triton" / "tritonserver.pid"
+        proc = self._spawn("triton", self.launch_commands()["triton"], {**self._base_env(), "PYTHONUNBUFFERED": "1"})
         log = self.logs / "triton.log"
         wait_until("triton", lambda: "Triton ready" in log.read_text(errors="replace"), 240, log, proc.pid)
         server_pid = int(pid_file.read_text())
@@ -500,6 +533,8 @@ def main() -> int:
         print(f"rxrec stack is up ({', '.join(f'{k} {v}s' for k, v in result['timings'].items())})\n"
               f"{status_lines(result['status'])}\n"
               f"  Airflow UI: {airflow.url}  user admin, password in {airflow.password_file}\n"
+              f"  MLflow UI:  http://{HOST}:{stack.ports['mlflow']}  user {MLFLOW_ADMIN}, password "
+              f"MLFLOW_TRACKING_PASSWORD in {stack.secrets_file}\n"
               f"  ports: {stack.ports_file}   this shell: eval \"$(python infra/stack/stack.py env)\"\n"
               f"  stop with: make stack-stop")
         return 0

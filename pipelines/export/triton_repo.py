@@ -9,7 +9,8 @@ Layout written here (what Triton's explicit model control loads)::
 
 Version folders are created atomically (built in a hidden temp folder inside the model folder,
 then renamed) so a running Triton never sees a half-written version, and an existing version is
-never overwritten: what was served once stays traceable.
+never overwritten: what was served once stays traceable. A write killed half-way leaves only its
+temp folder (named with the writer's pid); the next write removes it once that pid is gone.
 
 Pure functions of the filesystem; no Triton or MLflow import.
 """
@@ -22,6 +23,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,59 @@ BACKEND_MODEL_PY = Path(__file__).resolve().parents[1] / "serve" / "backend" / "
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _TMP_PREFIX = ".tmp-version-"
+#: A temp folder without a writer pid in its name (older writers) counts as abandoned after this long.
+STALE_TMP_AGE_S = 15 * 60
+
+
+def tmp_prefix() -> str:
+    """Prefix of this process's temp version folders: the pid tells a live write from an abandoned one."""
+    return f"{_TMP_PREFIX}{os.getpid()}-"
+
+
+def tmp_writer_pid(folder: Path) -> int | None:
+    """The pid of the process that created a temp version folder, or None if its name does not say."""
+    rest = Path(folder).name.removeprefix(_TMP_PREFIX)
+    head = rest.split("-", 1)[0]
+    return int(head) if rest != Path(folder).name and head.isdigit() and "-" in rest else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def abandoned_tmp_folders(model_dir: Path, *, now: float | None = None) -> list[Path]:
+    """Temp version folders left by a write that was killed half-way (its writer is gone).
+
+    They were never renamed to a number, so Triton never saw them; they only take disk space. A
+    folder whose writer pid is alive is a write in progress and is not listed.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return []
+    now = time.time() if now is None else now
+    out = []
+    for folder in sorted(model_dir.glob(_TMP_PREFIX + "*")):
+        pid = tmp_writer_pid(folder)
+        if pid is not None:
+            if pid != os.getpid() and not _pid_alive(pid):
+                out.append(folder)
+        elif now - folder.stat().st_mtime > STALE_TMP_AGE_S:
+            out.append(folder)
+    return out
+
+
+def remove_abandoned_tmp(model_dir: Path) -> list[Path]:
+    """Delete abandoned temp version folders (see abandoned_tmp_folders); return what was removed."""
+    removed = abandoned_tmp_folders(model_dir)
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return removed
 
 
 def _check_name(model_name: str) -> None:
@@ -206,7 +261,8 @@ def write_version(repo: Path, model_name: str, onnx_path: Path, *, metadata: dic
 
     model_dir = Path(repo) / model_name
     model_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=model_dir))
+    remove_abandoned_tmp(model_dir)  # what a killed earlier write left behind
+    tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(), dir=model_dir))
     try:
         shutil.copyfile(onnx_path, tmp / "model.onnx")
         shutil.copyfile(BACKEND_MODEL_PY, tmp / "model.py")

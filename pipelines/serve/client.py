@@ -5,6 +5,9 @@
   ids), optional purchased items to filter; says which source answered.
 - `similar_items`: the `similar_items` model over HTTP or gRPC.
 
+A server that cannot be reached or does not answer within ``timeout_s`` raises
+ServerUnavailableError (a ConnectionError) naming the server and what to do; no call waits longer.
+
 Sessions are left-padded with 0 to a common length (0 is padding in the model contract, item ids
 are 1..n_items), optionally truncated to the most recent ``max_len`` items first, and sent as one
 batch. Server-side rejections raise tritonclient.utils.InferenceServerException with the model's
@@ -26,6 +29,38 @@ import tritonclient.http as httpclient
 from pipelines.export.contract import EVENT_TYPES_NAME, INPUT_NAME, OUTPUT_IDS, OUTPUT_SCORES
 
 EventKind = int | str
+
+
+class ServerUnavailableError(ConnectionError):
+    """The Triton server could not be reached or did not answer in time (no answer, not a rejection).
+
+    A ConnectionError, so callers can tell "retry or start the server" apart from a server-side
+    rejection of the request (tritonclient.utils.InferenceServerException) and from bad input (ValueError).
+    """
+
+
+#: gRPC statuses that mean "no server answered" rather than "the server rejected the request".
+_UNAVAILABLE_GRPC = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"}
+
+
+def _unavailable(exc: BaseException, *, url: str, protocol: str, timeout_s: float) -> ServerUnavailableError | None:
+    """A ServerUnavailableError naming the server and what to do if exc means "no answer", else None."""
+    from geventhttpclient.response import HTTPParseError
+    from tritonclient.utils import InferenceServerException
+
+    if isinstance(exc, InferenceServerException):
+        if str(exc.status()) not in _UNAVAILABLE_GRPC:
+            return None  # the server answered: a rejection, keep tritonclient's exception
+        detail = exc.message() or str(exc)
+    elif isinstance(exc, (OSError, HTTPParseError)):
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    else:
+        return None
+    timed_out = isinstance(exc, TimeoutError) or "DEADLINE_EXCEEDED" in str(getattr(exc, "status", lambda: "")())
+    what = f"did not answer within {timeout_s:g}s" if timed_out else "is unreachable"
+    return ServerUnavailableError(
+        f"the Triton server at {url} ({protocol}) {what} ({detail}); check it with `rxrec serve status` "
+        "and start or restart it with `rxrec serve start` (a request that got no answer may be retried)")
 
 
 def kind_codes(kinds: list[list[EventKind]], sessions: list[list[int]]) -> list[list[int]]:
@@ -135,7 +170,13 @@ def recommend(
         outputs = [
             httpclient.InferRequestedOutput(name, binary_data=True) for name in (OUTPUT_IDS, OUTPUT_SCORES)
         ]
-        result = client.infer(model_name, infer_inputs, outputs=outputs)
+        try:
+            result = client.infer(model_name, infer_inputs, outputs=outputs)
+        except Exception as exc:
+            unavailable = _unavailable(exc, url=url, protocol="http", timeout_s=timeout_s)
+            if unavailable is None:
+                raise
+            raise unavailable from exc
         ids = result.as_numpy(OUTPUT_IDS)
         scores = result.as_numpy(OUTPUT_SCORES)
     finally:
@@ -200,10 +241,28 @@ def _infer(model_name: str, inputs: dict[str, np.ndarray], outputs: list[str], *
             infer_inputs.append(infer_input)
         requested = [module.InferRequestedOutput(name, binary_data=True) if protocol == "http"
                      else module.InferRequestedOutput(name) for name in outputs]
-        result = client.infer(model_name, infer_inputs, outputs=requested, **extra)
+        try:
+            result = client.infer(model_name, infer_inputs, outputs=requested, **extra)
+        except Exception as exc:
+            unavailable = _unavailable(exc, url=url or DEFAULT_URLS[protocol], protocol=protocol, timeout_s=timeout_s)
+            if unavailable is None:
+                raise
+            raise unavailable from exc
         return {name: result.as_numpy(name) for name in outputs}
     finally:
         client.close()
+
+
+def item_batch(item_ids: list[int]) -> np.ndarray:
+    """The `item_id` input of similar_items, int64 [n, 1]; ValueError for what no server could answer."""
+    if not isinstance(item_ids, (list, tuple)) or len(item_ids) == 0:
+        raise ValueError("item_ids must be a non-empty list of item ids")
+    for item in item_ids:
+        if isinstance(item, (bool, np.bool_)) or not isinstance(item, numbers.Integral):
+            raise ValueError(f"item id {item!r} is not an integer ({type(item).__name__})")  # noqa: TRY004
+        if not 1 <= int(item) <= np.iinfo(np.int64).max:
+            raise ValueError(f"item id {item} is not an item id: ids are integers >= 1")
+    return np.asarray([[int(i)] for i in item_ids], dtype=np.int64)
 
 
 def similar_items(
@@ -218,12 +277,7 @@ def similar_items(
 
     An id the embedding table does not know comes back as InferenceServerException (INVALID_ARG).
     """
-    if not isinstance(item_ids, (list, tuple)) or len(item_ids) == 0:
-        raise ValueError("item_ids must be a non-empty list of item ids")
-    for item in item_ids:
-        if isinstance(item, (bool, np.bool_)) or not isinstance(item, numbers.Integral):
-            raise ValueError(f"item id {item!r} is not an integer ({type(item).__name__})")  # noqa: TRY004
-    batch = np.asarray([[int(i)] for i in item_ids], dtype=np.int64)
+    batch = item_batch(item_ids)
     out = _infer(model_name, {"item_id": batch}, ["item_ids", "scores"], url=url, protocol=protocol,
                  timeout_s=timeout_s)
     return [(out["item_ids"][r].astype(int).tolist(), out["scores"][r].astype(float).tolist())
@@ -238,6 +292,26 @@ class Recommendation:
     scores: list[float]  # the source's own scores (comparable within one source only)
     source: str  # gpt4rec | rules | popularity
     unknown_ids: list[int]  # session ids the server dropped as unknown
+
+
+def session_inputs(sessions: list[list[int]], *, purchased: list[list[int]] | None = None,
+                   kinds: list[list[EventKind]] | None = None) -> dict[str, np.ndarray]:
+    """The inputs of the `recommend` entry point; ValueError (saying what to change) for caller bugs."""
+    batch = _ids_matrix(sessions, "session")
+    inputs = {"session_ids": batch}
+    if kinds is not None:
+        codes = kind_codes(kinds, [list(s) for s in sessions])
+        kind_batch = np.zeros_like(batch)
+        for r, row in enumerate(codes):
+            if row:
+                kind_batch[r, batch.shape[1] - len(row):] = row
+        inputs[EVENT_TYPES_NAME] = kind_batch
+    if purchased is not None:
+        if not isinstance(purchased, (list, tuple)) or len(purchased) != len(batch):
+            count = len(purchased) if isinstance(purchased, (list, tuple)) else type(purchased).__name__
+            raise ValueError(f"purchased has {count} lists for {len(batch)} sessions: give one list per session")
+        inputs["purchased_ids"] = _ids_matrix(purchased, "purchased list")
+    return inputs
 
 
 def recommend_session(
@@ -255,19 +329,8 @@ def recommend_session(
     `purchased` (one list per session) names items never to recommend, e.g. already bought.
     `kinds` (one list per session, one per item: names or codes) are the sessions' event kinds.
     """
-    batch = _ids_matrix(sessions, "session")
-    inputs = {"session_ids": batch}
-    if kinds is not None:
-        codes = kind_codes(kinds, [list(s) for s in sessions])
-        kind_batch = np.zeros_like(batch)
-        for r, row in enumerate(codes):
-            if row:
-                kind_batch[r, batch.shape[1] - len(row):] = row
-        inputs[EVENT_TYPES_NAME] = kind_batch
-    if purchased is not None:
-        if len(purchased) != len(batch):
-            raise ValueError(f"purchased has {len(purchased)} lists for {len(batch)} sessions: give one per session")
-        inputs["purchased_ids"] = _ids_matrix(purchased, "purchased list")
+    inputs = session_inputs(sessions, purchased=purchased, kinds=kinds)
+    batch = inputs["session_ids"]
     out = _infer(model_name, inputs, ["item_ids", "scores", "source", "unknown_ids"], url=url, protocol=protocol,
                  timeout_s=timeout_s)
     answers = []

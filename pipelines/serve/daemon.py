@@ -161,17 +161,85 @@ def running_server(p: Paths) -> AttachedServer | None:
     return AttachedServer(int(info["http_port"]), int(info["grpc_port"]), Path(info["log"]))
 
 
+def _group_members(pgid: int) -> list[int]:
+    """Pids of live processes in process group pgid (the stubs a killed server leaves behind)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _is_backend_stub(pid: int) -> bool:
+    try:
+        exe = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+    except OSError:
+        return False
+    return exe.endswith(b"triton_python_backend_stub")
+
+
+def recover_stale(p: Paths, grace_s: float = 5.0) -> dict[str, Any] | None:
+    """Clean up after a background server that died without `rxrec serve stop` (crash, SIGKILL, OOM).
+
+    When var/triton/ records a pid that is no longer a live tritonserver: backend stubs still in the
+    dead server's process group are killed (they would hold memory and CPU), and the pid and info
+    files are removed so a new server can be started. Returns what was found, or None when the
+    recorded server is alive or nothing is recorded.
+    """
+    info = _read_info(p)
+    if not info:
+        return None
+    pid = int(info["pid"])
+    if _is_our_server(pid, int(info["http_port"])) and _ok(f"http://{HOST}:{info['http_port']}/v2/health/live"):
+        return None
+    if _is_our_server(pid, int(info["http_port"])):  # alive but not answering: hung, end it
+        stop_background(p, timeout_s=grace_s)
+        return {"stale_pid": pid, "reason": "recorded server was hung (not live)", "orphan_stubs_killed": 0}
+    stubs = [m for m in _group_members(pid) if _is_backend_stub(m)]
+    for stub in stubs:
+        try:
+            os.kill(stub, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    while any(_is_backend_stub(m) for m in stubs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _forget(p)
+    return {"stale_pid": pid, "reason": "recorded server is gone (crashed or killed)",
+            "orphan_stubs_killed": len(stubs)}
+
+
 def start_background(s: Settings, p: Paths, *, repo: Path | None = None) -> dict[str, Any]:
-    """Start tritonserver in the background (or reuse ours) and load every model in dependency order."""
+    """Start tritonserver in the background (or reuse ours) and load every model in dependency order.
+
+    A server recorded under var/triton/ that died (crash, SIGKILL) is cleaned up first
+    (recover_stale) and a new one started: `rxrec serve start` is also the restart after a crash.
+    The result says ``recovered`` (the dead pid) and ``repo_problems`` (pipelines/serve/repo_check.py).
+    """
+    from pipelines.serve.repo_check import check_repository
+
     repo = Path(repo or p.triton_repo)
     models = model_load_order(repo)
     if not models:
         raise TritonStartError(f"no model to serve in {repo}: run the pipeline's deploy stage first (make demo)")
+    recovered = recover_stale(p)
+    check = check_repository(repo)
+    problems = [f"{x.path}: {x.problem}" for x in check.problems]
+    broken = [f"{x.path}: {x.problem}" for x in check.problems if Path(x.path).name.isdigit()]
+    if broken:  # Triton would try to load a half-written or tampered version: refuse, say what to do
+        raise TritonStartError("the model repository has broken version folders; not starting Triton on it:\n  "
+                               + "\n  ".join(broken) + "\nmove them aside with `rxrec serve check --quarantine` "
+                               "(nothing is deleted) or roll back with `rxrec serve rollback`")
     attached = running_server(p)
     if attached is not None:
         for name in models:
             attached.load(name, timeout_s=s.serve.startup_timeout_s)
-        return {**(_read_info(p) or {}), "models": models, "reused": True}
+        return {**(_read_info(p) or {}), "models": models, "reused": True, "recovered": None,
+                "repo_problems": problems}
     server = TritonServer(repo, http_port=s.serve.http_port, grpc_port=s.serve.grpc_port,
                           metrics_port=s.serve.metrics_port, startup_timeout_s=s.serve.startup_timeout_s,
                           log_dir=_state_dir(p))
@@ -190,7 +258,7 @@ def start_background(s: Settings, p: Paths, *, repo: Path | None = None) -> dict
     state = _state_dir(p)
     (state / PID_FILE).write_text(f"{server.pid}\n")
     (state / INFO_FILE).write_text(json.dumps(info, indent=2))
-    return {**info, "models": models, "reused": False}
+    return {**info, "models": models, "reused": False, "recovered": recovered, "repo_problems": problems}
 
 
 def _forget(p: Paths) -> None:

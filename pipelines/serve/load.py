@@ -18,18 +18,24 @@ Why it is built this way:
 - **Warm-up excluded.** Requests due in the first ``warmup_s`` are sent but not counted.
 - A **closed-loop** mode (``rate_per_s=None``: ``concurrency`` clients, each sends its next
   request when the previous one is answered) probes capacity.
+- **Windowed runs** (``LoadGenerator.run_windowed``, for soak tests minutes long): workers hand
+  their samples to the parent every ``flush_s`` instead of once at the end, so the parent reports
+  each time window while the load goes on and no worker holds minutes of samples.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
+import math
 import multiprocessing as mp
+import multiprocessing.connection
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -226,8 +232,12 @@ def _record(samples: list[tuple[float, float, float, bool, str, int]], errors: C
     )
 
 
-def _run_job_threads(job: dict[str, Any]) -> WorkerRecord:
-    """The same job with a blocking gRPC channel: futures, answers handled on gRPC's own thread."""
+def _run_job_threads(job: dict[str, Any], emit: Callable[[float, WorkerRecord], None] | None = None) -> WorkerRecord:
+    """The same job with a blocking gRPC channel: futures, answers handled on gRPC's own thread.
+
+    With ``emit`` and ``job["flush_s"]``, the samples gathered so far are handed to ``emit(now,
+    record)`` every flush_s seconds (windowed runs); the returned record holds the rest.
+    """
     import threading
 
     import grpc
@@ -236,11 +246,40 @@ def _run_job_threads(job: dict[str, Any]) -> WorkerRecord:
     level: LoadLevel = job["level"]
     samples: list[tuple[float, float, float, bool, str, int]] = []
     errors: Counter[str] = Counter()
+    lock = threading.Lock()  # answers are recorded on gRPC's threads while the flusher takes them
+
+    def take() -> WorkerRecord:
+        nonlocal samples, errors
+        with lock:
+            taken, taken_errors = samples, errors
+            samples, errors = [], Counter()
+        return _record(taken, taken_errors)
+
+    stop_flushing = threading.Event()
+
+    def flusher(every: float) -> None:
+        while not stop_flushing.wait(every):
+            now = time.monotonic()
+            emit(now, take())  # only started when emit is given
+
+    @contextlib.contextmanager
+    def flushing() -> Iterator[None]:
+        """Hand samples over every flush_s while the job runs; stopped before the last record is sent."""
+        if emit is None or not job.get("flush_s"):
+            yield
+            return
+        thread = threading.Thread(target=flusher, args=(float(job["flush_s"]),), daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop_flushing.set()
+            thread.join()
     clients: int = job["clients"]
     slots = threading.Semaphore(clients)
     start, end = job["start"], job["start"] + level.warmup_s + level.duration_s
     closed = level.rate_per_s is None
-    with grpc.insecure_channel(job["url"]) as channel:
+    with flushing(), grpc.insecure_channel(job["url"]) as channel:
         grpc.channel_ready_future(channel).result(timeout=30)
         call = channel.unary_unary(MODEL_INFER_METHOD)  # bytes in, bytes out
 
@@ -251,15 +290,17 @@ def _run_job_threads(job: dict[str, Any]) -> WorkerRecord:
 
         def finish(future: Any, k: int, due: float, sent: float) -> None:
             done = time.monotonic()
+            error = ""
             try:
                 version, first = _parse_answer(future.result())
-                samples.append((due, sent, done, True, version, first))
             except grpc.RpcError as exc:
-                samples.append((due, sent, done, False, "", -1))
-                errors[f"{exc.code().name}: {exc.details()}"] += 1
+                version, first, error = "", -1, f"{exc.code().name}: {exc.details()}"
             except ValueError as exc:
-                samples.append((due, sent, done, False, "", -1))
-                errors[f"bad answer: {exc}"] += 1
+                version, first, error = "", -1, f"bad answer: {exc}"
+            with lock:
+                samples.append((due, sent, done, not error, version, first))
+                if error:
+                    errors[error] += 1
             if closed and (now := time.monotonic()) < end:
                 send(k + clients, now)  # this client's next request
             else:
@@ -285,7 +326,7 @@ def _run_job_threads(job: dict[str, Any]) -> WorkerRecord:
                 k += 1
         for _ in range(clients):  # every request answered (or timed out)
             slots.acquire()
-    return _record(samples, errors)
+    return take()
 
 
 def _worker_main(conn: Connection) -> None:
@@ -302,7 +343,8 @@ def _worker_main(conn: Connection) -> None:
         gc.disable()  # a full collection over the growing sample list stalls sending for tens of ms
         try:
             if job.get("engine") == "threads":
-                conn.send(_run_job_threads(job))
+                emit = (lambda now, record: conn.send(("window", now, record))) if job.get("flush_s") else None
+                conn.send(_run_job_threads(job, emit))
             else:
                 conn.send(asyncio.run(_run_job(job)))
         except Exception as exc:  # noqa: BLE001 - reported to the parent with its type
@@ -357,6 +399,55 @@ def summarise(
         send_lag_p99_ms=round(float(np.percentile(lag_ms, 99)), 3) if lag_ms.size else float("nan"),
         error_messages=[f"{count}x {message}" for message, count in errors.most_common(MAX_ERROR_MESSAGES)],
         versions=dict(Counter(v for v, good, c in zip(versions, ok, counted, strict=True) if good and c)),
+    )
+
+
+@dataclass
+class WindowStats:
+    """One time window of a windowed run: the requests answered in it (by answer time)."""
+
+    index: int
+    start_s: float  # seconds after the measured part began (the warm-up excluded)
+    end_s: float
+    requests: int  # answered or failed in this window (due after the warm-up)
+    ok: int
+    errors: int
+    rps: float  # answers per second of the window
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    send_lag_p99_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def window_stats(records: Sequence[WorkerRecord], index: int, t0: float, t1: float, origin: float,
+                 last: bool = False) -> WindowStats:
+    """Statistics of the requests due at/after `origin` and finished in [t0, t1) (the last window: >= t0).
+
+    Binning by finish time lets a window be reported as soon as every worker has handed over its
+    samples past t1; a request's latency still runs from its due time.
+    """
+    due = np.concatenate([r.due for r in records]) if records else np.empty(0)
+    sent = np.concatenate([r.sent for r in records]) if records else np.empty(0)
+    done = np.concatenate([r.done for r in records]) if records else np.empty(0)
+    ok = np.concatenate([r.ok for r in records]) if records else np.empty(0, dtype=bool)
+    inside = (due >= origin) & (done >= t0) & ((done < t1) | last)
+    latency_ms = (done - due)[inside & ok] * 1e3
+    lag_ms = (sent - due)[inside] * 1e3
+
+    def pct(values: np.ndarray, q: float) -> float:
+        return round(float(np.percentile(values, q)), 3) if values.size else float("nan")
+
+    n, n_ok = int(inside.sum()), int((inside & ok).sum())
+    return WindowStats(
+        index=index, start_s=round(t0 - origin, 3), end_s=round(t1 - origin, 3), requests=n, ok=n_ok,
+        errors=n - n_ok, rps=round(n_ok / (t1 - t0), 2) if t1 > t0 else 0.0,
+        p50_ms=pct(latency_ms, 50), p95_ms=pct(latency_ms, 95), p99_ms=pct(latency_ms, 99),
+        max_ms=round(float(latency_ms.max()), 3) if latency_ms.size else float("nan"),
+        send_lag_p99_ms=pct(lag_ms, 99),
     )
 
 
@@ -445,6 +536,81 @@ class LoadGenerator:
         self.last_records, self.last_start = records, start
         return summarise(records, level, start, self.workers, clients * self.workers)
 
+    def run_windowed(
+        self,
+        model_name: str,
+        sessions: Sequence[np.ndarray],
+        level: LoadLevel,
+        window_s: float,
+        on_window: Callable[[WindowStats], None] | None = None,
+        flush_s: float | None = None,
+    ) -> tuple[LoadResult, list[WindowStats]]:
+        """One long level, reported window by window while it runs (soak tests).
+
+        Workers hand over their samples every ``flush_s`` (default: a quarter window, at most 1 s);
+        window i ([i*window_s, (i+1)*window_s) after the warm-up, by answer time) is summarised and
+        passed to ``on_window`` once every worker has handed over samples past its end. Returns the
+        whole level's LoadResult (as ``run`` would) and the windows. Needs the threads engine.
+        """
+        if not self._procs:
+            raise RuntimeError("LoadGenerator is not started: use it as a context manager or call start()")
+        if self.engine != "threads":
+            raise ValueError(f"run_windowed needs engine='threads', this generator uses {self.engine!r}")
+        if not sessions:
+            raise ValueError("sessions must not be empty")
+        if not 0 < window_s <= level.duration_s:
+            raise ValueError(f"window_s must be in (0, duration_s={level.duration_s}], got {window_s}")
+        flush_s = flush_s if flush_s is not None else min(1.0, window_s / 4)
+        if not flush_s > 0:
+            raise ValueError(f"flush_s must be > 0, got {flush_s}")
+        payloads = [build_infer_request(model_name, s) for s in sessions]
+        clients = max(1, level.concurrency // self.workers)
+        start = time.monotonic() + self.start_delay_s
+        for index, (_, conn) in enumerate(self._procs):
+            conn.send({
+                "url": self.url, "payloads": payloads, "level": level, "start": start, "index": index,
+                "workers": self.workers, "clients": clients, "engine": self.engine, "flush_s": flush_s,
+            })
+        origin = start + level.warmup_s
+        n_windows = math.ceil(level.duration_s / window_s - 1e-9)
+        bounds = [origin + min((i + 1) * window_s, level.duration_s) for i in range(n_windows)]
+        # Answers recorded just before a flush may reach the next one: wait a little past a window's end.
+        margin = flush_s + 0.25
+        deadline = start + level.warmup_s + level.duration_s + level.timeout_s + 60
+        conns = {conn: proc for proc, conn in self._procs}
+        handed: dict[Connection, float] = dict.fromkeys(conns, -math.inf)  # samples handed over up to
+        finished: set[Connection] = set()
+        records: list[WorkerRecord] = []
+        windows: list[WindowStats] = []
+        while len(windows) < n_windows:
+            waiting = [c for c in conns if c not in finished]
+            for conn in multiprocessing.connection.wait(waiting, timeout=0.2) if waiting else []:
+                got = conn.recv()
+                if isinstance(got, Exception):
+                    raise got
+                if isinstance(got, tuple):  # ("window", handed-over time, record)
+                    handed[conn] = got[1]
+                    records.append(got[2])
+                else:
+                    finished.add(conn)
+                    handed[conn] = math.inf
+                    records.append(got)
+            if waiting and time.monotonic() > deadline:
+                late = [conns[c].pid for c in waiting]
+                raise TimeoutError(f"load worker(s) {late} did not report within {deadline - start:.0f}s")
+            while len(windows) < n_windows:
+                i = len(windows)
+                if len(finished) < len(conns) and (i == n_windows - 1  # the last one takes every answer
+                                                   or min(handed.values()) < bounds[i] + margin):
+                    break
+                t0 = origin + i * window_s
+                stats = window_stats(records, i, t0, bounds[i], origin, last=i == n_windows - 1)
+                windows.append(stats)
+                if on_window is not None:
+                    on_window(stats)
+        self.last_records, self.last_start = records, start
+        return summarise(records, level, start, self.workers, clients * self.workers), windows
+
 
 # ---------------------------------------------------------------------------------------- ORT floor
 @dataclass
@@ -513,8 +679,10 @@ __all__ = [
     "LoadLevel",
     "LoadResult",
     "OrtFloor",
+    "WindowStats",
     "WorkerRecord",
     "build_infer_request",
     "ort_floor",
     "summarise",
+    "window_stats",
 ]

@@ -10,7 +10,6 @@ the budget. Every check is kept with its numbers so the decision can be logged a
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -52,15 +51,17 @@ class GateReport:
         return asdict(self)
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2))
+        from pipelines.track.registry import write_json_atomic
+
+        write_json_atomic(path, self.to_dict())
 
     def table(self) -> str:
         """The decision as the task log shows it: one row per metric, both models side by side."""
         names = sorted(set(self.challenger_metrics) | set(self.champion_metrics))
         champ = f"champion v{self.champion_version}" if self.champion_version else "champion (none)"
+        challenger = f"v{self.challenger_version}" if self.challenger_version else "(not registered)"
         lines = [f"PROMOTION GATE: {'PROMOTE' if self.promote else 'REJECT'} challenger "
-                 f"v{self.challenger_version}" + ("" if self.applied or not self.promote else " (dry run: "
+                 f"{challenger}" + ("" if self.applied or not self.promote else " (dry run: "
                                                    "champion not moved)"),
                  f"  compared on: {self.compared_on}",
                  f"  {'metric':<24}{'challenger':>14}{champ:>22}"]
@@ -129,6 +130,81 @@ def onnx_metrics(onnx_path: Path, features: Path, k: int, batch_size: int = 512)
 
 class IncompatibleModel(ValueError):
     """The champion cannot be scored on the current split (another catalogue)."""
+
+
+# --------------------------------------------------------------------------- the artifact itself
+
+
+def artifact_checks(onnx_path: Path, n_items: int) -> list[GateCheck]:
+    """Is this file a servable model for today's catalogue? Checked before anything is registered.
+
+    A truncated or corrupt file, a graph that ONNX Runtime cannot load, or one whose tensors break
+    the serving contract (pipelines/export/contract.py: names, int64 ids, float32 scores, the
+    catalogue's n_items) is rejected here with the reason, so it never becomes a registry version,
+    let alone the champion. Stops at the first failing check (later ones need the earlier to hold).
+    """
+    import onnx
+
+    from pipelines.export.contract import EVENT_TYPES_NAME, INPUT_NAME, OUTPUT_IDS, OUTPUT_SCORES
+
+    checks: list[GateCheck] = []
+
+    def check(name: str, passed: bool, detail: str) -> bool:
+        checks.append(GateCheck(name, passed, detail))
+        return passed
+
+    size = onnx_path.stat().st_size if onnx_path.is_file() else -1
+    if not check("artifact file", size > 0, f"{onnx_path} ({size} bytes)" if size > 0 else
+                 f"{onnx_path} is {'empty (0 bytes)' if size == 0 else 'missing'}: re-run the export_onnx stage"):
+        return checks
+    try:
+        proto = onnx.load(str(onnx_path))
+        onnx.checker.check_model(proto)
+    except Exception as exc:  # noqa: BLE001 - any decode/check error means the same: not a usable model
+        check("artifact is valid ONNX", False, f"{onnx_path} is corrupt or truncated ({type(exc).__name__}: "
+              f"{' '.join(str(exc).split())[:200]}); re-run export_onnx")
+        return checks
+    check("artifact is valid ONNX", True, f"opset {max((o.version for o in proto.opset_import), default=0)}, "
+          f"{len(proto.graph.node)} nodes")
+    meta = {e.key: e.value for e in proto.metadata_props}
+    missing = [k for k in ("n_items", "max_len", "top_k") if not str(meta.get(k, "")).isdigit()]
+    if not check("artifact metadata", not missing, "n_items, max_len, top_k present" if not missing else
+                 f"metadata {missing} missing or not integers: not exported by pipelines.export.onnx"):
+        return checks
+    if not check("catalogue size", int(meta["n_items"]) == n_items,
+                 f"model scores {meta['n_items']} items, the current catalogue has {n_items}"
+                 + ("" if int(meta["n_items"]) == n_items else ": retrain on the current data")):
+        return checks
+    try:
+        from pipelines.export.onnx import onnx_session
+
+        session = onnx_session(onnx_path, threads=1)
+    except Exception as exc:  # noqa: BLE001
+        check("loads in ONNX Runtime", False, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+        return checks
+    inputs = {i.name: i.type for i in session.get_inputs()}
+    outputs = {o.name: o.type for o in session.get_outputs()}
+    want_in = {INPUT_NAME: "tensor(int64)"} | ({EVENT_TYPES_NAME: "tensor(int64)"} if EVENT_TYPES_NAME in inputs else {})
+    want_out = {OUTPUT_IDS: "tensor(int64)", OUTPUT_SCORES: "tensor(float)"}
+    wrong = [f"input {n!r} is {inputs.get(n, 'absent')}, must be {t}" for n, t in want_in.items() if inputs.get(n) != t]
+    wrong += [f"unexpected input {n!r}" for n in inputs if n not in want_in]
+    wrong += [f"output {n!r} is {outputs.get(n, 'absent')}, must be {t}" for n, t in want_out.items()
+              if outputs.get(n) != t]
+    if not check("serving contract", not wrong, "; ".join(wrong) if wrong else
+                 f"inputs {sorted(inputs)}, outputs {sorted(outputs)} as pipelines/export/contract.py"):
+        return checks
+    try:
+        from pipelines.export.onnx import onnx_top_k
+
+        ids, scores = onnx_top_k(session, np.array([[0, 1, min(2, n_items)]], dtype=np.int64))
+        top_k = int(meta["top_k"])
+        ok = ids.shape == (1, top_k) and scores.shape == (1, top_k) and int(ids.min()) >= 1 \
+            and int(ids.max()) <= n_items and bool(np.isfinite(scores).all())
+        check("smoke inference", ok, f"one session -> ids {ids.shape} in [{int(ids.min())}, {int(ids.max())}]"
+              + ("" if ok else f", expected ({1}, {top_k}) ids in [1, {n_items}] and finite scores"))
+    except Exception as exc:  # noqa: BLE001
+        check("smoke inference", False, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+    return checks
 
 
 # --------------------------------------------------------------------------- latency through Triton

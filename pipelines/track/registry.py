@@ -9,26 +9,65 @@ of past champions in a tag, which is what `rollback` walks back.
 
 Re-registering the same model (same fingerprint: data content hash and the params that shape the
 model) reuses the existing version and logs nothing, so a re-run on the same data version is a
-no-op for the registry.
+no-op for the registry. A task killed after registering but before the gate decided leaves a
+version without a `gate_decision` tag; the retry reuses that version and finishes the gate.
+
+Every call to the tracking server goes through `_service`: transient failures (server down,
+restarting, timing out) are retried with exponential backoff (params.yaml `service_retries`), then
+fail with `ServiceUnavailable` naming the URL and what to do. MLflow's own HTTP retries are turned
+off for a server URI so that this policy is the one in control of how long a task waits.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pipelines.track.retry import RetryPolicy, call_with_retry, is_transient
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 HISTORY_TAG = "champion_history"  # registered-model tag: JSON list of versions that were champion, oldest first
 PRIMARY_METRIC = "ndcg_at_10"
 # params.yaml sections that do not change the trained model: left out of the fingerprint.
-NOT_MODEL_SECTIONS = ("serve", "mlflow", "gate", "validate")
+NOT_MODEL_SECTIONS = ("serve", "mlflow", "gate", "validate", "service_retries")
 PARENT_TAG = "rxrec.pipeline_run"
 FAMILY_TAG = "model_family"
+GATE_TAG = "gate_decision"  # model-version tag set when the gate has decided on that version
+
+F = TypeVar("F", bound=Callable[..., Any])
+_retry = {"policy": RetryPolicy(), "url": ""}
+_inside = threading.local()
+ADVICE = ("Start the MLflow server (mlflow/server.sh) or point mlflow.tracking_uri / RXREC_MLFLOW_TRACKING_URI at "
+          "one that runs, then run the task again: the registry was not changed by the failed call, and a re-run "
+          "reuses a version already registered for the same fingerprint.")
+
+
+def _service(fn: F) -> F:
+    """Run a registry call under the retry policy (nested calls are not retried twice)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if getattr(_inside, "active", False):
+            return fn(*args, **kwargs)
+        _inside.active = True
+        try:
+            import mlflow
+
+            url = _retry["url"] or mlflow.get_tracking_uri()
+            return call_with_retry(lambda: fn(*args, **kwargs), service="MLflow", url=url, policy=_retry["policy"],
+                                   advice=ADVICE, what=fn.__name__)
+        finally:
+            _inside.active = False
+
+    return wrapper  # type: ignore[return-value]
 
 
 @dataclass
@@ -49,23 +88,45 @@ class RegistryResult:
     gate: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=2))
+        write_json_atomic(path, asdict(self))
 
 
-def configure(tracking_uri: str, experiment: str, artifact_root: Path | None) -> str:
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Readers (and a retried task) see the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def configure(tracking_uri: str, experiment: str, artifact_root: Path | None,
+              retry: RetryPolicy | None = None) -> str:
     """Point MLflow at the store and make sure the experiment exists; returns its id.
 
     A local artifact folder is only used with a local store: a tracking server decides (and proxies)
-    where artifacts go.
+    where artifacts go. `retry` is the policy of every later registry call (default: RetryPolicy()).
     """
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    policy = retry or RetryPolicy()
+    _retry.update(policy=policy, url=tracking_uri)
+    if tracking_uri.startswith(("http://", "https://")):
+        # One HTTP attempt per call with a bounded wait: our policy does the retrying (MLflow's default of
+        # 7 retries with backoff 2 would hold a task for minutes before anyone hears of it).
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, round(policy.timeout_s)))
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
+    return _experiment_id(experiment, artifact_root, tracking_uri)
+
+
+@_service
+def _experiment_id(experiment: str, artifact_root: Path | None, tracking_uri: str) -> str:
+    import mlflow
+
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
@@ -87,6 +148,7 @@ def model_params(flat: dict[str, Any]) -> str:
                       sort_keys=True, default=str)
 
 
+@_service
 def find_version(model_name: str, fp: str):
     """The registered version carrying this fingerprint, if any."""
     from mlflow import MlflowClient
@@ -97,18 +159,47 @@ def find_version(model_name: str, fp: str):
     return None
 
 
+@_service
 def alias_version(model_name: str, alias: str):
-    """The model version an alias points to, or None."""
+    """The model version an alias points to, or None when the alias (or model) does not exist.
+
+    A server that does not answer is an error, not "no champion": the gate must never decide as if
+    there were none because the registry was unreachable.
+    """
     from mlflow.exceptions import MlflowException
 
     from mlflow import MlflowClient
 
     try:
         return MlflowClient().get_model_version_by_alias(model_name, alias)
-    except MlflowException:
+    except MlflowException as exc:
+        if is_transient(exc):
+            raise
         return None
 
 
+@_service
+def run_metrics(run_id: str) -> dict[str, float]:
+    from mlflow import MlflowClient
+
+    return dict(MlflowClient().get_run(run_id).data.metrics)
+
+
+@_service
+def tag_version(model_name: str, version: str, key: str, value: str) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient().set_model_version_tag(model_name, version, key, value)
+
+
+@_service
+def get_version(model_name: str, version: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient().get_model_version(model_name, version)
+
+
+@_service
 def pipeline_run(experiment_id: str, dag_run_id: str, name: str, tags: dict[str, str]) -> str:
     """The parent run of this pipeline run: reused for the same Airflow dag run id, else created."""
     from mlflow import MlflowClient
@@ -122,6 +213,7 @@ def pipeline_run(experiment_id: str, dag_run_id: str, name: str, tags: dict[str,
     return client.create_run(experiment_id, run_name=name, tags={**tags, PARENT_TAG: "true"}).info.run_id
 
 
+@_service
 def child_run(experiment_id: str, parent_id: str, family: str, tags: dict[str, str]) -> str:
     """The child run of one model family under the parent (reused when a task is retried)."""
     from mlflow import MlflowClient
@@ -135,6 +227,7 @@ def child_run(experiment_id: str, parent_id: str, family: str, tags: dict[str, s
                              tags={**tags, "mlflow.parentRunId": parent_id, FAMILY_TAG: family}).info.run_id
 
 
+@_service
 def log_values(run_id: str, *, params: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
                tags: dict[str, str] | None = None) -> None:
     """Params, metrics and tags of one run in one batch call (params truncated to MLflow's limit)."""
@@ -153,6 +246,7 @@ def log_values(run_id: str, *, params: dict[str, Any] | None = None, metrics: di
     )
 
 
+@_service
 def history(model_name: str) -> list[str]:
     """Versions that were champion, oldest first (the registered model's tag)."""
     from mlflow import MlflowClient
@@ -161,6 +255,7 @@ def history(model_name: str) -> list[str]:
     return [str(v) for v in json.loads(raw)] if raw else []
 
 
+@_service
 def promote(model_name: str, version: str) -> None:
     """Move `champion` to `version`, drop its `challenger` alias, remember it in the champion history."""
     from mlflow import MlflowClient
@@ -179,6 +274,7 @@ def promote(model_name: str, version: str) -> None:
         client.delete_registered_model_alias(model_name, CHALLENGER)
 
 
+@_service
 def mark_challenger(model_name: str, version: str) -> None:
     from mlflow import MlflowClient
 
@@ -189,6 +285,7 @@ class RollbackError(RuntimeError):
     """There is no earlier champion to go back to."""
 
 
+@_service
 def rollback(model_name: str) -> tuple[str, str]:
     """Move `champion` back to the previous champion; returns (from_version, to_version)."""
     from mlflow import MlflowClient
@@ -211,11 +308,21 @@ def rollback(model_name: str) -> tuple[str, str]:
     return str(current.version), target
 
 
+@_service
 def log_onnx_model(run_id: str, onnx_path: Path, model_name: str, tags: dict[str, str]) -> str:
-    """Log the ONNX file as the run's model and register it; returns the new version number."""
+    """Log the ONNX file as the run's model and register it; returns the new version number.
+
+    With a `fingerprint` tag, a version already carrying it is returned instead (a retried call, or a
+    task killed after registering, never makes a second version of the same model).
+    """
     import onnx
 
     import mlflow
+
+    if tags.get("fingerprint"):
+        existing = find_version(model_name, tags["fingerprint"])
+        if existing is not None:
+            return str(existing.version)
 
     with mlflow.start_run(run_id=run_id):
         info = mlflow.onnx.log_model(onnx_model=onnx.load(str(onnx_path)), name="model",
@@ -224,6 +331,7 @@ def log_onnx_model(run_id: str, onnx_path: Path, model_name: str, tags: dict[str
     return str(version.version)
 
 
+@_service
 def log_artifacts(run_id: str, artifacts: dict[str, Path]) -> None:
     """Files and folders into the run's artifact store, under the given artifact paths."""
     from mlflow import MlflowClient
@@ -236,6 +344,7 @@ def log_artifacts(run_id: str, artifacts: dict[str, Path]) -> None:
             client.log_artifact(run_id, str(local), artifact_path=artifact_path)
 
 
+@_service
 def download_model(model_uri: str, dst: Path) -> Path:
     """Fetch a registered model's ONNX file (e.g. models:/gpt4rec@champion) to dst/model.onnx."""
     import mlflow
@@ -247,6 +356,7 @@ def download_model(model_uri: str, dst: Path) -> Path:
     return found[0]
 
 
+@_service
 def lineage(model_uri: str) -> dict[str, Any]:
     """The chain behind MODEL@ALIAS or MODEL/VERSION: version, MLflow runs, commit, data hash, dataset, DAG run."""
     from mlflow import MlflowClient

@@ -9,6 +9,7 @@ state. The DAG runs on a tiny world (a few minutes on 2 cores).
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import os
@@ -188,7 +189,49 @@ def test_data_pushed_to_the_s3_remote(stack, dag_run):
     assert len(keys) > 2, "the directory listing and its files"
 
 
-def test_stack_triton_serves_the_champion(stack, dag_run):
+def test_stack_requires_login_and_listens_on_loopback_only(stack):
+    """MLflow (basic-auth) and Airflow refuse anonymous calls; every socket of every stack process is on loopback."""
+    import ipaddress
+    import urllib.error
+
+    import psutil
+
+    handle, env = stack["stack"], stack["env"]
+
+    def status(url: str, headers: dict | None = None) -> int:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    mlflow_url = f"{env['RXREC_MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/search?max_results=1"
+    creds = base64.b64encode(f"{env['MLFLOW_TRACKING_USERNAME']}:{env['MLFLOW_TRACKING_PASSWORD']}".encode()).decode()
+    assert status(mlflow_url) == 401
+    assert status(mlflow_url, {"Authorization": f"Basic {creds}"}) == 200
+    assert status(mlflow_url, {"Authorization": f"Basic {creds}", "Host": "evil.example.com"}) == 403
+    assert status(f"http://127.0.0.1:{handle.ports['airflow']}/api/v2/dags") == 401
+    services = json.loads(handle.services_file.read_text())["services"]
+    groups = {s["pgid"] for s in services.values()} | {s["server_pid"] for s in services.values() if "server_pid" in s}
+    sockets = []
+    pids = set(stack["module"].group_members(groups)) | {s["pid"] for s in services.values()}  # + the postmaster
+    for pid in sorted(pids):
+        try:
+            process = psutil.Process(pid)
+            sockets += [(c.laddr.ip, c.laddr.port, process.name()) for c in process.net_connections(kind="inet")
+                        if c.status == psutil.CONN_LISTEN]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+
+    def loopback(address: str) -> bool:
+        ip = ipaddress.ip_address(address)
+        return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
+
+    assert set(handle.ports.values()) <= {port for _, port, _ in sockets}, (handle.ports, sockets)
+    assert [s for s in sockets if not loopback(s[0])] == [], "every stack service binds 127.0.0.1"
+
+
+def test_stack_triton_serves_the_champion(stack, dag_run, monkeypatch):
     import mlflow.artifacts
 
     from mlflow import MlflowClient
@@ -196,6 +239,8 @@ def test_stack_triton_serves_the_champion(stack, dag_run):
     from pipelines.serve.client import pad_sessions, recommend
 
     handle, env = stack["stack"], stack["env"]
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # the stack's MLflow requires login
+        monkeypatch.setenv(name, env[name])
     base = f"http://127.0.0.1:{handle.ports['triton_http']}"
     _call(f"{base}/v2/repository/models/{MODEL}/load", data={}, method="POST")
     assert urllib.request.urlopen(f"{base}/v2/models/{MODEL}/ready", timeout=10).status == 200

@@ -24,6 +24,21 @@ from pipelines.data.schema import CATALOGUE_COLUMNS
 S3REC_START = pd.Timestamp("2014-01-01")
 STEP = pd.Timedelta(hours=1)
 PLACEHOLDER_PRICE = 1.0
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _source_id(token: str, path: Path, number: int, what: str) -> int:
+    """One id token of a line: ASCII digits (optional minus) that fit int64; else an error naming the line."""
+    from pipelines.data.adapters import SourceError
+
+    digits = token.removeprefix("-")
+    if not (digits.isascii() and digits.isdigit()):
+        raise SourceError(f"{path}:{number}: {what} {token[:40]!r} is not an integer ({what}s must be integers; "
+                          "each line is `user_id item_id item_id ...` separated by spaces)")
+    value = int(token) if len(digits) <= 19 else INT64_MAX + 1
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise SourceError(f"{path}:{number}: {what} {token[:40]} does not fit a 64-bit integer")
+    return value
 
 
 def _parse_lines(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -32,26 +47,26 @@ def _parse_lines(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     users: list[int] = []
     lengths: list[int] = []
-    items: list[str] = []
-    with path.open() as handle:
-        for number, line in enumerate(handle, start=1):
+    items: list[int] = []
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise SourceError(f"{path}:{number}: not UTF-8 text ({exc.reason} at column {exc.start + 1}); "
+                                  "S3-Rec files hold ASCII ids separated by spaces") from exc
             parts = line.split()
             if not parts:
                 continue
             if len(parts) < 2:
-                raise SourceError(f"{path}:{number}: a line needs a user and at least one item, got {line.strip()!r}")
-            try:
-                users.append(int(parts[0]))
-            except ValueError as exc:
-                raise SourceError(f"{path}:{number}: user id {parts[0]!r} is not an integer") from exc
+                raise SourceError(f"{path}:{number}: a line needs a user and at least one item, "
+                                  f"got {line.strip()[:60]!r}")
+            users.append(_source_id(parts[0], path, number, "user id"))
             lengths.append(len(parts) - 1)
-            items.extend(parts[1:])
+            items.extend(_source_id(token, path, number, "item id") for token in parts[1:])
     if not users:
-        raise SourceError(f"{path} holds no interactions")
-    try:
-        item_ids = np.array(items, dtype=np.int64)
-    except ValueError as exc:
-        raise SourceError(f"{path}: item ids must be integers ({exc})") from exc
+        raise SourceError(f"{path} holds no interactions (empty, or only blank lines)")
+    item_ids = np.array(items, dtype=np.int64)
     counts = np.array(lengths)
     positions = np.arange(len(item_ids)) - np.repeat(np.cumsum(counts) - counts, counts)
     return np.repeat(np.array(users, dtype=np.int64), counts), item_ids, positions
@@ -79,14 +94,23 @@ def read_s3rec(path: Path, attributes: Path | None = None, dataset: str = "") ->
     n_with_attributes = 0
     if attributes is not None:
         try:
-            mapping = json.loads(attributes.read_text())
+            mapping = json.loads(attributes.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise SourceError(f"{attributes} is not valid JSON: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise SourceError(f"{attributes} is not UTF-8 text: {exc}") from exc
         if not isinstance(mapping, dict):
             raise SourceError(f"{attributes} must map item id -> list of attribute ids")
         index = {int(v): i for i, v in enumerate(item_uniques)}
         for key, attrs in mapping.items():
-            i = index.get(int(key))
+            key_digits = key.removeprefix("-")
+            if not (key_digits.isascii() and key_digits.isdigit()):
+                raise SourceError(f"{attributes}: key {key[:40]!r} is not an item id (integer text, e.g. \"12\")")
+            if not isinstance(attrs, list) or not all(isinstance(a, (int, str)) and not isinstance(a, bool)
+                                                      for a in attrs):
+                raise SourceError(f"{attributes}: item {key[:40]}: attributes must be a list of attribute ids "
+                                  f"(integers or strings), got {json.dumps(attrs)[:60]}")
+            i = index.get(int(key)) if len(key_digits) <= 19 else None
             if i is not None and attrs:
                 tags[i] = "|".join(f"a{a}" for a in attrs)
                 n_with_attributes += 1

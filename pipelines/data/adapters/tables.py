@@ -12,6 +12,7 @@ appear only in the events (ids after the catalogue's, so the gate sees them as u
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,27 @@ def _read(path: Path) -> pd.DataFrame:
     from pipelines.data.adapters import SourceError
 
     suffixes = "".join(path.suffixes).lower()
-    if suffixes.endswith((".parquet", ".pq")):
-        return pd.read_parquet(path)
-    if ".csv" in suffixes or ".tsv" in suffixes:
-        return pd.read_csv(path, sep="\t" if ".tsv" in suffixes else ",")
+    try:
+        if suffixes.endswith((".parquet", ".pq")):
+            return pd.read_parquet(path)
+        if ".csv" in suffixes or ".tsv" in suffixes:
+            # index_col=False: never turn surplus leading fields into an index (that shifts every column);
+            # the warning pandas gives when it would drop surplus fields becomes the error below.
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                return pd.read_csv(path, sep="\t" if ".tsv" in suffixes else ",", index_col=False)
+    except pd.errors.ParserWarning as exc:
+        raise SourceError(f"{path}: line 2 (the first row) has more fields than the header line; every row needs "
+                          "exactly the header's columns") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise SourceError(f"{path} is empty: it needs a header line and at least one row") from exc
+    except pd.errors.ParserError as exc:  # e.g. "Expected 4 fields in line 7, saw 5"
+        raise SourceError(f"{path}: not a well-formed table: {str(exc).strip()}; every row needs the header's "
+                          "columns") from exc
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
+    except (OSError, ValueError) as exc:  # a corrupt Parquet file, an unreadable file
+        raise SourceError(f"{path}: cannot be read as {suffixes or 'a table'}: {exc}") from exc
     raise SourceError(f"{path}: unsupported file type {suffixes!r}; use .csv, .tsv or .parquet")
 
 
@@ -54,18 +72,48 @@ def _rename(frame: pd.DataFrame, columns: dict[str, str], contract: dict[str, st
     return frame[list(rename)].rename(columns=rename)
 
 
-def _to_timestamp(values: pd.Series, what: str) -> pd.Series:
-    """Unix seconds / milliseconds or date text -> UTC-naive datetime64[us]."""
+def _row_label(position: int, path: Path | None) -> str:
+    """Where row `position` (0-based, file order) is: a line number for CSV/TSV (header = line 1)."""
+    if path is not None and ".parquet" not in path.name.lower() and not path.name.lower().endswith(".pq"):
+        return f"line {position + 2}"
+    return f"row {position + 1}"
+
+
+def _to_timestamp(values: pd.Series, what: str, path: Path | None = None) -> pd.Series:
+    """Unix seconds / milliseconds or date text -> UTC-naive datetime64[us]; the first unreadable value is named.
+
+    Empty cells stay missing (NaT) for the gate to report; a value that is there but is not a
+    timestamp (text, or a number outside 1677..2262) is an error naming its line.
+    """
     from pipelines.data.adapters import SourceError
 
+    values = values.reset_index(drop=True)
+    if pd.api.types.is_bool_dtype(values.dtype):
+        raise SourceError(f"{what}: holds true/false values, not timestamps; map the timestamp column")
     if pd.api.types.is_numeric_dtype(values.dtype):
-        unit = "ms" if values.dropna().abs().median() > 1e11 else "s"
-        out = pd.to_datetime(values, unit=unit, utc=True)
-    else:
+        finite = values.dropna().abs()
+        unit = "ms" if len(finite) and finite.median() > 1e11 else "s"
+        numbers = values.astype("float64")
+        seconds = numbers / (1000 if unit == "ms" else 1)
+        in_range = seconds.abs() < 9.2e9  # datetime64 spans about 1677..2262
+        with np.errstate(all="ignore"):
+            out = pd.to_datetime(numbers.where(in_range), unit=unit, utc=True, errors="coerce")
+    else:  # text: numbers written as text are unix times too, the rest date text
+        numbers = pd.to_numeric(values, errors="coerce")
+        texts = values.where(numbers.isna()).astype("object")
         try:
-            out = pd.to_datetime(values, utc=True, format="mixed")
-        except (ValueError, TypeError) as exc:
+            out = pd.to_datetime(texts, utc=True, format="mixed", errors="coerce")
+        except (ValueError, TypeError, OverflowError) as exc:
             raise SourceError(f"{what}: cannot read timestamps ({exc})") from exc
+        if numbers.notna().any():
+            out = out.where(numbers.isna(), _to_timestamp(numbers, what, path).dt.tz_localize("UTC"))
+    bad = out.isna() & values.notna()
+    if bad.any():
+        first = int(np.flatnonzero(bad.to_numpy())[0])
+        value = values.iloc[first]
+        value = value.item() if isinstance(value, np.generic) else value
+        raise SourceError(f"{what}: {_row_label(first, path)} has {value!r:.60}, not a timestamp "
+                          f"({int(bad.sum())} such value(s)); use unix seconds/milliseconds or ISO dates")
     return out.dt.tz_localize(None).astype("datetime64[us]")
 
 
@@ -80,9 +128,19 @@ def read_tables(events_path: Path, catalogue_path: Path | None = None, *, column
     if need:
         raise SourceError(f"{events_path}: no column for {need}; map them in data.tables_columns "
                           f"(internal -> your column name)")
-    events = raw_events.copy()
+    if raw_events.empty:
+        raise SourceError(f"{events_path} has a header but no rows: there are no events to read")
+    events = raw_events.reset_index(drop=True)
     events["timestamp"] = _to_timestamp(events["timestamp"], f"{events_path} column "
-                                                             f"{columns.get('timestamp', 'timestamp')!r}")
+                                                             f"{columns.get('timestamp', 'timestamp')!r}", events_path)
+    if events["item_id"].isna().all():
+        raise SourceError(f"{events_path}: column {columns.get('item_id', 'item_id')!r} is empty in every row; "
+                          "map the item id column in data.tables_columns")
+    missing_users = events["user_id"].isna()
+    if missing_users.any():  # factorize would give them a made-up user: report them instead
+        first = int(np.flatnonzero(missing_users.to_numpy())[0])
+        raise SourceError(f"{events_path}: column {columns.get('user_id', 'user_id')!r} is empty at "
+                          f"{_row_label(first, events_path)} ({int(missing_users.sum())} row(s)); every event needs a user")
     if catalogue_path is not None:
         raw_catalogue = _rename(_read(catalogue_path), columns, CATALOGUE_COLUMNS, catalogue_path)
         if "item_id" not in raw_catalogue.columns:
@@ -135,7 +193,8 @@ def read_tables(events_path: Path, catalogue_path: Path | None = None, *, column
         else:
             catalogue[col] = pd.Series([None] * len(catalogue), dtype="str")
     if "launch_ts" not in placeholders:
-        catalogue["launch_ts"] = _to_timestamp(catalogue["launch_ts"], f"{catalogue_path} launch_ts")
+        catalogue["launch_ts"] = _to_timestamp(catalogue["launch_ts"], f"{catalogue_path} launch_ts",
+                                               catalogue_path).to_numpy()
     if not catalogue["item_id"].isna().any():
         catalogue["item_id"] = catalogue["item_id"].astype(np.int64)
     catalogue = catalogue.sort_values("item_id", kind="stable").reset_index(drop=True)
