@@ -12,7 +12,7 @@ from pipelines.config import SimilarSettings
 from pipelines.embed.prod2vec import ItemEmbeddings
 from pipelines.export.similar_onnx import build_similar_items
 from pipelines.export.triton_models import write_similar_items_config, write_similar_items_version
-from pipelines.serve.client import similar_items
+from pipelines.serve.client import _infer, similar_items
 from pipelines.serve.triton_server import TritonServer, default_venv, find_free_port
 
 pytestmark = [
@@ -80,8 +80,13 @@ def test_answers_are_numpy_cosine_top_k(server: TritonServer, protocol: str) -> 
     (0, "item_id 0 is not an item id"),
 ])
 def test_unknown_ids_get_a_clear_invalid_argument_error(server: TritonServer, item: int, message: str) -> None:
+    """The server's own check, with a raw request (the rxrec client already refuses ids < 1 before sending)."""
+    if item < 1:
+        with pytest.raises(ValueError, match=f"item id {item} is not an item id"):
+            similar_items([1, item], url=server.url)
     with pytest.raises(tritonclient_utils.InferenceServerException, match=message) as failed:
-        similar_items([1, item], url=server.url)
+        _infer("similar_items", {"item_id": np.asarray([[1], [item]], dtype=np.int64)}, ["item_ids", "scores"],
+               url=server.url, protocol="http", timeout_s=10.0)
     assert "400" in str(failed.value.status()) or "INVALID" in str(failed.value.status()).upper()
     assert similar_items([1], url=server.url)[0][0] == _numpy_top_k(_embeddings(0), [1])[0][0].tolist()
 
