@@ -17,6 +17,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -186,30 +187,42 @@ def _batch_counts(triton: Any, model: str) -> tuple[float, float]:
     return total("nv_inference_count"), total("nv_inference_exec_count")
 
 
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU seconds of these processes (gone ones count 0)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine spent busy (not idle, not waiting on I/O) since boot."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
 def _measured(triton: Any, generator: Any, model: str, sessions: list[np.ndarray], level: Any) -> dict[str, Any]:
     """One load level plus where the CPU went: server (tritonserver + stubs), load generator, everyone else."""
     import time
 
     import psutil
 
-    def cpu_seconds(pids: list[int]) -> float:
-        total = 0.0
-        for pid in pids:
-            try:
-                times = psutil.Process(pid).cpu_times()
-                total += times.user + times.system
-            except psutil.Error:
-                pass
-        return total
-
     server_pids = [triton.pid, *(c.pid for c in psutil.Process(triton.pid).children(recursive=True))]
     counts0, server0, load0 = _batch_counts(triton, model), cpu_seconds(server_pids), cpu_seconds(generator.pids)
-    machine0, t0 = psutil.cpu_times(), time.monotonic()
+    machine0, t0 = machine_busy_s(), time.monotonic()
     result = generator.run(model, sessions, level)
-    seconds, machine1 = time.monotonic() - t0, psutil.cpu_times()
+    seconds, machine1 = time.monotonic() - t0, machine_busy_s()
     counts1 = _batch_counts(triton, model)
     server_s, load_s = cpu_seconds(server_pids) - server0, cpu_seconds(generator.pids) - load0
-    busy = sum(machine1) - sum(machine0) - (machine1.idle - machine0.idle) - (machine1.iowait - machine0.iowait)
+    busy = machine1 - machine0
     inferences, executions = counts1[0] - counts0[0], counts1[1] - counts0[1]
     return {**result.to_dict(), "cpu": {
         "server_cores": round(server_s / seconds, 2),

@@ -135,28 +135,6 @@ def sample_server(pid: int) -> ServerSample:
                         children_rss_mb=round(children, 2), processes=len(procs), cpu_s=cpu)
 
 
-def cpu_seconds(pids: Sequence[int]) -> float:
-    """User + system CPU seconds of these processes (gone ones count 0)."""
-    import psutil
-
-    total = 0.0
-    for pid in pids:
-        try:
-            times = psutil.Process(pid).cpu_times()
-            total += times.user + times.system
-        except psutil.Error:
-            pass
-    return total
-
-
-def _machine_busy_s() -> float:
-    """CPU seconds the whole machine spent busy (not idle, not waiting on I/O) since boot."""
-    import psutil
-
-    t = psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
-
-
 # ---------------------------------------------------------------------------------------- run
 @dataclass(frozen=True)
 class SoakConfig:
@@ -209,7 +187,7 @@ def run(config: SoakConfig, server: Any, settings: Any, work_dir: Path = WORK_DI
 def _run(config: SoakConfig, server: Any, settings: Any, run_dir: Path, work_dir: Path,
          echo: Any) -> dict[str, Any]:
     from benchmarks.serve import WORK_DIR as SERVE_DIR
-    from benchmarks.serve import _measured, full_sessions, prepare_models
+    from benchmarks.serve import _measured, cpu_seconds, full_sessions, machine_busy_s, prepare_models
     from pipelines.serve.load import LoadGenerator, LoadLevel, WindowStats
     from pipelines.serve.triton_server import TritonServer, find_free_port
 
@@ -241,10 +219,10 @@ def _run(config: SoakConfig, server: Any, settings: Any, run_dir: Path, work_dir
             echo(f"soaking at {target:,.0f} req/s (given) for {config.duration_s:g} s")
 
         samples: list[dict[str, Any]] = []
-        last = [(sample_server(triton.pid), cpu_seconds(generator.pids), _machine_busy_s())]
+        last = [(sample_server(triton.pid), cpu_seconds(generator.pids), machine_busy_s())]
 
         def on_window(w: WindowStats) -> None:
-            s, load_s, busy_s = sample_server(triton.pid), cpu_seconds(generator.pids), _machine_busy_s()
+            s, load_s, busy_s = sample_server(triton.pid), cpu_seconds(generator.pids), machine_busy_s()
             s0, load0, busy0 = last[0]
             seconds = max(s.at - s0.at, 1e-9)
             cores, load_cores = (s.cpu_s - s0.cpu_s) / seconds, (load_s - load0) / seconds

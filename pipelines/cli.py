@@ -473,9 +473,8 @@ def data_push(
     from pipelines.track.retry import RetryPolicy, ServiceUnavailable
 
     try:
-        r = load_settings(overrides=set_ or []).service_retries
-        result = push(remote, repo=Paths().root, policy=RetryPolicy(r.attempts, r.backoff_s, r.max_backoff_s,
-                                                                    r.timeout_s))
+        policy = RetryPolicy.from_settings(load_settings(overrides=set_ or []).service_retries)
+        result = push(remote, repo=Paths().root, policy=policy)
     except (SettingsError, ValueError, RuntimeError, ServiceUnavailable) as exc:
         _fail(str(exc))
     typer.echo(f"pushed to {result.remote} ({result.url}) in {result.attempts} attempt(s), {result.elapsed_s} s")

@@ -19,16 +19,9 @@ import pandas as pd
 
 from pipelines.config import Paths, Settings, load_settings
 from pipelines.data.schema import CATALOGUE_FILE, EVENTS_FILE, GROUND_TRUTH_FILE
+from pipelines.files import write_json_atomic as _write_json
 
 StageFn = Callable[[Settings, Paths], dict[str, Any]]
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Atomic (tmp file + rename): a task killed mid-write leaves the previous complete file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    tmp.replace(path)
 
 
 def _staging_dir(path: Path) -> Path:
@@ -306,9 +299,8 @@ def register(s: Settings, p: Paths) -> dict[str, Any]:
     params = s.flat()
     name, uri = s.mlflow.registered_model, p.tracking_uri(s)
     fp = registry.fingerprint(data["content_md5"], registry.model_params(params))
-    r = s.service_retries
     experiment_id = registry.configure(uri, s.mlflow.experiment, p.mlflow_artifacts,
-                                       RetryPolicy(r.attempts, r.backoff_s, r.max_backoff_s, r.timeout_s))
+                                       RetryPolicy.from_settings(s.service_retries))
 
     existing = registry.find_version(name, fp)
     if existing is not None and existing.tags.get(registry.GATE_TAG):
@@ -426,9 +418,7 @@ def deploy(s: Settings, p: Paths) -> dict[str, Any]:
     from pipelines.track.retry import RetryPolicy
 
     name, uri = s.mlflow.registered_model, p.tracking_uri(s)
-    r = s.service_retries
-    configure(uri, s.mlflow.experiment, p.mlflow_artifacts,
-              RetryPolicy(r.attempts, r.backoff_s, r.max_backoff_s, r.timeout_s))
+    configure(uri, s.mlflow.experiment, p.mlflow_artifacts, RetryPolicy.from_settings(s.service_retries))
     champion = alias_version(name, CHAMPION)
     if champion is None:
         raise RuntimeError(f"model {name!r} in {uri} has no {CHAMPION!r} alias: nothing to deploy")

@@ -22,16 +22,13 @@ atomically and version folders appear complete or not at all, numbered after the
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pipelines.export.triton_repo import atomic_write_text, next_version, sha256_file
+from pipelines.export.triton_repo import _check_name, publish_version, sha256_file
+from pipelines.files import atomic_write_text
 
 Variant = Literal["tensorrt_plan", "onnxruntime_trt"]
 VARIANTS: tuple[str, ...] = ("tensorrt_plan", "onnxruntime_trt")
@@ -47,8 +44,6 @@ VERSION_FILES: dict[str, tuple[str, ...]] = {
 #: ONNX TensorProto element type -> Triton data type (the types rxrec's graphs use at their edges).
 ONNX_TO_TRITON = {1: "TYPE_FP32", 6: "TYPE_INT32", 7: "TYPE_INT64", 9: "TYPE_BOOL", 10: "TYPE_FP16"}
 BUILD_COMMAND = "python -m pipelines.export.tensorrt build"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_TMP_PREFIX = ".tmp-version-"
 
 
 @dataclass(frozen=True)
@@ -242,11 +237,6 @@ def build_spec(spec: OnnxModelSpec, options: GpuProfileOptions, onnx_sha256: str
 # --------------------------------------------------------------------------- writing
 
 
-def _check_name(model_name: str) -> None:
-    if not _NAME_RE.match(model_name):
-        raise ValueError(f"invalid model name {model_name!r}: use letters, digits, '_', '.', '-'")
-
-
 def write_gpu_model(repo: Path, model_name: str, onnx_path: Path, *, variant: Variant,
                     options: GpuProfileOptions, metadata: dict[str, Any] | None = None) -> Path:
     """Write repo/model_name/config.pbtxt for `variant` and a new complete version folder; return the folder.
@@ -259,37 +249,19 @@ def write_gpu_model(repo: Path, model_name: str, onnx_path: Path, *, variant: Va
     _check_name(model_name)
     spec = read_onnx_spec(onnx_path)
     json.dumps(metadata or {})  # fail before writing anything if metadata is not serialisable
-    model_dir = Path(repo) / model_name
-    model_dir.mkdir(parents=True, exist_ok=True)
     text = (plan_config_text if variant == "tensorrt_plan" else ort_trt_config_text)(model_name, spec, options)
-    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=model_dir))
-    try:
-        shutil.copyfile(onnx_path, tmp / ONNX_FILE)
-        sha = sha256_file(tmp / ONNX_FILE)
+
+    def fill(folder: Path) -> dict[str, Any]:
+        shutil.copyfile(onnx_path, folder / ONNX_FILE)
+        sha = sha256_file(folder / ONNX_FILE)
         if variant == "tensorrt_plan":
-            (tmp / BUILD_SPEC_FILE).write_text(json.dumps(build_spec(spec, options, sha), indent=2) + "\n")
-        for _ in range(100):
-            version = next_version(repo, model_name)
-            lineage = {"model_name": model_name, "version": version, "profile": "gpu", "variant": variant,
-                       "created_at": datetime.now(UTC).isoformat(timespec="seconds"), "onnx_sha256": sha,
-                       "source_onnx": str(Path(onnx_path).resolve()), "metadata": metadata or {}}
-            (tmp / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
-            target = model_dir / str(version)
-            if target.exists():
-                continue
-            try:
-                os.rename(tmp, target)
-            except OSError:
-                if target.exists():
-                    continue
-                raise
-            target.chmod(0o755)
-            atomic_write_text(model_dir / "config.pbtxt", text)  # after the version: never a config without one
-            return target
-        raise RuntimeError(f"could not allocate a new version folder in {model_dir}")
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            (folder / BUILD_SPEC_FILE).write_text(json.dumps(build_spec(spec, options, sha), indent=2) + "\n")
+        return {"profile": "gpu", "variant": variant, "onnx_sha256": sha,
+                "source_onnx": str(Path(onnx_path).resolve()), "metadata": metadata or {}}
+
+    target = publish_version(repo, model_name, fill)
+    atomic_write_text(target.parent / "config.pbtxt", text)  # after the version: never a config without one
+    return target
 
 
 def latest_version_onnx(repo: Path, model_name: str) -> Path | None:

@@ -22,13 +22,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +33,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from pipelines.export.triton_repo import (
-    _TMP_PREFIX,
     _check_name,
     _positive,
-    atomic_write_text,
     list_versions,
-    next_version,
+    publish_version,
 )
+from pipelines.files import atomic_write_text
 
 SIMILAR_ITEMS = "similar_items"
 RECOMMEND = "recommend"
@@ -263,36 +259,16 @@ def write_model_version(
     if newest is not None and newest[1].get("fingerprint") == fp:
         return VersionWritten(Path(repo) / model_name / str(newest[0]), newest[0], False, fp)
 
-    model_dir = Path(repo) / model_name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=model_dir))
-    try:
+    def fill(folder: Path) -> dict[str, Any]:
         for name, content in files.items():
             if isinstance(content, bytes):
-                (tmp / name).write_bytes(content)
+                (folder / name).write_bytes(content)
             else:
-                shutil.copyfile(content, tmp / name)
-        for _ in range(100):
-            version = next_version(repo, model_name)
-            lineage = {"model_name": model_name, "version": version,
-                       "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                       "fingerprint": fp, "files": digests, "metadata": dict(metadata)}
-            (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
-            target = model_dir / str(version)
-            if target.exists():
-                continue
-            try:
-                os.rename(tmp, target)  # fails on an existing non-empty target: never overwrites
-            except OSError:
-                if target.exists():
-                    continue
-                raise
-            target.chmod(0o755)  # mkdtemp creates it 0700
-            return VersionWritten(target, version, True, fp)
-        raise RuntimeError(f"could not allocate a new version folder in {model_dir}")
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copyfile(content, folder / name)
+        return {"fingerprint": fp, "files": digests, "metadata": dict(metadata)}
+
+    target = publish_version(repo, model_name, fill)
+    return VersionWritten(target, int(target.name), True, fp)
 
 
 def _npy(array: np.ndarray) -> bytes:

@@ -24,11 +24,13 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pipelines.export.contract import EVENT_TYPES_NAME, INPUT_NAME, OUTPUT_IDS, OUTPUT_SCORES
+from pipelines.files import atomic_write_text
 
 #: The Python-backend model copied beside each model.onnx.
 BACKEND_MODEL_PY = Path(__file__).resolve().parents[1] / "serve" / "backend" / "model.py"
@@ -207,20 +209,6 @@ version_policy: {{ latest: {{ num_versions: 2 }} }}
     return path
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace a file atomically: a server polling or loading the repository never reads half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the server may run as another user
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def list_versions(repo: Path, model_name: str) -> list[int]:
     """Version numbers present in repo/model_name, ascending (numeric folder names only)."""
     model_dir = Path(repo) / model_name
@@ -259,24 +247,33 @@ def write_version(repo: Path, model_name: str, onnx_path: Path, *, metadata: dic
         raise FileNotFoundError(f"backend model.py not found: {BACKEND_MODEL_PY}")
     json.dumps(metadata)  # fail before writing anything if metadata is not serialisable
 
+    def fill(folder: Path) -> dict[str, Any]:
+        shutil.copyfile(onnx_path, folder / "model.onnx")
+        shutil.copyfile(BACKEND_MODEL_PY, folder / "model.py")
+        return {"onnx_sha256": sha256_file(folder / "model.onnx"), "source_onnx": str(onnx_path.resolve()),
+                "metadata": metadata}
+
+    return publish_version(repo, model_name, fill)
+
+
+def publish_version(repo: Path, model_name: str, fill: Callable[[Path], dict[str, Any]]) -> Path:
+    """Build a version folder under a hidden temp name, then rename it to the next free number.
+
+    `fill(folder)` writes the files and returns the lineage facts; lineage.json gets them plus
+    model_name, version and created_at. The folder appears complete or not at all, and existing
+    versions are never touched: if another writer takes the number first, the next one is used.
+    Temp folders a killed writer left behind are removed first (`remove_abandoned_tmp`).
+    """
     model_dir = Path(repo) / model_name
     model_dir.mkdir(parents=True, exist_ok=True)
-    remove_abandoned_tmp(model_dir)  # what a killed earlier write left behind
+    remove_abandoned_tmp(model_dir)
     tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(), dir=model_dir))
     try:
-        shutil.copyfile(onnx_path, tmp / "model.onnx")
-        shutil.copyfile(BACKEND_MODEL_PY, tmp / "model.py")
-        onnx_sha = sha256_file(tmp / "model.onnx")
+        facts = fill(tmp)
         for _ in range(100):
             version = next_version(repo, model_name)
-            lineage = {
-                "model_name": model_name,
-                "version": version,
-                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "onnx_sha256": onnx_sha,
-                "source_onnx": str(onnx_path.resolve()),
-                "metadata": metadata,
-            }
+            lineage = {"model_name": model_name, "version": version,
+                       "created_at": datetime.now(UTC).isoformat(timespec="seconds"), **facts}
             (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
             target = model_dir / str(version)
             if target.exists():  # taken between next_version and here: try the next number

@@ -51,7 +51,7 @@ class GateReport:
         return asdict(self)
 
     def save(self, path: Path) -> None:
-        from pipelines.track.registry import write_json_atomic
+        from pipelines.files import write_json_atomic
 
         write_json_atomic(path, self.to_dict())
 

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pipelines.files import write_json_atomic
 from pipelines.track.retry import RetryPolicy, call_with_retry, is_transient
 
 CHAMPION = "champion"
@@ -89,14 +90,6 @@ class RegistryResult:
 
     def save(self, path: Path) -> None:
         write_json_atomic(path, asdict(self))
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Readers (and a retried task) see the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def configure(tracking_uri: str, experiment: str, artifact_root: Path | None,

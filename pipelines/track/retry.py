@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 log = logging.getLogger("rxrec.retry")
@@ -42,6 +42,11 @@ class RetryPolicy:
         """Wait after the n-th failed attempt (1-based): exponential, capped, jittered."""
         base = min(self.max_backoff_s, self.backoff_s * 2 ** (failed_attempt - 1))
         return max(0.0, base * (0.5 + (rng or random).random()))
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RetryPolicy:
+        """The policy params.yaml `service_retries` describes (pipelines.config.ServiceRetrySettings)."""
+        return cls(settings.attempts, settings.backoff_s, settings.max_backoff_s, settings.timeout_s)
 
     def window_s(self) -> float:
         """Longest total wait between attempts (jitter at its maximum)."""

@@ -6,7 +6,6 @@ import json
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent import futures
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from typer.testing import CliRunner
 from benchmarks.soak import SoakConfig, latency_drift, memory_growth, register, validate
 from pipelines.serve.load import LoadGenerator, LoadLevel, WorkerRecord, window_stats
 from pipelines.serve.triton_server import default_venv
+from tests.serve.fake_grpc_triton import fake_triton_server
 
 
 def _minutes(n: int, every_s: float = 10.0) -> np.ndarray:
@@ -91,41 +91,10 @@ def test_window_stats_bins_by_answer_time_and_drops_the_warmup() -> None:
     assert last.p99_ms == pytest.approx(100.0)
 
 
-class _Fake:
-    """ModelInfer like Triton's, 2 ms of service; a session with a negative id is refused."""
-
-    def ModelInfer(self, request, context):  # the gRPC method name
-        import grpc
-        from tritonclient.grpc import service_pb2
-
-        ids = np.frombuffer(request.raw_input_contents[0], dtype=np.int64)
-        time.sleep(0.002)
-        if ids.min() < 0:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"negative id {ids.min()}")
-        response = service_pb2.ModelInferResponse(model_name=request.model_name, model_version="3")
-        out = response.outputs.add()
-        out.name, out.datatype = "item_ids", "INT64"
-        out.shape.extend([1, 1])
-        response.raw_output_contents.append(np.asarray([ids[-1]], dtype=np.int64).tobytes())
-        return response
-
-
 @pytest.fixture()
 def fake_triton() -> Iterator[str]:
-    import grpc
-    from tritonclient.grpc import service_pb2_grpc
-
-    class Servicer(_Fake, service_pb2_grpc.GRPCInferenceServiceServicer):
-        pass
-
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop(0)
+    with fake_triton_server(0.002, version="3", max_workers=32) as url:
+        yield url
 
 
 def test_windowed_run_reports_each_window_while_the_load_goes_on(fake_triton: str) -> None:

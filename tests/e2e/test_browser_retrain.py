@@ -8,7 +8,6 @@ Screenshots go to reports/screenshots/.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.serve.triton_server import default_venv, find_free_port
+from tests.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 SHOTS = REPO / "reports" / "screenshots"
@@ -49,11 +49,7 @@ pytestmark = [
 
 
 def _launcher():
-    spec = importlib.util.spec_from_file_location("rxrec_airflow_launcher", REPO / "infra" / "airflow" / "launcher.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("infra/airflow/launcher.py", "rxrec_airflow_launcher")
 
 
 def _get_json(url: str, token: str | None = None, data: dict | None = None) -> dict:

@@ -10,7 +10,6 @@ state. The DAG runs on a tiny world (a few minutes on 2 cores).
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ import pytest
 import yaml
 
 from pipelines.serve.triton_server import default_venv, find_free_port
+from tests.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 STACK_PY = REPO / "infra" / "stack" / "stack.py"
@@ -46,11 +46,7 @@ pytestmark = [
 
 
 def _stack_module():
-    spec = importlib.util.spec_from_file_location("rxrec_stack", STACK_PY)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("infra/stack/stack.py", "rxrec_stack")
 
 
 def _call(url: str, token: str | None = None, data: dict | None = None, method: str | None = None) -> dict:

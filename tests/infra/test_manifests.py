@@ -9,7 +9,6 @@ volumes and secrets are cross-checked between manifests, Helm values, docker-com
 from __future__ import annotations
 
 import ast
-import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -34,12 +33,11 @@ EXTERNAL_CONFIGMAPS = {"rxrec-tensorrt-code": "the build_tensorrt_engine task (d
 sys.path.insert(0, str(REPO / "infra" / "stack"))
 from profiles import PROFILES, placeholders, read_profile, secret_names
 
+from tests.scripts import load_script
+
 
 def _stack_module():
-    spec = importlib.util.spec_from_file_location("rxrec_stack_for_manifests", REPO / "infra" / "stack" / "stack.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("infra/stack/stack.py", "rxrec_stack_for_manifests")
 
 
 def _manifest_files() -> list[Path]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ast
 import base64
-import importlib.util
 import ipaddress
 import json
 import os
@@ -39,6 +38,7 @@ import psutil
 import pytest
 
 from pipelines.serve.triton_server import HOST, TritonServer, default_venv, find_free_port
+from tests.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -280,11 +280,7 @@ def test_services_listen_on_loopback_only(mlflow_servers, tmp_path, ledger):
 
 
 def _stack_module():
-    spec = importlib.util.spec_from_file_location("rxrec_stack_sec", REPO / "infra" / "stack" / "stack.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("infra/stack/stack.py", "rxrec_stack_sec")
 
 
 @pytest.mark.reliability(kind="security", name="Stack and Airflow launch commands bind 127.0.0.1")

@@ -8,72 +8,28 @@ latency when the offered rate exceeds what the fake can serve (no coordinated om
 
 from __future__ import annotations
 
-import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent import futures
 
 import numpy as np
 import pytest
 
 from pipelines.serve.load import LoadGenerator, LoadLevel, WorkerRecord, build_infer_request, summarise
+from tests.serve.fake_grpc_triton import fake_triton_server
 
 SERVICE_S = 0.005
 
 
-class _FakeTriton:
-    """ModelInfer only: sleeps SERVICE_S (one request at a time when serial), rejects negative ids."""
-
-    def __init__(self, serial: bool) -> None:
-        self.lock = threading.Lock() if serial else None
-
-    def ModelInfer(self, request, context):  # the gRPC method name
-        import grpc
-        from tritonclient.grpc import service_pb2
-
-        ids = np.frombuffer(request.raw_input_contents[0], dtype=np.int64)
-        if self.lock is not None:
-            with self.lock:
-                time.sleep(SERVICE_S * 4)
-        else:
-            time.sleep(SERVICE_S)
-        if ids.min() < 0:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"input_ids contains negative id {ids.min()}")
-        response = service_pb2.ModelInferResponse(model_name=request.model_name, model_version="7")
-        out = response.outputs.add()
-        out.name, out.datatype = "item_ids", "INT64"
-        out.shape.extend([1, 1])
-        response.raw_output_contents.append(np.asarray([ids[-1]], dtype=np.int64).tobytes())
-        return response
-
-
-def _serve(serial: bool):
-    import grpc
-    from tritonclient.grpc import service_pb2_grpc
-
-    class Servicer(_FakeTriton, service_pb2_grpc.GRPCInferenceServiceServicer):
-        pass  # every other method: UNIMPLEMENTED
-
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=64))
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(serial), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    return server, port
-
-
 @pytest.fixture(scope="module")
 def parallel_fake() -> Iterator[str]:
-    server, port = _serve(serial=False)
-    yield f"127.0.0.1:{port}"
-    server.stop(0)
+    with fake_triton_server(SERVICE_S, version="7") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def serial_fake() -> Iterator[str]:
-    server, port = _serve(serial=True)
-    yield f"127.0.0.1:{port}"
-    server.stop(0)
+    with fake_triton_server(SERVICE_S * 4, serial=True, version="7") as url:
+        yield url
 
 
 def _sessions(n: int = 4) -> list[np.ndarray]:
