@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.track.retry import RetryPolicy, ServiceUnavailable, call_with_retry, is_transient
+from pipelines.track.retry import RetryPolicy, call_with_retry, is_transient
 
 # dvc output that means the request or the configuration is wrong: retrying cannot help.
 PERMANENT_MARKERS = ("does not exist", "doesn't exist", "not a dvc repository", "unknown remote", "no remote",
@@ -105,6 +105,4 @@ def push(remote: str, *, repo: Path, policy: RetryPolicy, targets: list[str] | N
     except PushError as exc:
         raise RuntimeError(f"{exc}. Not retried: this is a configuration or permission problem with remote "
                            f"{remote!r} at {url}, not an outage. {advice}") from exc
-    except ServiceUnavailable:
-        raise
     return PushResult(remote, url, attempts, round(time.monotonic() - started, 2), output[-2000:])

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-import tritonclient.http as httpclient
 
 from pipelines.export.contract import EVENT_TYPES_NAME, INPUT_NAME, OUTPUT_IDS, OUTPUT_SCORES
 
@@ -158,29 +157,9 @@ def recommend(
     """
     padded = pad_sessions(sessions, max_len, kinds)
     batch, kind_batch = padded if isinstance(padded, tuple) else (padded, None)
-    client = httpclient.InferenceServerClient(
-        url=url, connection_timeout=timeout_s, network_timeout=timeout_s
-    )
-    try:
-        infer_inputs = []
-        for name, array in ((INPUT_NAME, batch), (EVENT_TYPES_NAME, kind_batch)):
-            if array is not None:
-                infer_inputs.append(httpclient.InferInput(name, list(array.shape), "INT64"))
-                infer_inputs[-1].set_data_from_numpy(array, binary_data=True)
-        outputs = [
-            httpclient.InferRequestedOutput(name, binary_data=True) for name in (OUTPUT_IDS, OUTPUT_SCORES)
-        ]
-        try:
-            result = client.infer(model_name, infer_inputs, outputs=outputs)
-        except Exception as exc:
-            unavailable = _unavailable(exc, url=url, protocol="http", timeout_s=timeout_s)
-            if unavailable is None:
-                raise
-            raise unavailable from exc
-        ids = result.as_numpy(OUTPUT_IDS)
-        scores = result.as_numpy(OUTPUT_SCORES)
-    finally:
-        client.close()
+    inputs = {INPUT_NAME: batch} | ({EVENT_TYPES_NAME: kind_batch} if kind_batch is not None else {})
+    out = _infer(model_name, inputs, [OUTPUT_IDS, OUTPUT_SCORES], url=url, protocol="http", timeout_s=timeout_s)
+    ids, scores = out[OUTPUT_IDS], out[OUTPUT_SCORES]
     return [(ids[r].astype(int).tolist(), scores[r].astype(float).tolist()) for r in range(len(batch))]
 
 

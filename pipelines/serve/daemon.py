@@ -238,7 +238,7 @@ def start_background(s: Settings, p: Paths, *, repo: Path | None = None) -> dict
     if attached is not None:
         for name in models:
             attached.load(name, timeout_s=s.serve.startup_timeout_s)
-        return {**(_read_info(p) or {}), "models": models, "reused": True, "recovered": None,
+        return {**(_read_info(p) or {}), "models": models, "reused": True, "recovered": recovered,
                 "repo_problems": problems}
     server = TritonServer(repo, http_port=s.serve.http_port, grpc_port=s.serve.grpc_port,
                           metrics_port=s.serve.metrics_port, startup_timeout_s=s.serve.startup_timeout_s,

@@ -510,8 +510,9 @@ class LoadGenerator:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def run(self, model_name: str, sessions: Sequence[np.ndarray], level: LoadLevel) -> LoadResult:
-        """Drive one load level against model_name and return its statistics."""
+    def _dispatch(self, model_name: str, sessions: Sequence[np.ndarray], level: LoadLevel,
+                  **job: Any) -> tuple[float, int]:
+        """Send every worker its share of one level (plus `job` extras); returns (start time, clients per worker)."""
         if not self._procs:
             raise RuntimeError("LoadGenerator is not started: use it as a context manager or call start()")
         if not sessions:
@@ -522,8 +523,13 @@ class LoadGenerator:
         for index, (_, conn) in enumerate(self._procs):
             conn.send({
                 "url": self.url, "payloads": payloads, "level": level, "start": start,
-                "index": index, "workers": self.workers, "clients": clients, "engine": self.engine,
+                "index": index, "workers": self.workers, "clients": clients, "engine": self.engine, **job,
             })
+        return start, clients
+
+    def run(self, model_name: str, sessions: Sequence[np.ndarray], level: LoadLevel) -> LoadResult:
+        """Drive one load level against model_name and return its statistics."""
+        start, clients = self._dispatch(model_name, sessions, level)
         limit = self.start_delay_s + level.warmup_s + level.duration_s + level.timeout_s + 60
         records: list[WorkerRecord] = []
         for proc, conn in self._procs:
@@ -552,25 +558,14 @@ class LoadGenerator:
         passed to ``on_window`` once every worker has handed over samples past its end. Returns the
         whole level's LoadResult (as ``run`` would) and the windows. Needs the threads engine.
         """
-        if not self._procs:
-            raise RuntimeError("LoadGenerator is not started: use it as a context manager or call start()")
         if self.engine != "threads":
             raise ValueError(f"run_windowed needs engine='threads', this generator uses {self.engine!r}")
-        if not sessions:
-            raise ValueError("sessions must not be empty")
         if not 0 < window_s <= level.duration_s:
             raise ValueError(f"window_s must be in (0, duration_s={level.duration_s}], got {window_s}")
         flush_s = flush_s if flush_s is not None else min(1.0, window_s / 4)
         if not flush_s > 0:
             raise ValueError(f"flush_s must be > 0, got {flush_s}")
-        payloads = [build_infer_request(model_name, s) for s in sessions]
-        clients = max(1, level.concurrency // self.workers)
-        start = time.monotonic() + self.start_delay_s
-        for index, (_, conn) in enumerate(self._procs):
-            conn.send({
-                "url": self.url, "payloads": payloads, "level": level, "start": start, "index": index,
-                "workers": self.workers, "clients": clients, "engine": self.engine, "flush_s": flush_s,
-            })
+        start, clients = self._dispatch(model_name, sessions, level, flush_s=flush_s)
         origin = start + level.warmup_s
         n_windows = math.ceil(level.duration_s / window_s - 1e-9)
         bounds = [origin + min((i + 1) * window_s, level.duration_s) for i in range(n_windows)]
