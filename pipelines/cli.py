@@ -32,13 +32,14 @@ def _fail(message: str) -> None:
 
 
 def _run(name: str, overrides: list[str]) -> dict:
+    from pipelines.data.adapters import SourceError
     from pipelines.track.retry import ServiceUnavailable
     from pipelines.validate.gate import DataValidationError
 
     typer.secho(f"▶ {name}", bold=True)
     try:
         summary = run_stage(name, overrides)
-    except (SettingsError, DataValidationError, FileNotFoundError, ServiceUnavailable) as exc:
+    except (SettingsError, DataValidationError, FileNotFoundError, ServiceUnavailable, SourceError) as exc:
         _fail(f"stage {name} stopped: {exc}")
     typer.echo("  " + json.dumps(summary, default=str)[:400])
     return summary
@@ -190,12 +191,16 @@ def _ask_server(call: Callable[[], object], what: str) -> object:
     """Run a client call; bad input and server rejections become one clear error line."""
     from tritonclient.utils import InferenceServerException
 
+    from pipelines.serve.client import ServerUnavailableError
+
     try:
         return call()
     except ValueError as exc:
         _fail(str(exc))
     except InferenceServerException as exc:
         _fail(f"{what}: the server answered: {exc.message() if hasattr(exc, 'message') else exc}")
+    except ServerUnavailableError as exc:  # its message names the server and says what to do
+        _fail(f"{what}: {exc}")
     except ConnectionError as exc:
         _fail(f"{what}: no Triton server answers ({exc}); start one with `rxrec serve start`")
     return None
