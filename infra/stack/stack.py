@@ -215,8 +215,8 @@ class Stack:
         missing = [name for name in secret_names(env) if name not in values]
         if missing:
             raise StackError(f"secrets named by the stack profile have no value: {', '.join(missing)}")
-        return {**env, **{name: values[name] for name in secret_names(env)}, "RXREC_WORKDIR": str(self.workdir),
-                "MLFLOW_TRACKING_USERNAME": MLFLOW_ADMIN, "MLFLOW_TRACKING_PASSWORD": values["MLFLOW_TRACKING_PASSWORD"]}
+        # the profile names MLFLOW_TRACKING_USERNAME and, as a secret, MLFLOW_TRACKING_PASSWORD: the MLflow login
+        return {**env, **{name: values[name] for name in secret_names(env)}, "RXREC_WORKDIR": str(self.workdir)}
 
     def launch_commands(self) -> dict[str, list[str]]:
         """The command line (or, for PostgreSQL, the server options) of every service, bind address included.

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from benchmarks.reliability import markdown, read_ledger, summarise
@@ -64,11 +62,18 @@ def test_summary_is_ok_only_when_all_passed_and_nothing_lost_or_promoted():
 def test_markdown_lists_every_class_with_its_counts_and_escapes_cells():
     records = [_record("Triton killed | under load", cases=1200, outcome="clients got UNAVAILABLE"),
                _record("fuzzed ids", kind="bad-input", cases=5000, passed=False, failure="boom")]
-    text = markdown(records, summarise(records), None, {"summary": {"vulnerabilities": 0}}, "rxrec bench reliability")
+    audit = {"created": "2026-12-01", "counts": {"packages": 3, "vulnerabilities": 2},
+             "vulnerabilities": [{"package": "diskcache", "version": "5.6.3", "id": "GHSA-1", "fix_versions": [],
+                                  "triaged": "local | cache only"},
+                                 {"package": "foo", "version": "1.0", "id": "GHSA-2", "fix_versions": ["1.1"]}],
+             "packages": [{"name": "not-in-the-report"}]}
+    text = markdown(records, summarise(records), None, audit, "`rxrec bench reliability`")
     assert "## Faults injected" in text and "## Bad input refused" in text
     assert "Triton killed \\| under load | 1,200 |" in text
     assert "**FAIL** boom" in text and "NOT OK" in text and "6,200 cases" in text
-    assert "rxrec bench soak" in text and json.dumps({"vulnerabilities": 0}) in text
+    assert "rxrec bench soak" in text and "packages 3, vulnerabilities 2" in text
+    assert "| diskcache | 5.6.3 | GHSA-1 | — | local \\| cache only |" in text
+    assert "| foo | 1.0 | GHSA-2 | 1.1 | **untriaged** |" in text and "not-in-the-report" not in text
 
 
 def test_an_unreadable_record_names_its_file(tmp_path):

@@ -386,5 +386,8 @@ def test_profiles_agree_with_launchers_remotes_and_params() -> None:
     assert {urlsplit(stack_env[k]).username for k in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
                                                        "MLFLOW_BACKEND_STORE_URI")} == {stack.DB_USER}
     init_sql = (COMPOSE.parent / "postgres-init.sql").read_text()
-    assert set(re.findall(r"CREATE DATABASE (\w+)", init_sql)) | {_compose()["services"]["postgres"]["environment"][
-        "POSTGRES_DB"]} == set(stack.DATABASES)
+    compose = _compose()
+    # compose keeps MLflow's login users in Postgres too (`make stack`: SQLite under var/stack)
+    auth_db = urlsplit(compose["services"]["mlflow"]["environment"]["MLFLOW_AUTH_DATABASE_URI"]).path.strip("/")
+    assert set(re.findall(r"CREATE DATABASE (\w+)", init_sql)) | {compose["services"]["postgres"]["environment"][
+        "POSTGRES_DB"]} == set(stack.DATABASES) | {auth_db}
