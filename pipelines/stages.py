@@ -7,11 +7,12 @@ Airflow DAG all go through `run_stage`; none of them holds logic of its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,22 @@ def _swap_in(staging: Path, path: Path) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _published(path: Path) -> Iterator[Path]:
+    """A stage output folder written in a staging sibling and swapped in whole only once complete.
+
+    An error or a kill mid-write leaves the previous output untouched (the staging folder is removed on an
+    error, by the next attempt after a kill), so a retried task never reads a half-written input.
+    """
+    staging = _staging_dir(path)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _swap_in(staging, path)
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run the stage that writes it first (see dvc.yaml)")
@@ -59,7 +76,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _fresh_dir(path: Path) -> Path:
-    """Stage outputs are replaced whole, never mixed with a previous run's files."""
+    """An emptied scratch folder (downloads); stage outputs go through `_published` instead."""
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True)
@@ -74,7 +91,8 @@ def generate(s: Settings, p: Paths) -> dict[str, Any]:
     from pipelines.data.adapters import load_source
 
     world = load_source(s.data)
-    world.save(_fresh_dir(p.raw))
+    with _published(p.raw) as out:
+        world.save(out)
     return {"source": s.data.source, "dataset": world.source.get("dataset", ""),
             "products": len(world.catalogue), "events": len(world.events),
             "users": int(world.events["user_id"].nunique()), "sessions": int(world.events["session_id"].nunique())}
@@ -99,12 +117,13 @@ def validate(s: Settings, p: Paths) -> dict[str, Any]:
         shutil.rmtree(p.validated)  # a failed gate leaves no validated data behind
     accepted = DataProfile.load(p.root / ACCEPTED_PROFILE)
     report = enforce(validate_tables(catalogue, events, s.validate_, source=source, accepted=accepted), p.reports)
-    out = _fresh_dir(p.validated)
-    for name in (CATALOGUE_FILE, EVENTS_FILE, GROUND_TRUTH_FILE, SOURCE_FILE):
-        if (p.raw / name).exists():
-            shutil.copy2(p.raw / name, out / name)
-    if report.profile is not None:  # this version is now the reference for the next one
-        report.profile.save(out / PROFILE_FILE)
+    with _published(p.validated) as out:
+        for name in (CATALOGUE_FILE, EVENTS_FILE, GROUND_TRUTH_FILE, SOURCE_FILE):
+            if (p.raw / name).exists():
+                shutil.copy2(p.raw / name, out / name)
+        if report.profile is not None:
+            report.profile.save(out / PROFILE_FILE)
+    if report.profile is not None:  # this version, now in place, is the reference for the next one
         report.profile.save(p.root / ACCEPTED_PROFILE)
     return {"success": report.success, "checks": len(report.checks), "elapsed_s": round(report.elapsed_s, 2),
             "drift": report.drift}
@@ -118,9 +137,10 @@ def sequences(s: Settings, p: Paths) -> dict[str, Any]:
     events = pd.read_parquet(p.validated / EVENTS_FILE)
     n_items = int(catalogue["item_id"].max())
     seqs = build_sequences(events, n_items=n_items)
-    save_sequences(seqs, _fresh_dir(p.features))
     features = build_item_features(catalogue, n_items)
-    features.save(p.features)
+    with _published(p.features) as out:
+        save_sequences(seqs, out)
+        features.save(out)
     return {**_read_json(p.features / "meta.json"), "meta_tokens": features.vocab_size - 1}
 
 
@@ -165,9 +185,9 @@ def _train_family(name: str, s: Settings, p: Paths, **inputs: Any) -> dict[str, 
     from pipelines.models.families import fit_family
 
     model, info = fit_family(name, load_sequences(p.features), s, **inputs)
-    out = _fresh_dir(p.models / name)
-    model.save(out)
-    _write_json(out / "train.json", info)
+    with _published(p.models / name) as out:
+        model.save(out)
+        _write_json(out / "train.json", info)
     return info
 
 
@@ -240,11 +260,10 @@ def export_onnx(s: Settings, p: Paths) -> dict[str, Any]:
     histories, _, _ = load_sequences(p.features).evaluation("test")
     out = p.onnx / "gpt4rec"
     # Written beside the output and renamed into place: a killed export leaves the previous model whole.
-    staging = _staging_dir(out)
-    report = export_and_check(model, staging, histories[: s.export.parity_sessions],
-                              k=s.export.top_k, opset=s.export.opset, mask_seen=s.evaluate.mask_seen)
+    with _published(out) as staging:
+        report = export_and_check(model, staging, histories[: s.export.parity_sessions],
+                                  k=s.export.top_k, opset=s.export.opset, mask_seen=s.evaluate.mask_seen)
     report.onnx_file = str(out / Path(report.onnx_file).name)
-    _swap_in(staging, out)
     from dataclasses import asdict
 
     _write_json(p.reports / "parity.json", asdict(report))
