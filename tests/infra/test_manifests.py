@@ -27,7 +27,9 @@ NAMESPACE = "rxrec"
 SKIPPED_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"): "prometheus-operator CRD"}
 # Objects referenced but created outside these manifests, and by whom.
 EXTERNAL_SECRETS = {"rxrec-s3": "kubectl create secret (docs/stack.md)",
-                    "rxrec-postgres": "kubectl create secret (docs/stack.md)"}
+                    "rxrec-postgres": "kubectl create secret (docs/stack.md)",
+                    "rxrec-mlflow-auth": "kubectl create secret (docs/stack.md)"}
+SERVER_ONLY_SECRETS = {"MLFLOW_FLASK_SERVER_SECRET_KEY"}  # MLflow's CSRF key: the server's, no client reads it
 EXTERNAL_CONFIGMAPS = {"rxrec-tensorrt-code": "the build_tensorrt_engine task (docs/gpu.md)"}
 
 sys.path.insert(0, str(REPO / "infra" / "stack"))
@@ -167,8 +169,35 @@ def test_secrets_are_referenced_never_committed() -> None:
                     f"{name}: {ref['name']} has no key {ref['key']!r}"
             if "configMapRef" in node:
                 assert node["configMapRef"]["name"] in configmaps
-    assert secret_keys == set(secret_names(read_profile("kubernetes"))), \
-        "the manifests provide exactly the secrets the kubernetes profile names"
+    assert secret_keys == set(secret_names(read_profile("kubernetes"))) | SERVER_ONLY_SECRETS, \
+        "the manifests provide exactly the secrets the kubernetes profile names (and the server's own)"
+
+
+def test_mlflow_requires_login_in_compose_and_kubernetes() -> None:
+    """Both run MLflow's basic-auth app from mlflow/basic_auth.ini, the template mlflow/server.sh fills in."""
+    import configparser
+
+    def ini(text: str) -> dict:
+        parser = configparser.ConfigParser()
+        parser.read_string(text)
+        return {section: dict(parser[section]) for section in parser.sections()}
+
+    template = ini((REPO / "mlflow" / "basic_auth.ini").read_text())
+    assert ini(_find("ConfigMap", "rxrec-mlflow-basic-auth")["data"]["basic_auth.ini"]) == template
+    k8s = _find("Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
+    k8s_env = {e["name"]: e for e in k8s["env"]}
+    compose = _compose()["services"]["mlflow"]
+    for command, env in ((" ".join(k8s["args"]), {k: v.get("value", v) for k, v in k8s_env.items()}),
+                         (" ".join(compose["command"]), compose["environment"])):
+        assert "--app-name basic-auth" in command and "/etc/rxrec/basic_auth.ini" in command
+        assert env["MLFLOW_AUTH_CONFIG_PATH"] == "/tmp/basic_auth.ini"
+        assert urlsplit(env["MLFLOW_AUTH_DATABASE_URI"]).path == "/mlflow_auth"
+        assert {"MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"} <= set(env)
+    assert k8s_env["MLFLOW_AUTH_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "MLFLOW_TRACKING_PASSWORD"
+    assert compose["environment"]["MLFLOW_AUTH_ADMIN_PASSWORD"] == "${MLFLOW_TRACKING_PASSWORD:?set MLFLOW_TRACKING_PASSWORD}"
+    for name in PROFILES[1:]:  # stack and kubernetes: clients log in as the admin with the secret password
+        profile = read_profile(name)
+        assert profile["MLFLOW_TRACKING_USERNAME"] == "admin" and "MLFLOW_TRACKING_PASSWORD" in secret_names(profile)
 
 
 def test_pod_volumes_are_defined_and_mounted() -> None:
