@@ -38,6 +38,7 @@ CODE_CONFIGMAP = "rxrec-tensorrt-code"
 #: ConfigMap key -> file of this repository: the build code the Job runs (same commit as the DAG).
 CODE_FILES = {
     "pipelines__init__.py": "pipelines/__init__.py",
+    "files.py": "pipelines/files.py",
     "export__init__.py": "pipelines/export/__init__.py",
     "contract.py": "pipelines/export/contract.py",
     "tensorrt.py": "pipelines/export/tensorrt.py",

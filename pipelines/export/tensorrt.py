@@ -36,7 +36,6 @@ import ctypes.util
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.export.contract import EVENT_TYPES_NAME, OUTPUT_IDS, OUTPUT_SCORES
+from pipelines.files import atomic_write_bytes
 
 JOB_MANIFEST = "infra/k8s/tensorrt-build-job.yaml"
 MIN_TENSORRT_MAJOR = 10
@@ -328,7 +328,7 @@ def build_engine(onnx_path: Path, plan_path: Path, max_batch: int, max_len: int,
     engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
     engine_io = _engine_io(trt, engine)
     _check_engine_io(engine_io, inputs, outputs)
-    _atomic_write(plan_path, bytes(serialized))
+    atomic_write_bytes(plan_path, bytes(serialized))
     return {
         "plan": str(plan_path), "onnx": str(onnx_path), "tensorrt_version": trt.__version__,
         "compute_capability": cuda.compute_capability(), "precision": precision, "fp32_pinned_layers": pinned,
@@ -367,18 +367,6 @@ def _check_engine_io(engine_io: dict[str, IOSpec], inputs: list[IOSpec], outputs
         raise EngineBuildError("engine I/O differs from the ONNX model: " + "; ".join(problems))
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # --------------------------------------------------------------------------- check against ONNX Runtime
 
 
@@ -399,7 +387,7 @@ class EngineCheckReport:
     examples: list[dict[str, Any]] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
-        _atomic_write(Path(path), (json.dumps(asdict(self), indent=2) + "\n").encode())
+        atomic_write_bytes(Path(path), (json.dumps(asdict(self), indent=2) + "\n").encode())
 
 
 def disagreeing_rows(ref_ids: np.ndarray, ref_scores: np.ndarray, ids: np.ndarray, scores: np.ndarray,
@@ -614,7 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"{report.sessions} sessions (tolerance {report.score_tolerance}); no plan written",
                       file=sys.stderr)
         if args.report:
-            _atomic_write(args.report, (json.dumps(summary, indent=2, default=str) + "\n").encode())
+            atomic_write_bytes(args.report, (json.dumps(summary, indent=2, default=str) + "\n").encode())
         print(json.dumps(summary, indent=2, default=str))
         return code
     except TensorRTUnavailable as exc:
