@@ -179,22 +179,21 @@ def run(config: SoakConfig, server: Any, settings: Any, work_dir: Path = WORK_DI
     work_dir.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work_dir))  # parallel runs stay apart
     try:
-        return _run(config, server, settings, run_dir, work_dir, echo)
+        return _run(config, server, settings, run_dir, echo)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _run(config: SoakConfig, server: Any, settings: Any, run_dir: Path, work_dir: Path,
-         echo: Any) -> dict[str, Any]:
+def _run(config: SoakConfig, server: Any, settings: Any, run_dir: Path, echo: Any) -> dict[str, Any]:
     from benchmarks.serve import WORK_DIR as SERVE_DIR
     from benchmarks.serve import _measured, cpu_seconds, full_sessions, machine_busy_s, prepare_models
-    from pipelines.serve.load import LoadGenerator, LoadLevel, WindowStats
+    from pipelines.serve.load import LoadGenerator, LoadLevel, WindowStats, merged_samples
     from pipelines.serve.triton_server import TritonServer, find_free_port
 
     n_items, length = settings.data.n_products, config.seq_len
     repo = run_dir / "triton_repo"
     # The same model as `bench serve` (its export cache: one export serves both benchmarks).
-    model = prepare_models(repo, [length], n_items, server, settings, SERVE_DIR / "models", benchmark="soak")[length]
+    model = prepare_models(repo, [length], n_items, server, settings, SERVE_DIR, benchmark="soak")[length]
     name, sessions = model["model"], full_sessions(length, n_items)
     triton = TritonServer(repo, http_port=find_free_port(), grpc_port=find_free_port(),
                           metrics_port=find_free_port(), log_dir=run_dir / "logs")
@@ -243,9 +242,7 @@ def _run(config: SoakConfig, server: Any, settings: Any, run_dir: Path, work_dir
         records, origin = generator.last_records, generator.last_start + config.warmup_s
         live = triton.is_live()
 
-    due = np.concatenate([r.due for r in records])
-    done = np.concatenate([r.done for r in records])
-    ok = np.concatenate([r.ok for r in records])
+    due, _, done, ok = merged_samples(records)
     counted = (due >= origin) & ok
     memory = memory_growth([w["end_s"] for w in samples], [w["rss_mb"] for w in samples],
                            warmup_s=config.memory_warmup_s)

@@ -194,9 +194,10 @@ def recover_stale(p: Paths, grace_s: float = 5.0) -> dict[str, Any] | None:
     if not info:
         return None
     pid = int(info["pid"])
-    if _is_our_server(pid, int(info["http_port"])) and _ok(f"http://{HOST}:{info['http_port']}/v2/health/live"):
+    ours = _is_our_server(pid, int(info["http_port"]))
+    if ours and _ok(f"http://{HOST}:{info['http_port']}/v2/health/live"):
         return None
-    if _is_our_server(pid, int(info["http_port"])):  # alive but not answering: hung, end it
+    if ours:  # alive but not answering: hung, end it
         stop_background(p, timeout_s=grace_s)
         return {"stale_pid": pid, "reason": "recorded server was hung (not live)", "orphan_stubs_killed": 0}
     stubs = [m for m in _group_members(pid) if _is_backend_stub(m)]
@@ -226,7 +227,8 @@ def start_background(s: Settings, p: Paths, *, repo: Path | None = None) -> dict
     models = model_load_order(repo)
     if not models:
         raise TritonStartError(f"no model to serve in {repo}: run the pipeline's deploy stage first (make demo)")
-    recovered = recover_stale(p)
+    attached = running_server(p)
+    recovered = None if attached is not None else recover_stale(p)
     check = check_repository(repo)
     problems = [f"{x.path}: {x.problem}" for x in check.problems]
     broken = [f"{x.path}: {x.problem}" for x in check.problems if Path(x.path).name.isdigit()]
@@ -234,7 +236,6 @@ def start_background(s: Settings, p: Paths, *, repo: Path | None = None) -> dict
         raise TritonStartError("the model repository has broken version folders; not starting Triton on it:\n  "
                                + "\n  ".join(broken) + "\nmove them aside with `rxrec serve check --quarantine` "
                                "(nothing is deleted) or roll back with `rxrec serve rollback`")
-    attached = running_server(p)
     if attached is not None:
         for name in models:
             attached.load(name, timeout_s=s.serve.startup_timeout_s)

@@ -354,15 +354,25 @@ def _worker_main(conn: Connection) -> None:
 
 
 # ---------------------------------------------------------------------------------------- parent side
+def merged_samples(records: Sequence[WorkerRecord]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(due, sent, done, ok) of every sample of the records, as one array each."""
+    if not records:
+        return np.empty(0), np.empty(0), np.empty(0), np.empty(0, dtype=bool)
+    due, sent, done, ok = (np.concatenate([getattr(r, name) for r in records]) for name in ("due", "sent", "done", "ok"))
+    return due, sent, done, ok
+
+
+def _pct(values: np.ndarray, q: float) -> float:
+    """The q-th percentile rounded to µs, NaN when there are no values."""
+    return round(float(np.percentile(values, q)), 3) if values.size else float("nan")
+
+
 def summarise(
     records: Sequence[WorkerRecord], level: LoadLevel, start: float, workers: int, clients: int
 ) -> LoadResult:
     """Merge the workers' samples into one LoadResult (requests due before the warm-up ends dropped)."""
     window_start = start + level.warmup_s
-    due = np.concatenate([r.due for r in records]) if records else np.empty(0)
-    sent = np.concatenate([r.sent for r in records]) if records else np.empty(0)
-    done = np.concatenate([r.done for r in records]) if records else np.empty(0)
-    ok = np.concatenate([r.ok for r in records]) if records else np.empty(0, dtype=bool)
+    due, sent, done, ok = merged_samples(records)
     versions = [v for r in records for v in r.versions]
     counted = due >= window_start
     latency_ms = (done - due)[counted & ok] * 1e3
@@ -377,9 +387,6 @@ def summarise(
     for r in records:
         errors.update(r.errors)
 
-    def pct(q: float) -> float:
-        return round(float(np.percentile(latency_ms, q)), 3) if latency_ms.size else float("nan")
-
     return LoadResult(
         mode="closed" if level.rate_per_s is None else "open",
         target_rps=level.rate_per_s,
@@ -392,11 +399,11 @@ def summarise(
         achieved_rps=round(achieved, 2),
         requests_per_min=round(achieved * 60, 1),
         mean_ms=round(float(latency_ms.mean()), 3) if latency_ms.size else float("nan"),
-        p50_ms=pct(50),
-        p95_ms=pct(95),
-        p99_ms=pct(99),
+        p50_ms=_pct(latency_ms, 50),
+        p95_ms=_pct(latency_ms, 95),
+        p99_ms=_pct(latency_ms, 99),
         max_ms=round(float(latency_ms.max()), 3) if latency_ms.size else float("nan"),
-        send_lag_p99_ms=round(float(np.percentile(lag_ms, 99)), 3) if lag_ms.size else float("nan"),
+        send_lag_p99_ms=_pct(lag_ms, 99),
         error_messages=[f"{count}x {message}" for message, count in errors.most_common(MAX_ERROR_MESSAGES)],
         versions=dict(Counter(v for v, good, c in zip(versions, ok, counted, strict=True) if good and c)),
     )
@@ -430,24 +437,19 @@ def window_stats(records: Sequence[WorkerRecord], index: int, t0: float, t1: flo
     Binning by finish time lets a window be reported as soon as every worker has handed over its
     samples past t1; a request's latency still runs from its due time.
     """
-    due = np.concatenate([r.due for r in records]) if records else np.empty(0)
-    sent = np.concatenate([r.sent for r in records]) if records else np.empty(0)
-    done = np.concatenate([r.done for r in records]) if records else np.empty(0)
-    ok = np.concatenate([r.ok for r in records]) if records else np.empty(0, dtype=bool)
+    # only records with an answer in the window: a long run does not re-merge everything before it
+    due, sent, done, ok = merged_samples([r for r in records if r.done.size and r.done.max() >= t0])
     inside = (due >= origin) & (done >= t0) & ((done < t1) | last)
     latency_ms = (done - due)[inside & ok] * 1e3
     lag_ms = (sent - due)[inside] * 1e3
-
-    def pct(values: np.ndarray, q: float) -> float:
-        return round(float(np.percentile(values, q)), 3) if values.size else float("nan")
 
     n, n_ok = int(inside.sum()), int((inside & ok).sum())
     return WindowStats(
         index=index, start_s=round(t0 - origin, 3), end_s=round(t1 - origin, 3), requests=n, ok=n_ok,
         errors=n - n_ok, rps=round(n_ok / (t1 - t0), 2) if t1 > t0 else 0.0,
-        p50_ms=pct(latency_ms, 50), p95_ms=pct(latency_ms, 95), p99_ms=pct(latency_ms, 99),
+        p50_ms=_pct(latency_ms, 50), p95_ms=_pct(latency_ms, 95), p99_ms=_pct(latency_ms, 99),
         max_ms=round(float(latency_ms.max()), 3) if latency_ms.size else float("nan"),
-        send_lag_p99_ms=pct(lag_ms, 99),
+        send_lag_p99_ms=_pct(lag_ms, 99),
     )
 
 

@@ -165,9 +165,14 @@ def snapshot(repo: Path) -> dict[str, str]:
     return out
 
 
+def _served_files(version_dir: Path) -> dict[str, Path]:
+    """The files a version folder serves (everything but lineage.json), by name."""
+    return {p.name: p for p in sorted(version_dir.iterdir()) if p.is_file() and p.name != LINEAGE}
+
+
 def _content_key(version_dir: Path) -> dict[str, str]:
-    """sha256 of each served file (not lineage.json): equal keys mean the same model."""
-    return {p.name: sha256_file(p) for p in sorted(version_dir.iterdir()) if p.is_file() and p.name != LINEAGE}
+    """sha256 of each served file: equal keys mean the same model."""
+    return {name: sha256_file(path) for name, path in _served_files(version_dir).items()}
 
 
 def rollback(repo: Path, model_name: str, *, to_version: int | None = None, reason: str = "") -> dict[str, Any]:
@@ -205,7 +210,7 @@ def rollback(repo: Path, model_name: str, *, to_version: int | None = None, reas
         target = candidates[0]
     source = model_dir / str(target)
     lineage = json.loads((source / LINEAGE).read_text())
-    files = {p.name: p for p in sorted(source.iterdir()) if p.is_file() and p.name != LINEAGE}
+    files = _served_files(source)
     metadata = {**dict(lineage.get("metadata") or {}), "rollback_of": current, "restored_from": target,
                 "rollback_reason": reason}
     written = write_model_version(repo, model_name, files, metadata=metadata)
