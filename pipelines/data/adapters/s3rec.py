@@ -13,6 +13,7 @@ internal tables need and says so in source.json:
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -25,20 +26,35 @@ S3REC_START = pd.Timestamp("2014-01-01")
 STEP = pd.Timedelta(hours=1)
 PLACEHOLDER_PRICE = 1.0
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# A line of plain ids (what every well-formed file holds): converted in one go, not token by token.
+_PLAIN_ID_LINE = re.compile(r"\s*-?[0-9]{1,19}(?:\s+-?[0-9]{1,19})+\s*", re.ASCII)
+
+
+def _is_int_text(token: str) -> bool:
+    """ASCII digits with an optional leading minus (what int() would read, without its extras)."""
+    digits = token.removeprefix("-")
+    return digits.isascii() and digits.isdigit()
 
 
 def _source_id(token: str, path: Path, number: int, what: str) -> int:
     """One id token of a line: ASCII digits (optional minus) that fit int64; else an error naming the line."""
     from pipelines.data.adapters import SourceError
 
-    digits = token.removeprefix("-")
-    if not (digits.isascii() and digits.isdigit()):
+    if not _is_int_text(token):
         raise SourceError(f"{path}:{number}: {what} {token[:40]!r} is not an integer ({what}s must be integers; "
                           "each line is `user_id item_id item_id ...` separated by spaces)")
-    value = int(token) if len(digits) <= 19 else INT64_MAX + 1
+    value = int(token) if len(token.removeprefix("-")) <= 19 else INT64_MAX + 1
     if not INT64_MIN <= value <= INT64_MAX:
         raise SourceError(f"{path}:{number}: {what} {token[:40]} does not fit a 64-bit integer")
     return value
+
+
+def _plain_ids(line: str, parts: list[str]) -> list[int] | None:
+    """The line's ids when it is plain ASCII integers that fit int64 (what _source_id accepts), else None."""
+    if not _PLAIN_ID_LINE.fullmatch(line):
+        return None
+    ids = list(map(int, parts))
+    return ids if INT64_MIN <= min(ids) and max(ids) <= INT64_MAX else None
 
 
 def _parse_lines(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -61,9 +77,13 @@ def _parse_lines(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             if len(parts) < 2:
                 raise SourceError(f"{path}:{number}: a line needs a user and at least one item, "
                                   f"got {line.strip()[:60]!r}")
-            users.append(_source_id(parts[0], path, number, "user id"))
-            lengths.append(len(parts) - 1)
-            items.extend(_source_id(token, path, number, "item id") for token in parts[1:])
+            ids = _plain_ids(line, parts)
+            if ids is None:  # something unusual: check token by token, naming the first bad one
+                ids = [_source_id(parts[0], path, number, "user id"),
+                       *(_source_id(token, path, number, "item id") for token in parts[1:])]
+            users.append(ids[0])
+            lengths.append(len(ids) - 1)
+            items.extend(ids[1:])
     if not users:
         raise SourceError(f"{path} holds no interactions (empty, or only blank lines)")
     item_ids = np.array(items, dtype=np.int64)
@@ -103,14 +123,13 @@ def read_s3rec(path: Path, attributes: Path | None = None, dataset: str = "") ->
             raise SourceError(f"{attributes} must map item id -> list of attribute ids")
         index = {int(v): i for i, v in enumerate(item_uniques)}
         for key, attrs in mapping.items():
-            key_digits = key.removeprefix("-")
-            if not (key_digits.isascii() and key_digits.isdigit()):
+            if not _is_int_text(key):
                 raise SourceError(f"{attributes}: key {key[:40]!r} is not an item id (integer text, e.g. \"12\")")
             if not isinstance(attrs, list) or not all(isinstance(a, (int, str)) and not isinstance(a, bool)
                                                       for a in attrs):
                 raise SourceError(f"{attributes}: item {key[:40]}: attributes must be a list of attribute ids "
                                   f"(integers or strings), got {json.dumps(attrs)[:60]}")
-            i = index.get(int(key)) if len(key_digits) <= 19 else None
+            i = index.get(int(key)) if len(key.removeprefix("-")) <= 19 else None
             if i is not None and attrs:
                 tags[i] = "|".join(f"a{a}" for a in attrs)
                 n_with_attributes += 1

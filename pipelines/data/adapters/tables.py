@@ -25,12 +25,17 @@ SESSION_GAP = pd.Timedelta(minutes=30)
 PLACEHOLDER_PRICE = 1.0
 
 
+def _is_parquet(path: Path) -> bool:
+    """Parquet by the file's last suffix(es); CSV/TSV otherwise (their rows have line numbers)."""
+    return "".join(path.suffixes).lower().endswith((".parquet", ".pq"))
+
+
 def _read(path: Path) -> pd.DataFrame:
     from pipelines.data.adapters import SourceError
 
     suffixes = "".join(path.suffixes).lower()
     try:
-        if suffixes.endswith((".parquet", ".pq")):
+        if _is_parquet(path):
             return pd.read_parquet(path)
         if ".csv" in suffixes or ".tsv" in suffixes:
             # index_col=False: never turn surplus leading fields into an index (that shifts every column);
@@ -74,7 +79,7 @@ def _rename(frame: pd.DataFrame, columns: dict[str, str], contract: dict[str, st
 
 def _row_label(position: int, path: Path | None) -> str:
     """Where row `position` (0-based, file order) is: a line number for CSV/TSV (header = line 1)."""
-    if path is not None and ".parquet" not in path.name.lower() and not path.name.lower().endswith(".pq"):
+    if path is not None and not _is_parquet(path):
         return f"line {position + 2}"
     return f"row {position + 1}"
 
