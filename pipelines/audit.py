@@ -30,7 +30,8 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from pipelines.config import PROJECT_ROOT
+
 TRIAGE_FILE = PROJECT_ROOT / "infra" / "audit" / "triage.toml"
 INDEX_URL = "https://pypi.org/pypi/{name}/json"
 OWN_PACKAGE = "rxrec"
@@ -215,16 +216,15 @@ def run_audit(python: Path, cache_dir: Path, triage: dict[str, str], *, use_inde
     """pip-audit first; the index's project JSON for what it skipped; triage applied."""
     data, code = run_pip_audit(python, cache_dir)
     packages, vulns = parse_pip_audit(data)
-    editable = {canonicalize_name(p.name) for p in packages if canonicalize_name(p.name) == OWN_PACKAGE}
-    todo = [p for p in packages if not p.audited_by and canonicalize_name(p.name) not in editable]
+    todo = [p for p in packages if not p.audited_by and canonicalize_name(p.name) != OWN_PACKAGE]
     done = {canonicalize_name(p.name): p for p in packages}
     if use_index and todo:
         with ThreadPoolExecutor(workers) as pool:
             for result, found in pool.map(lambda p: audit_from_index(p, fetch), todo):
                 done[canonicalize_name(result.name)] = result
                 vulns.extend(found)
-    for name in editable:  # our own package (editable install): not on the index, nothing to audit
-        done[name].reason = "skipped: this project itself (editable install, not on the index)"
+    if OWN_PACKAGE in done:  # our own package (editable install): not on the index, nothing to audit
+        done[OWN_PACKAGE].reason = "skipped: this project itself (editable install, not on the index)"
     return AuditReport(created=datetime.now(UTC).isoformat(timespec="seconds"), python=str(python),
                        packages=sorted(done.values(), key=lambda p: canonicalize_name(p.name)),
                        vulnerabilities=apply_triage(dedupe(vulns), triage), pip_audit_exit=code)

@@ -19,8 +19,10 @@ from typing import Any
 
 import pytest
 
+from benchmarks.reliability import KIND_TITLES
+
 LEDGER_ENV = "RXREC_RELIABILITY_LEDGER"
-KINDS = ("fault", "bad-input", "security", "load")
+KINDS = tuple(KIND_TITLES)  # every kind the report has a section for
 
 
 @dataclass

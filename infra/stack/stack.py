@@ -56,7 +56,6 @@ HOSTNAME_CALLABLE = "infra.stack.worker_hostname.hostname"
 # Login on the stack: MLflow runs its basic-auth app and Airflow's SimpleAuthManager has no anonymous access.
 # The passwords are secrets like PGPASSWORD (environment first, else generated into <home>/secrets.env);
 # the DAG tasks and `stack.py env` get MLFLOW_TRACKING_USERNAME/PASSWORD, which the MLflow client reads.
-MLFLOW_ADMIN = "admin"
 LOGIN_SECRETS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "RXREC_AIRFLOW_ADMIN_PASSWORD")
 
 
@@ -227,6 +226,7 @@ class Stack:
         p = self.ports
         triton_dir = self.home / "triton"
         airflow_bin = str(Path(sys.executable).parent / "airflow")
+        profile = self.profile()
         commands = {
             "postgres": ["-c", f"listen_addresses={HOST}", "-p", str(p["postgres"]), "-k", str(self.pgdata),
                          "-c", "max_connections=200"],
@@ -237,14 +237,14 @@ class Stack:
             "mlflow": ["env", f"MLFLOW_HOST={HOST}", f"MLFLOW_PORT={p['mlflow']}", "RXREC_MLFLOW_AUTH=basic-auth",
                        "bash", str(PROJECT_ROOT / "mlflow" / "server.sh")],
             "triton": [sys.executable, str(HERE / "triton_service.py"),
-                       "--repo", str(Path(self.profile()["RXREC_TRITON_REPO"])),
+                       "--repo", str(Path(profile["RXREC_TRITON_REPO"])),
                        "--http-port", str(p["triton_http"]), "--grpc-port", str(p["triton_grpc"]),
                        "--metrics-port", str(p["triton_metrics"]), "--log-dir", str(triton_dir),
                        "--pid-file", str(triton_dir / "tritonserver.pid")],
         }
         for worker in WORKERS:  # no log server: --skip-serve-logs (the api-server reads the shared log folder)
             commands[worker] = [airflow_bin, "celery", "worker", "--celery-hostname", f"{worker}@rxrec-stack",
-                                "--concurrency", "1", "--queues", self.profile()["AIRFLOW__OPERATORS__DEFAULT_QUEUE"],
+                                "--concurrency", "1", "--queues", profile["AIRFLOW__OPERATORS__DEFAULT_QUEUE"],
                                 "--skip-serve-logs", "--without-mingle", "--without-gossip"]
         return commands
 
@@ -354,10 +354,10 @@ class Stack:
                 client.create_bucket(Bucket=bucket)
 
     def start_mlflow(self, env: dict[str, str]) -> None:
-        values = self.secrets()
-        run_env = {**self._base_env(), **env, "MLFLOW_AUTH_ADMIN_USERNAME": MLFLOW_ADMIN,
-                   "MLFLOW_AUTH_ADMIN_PASSWORD": values["MLFLOW_TRACKING_PASSWORD"],
-                   "MLFLOW_FLASK_SERVER_SECRET_KEY": values["MLFLOW_FLASK_SERVER_SECRET_KEY"],
+        # the admin is the login the profile hands to clients (MLFLOW_TRACKING_USERNAME / _PASSWORD)
+        run_env = {**self._base_env(), **env, "MLFLOW_AUTH_ADMIN_USERNAME": env["MLFLOW_TRACKING_USERNAME"],
+                   "MLFLOW_AUTH_ADMIN_PASSWORD": env["MLFLOW_TRACKING_PASSWORD"],
+                   "MLFLOW_FLASK_SERVER_SECRET_KEY": self.secrets()["MLFLOW_FLASK_SERVER_SECRET_KEY"],
                    "MLFLOW_AUTH_DATABASE_URI": f"sqlite:///{self.home / 'mlflow-auth.db'}",
                    "MLFLOW_AUTH_CONFIG_PATH": str(self.home / "mlflow-basic-auth.ini")}
         proc = self._spawn("mlflow", self.launch_commands()["mlflow"], run_env)
@@ -533,7 +533,8 @@ def main() -> int:
         print(f"rxrec stack is up ({', '.join(f'{k} {v}s' for k, v in result['timings'].items())})\n"
               f"{status_lines(result['status'])}\n"
               f"  Airflow UI: {airflow.url}  user admin, password in {airflow.password_file}\n"
-              f"  MLflow UI:  http://{HOST}:{stack.ports['mlflow']}  user {MLFLOW_ADMIN}, password "
+              f"  MLflow UI:  http://{HOST}:{stack.ports['mlflow']}  user {stack.profile()['MLFLOW_TRACKING_USERNAME']}, "
+              f"password "
               f"MLFLOW_TRACKING_PASSWORD in {stack.secrets_file}\n"
               f"  ports: {stack.ports_file}   this shell: eval \"$(python infra/stack/stack.py env)\"\n"
               f"  stop with: make stack-stop")

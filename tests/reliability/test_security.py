@@ -321,7 +321,7 @@ def test_stack_and_airflow_commands_bind_loopback(tmp_path, ledger):
     assert not any(values[name] in profile_text for name in stack_mod.LOGIN_SECRETS)
     handed = stack.environment()  # what the DAG tasks and `stack.py env` get: the MLflow login from the profile
     assert (handed["MLFLOW_TRACKING_USERNAME"], handed["MLFLOW_TRACKING_PASSWORD"]) == (
-        stack_mod.MLFLOW_ADMIN, values["MLFLOW_TRACKING_PASSWORD"])
+        "admin", values["MLFLOW_TRACKING_PASSWORD"])
     ledger.record(cases=len(checks) + len(airflow_checks) + len(stack_mod.LOGIN_SECRETS), outcome=(
         f"all {len(checks)} stack services ({', '.join(checks)}) and Airflow's api-server are configured for "
         f"{HOST}, Celery workers and the scheduler run without log servers, Airflow has no anonymous admin; "
