@@ -20,6 +20,7 @@ import pandas as pd
 
 from pipelines.config import Paths, Settings, load_settings
 from pipelines.data.schema import CATALOGUE_FILE, EVENTS_FILE, GROUND_TRUTH_FILE
+from pipelines.data.sequences import META_FILE
 from pipelines.files import write_json_atomic as _write_json
 
 StageFn = Callable[[Settings, Paths], dict[str, Any]]
@@ -264,9 +265,7 @@ def export_onnx(s: Settings, p: Paths) -> dict[str, Any]:
         report = export_and_check(model, staging, histories[: s.export.parity_sessions],
                                   k=s.export.top_k, opset=s.export.opset, mask_seen=s.evaluate.mask_seen)
     report.onnx_file = str(out / Path(report.onnx_file).name)
-    from dataclasses import asdict
-
-    _write_json(p.reports / "parity.json", asdict(report))
+    report.save(p.reports / "parity.json")
     if not report.passed:
         raise RuntimeError(
             f"ONNX parity failed: {report.mismatched_sessions} of {report.sessions} sessions get a different "
@@ -288,7 +287,6 @@ def register(s: Settings, p: Paths) -> dict[str, Any]:
     by a killed attempt is reused and the gate finishes. A corrupt or incompatible ONNX file is
     rejected before anything is registered. Registry calls retry per `service_retries`.
     """
-    from pipelines.data.sequences import load_sequences
     from pipelines.track import lineage, registry
     from pipelines.track.gate import (
         GateReport,
@@ -335,7 +333,7 @@ def register(s: Settings, p: Paths) -> dict[str, Any]:
         return json.loads((p.reports / "registry.json").read_text())
 
     # The artifact itself, before anything is registered: a corrupt or incompatible file is rejected here.
-    checks = artifact_checks(onnx_path, load_sequences(p.features).n_items)
+    checks = artifact_checks(onnx_path, int(_read_json(p.features / META_FILE)["n_items"]))
     if not all(c.passed for c in checks):
         champion = registry.alias_version(name, registry.CHAMPION)
         champion_version = str(champion.version) if champion is not None else None
@@ -433,7 +431,7 @@ def deploy(s: Settings, p: Paths) -> dict[str, Any]:
     import onnx
 
     from pipelines.export.triton_repo import list_versions, write_config, write_version
-    from pipelines.track.registry import CHAMPION, alias_version, configure, download_model, get_version
+    from pipelines.track.registry import CHAMPION, alias_version, configure, download_model
     from pipelines.track.retry import RetryPolicy
 
     name, uri = s.mlflow.registered_model, p.tracking_uri(s)
@@ -458,10 +456,9 @@ def deploy(s: Settings, p: Paths) -> dict[str, Any]:
     write_config(repo, s.serve.model_name, max_batch_size=s.serve.max_batch_size, top_k=int(meta["top_k"]),
                  n_items=int(meta["n_items"]), max_seq_len=int(meta["max_len"]),
                  instance_count=s.serve.instance_count, event_kinds=int(meta.get("event_kinds", 0)))
-    info = get_version(name, version_id)
-    path = write_version(repo, s.serve.model_name, onnx_path, metadata={
+    path = write_version(repo, s.serve.model_name, onnx_path, metadata={  # the alias lookup gave the whole version
         "registered_model": name, "model_version": version_id, "alias": CHAMPION,
-        "run_id": info.run_id, "tracking_uri": uri, **info.tags,
+        "run_id": champion.run_id, "tracking_uri": uri, **champion.tags,
     })
     return _finish_deploy(s, p, {"version_path": str(path), "triton_version": int(path.name),
                                  "model_version": version_id, "new": True})

@@ -9,7 +9,6 @@ Parity: ONNX Runtime must return the same top-k ids as the eager model on real s
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from pipelines.export.contract import EVENT_TYPES_NAME, INPUT_NAME, MODEL_FILE, OUTPUT_IDS, OUTPUT_SCORES
+from pipelines.files import write_json_atomic
 from pipelines.models.gpt4rec import GPT4Rec, left_pad
 
 MASKED_SCORE = -1.0e9
@@ -63,8 +63,8 @@ class ParityReport:
     onnx_file: str
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=2))
+        """Written atomically: a task killed mid-write leaves the previous report."""
+        write_json_atomic(path, asdict(self))
 
 
 def _disagreeing_rows(t_scores: np.ndarray, t_all: np.ndarray, o_ids: np.ndarray,

@@ -135,6 +135,11 @@ class IncompatibleModel(ValueError):
 # --------------------------------------------------------------------------- the artifact itself
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception as one short line for a gate check's detail."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+
+
 def artifact_checks(onnx_path: Path, n_items: int) -> list[GateCheck]:
     """Is this file a servable model for today's catalogue? Checked before anything is registered.
 
@@ -161,8 +166,8 @@ def artifact_checks(onnx_path: Path, n_items: int) -> list[GateCheck]:
         proto = onnx.load(str(onnx_path))
         onnx.checker.check_model(proto)
     except Exception as exc:  # noqa: BLE001 - any decode/check error means the same: not a usable model
-        check("artifact is valid ONNX", False, f"{onnx_path} is corrupt or truncated ({type(exc).__name__}: "
-              f"{' '.join(str(exc).split())[:200]}); re-run export_onnx")
+        check("artifact is valid ONNX", False, f"{onnx_path} is corrupt or truncated ({_one_line(exc)}); "
+              "re-run export_onnx")
         return checks
     check("artifact is valid ONNX", True, f"opset {max((o.version for o in proto.opset_import), default=0)}, "
           f"{len(proto.graph.node)} nodes")
@@ -180,7 +185,7 @@ def artifact_checks(onnx_path: Path, n_items: int) -> list[GateCheck]:
 
         session = onnx_session(onnx_path, threads=1)
     except Exception as exc:  # noqa: BLE001
-        check("loads in ONNX Runtime", False, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+        check("loads in ONNX Runtime", False, _one_line(exc))
         return checks
     inputs = {i.name: i.type for i in session.get_inputs()}
     outputs = {o.name: o.type for o in session.get_outputs()}
@@ -203,7 +208,7 @@ def artifact_checks(onnx_path: Path, n_items: int) -> list[GateCheck]:
         check("smoke inference", ok, f"one session -> ids {ids.shape} in [{int(ids.min())}, {int(ids.max())}]"
               + ("" if ok else f", expected ({1}, {top_k}) ids in [1, {n_items}] and finite scores"))
     except Exception as exc:  # noqa: BLE001
-        check("smoke inference", False, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+        check("smoke inference", False, _one_line(exc))
     return checks
 
 

@@ -44,7 +44,7 @@ FAMILY_TAG = "model_family"
 GATE_TAG = "gate_decision"  # model-version tag set when the gate has decided on that version
 
 F = TypeVar("F", bound=Callable[..., Any])
-_retry = {"policy": RetryPolicy(), "url": ""}
+_retry = {"policy": RetryPolicy()}
 _inside = threading.local()
 ADVICE = ("Start the MLflow server (mlflow/server.sh) or point mlflow.tracking_uri / RXREC_MLFLOW_TRACKING_URI at "
           "one that runs, then run the task again: the registry was not changed by the failed call, and a re-run "
@@ -62,9 +62,8 @@ def _service(fn: F) -> F:
         try:
             import mlflow
 
-            url = _retry["url"] or mlflow.get_tracking_uri()
-            return call_with_retry(lambda: fn(*args, **kwargs), service="MLflow", url=url, policy=_retry["policy"],
-                                   advice=ADVICE, what=fn.__name__)
+            return call_with_retry(lambda: fn(*args, **kwargs), service="MLflow", url=mlflow.get_tracking_uri(),
+                                   policy=_retry["policy"], advice=ADVICE, what=fn.__name__)
         finally:
             _inside.active = False
 
@@ -103,7 +102,7 @@ def configure(tracking_uri: str, experiment: str, artifact_root: Path | None,
 
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     policy = retry or RetryPolicy()
-    _retry.update(policy=policy, url=tracking_uri)
+    _retry["policy"] = policy
     if tracking_uri.startswith(("http://", "https://")):
         # One HTTP attempt per call with a bounded wait: our policy does the retrying (MLflow's default of
         # 7 retries with backoff 2 would hold a task for minutes before anyone hears of it).

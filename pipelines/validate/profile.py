@@ -21,6 +21,7 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from pipelines.config import ValidateSettings
+from pipelines.files import atomic_write_text
 from pipelines.validate.suites import CATALOGUE, EVENTS, KNOWN_IDS_PARAM, ColumnProblems, SuiteBuild, _Builder
 
 ACCEPTED_PROFILE = Path("data") / "accepted_profile.json"  # relative to the work directory
@@ -44,10 +45,7 @@ class DataProfile(BaseModel):
     description_share: float | None = None
 
     def save(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(self.model_dump_json(indent=2))
-        tmp.replace(path)
+        atomic_write_text(path, self.model_dump_json(indent=2))
         return path
 
     @classmethod
