@@ -18,7 +18,7 @@ def run(events: int = 1_000_000, products: int = 30_000, seed: int = 42) -> dict
     """Generate ~`events` events, validate them twice; returns the figures (heavy imports inside)."""
     import time
 
-    from pipelines.config import PROJECT_ROOT, DataSettings, ValidateSettings, load_settings
+    from pipelines.core.config import PROJECT_ROOT, DataSettings, ValidateSettings, load_settings
     from pipelines.data.generate import generate_world
     from pipelines.validate import validate_tables
 

@@ -83,7 +83,7 @@ def register(bench: typer.Typer) -> None:
     ) -> None:
         """HR@10 / NDCG@10 / cold-start HR@10 of TF-IDF, text encoder, Prod2Vec, Meta-Prod2Vec."""
         from benchmarks.common import write_report
-        from pipelines.config import load_settings
+        from pipelines.core.config import load_settings
 
         settings = load_settings(overrides=set_ or [])
         started = time.perf_counter()

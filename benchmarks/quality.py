@@ -52,7 +52,7 @@ def run_quality(dataset: str, families: tuple[str, ...], overrides: list[str], l
     import numpy as np
 
     from benchmarks.common import REPORTS, load_dataset, write_report
-    from pipelines.config import Paths, load_settings
+    from pipelines.core.config import Paths, load_settings
     from pipelines.data.item_features import build_item_features
     from pipelines.data.sequences import build_sequences
     from pipelines.embed.prod2vec import train_prod2vec
@@ -143,7 +143,7 @@ def register(bench: typer.Typer) -> None:
         unknown = sorted(set(chosen) - set(FAMILIES))
         if unknown:
             raise typer.BadParameter(f"unknown model families {unknown}; choose from {', '.join(FAMILIES)}")
-        from pipelines.config import SettingsError
+        from pipelines.core.config import SettingsError
 
         try:
             path = run_quality(dataset, chosen, set_ or [], log_mlflow=mlflow_log)

@@ -123,7 +123,7 @@ def _optional_json(path: Path) -> dict[str, Any] | None:
 
 def run_reliability_tests(ledger: Path, pytest_args: list[str], timeout_s: float) -> int:
     """pytest -m reliability with the ledger pointed at `ledger` (emptied first); returns pytest's exit code."""
-    from pipelines.config import PROJECT_ROOT
+    from pipelines.core.config import PROJECT_ROOT
 
     shutil.rmtree(ledger, ignore_errors=True)
     ledger.mkdir(parents=True)
@@ -150,7 +150,7 @@ def register(bench: typer.Typer) -> None:
     ) -> None:
         """Fault-injection and bad-input tests → reports/reliability.md (what was tried, what happened)."""
         from benchmarks.common import REPORTS, write_report
-        from pipelines.config import PROJECT_ROOT
+        from pipelines.core.config import PROJECT_ROOT
 
         ledger = PROJECT_ROOT / "var" / "reliability" / "ledger"
         code = run_reliability_tests(ledger, pytest_args.split(), timeout) if run else 0

@@ -5,7 +5,7 @@ The issue's bar is 1mg's GPT4Rec on TensorRT/T4 (150 ms mean at 7,000 requests/m
 length 512 at >= 7,000 requests/min with p99 <= 150 ms. Every session sent is *full* length (no
 padding: the worst case, padding is cut off by the backend). The benchmark builds its own model
 repository (var/bench/serve/), starts and stops its own tritonserver on free ports, drives it with
-pipelines/serve/load.py and compares with in-process ONNX Runtime on the same model (the floor).
+benchmarks/load.py and compares with in-process ONNX Runtime on the same model (the floor).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from pipelines.config import PROJECT_ROOT
+from pipelines.core.config import PROJECT_ROOT
 
 #: length -> (requests per minute at least, p99 ms at most)
 TARGETS: dict[int, tuple[float, float]] = {50: (60_000, 20.0), 512: (7_000, 150.0)}
@@ -97,8 +97,8 @@ def champion_onnx(length: int) -> Path | None:
     """The newest model.onnx deployed by the demo in triton_repo/gpt4rec/ if it was exported for `length`."""
     import onnx
 
-    from pipelines.config import Paths
-    from pipelines.export.triton_repo import list_versions
+    from pipelines.core.config import Paths
+    from pipelines.repository.versions import list_versions
 
     repo = Paths().triton_repo
     versions = list_versions(repo, "gpt4rec")
@@ -272,7 +272,7 @@ def prepare_models(repo: Path, seq_lens: list[int], n_items: int, server: Server
     exported for that length, else a fresh export; {length: {model, onnx, source}}."""
     import onnx
 
-    from pipelines.export.triton_repo import write_config, write_version
+    from pipelines.repository.versions import write_config, write_version
 
     models: dict[int, dict[str, Any]] = {}
     for length in seq_lens:
@@ -300,7 +300,7 @@ def _run(seq_lens: list[int], rates: dict[int, list[float]], run_dir: Path, n_it
          engine: str, work_dir: Path, load_cpus: tuple[int, ...]) -> dict[str, Any]:
     import onnxruntime
 
-    from pipelines.serve.load import LoadGenerator, LoadLevel, ort_floor
+    from benchmarks.load import LoadGenerator, LoadLevel, ort_floor
     from pipelines.serve.triton_server import TritonServer, find_free_port
 
     repo = run_dir / "triton_repo"
@@ -338,7 +338,7 @@ def _run(seq_lens: list[int], rates: dict[int, list[float]], run_dir: Path, n_it
     return {
         "server": {"triton": "tritonserver 2.51 (nvidia-pytriton 0.7.0), Python backend + onnxruntime",
                    "grpc": True, **server.__dict__, "preferred_batch_sizes": list(server.preferred_batch_sizes)},
-        "load_generator": {"tool": "pipelines/serve/load.py (open loop, unary gRPC, spawned processes)",
+        "load_generator": {"tool": "benchmarks/load.py (open loop, unary gRPC, spawned processes)",
                            "engine": engine, "workers": workers, "pinned_cpus": list(load_cpus), "duration_s": duration_s, "warmup_s": warmup_s,
                            "perf_analyzer": perf_analyzer_status()},
         "ort_floor_onnxruntime": onnxruntime.__version__ + " (main venv, in-process, batch=1 back to back)",
@@ -420,7 +420,7 @@ def register(bench: typer.Typer) -> None:
     ) -> None:
         """GPT4Rec served by Triton under open-loop gRPC load at lengths 50 and 512, vs ONNX Runtime."""
         from benchmarks.common import REPORTS, write_report
-        from pipelines.config import load_settings
+        from pipelines.core.config import load_settings
 
         settings = load_settings(overrides=overrides or [])
         try:

@@ -33,7 +33,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from pipelines.config import PROJECT_ROOT
+from pipelines.core.config import PROJECT_ROOT
 
 WORK_DIR = PROJECT_ROOT / "var" / "bench" / "soak"
 # Memory: 1 MB/min at the default ~1,400 req/s is ~12 bytes per request: any object leaked per
@@ -185,9 +185,9 @@ def run(config: SoakConfig, server: Any, settings: Any, work_dir: Path = WORK_DI
 
 
 def _run(config: SoakConfig, server: Any, settings: Any, run_dir: Path, echo: Any) -> dict[str, Any]:
+    from benchmarks.load import LoadGenerator, LoadLevel, WindowStats, merged_samples
     from benchmarks.serve import WORK_DIR as SERVE_DIR
     from benchmarks.serve import _measured, cpu_seconds, full_sessions, machine_busy_s, prepare_models
-    from pipelines.serve.load import LoadGenerator, LoadLevel, WindowStats, merged_samples
     from pipelines.serve.triton_server import TritonServer, find_free_port
 
     n_items, length = settings.data.n_products, config.seq_len
@@ -277,7 +277,7 @@ def _run(config: SoakConfig, server: Any, settings: Any, run_dir: Path, echo: An
         "config": asdict(config), "model": model,
         "server": {"triton": "tritonserver 2.51 (nvidia-pytriton 0.7.0), Python backend + onnxruntime",
                    **server.__dict__, "preferred_batch_sizes": list(server.preferred_batch_sizes)},
-        "load_generator": {"tool": "pipelines/serve/load.py run_windowed (open loop, unary gRPC, spawned "
+        "load_generator": {"tool": "benchmarks/load.py run_windowed (open loop, unary gRPC, spawned "
                            "processes, threads engine)", "workers": config.workers, "warmup_s": config.warmup_s},
         "capacity_probe": probe, "overall": overall.to_dict(), "windows": samples,
     }
@@ -407,7 +407,7 @@ def register(bench: typer.Typer) -> None:
         """Serve GPT4Rec at ~80% of measured capacity for 10 minutes: errors, latency, server memory over time."""
         from benchmarks.common import REPORTS, write_report
         from benchmarks.serve import DEFAULT_INSTANCES, ServerConfig, parse_instances
-        from pipelines.config import load_settings
+        from pipelines.core.config import load_settings
 
         settings = load_settings(overrides=overrides or [])
         if memory_warmup < 0:

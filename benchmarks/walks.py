@@ -146,7 +146,7 @@ def run_walks_benchmark(nodes: int, edges: int, walks_per_node: int, length: int
     import numpy as np
     import scipy.sparse as sp
 
-    from pipelines.config import PROJECT_ROOT, MetaProd2VecSettings, Prod2VecSettings
+    from pipelines.core.config import PROJECT_ROOT, MetaProd2VecSettings, Prod2VecSettings
     from pipelines.graph.walks import invalid_transitions
 
     work = PROJECT_ROOT / "var" / "bench-walks"
@@ -223,7 +223,7 @@ def register(bench: typer.Typer) -> None:
     ) -> None:
         """Walk generator steps/s and memory vs PecanPy; gensim vs Meta-Prod2Vec words/s."""
         from benchmarks.common import write_report
-        from pipelines.config import PROJECT_ROOT
+        from pipelines.core.config import PROJECT_ROOT
 
         venv = Path(os.environ.get("RXREC_PECANPY_VENV", PROJECT_ROOT / "var" / "venv-pecanpy"))
         setup = PROJECT_ROOT / "infra" / "pecanpy" / "setup.sh"

@@ -20,7 +20,7 @@ from airflow.sdk import Asset, Param, dag, get_current_context, task
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
 
-from pipelines.config import load_settings
+from pipelines.core.config import load_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DVC_YAML = PROJECT_ROOT / "dvc.yaml"
@@ -49,7 +49,7 @@ GUARD_FIELDS = {
 }
 # Tasks that talk to services (MLflow, Triton): retried with exponential backoff. Training stages are
 # deterministic, so they fail fast instead. Two layers: inside the task every MLflow call retries per
-# params.yaml `service_retries` (pipelines/track/retry.py: seconds, for a restart or a blip) and then fails
+# params.yaml `service_retries` (pipelines/core/retry.py: seconds, for a restart or a blip) and then fails
 # naming the URL; these task retries cover a longer outage. A retried task is safe: a model version is
 # found again by its fingerprint (no duplicate), a version the killed attempt left ungated is gated by the
 # retry, and stage outputs are written atomically (tmp + rename).
@@ -96,7 +96,7 @@ def stage_graph(dvc: dict) -> dict[str, list[str]]:
 
 
 def overrides_from_params(params: dict[str, Any]) -> list[str]:
-    """Run params -> `section.key=value` strings for pipelines.config.load_settings."""
+    """Run params -> `section.key=value` strings for pipelines.core.config.load_settings."""
     out = [f"{dotted}={json.dumps(params[name])}" for name, (dotted, _) in FORM_FIELDS.items()
            if params.get(name) is not None]
     guards = {metric: params[name] for name, (metric, _) in GUARD_FIELDS.items() if params.get(name) is not None}
@@ -228,7 +228,7 @@ def _stage_task(stage: str):
         if stage.startswith("train_") and family not in (params.get("model_families") or families(GRAPH)):
             import shutil
 
-            from pipelines.config import Paths
+            from pipelines.core.config import Paths
 
             shutil.rmtree(Paths().models / family, ignore_errors=True)  # no stale model on the leaderboard
             raise AirflowSkipException(f"model family {family!r} is not selected in this run")
@@ -257,8 +257,8 @@ def _build_tensorrt_engine_task():
             raise AirflowSkipException("the GPU profile is disabled: set `gpu.enabled: true` in params.yaml (or add "
                                        "`gpu.enabled=true` under extra overrides) with a kube context that reaches "
                                        "the GPU node pool to build the TensorRT engine")
-        from pipelines.config import Paths
-        from pipelines.export.gpu_deploy import ClusterUnavailable, build_tensorrt_engine
+        from pipelines.core.config import Paths
+        from pipelines.gpu.deploy import ClusterUnavailable, build_tensorrt_engine
 
         try:
             return build_tensorrt_engine(settings, Paths())

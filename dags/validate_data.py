@@ -48,7 +48,7 @@ def validate_data():
 
     @task(retries=1, retry_delay=timedelta(seconds=30), outlets=[VALIDATED_DATA])
     def validate() -> dict:
-        from pipelines.config import Paths
+        from pipelines.core.config import Paths
         from pipelines.stages import run_stage
         from pipelines.track.lineage import content_hash
 

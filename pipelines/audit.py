@@ -30,7 +30,7 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from pipelines.config import PROJECT_ROOT
+from pipelines.core.config import PROJECT_ROOT
 
 TRIAGE_FILE = PROJECT_ROOT / "infra" / "audit" / "triage.toml"
 INDEX_URL = "https://pypi.org/pypi/{name}/json"

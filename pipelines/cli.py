@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from pipelines.config import PROJECT_ROOT, Paths, SettingsError, load_settings
+from pipelines.core.config import PROJECT_ROOT, Paths, SettingsError, load_settings
 from pipelines.stages import STAGES, run_stage
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="rxrec: recommendations for an online pharmacy.")
@@ -32,8 +32,8 @@ def _fail(message: str) -> None:
 
 
 def _run(name: str, overrides: list[str]) -> dict:
+    from pipelines.core.retry import ServiceUnavailable
     from pipelines.data.adapters import SourceError
-    from pipelines.track.retry import ServiceUnavailable
     from pipelines.validate.gate import DataValidationError
 
     typer.secho(f"▶ {name}", bold=True)
@@ -318,8 +318,8 @@ def serve_check_repo(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Check triton_repo/: every version folder complete and matching its lineage.json checksums (exit 1 if not)."""
-    from pipelines.serve.repo_check import check_repository
-    from pipelines.serve.repo_check import quarantine as move_aside
+    from pipelines.repository.check import check_repository
+    from pipelines.repository.check import quarantine as move_aside
 
     check = check_repository(Paths().triton_repo)
     moved = move_aside(check) if quarantine else []
@@ -343,8 +343,8 @@ def serve_rollback(
     No folder is overwritten. The registry is not changed: follow with `rxrec promote --rollback` so the
     next deploy does not bring the rolled-back model back.
     """
+    from pipelines.repository.check import rollback as roll_back
     from pipelines.serve.daemon import load_in_running_server
-    from pipelines.serve.repo_check import rollback as roll_back
 
     settings, paths = load_settings(overrides=set_ or []), Paths()
     try:
@@ -447,8 +447,8 @@ def export_(
     set_: SetOption = None,
 ) -> None:
     """Write a serving profile of the champion (or --onnx) into a Triton model repository."""
-    from pipelines.export.gpu_deploy import export_profile
-    from pipelines.export.gpu_profile import VARIANTS
+    from pipelines.gpu.deploy import export_profile
+    from pipelines.gpu.profile import VARIANTS
 
     if profile not in ("cpu", "gpu"):
         _fail(f"--profile must be cpu or gpu, got {profile!r}")
@@ -474,8 +474,8 @@ def data_push(
     set_: SetOption = None,
 ) -> None:
     """`dvc push -r REMOTE` retried with backoff (params.yaml service_retries); a clear error if it never works."""
+    from pipelines.core.retry import RetryPolicy, ServiceUnavailable
     from pipelines.data.remote import push
-    from pipelines.track.retry import RetryPolicy, ServiceUnavailable
 
     try:
         policy = RetryPolicy.from_settings(load_settings(overrides=set_ or []).service_retries)

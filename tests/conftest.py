@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import Paths, Settings, load_settings
+from pipelines.core.config import Paths, Settings, load_settings
 
 # Small enough for seconds, big enough that every stage has real work (and GPT4Rec can learn).
 TINY = [

@@ -6,7 +6,7 @@ import importlib.util
 import sys
 from types import ModuleType
 
-from pipelines.config import PROJECT_ROOT
+from pipelines.core.config import PROJECT_ROOT
 
 
 def load_script(relative_path: str, module_name: str) -> ModuleType:

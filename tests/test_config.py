@@ -1,6 +1,6 @@
 import pytest
 
-from pipelines.config import PARAMS_FILE, Settings, SettingsError, load_settings, parse_override
+from pipelines.core.config import PARAMS_FILE, Settings, SettingsError, load_settings, parse_override
 
 
 def test_params_yaml_holds_every_setting_with_its_default():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pipelines.export.triton_repo import list_versions
+from pipelines.repository.versions import list_versions
 from pipelines.serve.triton_server import TritonError, TritonServer
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipelines.config import DataSettings
+from pipelines.core.config import DataSettings
 from pipelines.data.schema import CATALOGUE_FILE, EVENTS_FILE, GROUND_TRUTH_FILE, SOURCE_FILE
 from pipelines.data.world import (
     BRAND_SYLLABLES,

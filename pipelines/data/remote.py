@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.track.retry import RetryPolicy, call_with_retry, is_transient
+from pipelines.core.retry import RetryPolicy, call_with_retry, is_transient
 
 # dvc output that means the request or the configuration is wrong: retrying cannot help.
 PERMANENT_MARKERS = ("does not exist", "doesn't exist", "not a dvc repository", "unknown remote", "no remote",

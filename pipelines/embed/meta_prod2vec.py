@@ -23,7 +23,7 @@ import numba
 import numpy as np
 from tqdm.auto import tqdm
 
-from pipelines.config import MetaProd2VecSettings
+from pipelines.core.config import MetaProd2VecSettings
 from pipelines.embed.meta import ItemFields
 from pipelines.embed.prod2vec import ItemEmbeddings
 from pipelines.graph.walks import _splitmix64 as _next  # the walks' per-walker random stream

@@ -1,6 +1,6 @@
 """The embedding stages' work: read the validated data, train one method, evaluate, save, track.
 
-Kept here, not in pipelines/stages.py, so the stage functions stay one-liners and every method
+Kept here, not in pipelines/stages/, so the stage functions stay one-liners and every method
 goes through the same steps: the same walks, the same evaluation protocol (evaluate.py), the same
 plots and one MLflow run per method with the table as an artifact.
 """
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.config import Paths, Settings
+from pipelines.core.config import Paths, Settings
 from pipelines.data.schema import CATALOGUE_FILE, EVENTS_FILE
 from pipelines.data.sequences import Sequences, load_sequences
 from pipelines.embed.prod2vec import ItemEmbeddings, Walks

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from pipelines.config import GraphSettings, Prod2VecSettings
+from pipelines.core.config import GraphSettings, Prod2VecSettings
 from pipelines.graph.cooccurrence import cooccurrence_graph
 from pipelines.graph.walks import WalkSampler
 

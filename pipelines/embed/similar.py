@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from pipelines.config import SimilarSettings
+from pipelines.core.config import SimilarSettings
 from pipelines.embed.evaluate import normalise
 from pipelines.embed.prod2vec import ItemEmbeddings
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from pipelines.config import TextEncoderSettings, TfidfSettings
+from pipelines.core.config import TextEncoderSettings, TfidfSettings
 from pipelines.embed.prod2vec import ItemEmbeddings
 
 

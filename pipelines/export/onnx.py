@@ -19,8 +19,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from pipelines.export.contract import EVENT_TYPES_NAME, INPUT_NAME, MODEL_FILE, OUTPUT_IDS, OUTPUT_SCORES
-from pipelines.files import write_json_atomic
+from pipelines.core.contract import EVENT_TYPES_NAME, INPUT_NAME, MODEL_FILE, OUTPUT_IDS, OUTPUT_SCORES
+from pipelines.core.files import write_json_atomic
 from pipelines.models.gpt4rec import GPT4Rec, left_pad
 
 MASKED_SCORE = -1.0e9

@@ -24,7 +24,7 @@ import onnx
 import scipy.sparse as sp
 from onnx import TensorProto, helper, numpy_helper
 
-from pipelines.config import SimilarSettings
+from pipelines.core.config import SimilarSettings
 from pipelines.embed.evaluate import normalise
 from pipelines.embed.prod2vec import ItemEmbeddings
 

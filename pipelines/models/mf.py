@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm import tqdm
 
-from pipelines.config import MFSettings
+from pipelines.core.config import MFSettings
 
 FACTORS_FILE = "item_factors.npy"
 

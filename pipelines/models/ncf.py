@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from pipelines.config import NCFSettings
+from pipelines.core.config import NCFSettings
 from pipelines.models.gpt4rec import left_pad
 
 

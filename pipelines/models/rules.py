@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from pipelines.config import RulesSettings
+from pipelines.core.config import RulesSettings
 
 RULES_FILE = "rules.npz"
 

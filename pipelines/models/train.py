@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pipelines.config import GPT4RecSettings
+from pipelines.core.config import GPT4RecSettings
 from pipelines.data.sequences import N_EVENT_KINDS, Sequences
 from pipelines.embed.prod2vec import ItemEmbeddings
 from pipelines.evaluate.protocol import evaluate

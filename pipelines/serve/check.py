@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.config import Paths, Settings
+from pipelines.core.config import Paths, Settings
 from pipelines.data.schema import CATALOGUE_FILE
 from pipelines.data.sequences import load_sequences
 from pipelines.export.onnx import TIE_TOLERANCE, onnx_session, onnx_top_k
-from pipelines.export.triton_models import RECOMMEND, SIMILAR_ITEMS
+from pipelines.repository.models import RECOMMEND, SIMILAR_ITEMS
 from pipelines.serve.client import pad_sessions, recommend, recommend_session, similar_items
 from pipelines.serve.daemon import AttachedServer, running_server
 from pipelines.serve.triton_server import TritonServer

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipelines.export.contract import EVENT_TYPES_NAME, INPUT_NAME, OUTPUT_IDS, OUTPUT_SCORES
+from pipelines.core.contract import EVENT_TYPES_NAME, INPUT_NAME, OUTPUT_IDS, OUTPUT_SCORES
 
 EventKind = int | str
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from pipelines.config import Paths, Settings
-from pipelines.export.triton_models import LOAD_ORDER
+from pipelines.core.config import Paths, Settings
+from pipelines.repository.models import LOAD_ORDER
 from pipelines.serve.triton_server import (
     HOST,
     TritonError,
@@ -219,9 +219,9 @@ def start_background(s: Settings, p: Paths, *, repo: Path | None = None) -> dict
 
     A server recorded under var/triton/ that died (crash, SIGKILL) is cleaned up first
     (recover_stale) and a new one started: `rxrec serve start` is also the restart after a crash.
-    The result says ``recovered`` (the dead pid) and ``repo_problems`` (pipelines/serve/repo_check.py).
+    The result says ``recovered`` (the dead pid) and ``repo_problems`` (pipelines/repository/check.py).
     """
-    from pipelines.serve.repo_check import check_repository
+    from pipelines.repository.check import check_repository
 
     repo = Path(repo or p.triton_repo)
     models = model_load_order(repo)

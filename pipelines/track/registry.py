@@ -4,7 +4,7 @@ Runs are laid out for the MLflow compare view: one parent run per DAG run (found
 dag run id, so a retried task does not open a second one) and one child run per model family with
 the same metric names (hr_at_10, ndcg_at_10, mrr, coverage_at_10, train_seconds). The GPT4Rec child
 run holds the ONNX model, registered as a new version with alias `challenger`; the gate
-(pipelines.track.gate) decides whether `champion` moves to it. The registered model keeps the list
+(pipelines.promotion.gate) decides whether `champion` moves to it. The registered model keeps the list
 of past champions in a tag, which is what `rollback` walks back.
 
 Re-registering the same model (same fingerprint: data content hash and the params that shape the
@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pipelines.files import write_json_atomic
-from pipelines.track.retry import RetryPolicy, call_with_retry, is_transient
+from pipelines.core.files import write_json_atomic
+from pipelines.core.retry import RetryPolicy, call_with_retry, is_transient
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

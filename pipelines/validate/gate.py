@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from pipelines.config import ValidateSettings
+from pipelines.core.config import ValidateSettings
 from pipelines.data.schema import CATALOGUE_COLUMNS, EVENTS_COLUMNS
 from pipelines.validate import suites as S
 from pipelines.validate.profile import (

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from pipelines.config import ValidateSettings
-from pipelines.files import atomic_write_text
+from pipelines.core.config import ValidateSettings
+from pipelines.core.files import atomic_write_text
 from pipelines.validate.suites import CATALOGUE, EVENTS, KNOWN_IDS_PARAM, ColumnProblems, SuiteBuild, _Builder
 
 ACCEPTED_PROFILE = Path("data") / "accepted_profile.json"  # relative to the work directory

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from pandas.api import types as ptypes
 
-from pipelines.config import ValidateSettings
+from pipelines.core.config import ValidateSettings
 from pipelines.data.schema import (
     CATALOGUE_COLUMNS,
     CATALOGUE_REQUIRED,

@@ -44,7 +44,7 @@ def test_bench_serve_smoke_writes_report(tmp_path) -> None:
 
 def test_bad_options_are_refused_clearly() -> None:
     from benchmarks.serve import parse_instances, parse_rates
-    from pipelines.export.triton_repo import write_config
+    from pipelines.repository.versions import write_config
 
     assert parse_rates("50:500,1050;512:60", [50, 512]) == {50: [500.0, 1050.0], 512: [60.0]}
     assert parse_instances("50:1;512:2", [50, 512, 100], default=3) == {50: 1, 512: 2, 100: 3}

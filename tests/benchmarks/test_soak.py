@@ -12,8 +12,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from benchmarks.load import LoadGenerator, LoadLevel, WorkerRecord, window_stats
 from benchmarks.soak import SoakConfig, latency_drift, memory_growth, register, validate
-from pipelines.serve.load import LoadGenerator, LoadLevel, WorkerRecord, window_stats
 from pipelines.serve.triton_server import default_venv
 from tests.serve.fake_grpc_triton import fake_triton_server
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.config import PROJECT_ROOT, DataSettings, ValidateSettings
+from pipelines.core.config import PROJECT_ROOT, DataSettings, ValidateSettings
 from pipelines.data.adapters import SourceError, load_source
 from pipelines.data.adapters.s3rec import read_s3rec
 from pipelines.data.adapters.tables import read_tables

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.config import DataSettings
+from pipelines.core.config import DataSettings
 from pipelines.data.generate import generate_world
 from pipelines.data.schema import CATALOGUE_COLUMNS, EVENT_TYPES, EVENTS_COLUMNS
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.config import DataSettings
+from pipelines.core.config import DataSettings
 from pipelines.data.generate import generate_world
 from pipelines.data.ground_truth import GroundTruth
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.export.triton_repo import write_config, write_version
+from pipelines.repository.versions import write_config, write_version
 from pipelines.serve.client import pad_sessions, recommend
 from pipelines.serve.triton_server import (
     TritonModelLoadError,

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.config import MetaProd2VecSettings, SimilarSettings, TfidfSettings
+from pipelines.core.config import MetaProd2VecSettings, SimilarSettings, TfidfSettings
 from pipelines.embed.evaluate import CosineSimilarity, Popularity, evaluate_similarity
 from pipelines.embed.meta import field_values, item_fields, item_texts
 from pipelines.embed.meta_prod2vec import train_meta_prod2vec
@@ -98,7 +98,7 @@ def test_similarity_protocol_scores_cold_targets_only_with_a_vector():
 
 
 def test_text_encoder_embeds_offline_and_finetunes_on_pairs():
-    from pipelines.config import TextEncoderSettings
+    from pipelines.core.config import TextEncoderSettings
     from pipelines.embed.text import train_text_encoder
 
     texts = ["", "paracetamol tablet for fever", "ibuprofen tablet for pain", "vitamin c capsule", "zinc capsule"]

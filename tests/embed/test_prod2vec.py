@@ -1,6 +1,6 @@
 import numpy as np
 
-from pipelines.config import GraphSettings, Prod2VecSettings
+from pipelines.core.config import GraphSettings, Prod2VecSettings
 from pipelines.embed.prod2vec import ItemEmbeddings, train_prod2vec
 
 

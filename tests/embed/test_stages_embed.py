@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from pipelines.config import Paths
+from pipelines.core.config import Paths
 from pipelines.embed.prod2vec import ItemEmbeddings
 from pipelines.stages import run_stage
 

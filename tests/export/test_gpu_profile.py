@@ -18,9 +18,11 @@ import torch
 import yaml
 from onnx import TensorProto, helper
 
-from pipelines.config import PROJECT_ROOT, Paths, load_settings
-from pipelines.export import gpu_deploy, tensorrt
-from pipelines.export.gpu_profile import (
+from pipelines.core.config import PROJECT_ROOT, Paths, load_settings
+from pipelines.export.onnx import export_onnx
+from pipelines.gpu import deploy as gpu_deploy
+from pipelines.gpu import tensorrt
+from pipelines.gpu.profile import (
     VARIANTS,
     VERSION_FILES,
     GpuProfileOptions,
@@ -28,7 +30,6 @@ from pipelines.export.gpu_profile import (
     sha256_file,
     write_gpu_model,
 )
-from pipelines.export.onnx import export_onnx
 from pipelines.models.gpt4rec import GPT4Rec, GPT4RecConfig
 
 text_format = pytest.importorskip("google.protobuf.text_format")
@@ -189,7 +190,7 @@ def test_bad_inputs_are_refused_with_the_reason(tmp_path, gpt4rec_onnx):
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
 def test_tensorrt_cli_fails_clearly_without_tensorrt_and_writes_no_plan(tmp_path, gpt4rec_onnx):
     plan = tmp_path / "out" / "model.plan"
-    proc = subprocess.run([sys.executable, "-m", "pipelines.export.tensorrt", "build", "--onnx", str(gpt4rec_onnx),
+    proc = subprocess.run([sys.executable, "-m", "pipelines.gpu.tensorrt", "build", "--onnx", str(gpt4rec_onnx),
                            "--plan", str(plan), "--max-batch", "8", "--check", "--report", str(tmp_path / "r.json")],
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == tensorrt.EXIT_UNAVAILABLE, proc.stderr
@@ -230,7 +231,7 @@ def test_sampled_sessions_cover_lengths_and_are_left_padded():
 def test_build_module_imports_only_what_the_job_image_has():
     """The Job runs tensorrt.py from a ConfigMap in the TensorRT container: stdlib, numpy, the contract."""
     allowed = set(sys.stdlib_module_names) | {"numpy", "tensorrt", "onnxruntime", "nvidia", "__future__"}
-    tree = ast.parse((PROJECT_ROOT / "pipelines/export/tensorrt.py").read_text())
+    tree = ast.parse((PROJECT_ROOT / "pipelines/gpu/tensorrt.py").read_text())
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     from_pipelines = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
                       and n.module.startswith("pipelines")}
@@ -258,8 +259,8 @@ def test_job_manifest_runs_the_tested_module_on_the_gpu_pool():
     build = containers["build-engine"]
     assert build["resources"]["limits"]["nvidia.com/gpu"] == 1 and build["image"] == settings.gpu.image
     script = " ".join(build["args"])
-    assert "-m pipelines.export.tensorrt build" in script
-    tokens = shlex.split(script.split("-m pipelines.export.tensorrt", 1)[1].split(";")[0])
+    assert "-m pipelines.gpu.tensorrt build" in script
+    tokens = shlex.split(script.split("-m pipelines.gpu.tensorrt", 1)[1].split(";")[0])
     args = tensorrt._parser().parse_args(tokens)
     assert args.check and args.plan == Path("/work/out/model.plan") and args.build_spec == Path("/work/build.json")
     # The ConfigMap volume lays out exactly the files the module needs as an importable package.
@@ -289,7 +290,7 @@ def test_render_job_fills_in_one_model_version(monkeypatch):
         if "MODEL_VERSION" in env:
             assert (env["MODEL_NAME"], env["MODEL_VERSION"]) == ("similar_items", "7")
     configmap = gpu_deploy.code_configmap("ml")
-    assert configmap["data"]["tensorrt.py"] == (PROJECT_ROOT / "pipelines/export/tensorrt.py").read_text()
+    assert configmap["data"]["tensorrt.py"] == (PROJECT_ROOT / "pipelines/gpu/tensorrt.py").read_text()
     assert yaml.safe_load(yaml.safe_dump({"kind": "List", "items": [configmap, job]}))["items"][1] == job
 
 

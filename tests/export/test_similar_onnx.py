@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from pipelines.config import SimilarSettings
+from pipelines.core.config import SimilarSettings
 from pipelines.embed.prod2vec import ItemEmbeddings
 from pipelines.export.similar_onnx import build_similar_items, exact_graph
 

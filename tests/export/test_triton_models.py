@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from pipelines.config import Paths, RulesSettings
-from pipelines.export.triton_models import (
+from pipelines.core.config import Paths, RulesSettings
+from pipelines.repository.models import (
     RECOMMEND_BACKEND_PY,
     SIMILAR_BACKEND_PY,
     FallbackTables,
@@ -151,9 +151,9 @@ def test_fingerprint_depends_on_content_and_names_only() -> None:
 def test_fallback_tables_from_pipeline_artifacts(tmp_path: Path) -> None:
     """popularity + rules + training interactions + catalogue, resized to the served n_items."""
     from pipelines.data.sequences import Sequences, save_sequences
-    from pipelines.export.deploy_models import fallback_tables
     from pipelines.models.popularity import PopularityRecommender
     from pipelines.models.rules import AssociationRules
+    from pipelines.repository.companions import fallback_tables
 
     p = Paths(tmp_path)
     histories = [np.array([1, 2, 3, 4, 5]), np.array([1, 2, 3, 9]), np.array([2, 3, 6])]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.export import triton_repo
-from pipelines.export.triton_repo import (
+from pipelines.repository import versions
+from pipelines.repository.versions import (
     BACKEND_MODEL_PY,
     list_versions,
     next_version,
@@ -122,10 +122,10 @@ def test_never_overwrites_when_number_is_taken(
     """Another writer took the number between next_version() and the rename: use the next one."""
     first = write_version(tmp_path, "m", onnx_file, metadata={"who": "first"})
     (first / "marker").write_text("keep me")
-    real = triton_repo.next_version
+    real = versions.next_version
     answers = iter([1])  # a stale answer, as a racing writer would see it
     monkeypatch.setattr(
-        triton_repo, "next_version", lambda repo, name: next(answers, None) or real(repo, name)
+        versions, "next_version", lambda repo, name: next(answers, None) or real(repo, name)
     )
     second = write_version(tmp_path, "m", onnx_file, metadata={"who": "second"})
     assert second.name == "2"
@@ -138,14 +138,14 @@ def test_failed_write_leaves_nothing(
     tmp_path: Path, onnx_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_version(tmp_path, "m", onnx_file, metadata={})
-    real_copy = triton_repo.shutil.copyfile
+    real_copy = versions.shutil.copyfile
 
     def failing_copy(src, dst, *a, **kw):
         if Path(dst).name == "model.py":
             raise OSError("disk full")
         return real_copy(src, dst, *a, **kw)
 
-    monkeypatch.setattr(triton_repo.shutil, "copyfile", failing_copy)
+    monkeypatch.setattr(versions.shutil, "copyfile", failing_copy)
     with pytest.raises(OSError, match="disk full"):
         write_version(tmp_path, "m", onnx_file, metadata={})
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1"]  # no partial version, no temp dir

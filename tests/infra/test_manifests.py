@@ -228,7 +228,7 @@ def test_services_select_pods_and_name_their_ports() -> None:
 
 
 def test_triton_ports_probes_metrics_and_autoscaling_agree() -> None:
-    from pipelines.config import load_settings
+    from pipelines.core.config import load_settings
 
     serve = load_settings().serve
     deployment = _find("Deployment", "triton")
@@ -395,7 +395,7 @@ def test_profiles_share_their_keys_and_hold_no_secrets() -> None:
 
 
 def test_profiles_agree_with_launchers_remotes_and_params() -> None:
-    from pipelines.config import load_settings
+    from pipelines.core.config import load_settings
 
     stack = _stack_module()
     local, stack_env, k8s = (read_profile(n) for n in PROFILES)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipelines.config import MFSettings, NCFSettings, RulesSettings
+from pipelines.core.config import MFSettings, NCFSettings, RulesSettings
 from pipelines.evaluate.protocol import evaluate
 from pipelines.models.families import load_recommenders
 from pipelines.models.mf import MatrixFactorization, interaction_matrix

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.config import GPT4RecSettings
+from pipelines.core.config import GPT4RecSettings
 from pipelines.evaluate.protocol import evaluate
 from pipelines.models.gpt4rec import GPT4Rec, GPT4RecConfig, GPT4RecRecommender, left_pad
 from pipelines.models.popularity import PopularityRecommender

@@ -207,7 +207,7 @@ def test_events_tables_load_every_row_or_name_the_file_and_line(ledger) -> None:
     one()
     assert tally["loaded"] > 30 and tally["refused"] > 30, tally
     # the gate on fuzzed tables that loaded: a report, never a crash
-    from pipelines.config import ValidateSettings
+    from pipelines.core.config import ValidateSettings
     from pipelines.validate import validate_tables
 
     gated = 0

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pipelines.config import PARAMS_FILE, Settings, SettingsError, load_settings
+from pipelines.core.config import PARAMS_FILE, Settings, SettingsError, load_settings
 
 # (args, texts the message must contain, a short name for the report)
 CLI_CASES: list[tuple[list[str], list[str]]] = [

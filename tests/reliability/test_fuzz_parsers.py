@@ -6,7 +6,7 @@
   item and the rule;
 - the CLI's --session/--purchased id lists and --events (pipelines/cli.py): any text gives ids or
   exits with a message naming the option;
-- `--set` overrides and dict overrides (pipelines/config.py load_settings): any text gives
+- `--set` overrides and dict overrides (pipelines/core/config.py load_settings): any text gives
   Settings or SettingsError naming the key and what to change.
 
 An oracle written from each function's documented contract (not from its output) says which
@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipelines.cli import _event_list, _id_list
-from pipelines.config import Settings, SettingsError, load_settings
+from pipelines.core.config import Settings, SettingsError, load_settings
 from pipelines.data.sequences import EVENT_KIND_CODES
 from pipelines.serve.client import item_batch, kind_codes, pad_sessions, session_inputs
 

@@ -29,14 +29,14 @@ import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines.export.triton_models import (
+from pipelines.repository.models import (
     FallbackTables,
     write_recommend_config,
     write_recommend_version,
     write_similar_items_config,
     write_similar_items_version,
 )
-from pipelines.export.triton_repo import write_config, write_version
+from pipelines.repository.versions import write_config, write_version
 from pipelines.serve.triton_server import TritonServer, default_venv
 from tests.serve.toy_triton import MAX_BATCH, MAX_SEQ_LEN, N_ITEMS, TOP_K, export_toy_onnx, running_server
 
@@ -104,7 +104,7 @@ def _toy_kinds_onnx(path: Path) -> Path:
 
 
 def _similar_graph():
-    from pipelines.config import SimilarSettings
+    from pipelines.core.config import SimilarSettings
     from pipelines.embed.prod2vec import ItemEmbeddings
     from pipelines.export.similar_onnx import build_similar_items
 

@@ -34,10 +34,10 @@ import numpy as np
 import onnx
 import pytest
 
-from pipelines.config import PROJECT_ROOT
+from pipelines.core.config import PROJECT_ROOT
+from pipelines.core.retry import ServiceUnavailable
 from pipelines.serve.triton_server import find_free_port
 from pipelines.stages import run_stage
-from pipelines.track.retry import ServiceUnavailable
 
 BIN = Path(sys.executable).parent
 MODEL = "gpt4rec"
@@ -288,7 +288,7 @@ def test_task_killed_mid_write_and_retried_leaves_no_duplicate_or_half_file(worl
         export, env, lambda: any(p.name.endswith(".onnx") for p in onnx_dir.parent.glob(".gpt4rec.staging-*/*")))
     assert _tree_digest(onnx_dir) == before, "the killed export changed the published ONNX model"
     assert (root / "reports" / "pipeline" / "parity.json").read_bytes() == parity_before
-    from pipelines.track.gate import artifact_checks
+    from pipelines.promotion.gate import artifact_checks
 
     assert all(c.passed for c in artifact_checks(onnx_dir / "model.onnx", _n_items(root)))
     retry("export_onnx", world["overrides"], "manual__fault_kill_1")
@@ -492,8 +492,8 @@ def _dvc(repo: Path, env: dict[str, str], *args: str) -> str:
 @pytest.mark.slow
 @pytest.mark.reliability(kind="fault", name="S3 remote down during dvc push")
 def test_s3_down_during_dvc_push_retries_fails_clearly_and_keeps_local_data(tmp_path, ledger):
+    from pipelines.core.retry import RetryPolicy
     from pipelines.data.remote import push
-    from pipelines.track.retry import RetryPolicy
 
     s3 = S3Emulator()
     repo = tmp_path / "repo"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.track.retry import RetryPolicy, ServiceUnavailable, call_with_retry, is_transient
+from pipelines.core.retry import RetryPolicy, ServiceUnavailable, call_with_retry, is_transient
 
 BIN = Path(sys.executable).parent
 

@@ -460,12 +460,12 @@ def test_served_artifacts_load_without_pickle(tmp_path, ledger):
     import onnx
     import scipy.sparse as sp
 
-    from pipelines.export.triton_models import (
+    from pipelines.repository.models import (
         FallbackTables,
         write_recommend_version,
         write_similar_items_version,
     )
-    from pipelines.export.triton_repo import write_version
+    from pipelines.repository.versions import write_version
 
     repo = tmp_path / "triton_repo"
     repo.mkdir()

@@ -34,11 +34,11 @@ from typing import Self
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from pipelines.config import Paths, load_settings
-from pipelines.export.triton_repo import list_versions, write_config, write_version
+from pipelines.core.config import Paths, load_settings
+from pipelines.repository.check import check_repository, quarantine, snapshot
+from pipelines.repository.versions import list_versions, write_config, write_version
 from pipelines.serve.client import ServerUnavailableError, recommend
 from pipelines.serve.daemon import running_server, start_background, stop_background
-from pipelines.serve.repo_check import check_repository, quarantine, snapshot
 from pipelines.serve.triton_server import PROJECT_ROOT, TritonStartError, find_free_port
 from tests.serve.toy_triton import (
     MAX_BATCH,
@@ -279,7 +279,7 @@ def test_stale_version_is_rolled_back_to_a_new_folder_while_serving(tmp_path, le
 _HALF_WRITER = """
 import shutil, sys, time
 from pathlib import Path
-import pipelines.export.triton_repo as tr
+import pipelines.repository.versions as tr
 
 real = shutil.copyfile
 def half_copy(src, dst, *a, **k):
@@ -403,7 +403,7 @@ def test_client_says_which_server_is_unreachable_and_what_to_do(protocol) -> Non
 
 
 def test_abandoned_temp_folders_are_told_from_live_writes_and_removed(tmp_path) -> None:
-    from pipelines.export.triton_repo import abandoned_tmp_folders, remove_abandoned_tmp, tmp_writer_pid
+    from pipelines.repository.versions import abandoned_tmp_folders, remove_abandoned_tmp, tmp_writer_pid
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -420,7 +420,7 @@ def test_abandoned_temp_folders_are_told_from_live_writes_and_removed(tmp_path) 
 
 
 def test_rollback_refuses_with_a_reason_and_never_rewrites(tmp_path) -> None:
-    from pipelines.serve.repo_check import rollback
+    from pipelines.repository.check import rollback
 
     onnx = tmp_path / "m.onnx"
     onnx.write_bytes(b"not really onnx, the rollback only copies files")

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from pipelines.export.triton_repo import write_config, write_version
+from pipelines.repository.versions import write_config, write_version
 from pipelines.serve.triton_server import TritonServer
 from tests.serve.toy_triton import MAX_BATCH, MAX_SEQ_LEN, N_ITEMS, TOP_K, export_toy_onnx, running_server
 

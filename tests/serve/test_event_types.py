@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from pipelines.export.triton_repo import write_config, write_version
+from pipelines.repository.versions import write_config, write_version
 from pipelines.serve.triton_server import TritonServer
 from tests.serve.toy_triton import running_server
 

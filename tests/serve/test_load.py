@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from pipelines.serve.load import LoadGenerator, LoadLevel, WorkerRecord, build_infer_request, summarise
+from benchmarks.load import LoadGenerator, LoadLevel, WorkerRecord, build_infer_request, summarise
 from tests.serve.fake_grpc_triton import fake_triton_server
 
 SERVICE_S = 0.005

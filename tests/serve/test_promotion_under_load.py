@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from pipelines.export.triton_repo import write_config, write_version
-from pipelines.serve.load import LoadGenerator, LoadLevel, LoadResult
+from benchmarks.load import LoadGenerator, LoadLevel, LoadResult
+from pipelines.repository.versions import write_config, write_version
 from tests.serve.toy_triton import (
     MAX_BATCH,
     MAX_SEQ_LEN,

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from pipelines.export.triton_models import FallbackTables, write_recommend_config, write_recommend_version
-from pipelines.export.triton_repo import write_config, write_version
+from pipelines.repository.models import FallbackTables, write_recommend_config, write_recommend_version
+from pipelines.repository.versions import write_config, write_version
 from pipelines.serve.client import pad_sessions, recommend_session
 from pipelines.serve.triton_server import TritonServer, default_venv, find_free_port
 from tests.serve.toy_triton import export_toy_onnx

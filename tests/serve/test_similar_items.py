@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.config import SimilarSettings
+from pipelines.core.config import SimilarSettings
 from pipelines.embed.prod2vec import ItemEmbeddings
 from pipelines.export.similar_onnx import build_similar_items
-from pipelines.export.triton_models import write_similar_items_config, write_similar_items_version
+from pipelines.repository.models import write_similar_items_config, write_similar_items_version
 from pipelines.serve.client import _infer, similar_items
 from pipelines.serve.triton_server import TritonServer, default_venv, find_free_port
 

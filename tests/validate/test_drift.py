@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.config import DataSettings, ValidateSettings
+from pipelines.core.config import DataSettings, ValidateSettings
 from pipelines.data.generate import generate_world
 from pipelines.validate import DataValidationError, enforce, validate_tables
 from pipelines.validate.profile import DataProfile

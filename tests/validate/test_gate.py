@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.config import ValidateSettings
+from pipelines.core.config import ValidateSettings
 from pipelines.validate import DataValidationError, enforce, validate_tables
 
 NOW = pd.Timestamp("2024-06-01 12:00:00")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from pipelines.config import PROJECT_ROOT, DataSettings
+from pipelines.core.config import PROJECT_ROOT, DataSettings
 from pipelines.data.generate import World
 
 

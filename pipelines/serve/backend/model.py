@@ -1,6 +1,6 @@
 """Triton Python-backend model: runs the exported recommender (model.onnx) with onnxruntime.
 
-Copied into every version folder beside model.onnx by pipelines/export/triton_repo.py, so each
+Copied into every version folder beside model.onnx by pipelines/repository/versions.py, so each
 version carries the exact wrapper it was exported with. It is not imported by the library: it
 runs inside Triton's Python-backend stub, in the serving venv (numpy<2), and must only need the
 standard library, numpy, onnxruntime and triton_python_backend_utils.

@@ -1,6 +1,6 @@
 """Triton Python-backend model `recommend`: the entry point callers use (BLS over gpt4rec).
 
-Copied as model.py into every recommend version folder (pipelines/export/triton_models.py) beside
+Copied as model.py into every recommend version folder (pipelines/repository/models.py) beside
 its fallback tables: popularity.npy, interactions.npy, catalogue.npy and, when association rules
 were trained, rules.npz (CSR arrays indptr/indices/data). Runs inside Triton's Python-backend stub
 in the serving venv: only the standard library, numpy and triton_python_backend_utils.

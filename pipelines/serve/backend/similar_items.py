@@ -1,6 +1,6 @@
 """Triton Python-backend model `similar_items`: item id -> top-k similar products (ONNX Runtime).
 
-Copied as model.py into every similar_items version folder (pipelines/export/triton_models.py),
+Copied as model.py into every similar_items version folder (pipelines/repository/models.py),
 beside model.onnx (pipelines/export/similar_onnx.py) and known.npy. Runs inside Triton's
 Python-backend stub in the serving venv: only the standard library, numpy, onnxruntime and
 triton_python_backend_utils.

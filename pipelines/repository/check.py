@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.export.triton_repo import _TMP_PREFIX, abandoned_tmp_folders, list_versions, sha256_file
+from pipelines.repository.versions import _TMP_PREFIX, abandoned_tmp_folders, list_versions, sha256_file
 
 LINEAGE = "lineage.json"
 
@@ -184,7 +184,7 @@ def rollback(repo: Path, model_name: str, *, to_version: int | None = None, reas
     ``rollback_of`` (the version it replaces) and ``restored_from``. ValueError says why when there is
     nothing to roll back to.
     """
-    from pipelines.export.triton_models import write_model_version
+    from pipelines.repository.models import write_model_version
 
     repo = Path(repo)
     model_dir = repo / model_name

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.config import GateSettings, Paths, Settings
+from pipelines.core.config import GateSettings, Paths, Settings
 
 MIN_COLD_USERS = 5  # fewer test users with a cold target: cold-start HR is "not available"
 
@@ -51,7 +51,7 @@ class GateReport:
         return asdict(self)
 
     def save(self, path: Path) -> None:
-        from pipelines.files import write_json_atomic
+        from pipelines.core.files import write_json_atomic
 
         write_json_atomic(path, self.to_dict())
 
@@ -144,13 +144,13 @@ def artifact_checks(onnx_path: Path, n_items: int) -> list[GateCheck]:
     """Is this file a servable model for today's catalogue? Checked before anything is registered.
 
     A truncated or corrupt file, a graph that ONNX Runtime cannot load, or one whose tensors break
-    the serving contract (pipelines/export/contract.py: names, int64 ids, float32 scores, the
+    the serving contract (pipelines/core/contract.py: names, int64 ids, float32 scores, the
     catalogue's n_items) is rejected here with the reason, so it never becomes a registry version,
     let alone the champion. Stops at the first failing check (later ones need the earlier to hold).
     """
     import onnx
 
-    from pipelines.export.contract import EVENT_TYPES_NAME, INPUT_NAME, OUTPUT_IDS, OUTPUT_SCORES
+    from pipelines.core.contract import EVENT_TYPES_NAME, INPUT_NAME, OUTPUT_IDS, OUTPUT_SCORES
 
     checks: list[GateCheck] = []
 
@@ -196,7 +196,7 @@ def artifact_checks(onnx_path: Path, n_items: int) -> list[GateCheck]:
     wrong += [f"output {n!r} is {outputs.get(n, 'absent')}, must be {t}" for n, t in want_out.items()
               if outputs.get(n) != t]
     if not check("serving contract", not wrong, "; ".join(wrong) if wrong else
-                 f"inputs {sorted(inputs)}, outputs {sorted(outputs)} as pipelines/export/contract.py"):
+                 f"inputs {sorted(inputs)}, outputs {sorted(outputs)} as pipelines/core/contract.py"):
         return checks
     try:
         from pipelines.export.onnx import onnx_top_k
@@ -223,7 +223,7 @@ def triton_latency(onnx_path: Path, s: Settings, p: Paths, n_requests: int) -> d
     import onnx
 
     from pipelines.data.sequences import load_sequences
-    from pipelines.export.triton_repo import write_config, write_version
+    from pipelines.repository.versions import write_config, write_version
     from pipelines.serve.client import recommend
     from pipelines.serve.triton_server import TritonServer, find_free_port
 

@@ -43,7 +43,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from pipelines.export.contract import INPUT_NAME, OUTPUT_IDS, OUTPUT_SCORES
+from pipelines.core.contract import INPUT_NAME, OUTPUT_IDS, OUTPUT_SCORES
 
 MODEL_INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 MAX_ERROR_MESSAGES = 5

@@ -29,8 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipelines.export.contract import EVENT_TYPES_NAME, INPUT_NAME, OUTPUT_IDS, OUTPUT_SCORES
-from pipelines.files import atomic_write_text
+from pipelines.core.contract import EVENT_TYPES_NAME, INPUT_NAME, OUTPUT_IDS, OUTPUT_SCORES
+from pipelines.core.files import atomic_write_text
 
 #: The Python-backend model copied beside each model.onnx.
 BACKEND_MODEL_PY = Path(__file__).resolve().parents[1] / "serve" / "backend" / "model.py"
@@ -168,7 +168,7 @@ def write_config(
     param_lines = "\n".join(
         f'parameters: {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items()
     )
-    text = f"""# Written by pipelines/export/triton_repo.py; regenerate rather than edit by hand.
+    text = f"""# Written by pipelines/repository/versions.py; regenerate rather than edit by hand.
 name: "{model_name}"
 backend: "python"
 max_batch_size: {max_batch_size}

@@ -1,7 +1,7 @@
 """Export a serving profile and submit the TensorRT build Job: what `rxrec export` and the DAG task call.
 
 - `export_profile` writes the CPU profile (the deploy stage's Python-backend repository) or the GPU
-  profile (pipelines/export/gpu_profile.py) from the registry's champion or a given ONNX file.
+  profile (pipelines/gpu/profile.py) from the registry's champion or a given ONNX file.
 - `build_tensorrt_engine` (the DAG task, when params.yaml `gpu.enabled`) writes the champion's GPU
   version, uploads it to the S3 model repository, submits infra/k8s/tensorrt-build-job.yaml to the
   GPU node pool with `kubectl` and waits for it. Without kubectl or a reachable cluster it fails
@@ -22,8 +22,8 @@ from urllib.parse import urlparse
 
 import yaml
 
-from pipelines.config import PROJECT_ROOT, Paths, Settings
-from pipelines.export.gpu_profile import (
+from pipelines.core.config import PROJECT_ROOT, Paths, Settings
+from pipelines.gpu.profile import (
     LINEAGE_FILE,
     VERSION_FILES,
     GpuProfileOptions,
@@ -38,10 +38,11 @@ CODE_CONFIGMAP = "rxrec-tensorrt-code"
 #: ConfigMap key -> file of this repository: the build code the Job runs (same commit as the DAG).
 CODE_FILES = {
     "pipelines__init__.py": "pipelines/__init__.py",
-    "files.py": "pipelines/files.py",
-    "export__init__.py": "pipelines/export/__init__.py",
-    "contract.py": "pipelines/export/contract.py",
-    "tensorrt.py": "pipelines/export/tensorrt.py",
+    "files.py": "pipelines/core/files.py",
+    "core__init__.py": "pipelines/core/__init__.py",
+    "gpu__init__.py": "pipelines/gpu/__init__.py",
+    "contract.py": "pipelines/core/contract.py",
+    "tensorrt.py": "pipelines/gpu/tensorrt.py",
 }
 BUILD_CONTAINER = "build-engine"
 SIMILAR_ITEMS = "similar_items"
@@ -99,7 +100,7 @@ def export_profile(s: Settings, p: Paths, *, profile: str, out: Path | None = No
 def _export_cpu(s: Settings, repo: Path, onnx_path: Path, meta: dict[str, Any]) -> dict[str, Any]:
     import onnx
 
-    from pipelines.export.triton_repo import write_config, write_version
+    from pipelines.repository.versions import write_config, write_version
 
     props = {e.key: e.value for e in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
     missing = {"top_k", "n_items", "max_len"} - set(props)

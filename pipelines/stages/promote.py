@@ -1,255 +1,16 @@
-"""Stage entry points: one function per stage of dvc.yaml, same names.
-
-Each reads its inputs from `Paths`, calls the library, writes its outputs and returns a small
-JSON-able summary (what the CLI prints and Airflow keeps as XCom). The CLI, `dvc repro` and the
-Airflow DAG all go through `run_stage`; none of them holds logic of its own.
-"""
+"""Export, registry and gate, deployment to the Triton repository, and the served-model check."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from pipelines.config import Paths, Settings, load_settings
-from pipelines.data.schema import CATALOGUE_FILE, EVENTS_FILE, GROUND_TRUTH_FILE
+from pipelines.core.config import Paths, Settings
+from pipelines.core.files import fresh_dir, published_dir, read_json, write_json_atomic
 from pipelines.data.sequences import META_FILE
-from pipelines.files import write_json_atomic as _write_json
-
-StageFn = Callable[[Settings, Paths], dict[str, Any]]
-
-
-def _staging_dir(path: Path) -> Path:
-    """An empty sibling folder to write a stage output into before `_swap_in` makes it the output."""
-    staging = path.with_name(f".{path.name}.staging-{os.getpid()}")
-    for old in path.parent.glob(f".{path.name}.staging-*"):  # left by a killed attempt
-        shutil.rmtree(old, ignore_errors=True)
-    backups = sorted(path.parent.glob(f".{path.name}.old-*"))
-    if backups and not path.exists():  # killed between the two renames of `_swap_in`: put the old output back
-        os.replace(backups[-1], path)
-    staging.mkdir(parents=True)
-    return staging
-
-
-def _swap_in(staging: Path, path: Path) -> None:
-    """Replace the folder `path` by the complete `staging` folder with renames only.
-
-    A kill at any point leaves either the old complete output or the new one at `path` (at worst, between
-    the two renames, the old one under `.<name>.old-*`, which the next attempt puts back), never a
-    half-written file.
-    """
-    backup = path.with_name(f".{path.name}.old-{os.getpid()}")
-    for old in path.parent.glob(f".{path.name}.old-*"):
-        shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
-        os.replace(path, backup)
-    os.replace(staging, path)
-    shutil.rmtree(backup, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _published(path: Path) -> Iterator[Path]:
-    """A stage output folder written in a staging sibling and swapped in whole only once complete.
-
-    An error or a kill mid-write leaves the previous output untouched (the staging folder is removed on an
-    error, by the next attempt after a kill), so a retried task never reads a half-written input.
-    """
-    staging = _staging_dir(path)
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    _swap_in(staging, path)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run the stage that writes it first (see dvc.yaml)")
-    return json.loads(path.read_text())
-
-
-def _fresh_dir(path: Path) -> Path:
-    """An emptied scratch folder (downloads); stage outputs go through `_published` instead."""
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    return path
-
-
-# --------------------------------------------------------------------------- data
-
-
-def generate(s: Settings, p: Paths) -> dict[str, Any]:
-    """Generate the pharmacy world or ingest real data (`data.source`) into data/raw."""
-    from pipelines.data.adapters import load_source
-
-    world = load_source(s.data)
-    with _published(p.raw) as out:
-        world.save(out)
-    return {"source": s.data.source, "dataset": world.source.get("dataset", ""),
-            "products": len(world.catalogue), "events": len(world.events),
-            "users": int(world.events["user_id"].nunique()), "sessions": int(world.events["session_id"].nunique())}
-
-
-def _dataset_name(p: Paths) -> str:
-    """The dataset the validated tables came from (source.json), for the MLflow lineage tag."""
-    source = p.validated / "source.json"
-    return str(json.loads(source.read_text()).get("dataset", "")) if source.exists() else "synthetic"
-
-
-def validate(s: Settings, p: Paths) -> dict[str, Any]:
-    """The data gate: nothing downstream runs on tables that fail it."""
-    from pipelines.data.schema import SOURCE_FILE
-    from pipelines.validate.gate import enforce, validate_tables
-    from pipelines.validate.profile import ACCEPTED_PROFILE, PROFILE_FILE, DataProfile
-
-    catalogue = pd.read_parquet(p.raw / CATALOGUE_FILE)
-    events = pd.read_parquet(p.raw / EVENTS_FILE)
-    source = json.loads((p.raw / SOURCE_FILE).read_text()) if (p.raw / SOURCE_FILE).exists() else None
-    if p.validated.exists():
-        shutil.rmtree(p.validated)  # a failed gate leaves no validated data behind
-    accepted = DataProfile.load(p.root / ACCEPTED_PROFILE)
-    report = enforce(validate_tables(catalogue, events, s.validate_, source=source, accepted=accepted), p.reports)
-    with _published(p.validated) as out:
-        for name in (CATALOGUE_FILE, EVENTS_FILE, GROUND_TRUTH_FILE, SOURCE_FILE):
-            if (p.raw / name).exists():
-                shutil.copy2(p.raw / name, out / name)
-        if report.profile is not None:
-            report.profile.save(out / PROFILE_FILE)
-    if report.profile is not None:  # this version, now in place, is the reference for the next one
-        report.profile.save(p.root / ACCEPTED_PROFILE)
-    return {"success": report.success, "checks": len(report.checks), "elapsed_s": round(report.elapsed_s, 2),
-            "drift": report.drift}
-
-
-def sequences(s: Settings, p: Paths) -> dict[str, Any]:
-    from pipelines.data.item_features import build_item_features
-    from pipelines.data.sequences import build_sequences, save_sequences
-
-    catalogue = pd.read_parquet(p.validated / CATALOGUE_FILE)
-    events = pd.read_parquet(p.validated / EVENTS_FILE)
-    n_items = int(catalogue["item_id"].max())
-    seqs = build_sequences(events, n_items=n_items)
-    features = build_item_features(catalogue, n_items)
-    with _published(p.features) as out:
-        save_sequences(seqs, out)
-        features.save(out)
-    return {**_read_json(p.features / "meta.json"), "meta_tokens": features.vocab_size - 1}
-
-
-# --------------------------------------------------------------------------- embeddings and models
-
-
-def prod2vec(s: Settings, p: Paths) -> dict[str, Any]:
-    """Event-weighted co-occurrence graph of training histories, DeepWalk walks, gensim word2vec."""
-    from pipelines.embed.pipeline import run_prod2vec
-
-    return run_prod2vec(s, p)
-
-
-def tfidf(s: Settings, p: Paths) -> dict[str, Any]:
-    from pipelines.embed.pipeline import run_tfidf
-
-    return run_tfidf(s, p)
-
-
-def text_encoder(s: Settings, p: Paths) -> dict[str, Any]:
-    from pipelines.embed.pipeline import run_text_encoder
-
-    return run_text_encoder(s, p)
-
-
-def meta_prod2vec(s: Settings, p: Paths) -> dict[str, Any]:
-    from pipelines.embed.pipeline import run_meta_prod2vec
-
-    return run_meta_prod2vec(s, p)
-
-
-def similar_products(s: Settings, p: Paths) -> dict[str, Any]:
-    """Every embedding method on one similar-products protocol, plus the top-k neighbour table."""
-    from pipelines.embed.pipeline import run_similar_products
-
-    return run_similar_products(s, p)
-
-
-def _train_family(name: str, s: Settings, p: Paths, **inputs: Any) -> dict[str, Any]:
-    """Fit one model family on the training split and save it under artifacts/models/<name>."""
-    from pipelines.data.sequences import load_sequences
-    from pipelines.models.families import fit_family
-
-    model, info = fit_family(name, load_sequences(p.features), s, **inputs)
-    with _published(p.models / name) as out:
-        model.save(out)
-        _write_json(out / "train.json", info)
-    return info
-
-
-def train_popularity(s: Settings, p: Paths) -> dict[str, Any]:
-    return _train_family("popularity", s, p)
-
-
-def train_mf(s: Settings, p: Paths) -> dict[str, Any]:
-    return _train_family("mf", s, p)
-
-
-def train_rules(s: Settings, p: Paths) -> dict[str, Any]:
-    return _train_family("rules", s, p)
-
-
-def train_ncf(s: Settings, p: Paths) -> dict[str, Any]:
-    return _train_family("ncf", s, p)
-
-
-def train_gpt4rec(s: Settings, p: Paths) -> dict[str, Any]:
-    from pipelines.data.item_features import ItemFeatures
-    from pipelines.embed.prod2vec import ItemEmbeddings
-    from pipelines.track.plots import plot_training_history
-
-    pretrained = ItemEmbeddings.load(p.embeddings / "prod2vec") if s.gpt4rec.init_from_prod2vec else None
-    tokens = ItemFeatures.load(p.features).tokens if s.gpt4rec.use_meta else None
-    info = _train_family("gpt4rec", s, p, pretrained=pretrained, item_tokens=tokens)
-    plot_training_history(info["history"], p.models / "gpt4rec" / "training.png")
-    return {k: v for k, v in info.items() if k != "history"}
-
-
-def evaluate(s: Settings, p: Paths) -> dict[str, Any]:
-    """Every model on the same test split, same protocol; writes reports/metrics.json."""
-    from pipelines.data.sequences import load_sequences
-    from pipelines.evaluate.protocol import evaluate as run_protocol
-    from pipelines.evaluate.slices import standard_slices
-    from pipelines.models.families import load_recommenders
-    from pipelines.track.plots import plot_metrics
-
-    seqs = load_sequences(p.features)
-    models = load_recommenders(p.models)
-    slices = standard_slices(seqs, "test")
-    results: dict[str, dict[str, float]] = {}
-    for name, model in models.items():
-        metrics = run_protocol(model, seqs, split="test", k=s.evaluate.k, mask_seen=s.evaluate.mask_seen,
-                               slices=slices)
-        # Flat names ("cold_start.hr_at_10"), the same for every family, so MLflow can compare them.
-        for slice_name, values in metrics.pop("slices").items():
-            metrics.update({f"{slice_name}.{key}": value for key, value in values.items() if key != "n_users"})
-        metrics["train_seconds"] = _read_json(p.models / name / "train.json")["train_seconds"]
-        results[name] = metrics
-    payload = {"protocol": {"split": "leave-one-out by time, last item", "ranking": "all items",
-                            "mask_seen": s.evaluate.mask_seen, "k": s.evaluate.k,
-                            "slice_users": {name: int(mask.sum()) for name, mask in slices.items()}},
-               "models": results}
-    _write_json(p.reports / "metrics.json", payload)
-    plot_metrics(results, p.reports / "metrics.png")
-    return results
-
-
-# --------------------------------------------------------------------------- export, registry, serving
 
 
 def export_onnx(s: Settings, p: Paths) -> dict[str, Any]:
@@ -261,7 +22,7 @@ def export_onnx(s: Settings, p: Paths) -> dict[str, Any]:
     histories, _, _ = load_sequences(p.features).evaluation("test")
     out = p.onnx / "gpt4rec"
     # Written beside the output and renamed into place: a killed export leaves the previous model whole.
-    with _published(out) as staging:
+    with published_dir(out) as staging:
         report = export_and_check(model, staging, histories[: s.export.parity_sessions],
                                   k=s.export.top_k, opset=s.export.opset, mask_seen=s.evaluate.mask_seen)
     report.onnx_file = str(out / Path(report.onnx_file).name)
@@ -272,6 +33,12 @@ def export_onnx(s: Settings, p: Paths) -> dict[str, Any]:
             f"top-{report.top_k} from ONNX Runtime than from torch (see {p.reports / 'parity.json'})"
         )
     return {"passed": report.passed, "sessions": report.sessions, "max_abs_score_diff": report.max_abs_score_diff}
+
+
+def _dataset_name(p: Paths) -> str:
+    """The dataset the validated tables came from (source.json), for the MLflow lineage tag."""
+    source = p.validated / "source.json"
+    return str(json.loads(source.read_text()).get("dataset", "")) if source.exists() else "synthetic"
 
 
 # Model families and the params.yaml sections logged with each one's MLflow child run.
@@ -287,8 +54,8 @@ def register(s: Settings, p: Paths) -> dict[str, Any]:
     by a killed attempt is reused and the gate finishes. A corrupt or incompatible ONNX file is
     rejected before anything is registered. Registry calls retry per `service_retries`.
     """
-    from pipelines.track import lineage, registry
-    from pipelines.track.gate import (
+    from pipelines.core.retry import RetryPolicy
+    from pipelines.promotion.gate import (
         GateReport,
         IncompatibleModel,
         artifact_checks,
@@ -297,10 +64,10 @@ def register(s: Settings, p: Paths) -> dict[str, Any]:
         reason_of,
         triton_latency,
     )
-    from pipelines.track.retry import RetryPolicy
+    from pipelines.track import lineage, registry
 
-    metrics_all = _read_json(p.reports / "metrics.json")["models"]
-    parity = _read_json(p.reports / "parity.json")
+    metrics_all = read_json(p.reports / "metrics.json")["models"]
+    parity = read_json(p.reports / "parity.json")
     onnx_path = p.onnx / "gpt4rec" / "model.onnx"
     data = lineage.data_version(p.root, p.validated)
     dag_run_id = os.environ.get("AIRFLOW_CTX_DAG_RUN_ID", "")
@@ -333,7 +100,7 @@ def register(s: Settings, p: Paths) -> dict[str, Any]:
         return json.loads((p.reports / "registry.json").read_text())
 
     # The artifact itself, before anything is registered: a corrupt or incompatible file is rejected here.
-    checks = artifact_checks(onnx_path, int(_read_json(p.features / META_FILE)["n_items"]))
+    checks = artifact_checks(onnx_path, int(read_json(p.features / META_FILE)["n_items"]))
     if not all(c.passed for c in checks):
         champion = registry.alias_version(name, registry.CHAMPION)
         champion_version = str(champion.version) if champion is not None else None
@@ -381,7 +148,7 @@ def register(s: Settings, p: Paths) -> dict[str, Any]:
         champion = registry.get_version(name, past[-1]) if past else None
     if champion is not None:
         try:
-            staged = registry.download_model(f"models:/{name}/{champion.version}", _fresh_dir(p.var / "gate" / "champion"))
+            staged = registry.download_model(f"models:/{name}/{champion.version}", fresh_dir(p.var / "gate" / "champion"))
             champion_metrics = onnx_metrics(staged, p.features, k)
         except IncompatibleModel as exc:
             champion_metrics = registry.run_metrics(champion.run_id)
@@ -424,15 +191,15 @@ def deploy(s: Settings, p: Paths) -> dict[str, Any]:
 
     Nothing is written when the newest folder already holds that model version; after a rollback the
     older champion is written again as a new folder (Triton serves the newest). similar_items and
-    recommend follow (pipelines/export/deploy_models.py: a new folder only when their files changed).
+    recommend follow (pipelines/repository/companions.py: a new folder only when their files changed).
     A Triton already listening on serve.http_port loads what changed in dependency order (gpt4rec,
     similar_items, recommend), so it swaps versions without a restart.
     """
     import onnx
 
-    from pipelines.export.triton_repo import list_versions, write_config, write_version
+    from pipelines.core.retry import RetryPolicy
+    from pipelines.repository.versions import list_versions, write_config, write_version
     from pipelines.track.registry import CHAMPION, alias_version, configure, download_model
-    from pipelines.track.retry import RetryPolicy
 
     name, uri = s.mlflow.registered_model, p.tracking_uri(s)
     configure(uri, s.mlflow.experiment, p.mlflow_artifacts, RetryPolicy.from_settings(s.service_retries))
@@ -450,7 +217,7 @@ def deploy(s: Settings, p: Paths) -> dict[str, Any]:
                 and served.get("tracking_uri") == uri:
             return _finish_deploy(s, p, {"version_path": str(model_dir / str(versions[-1])),
                                          "triton_version": versions[-1], "model_version": version_id, "new": False})
-    staging = _fresh_dir(p.var / "deploy" / "download")
+    staging = fresh_dir(p.var / "deploy" / "download")
     onnx_path = download_model(f"models:/{name}/{version_id}", staging)
     meta = {e.key: e.value for e in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
     write_config(repo, s.serve.model_name, max_batch_size=s.serve.max_batch_size, top_k=int(meta["top_k"]),
@@ -466,7 +233,7 @@ def deploy(s: Settings, p: Paths) -> dict[str, Any]:
 
 def _finish_deploy(s: Settings, p: Paths, summary: dict[str, Any]) -> dict[str, Any]:
     """Write similar_items and recommend beside gpt4rec, load what changed in a running Triton, report."""
-    from pipelines.export.deploy_models import deploy_companions
+    from pipelines.repository.companions import deploy_companions
     from pipelines.serve.daemon import load_in_running_server
 
     models: dict[str, dict[str, Any]] = {s.serve.model_name: {
@@ -479,7 +246,7 @@ def _finish_deploy(s: Settings, p: Paths, summary: dict[str, Any]) -> dict[str, 
                 "load_errors": errors}
     for name, message in errors.items():
         print(f"DEPLOY: the running Triton could not load {name!r} (the previous version keeps serving): {message}")
-    _write_json(p.reports / "deploy.json", summary)
+    write_json_atomic(p.reports / "deploy.json", summary)
     return summary
 
 
@@ -488,40 +255,5 @@ def serve_check(s: Settings, p: Paths) -> dict[str, Any]:
     from pipelines.serve.check import check_served_model
 
     summary = check_served_model(s, p)
-    _write_json(p.reports / "serve_check.json", summary)
-    return summary
-
-
-STAGES: dict[str, StageFn] = {
-    "generate": generate,
-    "validate": validate,
-    "sequences": sequences,
-    "prod2vec": prod2vec,
-    "tfidf": tfidf,
-    "text_encoder": text_encoder,
-    "meta_prod2vec": meta_prod2vec,
-    "similar_products": similar_products,
-    "train_popularity": train_popularity,
-    "train_mf": train_mf,
-    "train_rules": train_rules,
-    "train_ncf": train_ncf,
-    "train_gpt4rec": train_gpt4rec,
-    "evaluate": evaluate,
-    "export_onnx": export_onnx,
-    "register": register,
-    "deploy": deploy,
-    "serve_check": serve_check,
-}
-
-
-def run_stage(name: str, overrides: list[str] | None = None, workdir: Path | None = None) -> dict[str, Any]:
-    """Run one stage by its dvc.yaml name with params.yaml + overrides."""
-    if name not in STAGES:
-        raise KeyError(f"unknown stage {name!r}; stages are: {', '.join(STAGES)}")
-    settings = load_settings(overrides=overrides or [])
-    paths = Paths(workdir)
-    started = time.perf_counter()
-    summary = STAGES[name](settings, paths)
-    summary = dict(summary)
-    summary["stage_seconds"] = round(time.perf_counter() - started, 2)
+    write_json_atomic(p.reports / "serve_check.json", summary)
     return summary

@@ -22,7 +22,7 @@ that fits FP16 (near-ties may swap, anything else is a mismatch).
 
 CLI (what the Job runs)::
 
-    python -m pipelines.export.tensorrt build --onnx model.onnx --plan model.plan --check
+    python -m pipelines.gpu.tensorrt build --onnx model.onnx --plan model.plan --check
 
 When `import tensorrt` fails or no CUDA device is visible it says so and exits non-zero; it never
 writes a plan it did not build and, with --check, never one that failed the check.
@@ -44,8 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.export.contract import EVENT_TYPES_NAME, OUTPUT_IDS, OUTPUT_SCORES
-from pipelines.files import atomic_write_bytes
+from pipelines.core.contract import EVENT_TYPES_NAME, OUTPUT_IDS, OUTPUT_SCORES
+from pipelines.core.files import atomic_write_bytes
 
 JOB_MANIFEST = "infra/k8s/tensorrt-build-job.yaml"
 MIN_TENSORRT_MAJOR = 10
@@ -213,7 +213,7 @@ def _ort_session(onnx_path: Path) -> Any:
 
 @dataclass(frozen=True)
 class BuildSpec:
-    """What to build: written by pipelines/export/gpu_profile.py as build.json beside the ONNX."""
+    """What to build: written by pipelines/gpu/profile.py as build.json beside the ONNX."""
 
     max_batch: int
     max_len: int
@@ -537,7 +537,7 @@ def check_engine(plan_path: Path, onnx_path: Path, *, batch: int = 16, seed: int
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.export.tensorrt",
+    parser = argparse.ArgumentParser(prog="python -m pipelines.gpu.tensorrt",
                                      description="Build (and check) a TensorRT engine on the GPU node that serves it.")
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="ONNX -> model.plan with a dynamic-shape profile")

@@ -7,7 +7,7 @@ Two variants, one per repository (a user picks one with `rxrec export --profile 
   release that serve it): the version folder holds the ``model.onnx`` to build from and a
   ``build.json`` (profile shapes, precision, expected I/O) that the Kubernetes Job
   infra/k8s/tensorrt-build-job.yaml reads; the Job adds ``model.plan`` after checking it against
-  ONNX Runtime (pipelines/export/tensorrt.py).
+  ONNX Runtime (pipelines/gpu/tensorrt.py).
 - ``onnxruntime_trt``: ``platform: "onnxruntime_onnx"`` with the TensorRT execution accelerator
   (FP16, workspace, engine cache, optimization profile): no build step; ONNX Runtime builds and
   caches the engine on the node at first load, and runs what TensorRT cannot on its CUDA EP.
@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pipelines.export.triton_repo import _check_name, publish_version, sha256_file
-from pipelines.files import atomic_write_text
+from pipelines.core.files import atomic_write_text
+from pipelines.repository.versions import _check_name, publish_version, sha256_file
 
 Variant = Literal["tensorrt_plan", "onnxruntime_trt"]
 VARIANTS: tuple[str, ...] = ("tensorrt_plan", "onnxruntime_trt")
@@ -43,7 +43,7 @@ VERSION_FILES: dict[str, tuple[str, ...]] = {
 }
 #: ONNX TensorProto element type -> Triton data type (the types rxrec's graphs use at their edges).
 ONNX_TO_TRITON = {1: "TYPE_FP32", 6: "TYPE_INT32", 7: "TYPE_INT64", 9: "TYPE_BOOL", 10: "TYPE_FP16"}
-BUILD_COMMAND = "python -m pipelines.export.tensorrt build"
+BUILD_COMMAND = "python -m pipelines.gpu.tensorrt build"
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def _tensor_block(kind: str, tensors: tuple[TensorSpec, ...]) -> str:
 
 
 def _common(model_name: str, spec: OnnxModelSpec, options: GpuProfileOptions, head: str) -> str:
-    return f"""# Written by pipelines/export/gpu_profile.py from the ONNX graph; regenerate rather than edit by hand.
+    return f"""# Written by pipelines/gpu/profile.py from the ONNX graph; regenerate rather than edit by hand.
 name: "{model_name}"
 {head}
 max_batch_size: {options.max_batch_size}

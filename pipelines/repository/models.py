@@ -1,6 +1,6 @@
 """The model repository's other models: `similar_items` and the `recommend` entry point.
 
-Beside `gpt4rec` (pipelines/export/triton_repo.py) the repository holds::
+Beside `gpt4rec` (pipelines/repository/versions.py) the repository holds::
 
     repo/similar_items/config.pbtxt
     repo/similar_items/<n>/model.onnx       item id -> top-k similar products (pipelines/export/similar_onnx.py)
@@ -32,13 +32,13 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from pipelines.export.triton_repo import (
+from pipelines.core.files import atomic_write_text
+from pipelines.repository.versions import (
     _check_name,
     _positive,
     list_versions,
     publish_version,
 )
-from pipelines.files import atomic_write_text
 
 SIMILAR_ITEMS = "similar_items"
 RECOMMEND = "recommend"
@@ -95,7 +95,7 @@ def _config_text(
         f'parameters: {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items()
     )
     input_lines, output_lines = ",\n".join(inputs), ",\n".join(outputs)
-    return f"""# Written by pipelines/export/triton_models.py; regenerate rather than edit by hand.
+    return f"""# Written by pipelines/repository/models.py; regenerate rather than edit by hand.
 name: "{model_name}"
 backend: "python"
 max_batch_size: {max_batch_size}

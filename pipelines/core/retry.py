@@ -45,7 +45,7 @@ class RetryPolicy:
 
     @classmethod
     def from_settings(cls, settings: Any) -> RetryPolicy:
-        """The policy params.yaml `service_retries` describes (pipelines.config.ServiceRetrySettings)."""
+        """The policy params.yaml `service_retries` describes (pipelines.core.config.ServiceRetrySettings)."""
         return cls(settings.attempts, settings.backoff_s, settings.max_backoff_s, settings.timeout_s)
 
     def window_s(self) -> float:

@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from pipelines.config import Paths, Settings
+from pipelines.core.config import Paths, Settings
 from pipelines.data.schema import CATALOGUE_FILE
-from pipelines.export.triton_models import (
+from pipelines.repository.models import (
     RECOMMEND,
     SIMILAR_ITEMS,
     WARM_MIN_INTERACTIONS,
