@@ -17,11 +17,11 @@ help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(BIN)/.installed: pyproject.toml
-	@echo "▶ creating $(VENV) (torch 2.13.0 CPU first, then rxrec and its tools)"
+	@echo "▶ creating $(VENV) (torch 2.13.0 CPU first, then rxrec, its test tools and local services)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip $(QUIET_PIP)
 	$(BIN)/pip install -q torch==2.13.0 $(QUIET_PIP)
-	$(BIN)/pip install -q -e '.[dev]' $(QUIET_PIP)
+	$(BIN)/pip install -q -e '.[dev,stack]' $(QUIET_PIP)
 	touch $@
 
 setup: $(BIN)/.installed  ## create both environments (main, Triton serving); quick when they exist
@@ -30,7 +30,7 @@ setup: $(BIN)/.installed  ## create both environments (main, Triton serving); qu
 demo: setup  ## run data → validation → embeddings → GPT4Rec → MLflow → ONNX → real Triton
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/rxrec demo
 
-test: setup browser-deps audit  ## run every test, the slow end-to-end ones included (what CI runs)
+test: lint browser-deps audit  ## lint, then every test, the slow end-to-end ones included (what CI runs)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: setup  ## skip the slow end-to-end tests (real Airflow DAG run, real Triton)
@@ -39,8 +39,14 @@ test-fast: setup  ## skip the slow end-to-end tests (real Airflow DAG run, real 
 audit: setup  ## dependency audit (pip-audit + the index): reports/audit.{json,md}; fails on an untriaged vulnerability
 	$(BIN)/python -m pipelines.audit
 
-lint: setup  ## ruff
-	$(BIN)/ruff check pipelines dags tests
+lint: setup  ## ruff, the layer contracts (import-linter), declared = imported dependencies (deptry)
+	$(BIN)/ruff check pipelines benchmarks dags infra tests
+	$(BIN)/lint-imports
+	$(BIN)/deptry pipelines benchmarks dags infra
+	@# tests may import the dev and stack extras too; they must not lean on a transitive package either
+	$(BIN)/deptry tests --exclude '^$$' --known-first-party pipelines --known-first-party benchmarks \
+	  --known-first-party tests --optional-dependencies-dev-groups dev --optional-dependencies-dev-groups stack \
+	  --ignore DEP002,DEP004
 
 mlflow: setup  ## MLflow UI/server on 127.0.0.1:5000 over the embedded store (Ctrl-C stops it)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash mlflow/server.sh

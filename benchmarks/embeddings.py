@@ -1,8 +1,9 @@
 """`rxrec bench embeddings`: every item-embedding method on one similar-products protocol.
 
 Given a user's previous item, rank the next one by cosine similarity against all items (seen
-items masked); HR@10, NDCG@10 over all users and on the cold-start slice (targets absent from
-every training history). Popularity is the reference row. `--dataset synthetic` generates the
+items masked, through the one evaluation protocol); HR@10, NDCG@10 over all users, on the
+cold-start slice (targets with at most `evaluate.cold_max_interactions` training interactions) and
+on the unseen slice (targets absent from every training history). Popularity is the reference row. `--dataset synthetic` generates the
 world from params.yaml; a path reads S3-Rec files (`user item item ...` per line, plus
 `<stem>_item2attributes.json` next to it, e.g. ../shared/datasets/amazon-beauty/Beauty.txt).
 """
@@ -17,7 +18,7 @@ import typer
 
 def run_embeddings_benchmark(seqs, catalogue, events, settings) -> dict[str, Any]:
     """Train every method on the training histories, score each on the test split; timings per step."""
-    from pipelines.embed.evaluate import CosineSimilarity, Popularity, evaluate_similarity
+    from pipelines.embed.evaluate import CosineSimilarity, Popularity, evaluate_similarity, similarity_slices
     from pipelines.embed.meta import item_fields, item_texts
     from pipelines.embed.meta_prod2vec import train_meta_prod2vec
     from pipelines.embed.prod2vec import make_walks, train_prod2vec
@@ -27,19 +28,19 @@ def run_embeddings_benchmark(seqs, catalogue, events, settings) -> dict[str, Any
     s = settings
     train = seqs.train()
     k = s.evaluate.k
+    protocol = {"k": k, "mask_seen": s.evaluate.mask_seen, "cold_max_interactions": s.evaluate.cold_max_interactions}
     methods: dict[str, dict[str, Any]] = {}
 
     def score(name: str, emb, seconds: float, extra: dict[str, Any] | None = None) -> None:
         t = time.perf_counter()
-        m = evaluate_similarity(CosineSimilarity(name, emb.vectors, emb.known), seqs, k=k,
-                                mask_seen=s.evaluate.mask_seen)
+        m = evaluate_similarity(CosineSimilarity(name, emb.vectors, emb.known), seqs, **protocol)
         methods[name] = {**m, "train_s": round(seconds, 2), "evaluate_s": round(time.perf_counter() - t, 2),
                          "items_with_vector": int(emb.known.sum()), **(extra or {})}
         typer.echo(f"  {name:<14} hr@{k} {m[f'hr_at_{k}']:.4f}  ndcg@{k} {m[f'ndcg_at_{k}']:.4f}  "
-                   f"cold_hr@{k} {m[f'cold_hr_at_{k}']:.4f}  ({seconds:.1f} s)")
+                   f"cold_hr@{k} {m[f'cold_hr_at_{k}']:.4f}  unseen_hr@{k} {m[f'unseen_hr_at_{k}']:.4f}  "
+                   f"({seconds:.1f} s)")
 
-    methods["popularity"] = evaluate_similarity(Popularity(train, seqs.n_items), seqs, k=k,
-                                                mask_seen=s.evaluate.mask_seen)
+    methods["popularity"] = evaluate_similarity(Popularity(train, seqs.n_items), seqs, **protocol)
     typer.echo(f"  popularity     hr@{k} {methods['popularity'][f'hr_at_{k}']:.4f}  "
                f"cold_hr@{k} {methods['popularity'][f'cold_hr_at_{k}']:.4f}")
     texts = item_texts(catalogue, seqs.n_items)
@@ -68,10 +69,11 @@ def run_embeddings_benchmark(seqs, catalogue, events, settings) -> dict[str, Any
            "words_per_s": emb.info["words_per_s"], "field_importance": emb.info["field_importance"]})
     return {"protocol": {"query": "the user's previous item", "ranking": "cosine similarity against all items",
                          "split": "test: each user's last item (leave-one-out by time)", "k": k,
-                         "mask_seen": s.evaluate.mask_seen, "cold_slice": "targets absent from every training history"},
+                         "mask_seen": s.evaluate.mask_seen, **similarity_slices(s.evaluate.cold_max_interactions)},
             "data": {"users": len(seqs), "items": seqs.n_items,
                      "evaluated_users": int(methods["popularity"]["n_users"]),
-                     "cold_users": int(methods["popularity"]["n_cold_users"])},
+                     "cold_users": int(methods["popularity"]["n_cold_users"]),
+                     "unseen_users": int(methods["popularity"]["n_unseen_users"])},
             "methods": methods}
 
 
@@ -81,7 +83,7 @@ def register(bench: typer.Typer) -> None:
         dataset: Annotated[str, typer.Option(help="synthetic, or a path to S3-Rec data (file or folder)")] = "synthetic",
         set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="override a param: section.key=value")] = None,
     ) -> None:
-        """HR@10 / NDCG@10 / cold-start HR@10 of TF-IDF, text encoder, Prod2Vec, Meta-Prod2Vec."""
+        """HR@10 / NDCG@10 / cold-start and unseen HR@10 of TF-IDF, text encoder, Prod2Vec, Meta-Prod2Vec."""
         from benchmarks.common import write_report
         from pipelines.core.config import load_settings
 
@@ -99,12 +101,14 @@ def register(bench: typer.Typer) -> None:
         result["wall_s"] = round(time.perf_counter() - started, 1)
         k = settings.evaluate.k
         lines = [f"# Similar products on {name} (previous item -> next, cosine, all-item ranking)\n",
-                 f"| method | HR@{k} | NDCG@{k} | cold HR@{k} | train s |", "|---|---|---|---|---|"]
+                 f"| method | HR@{k} | NDCG@{k} | cold HR@{k} | unseen HR@{k} | train s |", "|---|---|---|---|---|---|"]
         for method, m in result["methods"].items():
             lines.append(f"| {method} | {m[f'hr_at_{k}']:.4f} | {m[f'ndcg_at_{k}']:.4f} | "
-                         f"{m[f'cold_hr_at_{k}']:.4f} | {m.get('train_s', 0):.1f} |")
+                         f"{m[f'cold_hr_at_{k}']:.4f} | {m[f'unseen_hr_at_{k}']:.4f} | {m.get('train_s', 0):.1f} |")
         lines.append(f"\n{result['data']['evaluated_users']} users evaluated, "
-                     f"{result['data']['cold_users']} with a cold target.")
+                     f"{result['data']['cold_users']} with a cold-start target "
+                     f"(<= {settings.evaluate.cold_max_interactions} training interactions), "
+                     f"{result['data']['unseen_users']} with an unseen one.")
         path = write_report(f"embeddings-{name}", result, "\n".join(lines))
         typer.echo("\n".join(lines))
         typer.echo(f"wrote {path}")

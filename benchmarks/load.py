@@ -43,7 +43,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from pipelines.core.contract import INPUT_NAME, OUTPUT_IDS, OUTPUT_SCORES
+from pipelines.core.contract import INPUT_NAME, OUTPUT_IDS, OUTPUT_SCORES, left_pad
 
 MODEL_INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 MAX_ERROR_MESSAGES = 5
@@ -655,7 +655,7 @@ def ort_floor(
     ms = np.asarray(times) * 1e3
     batched: dict[int, float] = {}
     for size in batch_sizes:
-        x = np.concatenate([rows[i % len(rows)] for i in range(size)])
+        x = left_pad([rows[i % len(rows)][0] for i in range(size)])
         session.run(None, onnx_feeds(session, x))
         calls, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds / 2 or calls == 0:

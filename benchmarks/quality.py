@@ -14,7 +14,9 @@ from typing import Annotated, Any
 
 import typer
 
-FAMILIES = ("popularity", "mf", "rules", "ncf", "gpt4rec")
+from pipelines.models.families import family_names
+
+FAMILIES = family_names()  # every registered model family, in leaderboard order
 # Published all-item-ranking results on the S3-Rec Beauty split (../shared/datasets/README.md).
 PUBLISHED_BEAUTY = {
     "PopRec": (0.0152, 0.0068), "BERT4Rec": (0.0347, 0.0170), "SASRec": (0.0605, 0.0318),
@@ -58,26 +60,31 @@ def run_quality(dataset: str, families: tuple[str, ...], overrides: list[str], l
     from pipelines.embed.prod2vec import train_prod2vec
     from pipelines.evaluate.protocol import evaluate
     from pipelines.evaluate.slices import standard_slices
+    from pipelines.models.base import FitContext, FitInput
+    from pipelines.models.families import family as family_class
     from pipelines.models.families import fit_family
     from pipelines.track.plots import plot_metrics
 
     settings = load_settings(overrides=overrides)
     name, world, truth = load_dataset(dataset, settings)
     seqs = build_sequences(world.events, len(world.catalogue))
-    tokens = build_item_features(world.catalogue, seqs.n_items).tokens if settings.gpt4rec.use_meta else None
     k = settings.evaluate.k
-    slices = standard_slices(seqs, "test")
+    slices = standard_slices(seqs, "test", cold_max_interactions=settings.evaluate.cold_max_interactions)
     rows: dict[str, dict[str, Any]] = {}
-    pretrained = None
+    inputs: dict[FitInput, Any] = {}
+    input_seconds: dict[FitInput, float] = {}
     for family in families:
         typer.secho(f"▶ {family}", bold=True)
-        extra_seconds = 0.0
-        if family == "gpt4rec" and settings.gpt4rec.init_from_prod2vec:
+        wanted = family_class(family).inputs_for(getattr(settings, family))
+        for which in sorted(wanted - set(inputs)):  # built once; Prod2Vec's time counts for each family using it
             started = time.perf_counter()
-            pretrained = train_prod2vec(seqs.train(), seqs.n_items, settings.graph, settings.prod2vec,
-                                        seed=settings.data.seed)
-            extra_seconds = time.perf_counter() - started
-        model, info = fit_family(family, seqs, settings, pretrained=pretrained, item_tokens=tokens)
+            inputs[which] = (
+                train_prod2vec(seqs.train(), seqs.n_items, settings.graph, settings.prod2vec, seed=settings.data.seed)
+                if which is FitInput.PRETRAINED else build_item_features(world.catalogue, seqs.n_items).tokens)
+            input_seconds[which] = time.perf_counter() - started if which is FitInput.PRETRAINED else 0.0
+        extra_seconds = sum(input_seconds[which] for which in wanted)
+        ctx = FitContext(seed=settings.data.seed, k=k, **{str(which): inputs[which] for which in wanted})
+        model, info = fit_family(family, seqs, settings, ctx)
         lists: dict[int, np.ndarray] = {}
         m = evaluate(model, seqs, split="test", k=k, mask_seen=settings.evaluate.mask_seen, slices=slices,
                      top_lists=lists if truth is not None else None)
@@ -116,16 +123,16 @@ def run_quality(dataset: str, families: tuple[str, ...], overrides: list[str], l
 def _log_to_mlflow(experiment: str, rows: dict[str, dict[str, Any]], settings, paths) -> None:
     """One run per family in experiment `experiment`, same metric names: comparable in the UI."""
     import mlflow
-    from pipelines.track.registry import configure
+    from pipelines.track.service import MlflowService
 
-    experiment_id = configure(paths.tracking_uri(settings), experiment, paths.mlflow_artifacts)
+    service = MlflowService.from_settings(settings, paths, experiment=experiment)
     for family, m in rows.items():
         flat = {key: float(v) for key, v in m.items() if isinstance(v, (int, float))}
         for slice_name, values in m.get("slices", {}).items():
             flat.update({f"{slice_name}.{key}": float(v) for key, v in values.items() if key != "n_users"})
         for key, v in m.get("business", {}).items():
             flat[f"business.{key}"] = float(v)
-        with mlflow.start_run(experiment_id=experiment_id, run_name=family):
+        with service.start_run(run_name=family):
             mlflow.log_metrics(flat)
             mlflow.set_tag("family", family)
 

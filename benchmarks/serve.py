@@ -95,9 +95,8 @@ def _source_digest() -> str:
 
 def champion_onnx(length: int) -> Path | None:
     """The newest model.onnx deployed by the demo in triton_repo/gpt4rec/ if it was exported for `length`."""
-    import onnx
-
     from pipelines.core.config import Paths
+    from pipelines.repository.metadata import read_model_metadata
     from pipelines.repository.versions import list_versions
 
     repo = Paths().triton_repo
@@ -107,8 +106,7 @@ def champion_onnx(length: int) -> Path | None:
     path = repo / "gpt4rec" / str(versions[-1]) / "model.onnx"
     if not path.is_file():
         return None
-    meta = {e.key: e.value for e in onnx.load(str(path), load_external_data=False).metadata_props}
-    return path if meta.get("max_len") == str(length) else None
+    return path if read_model_metadata(path).max_len == length else None
 
 
 def export_model(length: int, n_items: int, settings: Any, cache: Path) -> Path:
@@ -128,8 +126,8 @@ def export_model(length: int, n_items: int, settings: Any, cache: Path) -> Path:
 
     torch.manual_seed(0)
     meta_vocab, meta_width = (META_VOCAB, META_WIDTH) if g.use_meta else (0, 0)
-    model = GPT4Rec(GPT4RecConfig(n_items, g.dim, g.layers, g.heads, length, g.dropout, meta_vocab, meta_width,
-                                  event_kinds=kinds))
+    model = GPT4Rec(GPT4RecConfig.from_settings(g.model_copy(update={"max_len": length}), n_items,
+                                                meta_vocab=meta_vocab, meta_width=meta_width, event_kinds=kinds))
     if meta_vocab:
         tokens = np.random.default_rng(0).integers(0, meta_vocab, size=(n_items + 1, meta_width))
         tokens[0] = 0
@@ -270,9 +268,8 @@ def prepare_models(repo: Path, seq_lens: list[int], n_items: int, server: Server
                    work_dir: Path, *, benchmark: str) -> dict[int, dict[str, Any]]:
     """Write gpt4rec_len<N> into a Triton repository per length: the demo's champion when it was
     exported for that length, else a fresh export; {length: {model, onnx, source}}."""
-    import onnx
-
-    from pipelines.repository.versions import write_config, write_version
+    from pipelines.repository.metadata import read_model_metadata
+    from pipelines.repository.versions import write_model_config, write_version
 
     models: dict[int, dict[str, Any]] = {}
     for length in seq_lens:
@@ -284,12 +281,10 @@ def prepare_models(repo: Path, seq_lens: list[int], n_items: int, server: Server
             source = ("GPT4Rec with params.yaml's architecture, random weights (latency does not depend on "
                       f"them), n_items={n_items}, exported by pipelines/export/onnx.py")
         name = f"gpt4rec_len{length}"
-        meta = {e.key: e.value for e in onnx.load(str(path), load_external_data=False).metadata_props}
-        write_config(repo, name, max_batch_size=server.max_batch_size, top_k=settings.export.top_k,
-                     n_items=n_items, max_seq_len=length, instance_count=server.instance_count[length],
-                     intra_op_threads=server.intra_op_threads, max_queue_delay_us=server.max_queue_delay_us,
-                     preferred_batch_sizes=server.preferred_batch_sizes,
-                     event_kinds=int(meta.get("event_kinds", 0)))
+        write_model_config(repo, name, read_model_metadata(path), max_batch_size=server.max_batch_size,
+                           instance_count=server.instance_count[length], intra_op_threads=server.intra_op_threads,
+                           max_queue_delay_us=server.max_queue_delay_us,
+                           preferred_batch_sizes=server.preferred_batch_sizes)
         write_version(repo, name, path, metadata={"benchmark": benchmark, "source": source})
         models[length] = {"model": name, "onnx": str(path), "source": source}
     return models

@@ -2,9 +2,11 @@
 
 The graph is written down once, in dvc.yaml. At parse time this file reads it and makes one task per
 stage (task_id = stage name) with an edge A -> B whenever one of B's deps equals or lies under one of
-A's outs/metrics/plots. Each task only calls ``pipelines.stages.run_stage``; what Airflow adds is the
-run form (params -> ``section.key=value`` overrides of params.yaml), retries, the promotion gate and
-the UI. Parse time stays cheap: yaml + pydantic; torch, mlflow etc. are imported inside the tasks.
+A's outs/metrics/plots. Each task runs its stage THROUGH DVC (``dvc repro --single-item``) in a workspace
+per DAG run (pipelines/stages/dvc_run.py), so a DAG run and `dvc repro` are the same thing; what Airflow
+adds is the run form (params -> ``section.key=value`` overrides, written to the workspace's params.yaml),
+retries, the promotion gate and the UI. Parse time stays cheap: yaml + pydantic; torch, mlflow etc. are
+imported inside the tasks.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ VALIDATED_DATA = Asset("rxrec_validated_data")
 # Stages that only run when the run's `promote` param is true; everything downstream of them is
 # skipped with them (default trigger rule).
 PROMOTION_STAGES = frozenset({"deploy"})
+PREPARE_TASK = "prepare_workspace"  # not dvc.yaml stages: they open and close the run's DVC workspace
+RECORD_TASK = "record_run"
 
 
 def _paths(entries: list | None) -> list[str]:
@@ -190,10 +194,15 @@ def schedule_from_env() -> Any:
 DOC_MD = f"""
 # retrain_and_promote
 
-Runs the stages of `dvc.yaml` (the one place the pipeline graph is written down) through
-`pipelines.stages.run_stage`, each as a task named after its stage. An edge A → B exists when one of B's
-`deps` is (or lies under) one of A's `outs`/`metrics`/`plots`. The run form overrides `params.yaml`
-for this run only; each task returns the stage's small summary (XCom).
+Runs the stages of `dvc.yaml` (the one place the pipeline graph is written down) through DVC, each as a
+task named after its stage that runs `dvc repro --single-item <stage>`. An edge A → B exists when one of
+B's `deps` is (or lies under) one of A's `outs`/`metrics`/`plots`. `{PREPARE_TASK}` creates the run's
+workspace under `<work dir>/var/runs/<run id>` (a git worktree of the code, the previous run's `dvc.lock`
+and outputs from the shared DVC cache, `params.yaml` with the run form's overrides), so a stage whose
+code, params and inputs did not change is skipped; each task returns ran / restored / skipped, its
+seconds and its JSON records (XCom). `{RECORD_TASK}` pushes the outputs to the DVC remote and commits the
+run's `dvc.lock`, params and metrics to `refs/rxrec/runs/<run id>`: compare two runs with
+`dvc params diff` / `dvc metrics diff` (docs/orchestration.md).
 
 Gates: `validate` fails the run on bad data and `export_onnx` on an ONNX/torch mismatch (nothing
 downstream runs); `register` logs a parent MLflow run with a child run per model family,
@@ -202,13 +211,38 @@ metrics, export parity, Triton latency; its decision with both models' metrics i
 and logged to MLflow); `promote=false` makes it a dry run and skips
 {", ".join(f"`{s}`" for s in sorted(PROMOTION_STAGES))} (Triton) and what follows it. Tasks that talk to
 services ({", ".join(f"`{s}`" for s in sorted(SERVICE_STAGES))}) retry with exponential backoff.
-Scheduled daily and by the `rxrec_validated_data` asset (the `validate_data` DAG). Work directory:
-`RXREC_WORKDIR` (default: the project root).
+Scheduled daily and by the `rxrec_validated_data` asset (the `validate_data` DAG). Work directory
+(MLflow store, Triton repository, run workspaces): `RXREC_WORKDIR` (default: the project root).
 
 | stage | upstream |
 |---|---|
 {chr(10).join(f"| `{b}` | {', '.join(f'`{a}`' for a in ups) or '—'} |" for b, ups in GRAPH.items())}
 """
+
+
+def _workspace():
+    from pipelines.stages.dvc_run import RunWorkspace
+
+    return RunWorkspace(run_id=get_current_context()["run_id"])
+
+
+def _left_out(params: dict[str, Any]) -> list[str]:
+    """The train_<family> stages this run's form leaves out."""
+    chosen = params.get("model_families") or families(GRAPH)
+    return [f"train_{family}" for family in families(GRAPH) if family not in chosen]
+
+
+def _prepare_task():
+    @task(task_id=PREPARE_TASK, retries=0,
+          doc_md="Creates this run's DVC workspace (pipelines/stages/dvc_run.py): a git worktree of the code, "
+                 "the previous run's dvc.lock and outputs from the shared DVC cache, and params.yaml with the "
+                 "run form's overrides, which is what dvc.lock records.")
+    def run_one() -> dict:
+        from pipelines.stages.dvc_run import prepare
+
+        return prepare(_workspace(), overrides_from_params(get_current_context()["params"]))
+
+    return run_one()
 
 
 def _stage_task(stage: str):
@@ -217,24 +251,40 @@ def _stage_task(stage: str):
     # none_failed: a family left out of the run is skipped without skipping evaluate; failures still stop
     # everything downstream (upstream_failed).
     @task(task_id=stage, multiple_outputs=False, trigger_rule="none_failed", **retries,
-          doc_md=f"Runs dvc.yaml stage `{stage}` via `pipelines.stages.run_stage`.")
+          doc_md=f"Runs dvc.yaml stage `{stage}` with `dvc repro --single-item {stage}` in the run's workspace: "
+                 "skipped when its code, params and inputs did not change. Returns ran/restored/skipped, "
+                 "its seconds and its JSON records.")
     def run_one() -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
+
+        from pipelines.stages.dvc_run import leave_out, repro
 
         params = get_current_context()["params"]
         if stage in PROMOTION_SKIPPED and not params.get("promote"):
             raise AirflowSkipException("promote=false: not deploying to Triton in this run")
-        family = stage.removeprefix("train_")
-        if stage.startswith("train_") and family not in (params.get("model_families") or families(GRAPH)):
-            import shutil
+        if stage in _left_out(params):
+            leave_out(_workspace(), stage)  # no stale model on the leaderboard
+            raise AirflowSkipException(f"model family {stage.removeprefix('train_')!r} is not selected in this run")
+        return repro(_workspace(), stage, left_out=_left_out(params))
 
-            from pipelines.core.config import Paths
+    return run_one()
 
-            shutil.rmtree(Paths().models / family, ignore_errors=True)  # no stale model on the leaderboard
-            raise AirflowSkipException(f"model family {family!r} is not selected in this run")
-        from pipelines.stages import run_stage
 
-        return run_stage(stage, overrides=overrides_from_params(params))
+def _record_task():
+    @task(task_id=RECORD_TASK, trigger_rule="none_failed", **SERVICE_RETRIES,
+          doc_md="Pushes the run's outputs to the DVC remote (RXREC_DVC_REMOTE, else .dvc/config's default), "
+                 "commits its dvc.lock, params.yaml and metrics to `refs/rxrec/runs/<run id>` (compare two runs "
+                 "with `dvc params diff` / `dvc metrics diff`) and returns which stages ran or were skipped, "
+                 "with the seconds saved.")
+    def run_one() -> dict:
+        from pipelines.stages.dvc_run import record
+
+        ti = get_current_context()["ti"]
+        results = {stage: ti.xcom_pull(task_ids=stage) for stage in GRAPH}
+        summary = record(_workspace(), {s: r for s, r in results.items() if isinstance(r, dict)})
+        print(f"DVC: ran {summary['ran']}; skipped {summary['skipped']}; "
+              f"{summary['seconds_saved_total']} s saved; lock committed to {summary['ref']}")
+        return summary
 
     return run_one()
 
@@ -281,10 +331,13 @@ def _build_tensorrt_engine_task():
     params=_form(),
 )
 def retrain_and_promote():
-    tasks = {stage: _stage_task(stage) for stage in GRAPH}
+    prepare, tasks, record = _prepare_task(), {stage: _stage_task(stage) for stage in GRAPH}, _record_task()
     for stage, upstream in GRAPH.items():
         for name in upstream:
             tasks[name] >> tasks[stage]
+        if not upstream:
+            prepare >> tasks[stage]
+        tasks[stage] >> record
     if "deploy" in tasks:
         tasks["deploy"] >> _build_tensorrt_engine_task()
 

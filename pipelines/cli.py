@@ -56,6 +56,23 @@ def stage(
     _run(name, set_ or [])
 
 
+@app.command("dvc-yaml")
+def dvc_yaml(
+    write: Annotated[bool, typer.Option("--write", help="rewrite dvc.yaml from the stage declarations")] = False,
+) -> None:
+    """Render dvc.yaml from the stage declarations (pipelines/stages/declare.py); without --write, check it."""
+    from pipelines.stages.declare import DVC_YAML, render_dvc_yaml
+
+    rendered = render_dvc_yaml()
+    if write:
+        DVC_YAML.write_text(rendered)
+        typer.echo(f"wrote {DVC_YAML}")
+    elif DVC_YAML.read_text() != rendered:
+        _fail(f"{DVC_YAML} differs from the stage declarations: run `rxrec dvc-yaml --write`")
+    else:
+        typer.echo(f"{DVC_YAML} follows the stage declarations")
+
+
 @app.command()
 def run(
     set_: SetOption = None,
@@ -362,14 +379,26 @@ def serve_rollback(
 
 @app.command()
 def promote(
+    version: Annotated[str | None, typer.Option("--version", help="make this registered version (or alias, e.g. "
+                                                "challenger) the champion; needs --reason")] = None,
+    reason: Annotated[str, typer.Option("--reason", help="why, for a manual promotion (kept as a version tag "
+                                        "and in the champion moves)")] = "",
     rollback: Annotated[bool, typer.Option("--rollback", help="move `champion` back to the previous champion")] = False,
     deploy: Annotated[bool, typer.Option("--deploy/--no-deploy", help="redeploy the champion to Triton")] = True,
     set_: SetOption = None,
 ) -> None:
-    """Roll the registry's `champion` back to the previous champion and redeploy it to Triton."""
-    if not rollback:
-        _fail("promotion happens in the gate of the register stage; use `rxrec promote --rollback` to undo one")
-    from pipelines.track import registry
+    """Move the registry's `champion` by hand (--version N --reason "...") or back (--rollback), and redeploy it.
+
+    The register stage's gate promotes on its own; this is the manual control beside it. An unknown
+    version or alias changes nothing.
+    """
+    if rollback == (version is not None):
+        _fail("say what to do: `rxrec promote --version N --reason \"...\"` or `rxrec promote --rollback`")
+    if version is not None and not reason.strip():
+        _fail("a manual promotion needs --reason \"...\" (kept as a version tag and in the champion moves)")
+    from pipelines.promotion.aliases import RollbackError, UnknownVersion, promote_manually
+    from pipelines.promotion.aliases import rollback as roll_back
+    from pipelines.track.service import MlflowService
 
     try:
         settings = load_settings(overrides=set_ or [])
@@ -377,12 +406,15 @@ def promote(
         _fail(str(exc))
     paths = Paths()
     name = settings.mlflow.registered_model
-    registry.configure(paths.tracking_uri(settings), settings.mlflow.experiment, paths.mlflow_artifacts)
+    registry = MlflowService.from_settings(settings, paths)
     try:
-        old, new = registry.rollback(name)
-    except registry.RollbackError as exc:
+        old, new = roll_back(registry, name) if rollback else promote_manually(registry, name, version or "", reason)
+    except (RollbackError, UnknownVersion) as exc:
         _fail(str(exc))
-    typer.echo(f"champion of {name}: v{old} → v{new}  ({paths.tracking_uri(settings)})")
+    if old == new:
+        typer.echo(f"v{new} of {name} is already the champion: nothing changed  ({paths.tracking_uri(settings)})")
+        return
+    typer.echo(f"champion of {name}: {f'v{old}' if old else '(none)'} → v{new}  ({paths.tracking_uri(settings)})")
     if deploy:
         _run("deploy", set_ or [])
 
@@ -394,17 +426,16 @@ def lineage(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Print where a model version comes from: MLflow runs, git commit, DVC data hash, dataset, DAG run."""
-    from pipelines.track import registry
+    from pipelines.track.service import MlflowService
 
     try:
         settings = load_settings(overrides=set_ or [])
     except SettingsError as exc:
         _fail(str(exc))
     paths = Paths()
-    uri = paths.tracking_uri(settings)
-    registry.configure(uri, settings.mlflow.experiment, paths.mlflow_artifacts)
+    service = MlflowService.from_settings(settings, paths)
     try:
-        chain = registry.lineage(model)
+        chain = service.lineage(model)
     except (KeyError, ValueError) as exc:
         _fail(str(exc))
     except Exception as exc:  # noqa: BLE001 - MLflow's not-found errors, shown plainly
@@ -429,7 +460,7 @@ def lineage(
         ("DVC data hash", f"{chain['data_dvc_md5'] or '— (not run by DVC)'}  content md5 {chain['data_content_md5']}"),
         ("dataset", chain["dataset"] or "—"),
         ("gate decision", chain["gate_decision"] or "—"),
-        ("tracking URI", uri),
+        ("tracking URI", service.tracking_uri),
     ]
     for label, value in rows:
         typer.echo(f"{label:<16} {value}")

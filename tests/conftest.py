@@ -9,6 +9,10 @@ import pytest
 
 from pipelines.core.config import Paths, Settings, load_settings
 
+# Every stage a test runs (in-process or under `dvc repro`) is held to its declaration: a file of the work
+# directory's data folders that it touches without declaring it fails the stage (pipelines/stages/declare.py).
+os.environ.setdefault("RXREC_STRICT_IO", "1")
+
 # Small enough for seconds, big enough that every stage has real work (and GPT4Rec can learn).
 TINY = [
     "data.n_products=150",

@@ -36,38 +36,3 @@ def test_every_dep_is_produced_by_an_earlier_stage_or_is_code():
             for out in stage.get(key, []):
                 produced.append(out if isinstance(out, str) else next(iter(out)))
 
-
-def _tree(folder):
-    return {str(p.relative_to(folder)): p.read_text() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def test_a_stage_output_is_replaced_whole_or_not_at_all(tmp_path):
-    import pytest
-
-    from pipelines.core.files import published_dir
-
-    out = tmp_path / "features"
-    out.mkdir()
-    (out / "meta.json").write_text("old")
-    with pytest.raises(RuntimeError, match="disk full"), published_dir(out) as staging:
-        (staging / "meta.json").write_text("half")
-        raise RuntimeError("disk full")
-    assert _tree(out) == {"meta.json": "old"} and [p.name for p in tmp_path.iterdir()] == ["features"]
-    with published_dir(out) as staging:
-        (staging / "sequences.parquet").write_text("new")
-    assert _tree(out) == {"sequences.parquet": "new"}  # nothing of the old output mixed in
-    assert [p.name for p in tmp_path.iterdir()] == ["features"]
-
-
-def test_a_kill_between_the_renames_is_repaired_by_the_next_attempt(tmp_path):
-    from pipelines.core.files import published_dir
-
-    out = tmp_path / "raw"
-    backup = tmp_path / ".raw.old-123"  # killed after moving the old output aside, before the new one went in
-    backup.mkdir()
-    (backup / "events.parquet").write_text("old")
-    (tmp_path / ".raw.staging-123").mkdir()  # and the complete-or-not staging folder of that attempt
-    with published_dir(out) as staging:
-        assert _tree(out) == {"events.parquet": "old"}  # readers see the old output again meanwhile
-        (staging / "events.parquet").write_text("new")
-    assert _tree(out) == {"events.parquet": "new"} and sorted(p.name for p in tmp_path.iterdir()) == ["raw"]

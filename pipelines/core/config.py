@@ -118,25 +118,30 @@ class SimilarSettings(_Section):
     method: Literal["prod2vec", "tfidf", "text_encoder", "meta_prod2vec"] = "meta_prod2vec"
 
 
-class GPT4RecSettings(_Section):
+class SequenceModelSettings(_Section):
+    """What every neural sequence family trains with (the shared epoch loop of pipelines/models/base.py)."""
+
     dim: int = Field(64, ge=8)
     layers: int = Field(2, ge=1)
-    heads: int = Field(2, ge=1)
     max_len: int = Field(50, ge=2, le=512)
     dropout: float = Field(0.2, ge=0, lt=1)
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(0.003, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    patience: int = Field(3, ge=1)  # epochs without a better validation score before stopping
+    time_budget_s: float = Field(0, ge=0)  # stop after the epoch that passes it; 0 = no budget
+
+
+class GPT4RecSettings(SequenceModelSettings):
+    heads: int = Field(2, ge=1)
     init_from_prod2vec: bool = True
     use_meta: bool = True
     use_event_kinds: bool = True
     event_kind_dropout: float = Field(0.1, ge=0, lt=1)
     loss: Literal["full", "sampled"] = "full"
     negatives: int = Field(1024, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    patience: int = Field(3, ge=1)
-    time_budget_s: float = Field(0, ge=0)
 
 
 class PopularitySettings(_Section):
@@ -169,9 +174,21 @@ class NCFSettings(_Section):
     samples_per_user: int = Field(4, ge=1)
 
 
+class GRU4RecSettings(SequenceModelSettings):
+    layers: int = Field(1, ge=1)
+    cell: Literal["gru", "lstm"] = "gru"
+
+
+class BERT4RecSettings(SequenceModelSettings):
+    heads: int = Field(2, ge=1)
+    mask_prob: float = Field(0.2, gt=0, lt=1)
+
+
 class EvaluateSettings(_Section):
     k: int = Field(10, ge=1)
     mask_seen: bool = True
+    # A cold-start item has at most this many training interactions (pipelines/evaluate/slices.py).
+    cold_max_interactions: int = Field(5, ge=0)
 
 
 class MlflowSettings(_Section):
@@ -250,11 +267,14 @@ class Settings(_Section):
     text_encoder: TextEncoderSettings = TextEncoderSettings()
     meta_prod2vec: MetaProd2VecSettings = MetaProd2VecSettings()
     similar: SimilarSettings = SimilarSettings()
-    gpt4rec: GPT4RecSettings = GPT4RecSettings()
+    # The model families, in leaderboard order (pipelines/models/families.py reads it from here).
     popularity: PopularitySettings = PopularitySettings()
     mf: MFSettings = MFSettings()
     rules: RulesSettings = RulesSettings()
     ncf: NCFSettings = NCFSettings()
+    gpt4rec: GPT4RecSettings = GPT4RecSettings()
+    gru4rec: GRU4RecSettings = GRU4RecSettings()
+    bert4rec: BERT4RecSettings = BERT4RecSettings()
     evaluate: EvaluateSettings = EvaluateSettings()
     mlflow: MlflowSettings = MlflowSettings()
     export: ExportSettings = ExportSettings()

@@ -1,16 +1,16 @@
 """Item meta-info as integer tokens: what sequence models read beside the item id.
 
 Each meta field (therapeutic class, uses, composition, manufacturer, form, tags) is normalised
-(case, spacing, "Ltd"/"Limited" variants) and split into values ("fever|headache",
-"Paracetamol 500mg + Caffeine 30mg" → molecules); every value gets a token id in one shared
-vocabulary (0 = none). The result is an (n_items + 1, max_tokens) matrix, row 0 = padding: a new
-product with meta-info but no interactions still has a representation.
+and split into values by pipelines/data/text.py, the same values Meta-Prod2Vec and the text
+methods read ("fever|headache", "Paracetamol 500mg + Caffeine 30mg" → molecules); every value
+gets a token id in one shared vocabulary (0 = none). The result is an (n_items + 1, max_tokens)
+matrix, row 0 = padding: a new product with meta-info but no interactions still has a
+representation.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +18,10 @@ import numpy as np
 import pandas as pd
 
 from pipelines.data.schema import META_FIELDS
+from pipelines.data.text import field_values
 
 FEATURES_FILE = "item_features.npy"
 VOCAB_FILE = "item_vocab.json"
-_COMPANY_SUFFIX = re.compile(r"\b(ltd|limited|pvt|private|inc)\b\.?", re.IGNORECASE)
-_STRENGTH = re.compile(r"\s*[\d.]+\s*(mg|mcg|iu|%|ml|gm|g)\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -43,20 +42,6 @@ class ItemFeatures:
         return cls(tokens=np.load(in_dir / FEATURES_FILE), vocab=json.loads((in_dir / VOCAB_FILE).read_text()))
 
 
-def _values(field: str, text: object) -> list[str]:
-    """Normalised values of one field of one product."""
-    if text is None or (isinstance(text, float) and np.isnan(text)) or text is pd.NA:
-        return []
-    raw = str(text).strip().lower()
-    if not raw:
-        return []
-    if field == "manufacturer":
-        return [" ".join(_COMPANY_SUFFIX.sub("", raw).split())]
-    if field == "composition":  # molecules without strengths: substitutes share them
-        return [" ".join(_STRENGTH.sub("", part).split()) for part in re.split(r"\s*\+\s*", raw) if part.strip()]
-    return [" ".join(v.split()) for v in raw.split("|") if v.strip()]
-
-
 def build_item_features(catalogue: pd.DataFrame, n_items: int, max_tokens: int = 8) -> ItemFeatures:
     """Token matrix of every catalogue item's meta-info (fields in META_FIELDS order, capped)."""
     fields = [f for f in META_FIELDS if f in catalogue.columns]
@@ -69,7 +54,7 @@ def build_item_features(catalogue: pd.DataFrame, n_items: int, max_tokens: int =
             continue
         row: list[int] = []
         for field in fields:
-            for value in _values(field, record[field]):
+            for value in field_values(field, record[field]):
                 key = f"{field}={value}"
                 row.append(vocab.setdefault(key, len(vocab) + 1))
         row = row[:max_tokens]

@@ -1,10 +1,11 @@
-"""Similar-products evaluation: one protocol for every embedding method.
+"""Similar-products evaluation: every embedding method on the one evaluation protocol.
 
 Given a user's previous item, rank the next one by cosine similarity against all items (the
-user's seen items masked, as in the main protocol); HR@k and NDCG@k over all evaluated users, and
-on the cold-start slice: users whose target never appears in any training history. An item a
-method has no vector for can never be recommended (its score is -inf), so a method that cannot
-embed cold items scores 0 there, honestly.
+user's seen items masked), through pipelines/evaluate/protocol.py; HR@k and NDCG@k over all
+evaluated users, on the cold-start slice (the one definition, pipelines/evaluate/slices.py) and on
+the unseen slice: users whose target never appears in any training history. An item a method has
+no vector for can never be recommended (its score is -inf), so a method that cannot embed unseen
+items scores 0 there, honestly.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from pipelines.data.sequences import Sequences
-from pipelines.evaluate import metrics
+from pipelines.evaluate.protocol import Recommender, evaluate
+from pipelines.evaluate.slices import cold_start_items, unseen_items
 
 NO_VECTOR = -np.inf
 
@@ -59,35 +61,22 @@ class Popularity:
         return np.tile(self.counts, (len(histories), 1))
 
 
-def cold_targets(seqs: Sequences, targets: np.ndarray) -> np.ndarray:
-    """Which targets never appear in any training history (the cold-start slice)."""
-    train = seqs.train()
-    seen = np.zeros(seqs.n_items + 1, dtype=bool)
-    if train:
-        seen[np.concatenate(train)] = True
-    return ~seen[targets]
-
-
 def evaluate_similarity(
-    model, seqs: Sequences, *, split: str = "test", k: int = 10, mask_seen: bool = True, batch_size: int = 1024,
-    max_users: int | None = None,
+    model: Recommender, seqs: Sequences, *, cold_max_interactions: int, split: str = "test", k: int = 10,
+    mask_seen: bool = True, batch_size: int = 1024, max_users: int | None = None,
 ) -> dict[str, float]:
-    """hr/ndcg@k overall and on the cold-start slice (cold_hr/cold_ndcg), plus MRR and slice sizes."""
-    histories, targets, _ = seqs.evaluation(split)
-    if max_users is not None:
-        histories, targets = histories[:max_users], targets[:max_users]
-    ranks = np.empty(len(targets), dtype=np.int64)
-    for start in range(0, len(targets), batch_size):
-        batch = histories[start:start + batch_size]
-        scores = metrics.mask_scores(model.score(batch), batch, mask_seen)
-        ranks[start:start + batch_size] = metrics.target_ranks(scores, targets[start:start + batch_size])
-    cold = cold_targets(seqs, targets)
-    return {
-        f"hr_at_{k}": metrics.hit_rate(ranks, k),
-        f"ndcg_at_{k}": metrics.ndcg(ranks, k),
-        "mrr": metrics.mrr(ranks),
-        f"cold_hr_at_{k}": metrics.hit_rate(ranks[cold], k),
-        f"cold_ndcg_at_{k}": metrics.ndcg(ranks[cold], k),
-        "n_users": float(len(targets)),
-        "n_cold_users": float(cold.sum()),
-    }
+    """The protocol's hr/ndcg@k, MRR and coverage, plus cold_*/unseen_* hr/ndcg@k and their user counts."""
+    _, targets, _ = seqs.evaluation(split)
+    slices = {"cold": cold_start_items(seqs, cold_max_interactions)[targets], "unseen": unseen_items(seqs)[targets]}
+    result = evaluate(model, seqs, split=split, k=k, mask_seen=mask_seen, batch_size=batch_size,
+                      max_users=max_users, slices=slices)
+    for name, values in result.pop("slices").items():
+        result.update({f"{name}_{key}": value for key, value in values.items() if key != "n_users"})
+        result[f"n_{name}_users"] = float(values["n_users"])
+    return result
+
+
+def similarity_slices(cold_max_interactions: int) -> dict[str, str]:
+    """What the cold_* and unseen_* metrics mean, for the reports."""
+    return {"cold_slice": f"targets with at most {cold_max_interactions} training interactions (cold-start items)",
+            "unseen_slice": "targets absent from every training history"}

@@ -1,13 +1,13 @@
 """Item meta-info as tokens: the fields Meta-Prod2Vec, TF-IDF and the text encoder read.
 
 1mg-like meta-info is sparse and inconsistent (case, "Ltd" vs "Limited", strengths inside the
-composition), so values are normalised before they become vocabulary entries: two spellings of
-the same manufacturer must be one token, or the field cannot carry signal to cold items.
+composition), so values go through the one catalogue normaliser (pipelines/data/text.py) before
+they become vocabulary entries: two spellings of the same manufacturer must be one token, or the
+field cannot carry signal to cold items; GPT4Rec's meta tokens read the same values.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,38 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-MULTI_VALUED = {"uses": "|", "tags": "|", "composition": "+"}
-_COMPANY_SUFFIX = re.compile(r"\b(limited|ltd\.?|pvt\.?|private|inc\.?|co\.?)\s*$")
-_STRENGTH = re.compile(r"\s+\d[\w./%]*\s*$")
-_WORD = re.compile(r"[a-z][a-z]{2,}")
-
-
-def _norm(value: str) -> str:
-    return " ".join(str(value).lower().split())
-
-
-def field_values(field: str, raw: object) -> list[str]:
-    """The normalised values of one field of one product ([] when missing)."""
-    if raw is None or (isinstance(raw, float) and np.isnan(raw)) or str(raw).strip() == "":
-        return []
-    if field in MULTI_VALUED:
-        parts = [_norm(p) for p in str(raw).split(MULTI_VALUED[field])]
-    else:
-        parts = [_norm(raw)]
-    if field == "composition":
-        parts = [_STRENGTH.sub("", p) for p in parts]
-    if field == "manufacturer":
-        parts = [_COMPANY_SUFFIX.sub("", p).strip() for p in parts]
-    return sorted({p for p in parts if p})
+from pipelines.data.text import field_values, normalise_text, text_words
 
 
 def _text_words(catalogue: pd.DataFrame) -> list[list[str]]:
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
-    names = catalogue["name"].fillna("") if "name" in catalogue else pd.Series([""] * len(catalogue))
-    desc = catalogue["description"].fillna("") if "description" in catalogue else pd.Series([""] * len(catalogue))
-    return [sorted({w for w in _WORD.findall(f"{n} {d}".lower()) if w not in ENGLISH_STOP_WORDS})
-            for n, d in zip(names, desc)]
+    """The words of each product's name and description."""
+    names = catalogue["name"] if "name" in catalogue else pd.Series([""] * len(catalogue))
+    desc = catalogue["description"] if "description" in catalogue else pd.Series([""] * len(catalogue))
+    return [text_words(f"{normalise_text(n)} {normalise_text(d)}") for n, d in zip(names, desc)]
 
 
 @dataclass
@@ -117,7 +93,7 @@ def item_fields(catalogue: pd.DataFrame, n_items: int, fields: Sequence[str], te
 
 
 def item_texts(catalogue: pd.DataFrame, n_items: int) -> list[str]:
-    """One text per item id 0..n_items: name, description and the meta fields, labelled.
+    """One text per item id 0..n_items: name, description and the meta fields, labelled, normalised.
 
     Items without a catalogue row get "" (the methods treat them as having no text).
     """
@@ -129,15 +105,15 @@ def item_texts(catalogue: pd.DataFrame, n_items: int) -> list[str]:
         if not 1 <= item <= n_items:
             continue
         parts = []
-        name = getattr(row, "name", None)
-        if isinstance(name, str) and name.strip():
-            parts.append(name.strip().rstrip(".") + ".")
+        name = normalise_text(getattr(row, "name", None))
+        if name:
+            parts.append(name.rstrip(".") + ".")
         for c in cols:  # meta before the description: an encoder that truncates keeps the fields
             values = field_values(c, getattr(row, c))
             if values:
                 parts.append(f"{c.replace('_', ' ')}: {', '.join(values)}.")
-        description = getattr(row, "description", None)
-        if isinstance(description, str) and description.strip():
-            parts.append(description.strip())
+        description = normalise_text(getattr(row, "description", None))
+        if description:
+            parts.append(description)
         texts[item] = " ".join(parts)
     return texts

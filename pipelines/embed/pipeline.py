@@ -21,6 +21,8 @@ from pipelines.core.config import Paths, Settings
 from pipelines.data.schema import CATALOGUE_FILE, EVENTS_FILE
 from pipelines.data.sequences import Sequences, load_sequences
 from pipelines.embed.prod2vec import ItemEmbeddings, Walks
+from pipelines.embed.tracking import embedding_run
+from pipelines.track.live import TrainingRun
 
 METHODS = ("prod2vec", "tfidf", "text_encoder", "meta_prod2vec")
 METRICS_FILE = "metrics.json"
@@ -62,16 +64,17 @@ def walks_digest(walks: np.ndarray) -> str:
 
 
 def finish(method: str, emb: ItemEmbeddings, s: Settings, p: Paths, seqs: Sequences, catalogue: pd.DataFrame | None,
-           params: dict[str, Any], started: float) -> dict[str, Any]:
-    """Evaluate, plot, save the table under artifacts/embeddings/<method>, log one MLflow run."""
+           run: TrainingRun, started: float) -> dict[str, Any]:
+    """Evaluate, plot, save the table under artifacts/embeddings/<method>, log them to the method's run."""
     from pipelines.embed.evaluate import CosineSimilarity, evaluate_similarity
     from pipelines.embed.plots import plot_embedding_map, plot_field_importance
-    from pipelines.embed.tracking import log_embedding_run
+    from pipelines.embed.tracking import log_embedding_results
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
     metrics = evaluate_similarity(CosineSimilarity(method, emb.vectors, emb.known), seqs, split="test",
-                                  k=s.evaluate.k, mask_seen=s.evaluate.mask_seen)
+                                  k=s.evaluate.k, mask_seen=s.evaluate.mask_seen,
+                                  cold_max_interactions=s.evaluate.cold_max_interactions)
     timings["evaluate_s"] = time.perf_counter() - t
     out = _fresh(p.embeddings / method)
     t = time.perf_counter()
@@ -88,12 +91,12 @@ def finish(method: str, emb: ItemEmbeddings, s: Settings, p: Paths, seqs: Sequen
     t = time.perf_counter()
     numeric = {k: v for k, v in emb.info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     importance = {f"field_importance.{k}": v for k, v in emb.info.get("field_importance", {}).items()}
-    run_id = log_embedding_run(
-        tracking_uri=p.tracking_uri(s), experiment=s.mlflow.experiment, artifact_root=p.mlflow_artifacts,
-        method=method, params=params, metrics={**metrics, **numeric, **importance}, table_dir=out, plots=plots,
-        tags={"dataset": s.data.dataset or s.data.source})
+    log_embedding_results(run, metrics={**metrics, **numeric, **importance}, table_dir=out, plots=plots,
+                          curves={"finetune_loss": emb.info["finetune_losses"]} if "finetune_losses" in emb.info
+                          else None)
     timings["mlflow_s"] = time.perf_counter() - t
-    summary = {**metrics, **{k: round(v, 3) for k, v in timings.items()}, "mlflow_run_id": run_id,
+    summary = {**metrics, **{k: round(v, 3) for k, v in timings.items()}, "mlflow_run_id": run.run_id,
+               "mlflow_run_url": run.url,
                "stage_s": round(time.perf_counter() - started, 3)}
     (out / "stage.json").write_text(json.dumps({**emb.info, **summary}, indent=2, default=str))
     return {**{k: v for k, v in emb.info.items() if k not in ("finetune_losses",)}, **summary}
@@ -107,12 +110,13 @@ def run_prod2vec(s: Settings, p: Paths) -> dict[str, Any]:
     from pipelines.embed.prod2vec import train_prod2vec
 
     started = time.perf_counter()
-    seqs = load_sequences(p.features)
-    walks = training_walks(s, p, seqs)
-    emb = train_prod2vec(seqs.train(), seqs.n_items, s.graph, s.prod2vec, seed=s.data.seed, walks=walks)
-    emb.info["walks_sha256"] = walks_digest(walks.walks)
-    catalogue = _catalogue(p) if (p.validated / CATALOGUE_FILE).exists() else None
-    return finish("prod2vec", emb, s, p, seqs, catalogue, _section_params(s, "graph", "prod2vec"), started)
+    with embedding_run(s, p, "prod2vec", _section_params(s, "graph", "prod2vec")) as run:
+        seqs = load_sequences(p.features)
+        walks = training_walks(s, p, seqs)
+        emb = train_prod2vec(seqs.train(), seqs.n_items, s.graph, s.prod2vec, seed=s.data.seed, walks=walks)
+        emb.info["walks_sha256"] = walks_digest(walks.walks)
+        catalogue = _catalogue(p) if (p.validated / CATALOGUE_FILE).exists() else None
+        return finish("prod2vec", emb, s, p, seqs, catalogue, run, started)
 
 
 def run_tfidf(s: Settings, p: Paths) -> dict[str, Any]:
@@ -120,10 +124,11 @@ def run_tfidf(s: Settings, p: Paths) -> dict[str, Any]:
     from pipelines.embed.text import train_tfidf
 
     started = time.perf_counter()
-    seqs = load_sequences(p.features)
-    catalogue = _catalogue(p)
-    emb = train_tfidf(item_texts(catalogue, seqs.n_items), s.tfidf)
-    return finish("tfidf", emb, s, p, seqs, catalogue, _section_params(s, "tfidf"), started)
+    with embedding_run(s, p, "tfidf", _section_params(s, "tfidf")) as run:
+        seqs = load_sequences(p.features)
+        catalogue = _catalogue(p)
+        emb = train_tfidf(item_texts(catalogue, seqs.n_items), s.tfidf)
+        return finish("tfidf", emb, s, p, seqs, catalogue, run, started)
 
 
 def run_text_encoder(s: Settings, p: Paths) -> dict[str, Any]:
@@ -131,13 +136,14 @@ def run_text_encoder(s: Settings, p: Paths) -> dict[str, Any]:
     from pipelines.embed.text import cooccurring_pairs, train_text_encoder
 
     started = time.perf_counter()
-    seqs = load_sequences(p.features)
-    catalogue = _catalogue(p)
-    pairs = None
-    if s.text_encoder.finetune:
-        pairs = cooccurring_pairs(training_walks(s, p, seqs).graph, s.text_encoder.finetune_pairs, s.data.seed)
-    emb = train_text_encoder(item_texts(catalogue, seqs.n_items), s.text_encoder, s.data.seed, pairs=pairs)
-    return finish("text_encoder", emb, s, p, seqs, catalogue, _section_params(s, "text_encoder"), started)
+    with embedding_run(s, p, "text_encoder", _section_params(s, "text_encoder")) as run:
+        seqs = load_sequences(p.features)
+        catalogue = _catalogue(p)
+        pairs = None
+        if s.text_encoder.finetune:
+            pairs = cooccurring_pairs(training_walks(s, p, seqs).graph, s.text_encoder.finetune_pairs, s.data.seed)
+        emb = train_text_encoder(item_texts(catalogue, seqs.n_items), s.text_encoder, s.data.seed, pairs=pairs)
+        return finish("text_encoder", emb, s, p, seqs, catalogue, run, started)
 
 
 def run_meta_prod2vec(s: Settings, p: Paths) -> dict[str, Any]:
@@ -145,22 +151,22 @@ def run_meta_prod2vec(s: Settings, p: Paths) -> dict[str, Any]:
     from pipelines.embed.meta_prod2vec import train_meta_prod2vec
 
     started = time.perf_counter()
-    seqs = load_sequences(p.features)
-    catalogue = _catalogue(p)
-    t = time.perf_counter()
-    walks = training_walks(s, p, seqs)
-    fields = item_fields(catalogue, seqs.n_items, s.meta_prod2vec.fields, s.meta_prod2vec.text_vocab)
-    prep_s = time.perf_counter() - t
-    emb = train_meta_prod2vec(walks.walks, fields, s.meta_prod2vec, seed=s.data.seed)
-    emb.info.update({**{k: round(v, 3) for k, v in walks.timings.items()}, "fields_s": round(prep_s, 3),
-                     "walks_sha256": walks_digest(walks.walks)})
-    return finish("meta_prod2vec", emb, s, p, seqs, catalogue,
-                  _section_params(s, "graph", "meta_prod2vec"), started)
+    with embedding_run(s, p, "meta_prod2vec", _section_params(s, "graph", "meta_prod2vec")) as run:
+        seqs = load_sequences(p.features)
+        catalogue = _catalogue(p)
+        t = time.perf_counter()
+        walks = training_walks(s, p, seqs)
+        fields = item_fields(catalogue, seqs.n_items, s.meta_prod2vec.fields, s.meta_prod2vec.text_vocab)
+        prep_s = time.perf_counter() - t
+        emb = train_meta_prod2vec(walks.walks, fields, s.meta_prod2vec, seed=s.data.seed)
+        emb.info.update({**{k: round(v, 3) for k, v in walks.timings.items()}, "fields_s": round(prep_s, 3),
+                         "walks_sha256": walks_digest(walks.walks)})
+        return finish("meta_prod2vec", emb, s, p, seqs, catalogue, run, started)
 
 
 def run_similar_products(s: Settings, p: Paths) -> dict[str, Any]:
     """The comparison table of every method (same protocol) and the top-k neighbours of every item."""
-    from pipelines.embed.evaluate import Popularity, evaluate_similarity
+    from pipelines.embed.evaluate import Popularity, evaluate_similarity, similarity_slices
     from pipelines.embed.similar import SimilarProducts
     from pipelines.track.plots import plot_metrics
 
@@ -168,7 +174,8 @@ def run_similar_products(s: Settings, p: Paths) -> dict[str, Any]:
     k = s.evaluate.k
     table: dict[str, dict[str, float]] = {
         "popularity": evaluate_similarity(Popularity(seqs.train(), seqs.n_items), seqs, k=k,
-                                          mask_seen=s.evaluate.mask_seen)}
+                                          mask_seen=s.evaluate.mask_seen,
+                                          cold_max_interactions=s.evaluate.cold_max_interactions)}
     for method in METHODS:
         metrics_file = p.embeddings / method / METRICS_FILE
         if not metrics_file.exists():
@@ -187,11 +194,12 @@ def run_similar_products(s: Settings, p: Paths) -> dict[str, Any]:
                   "cosine": list(np.concatenate(cosines))}).to_parquet(out / "neighbours.parquet", index=False)
     payload = {"protocol": {"query": "the user's previous item", "ranking": "cosine similarity against all items",
                             "split": "test (leave-one-out by time)", "k": k,
-                            "cold_slice": "targets absent from every training history"},
+                            **similarity_slices(s.evaluate.cold_max_interactions)},
                "methods": table, "similar": {"method": s.similar.method, "approximate": index.approximate,
                                              "items": len(items), "k": s.similar.k}}
     p.reports.mkdir(parents=True, exist_ok=True)
     (p.reports / "embeddings.json").write_text(json.dumps(payload, indent=2))
-    plot_metrics(table, p.reports / "embeddings.png", keys=(f"hr_at_{k}", f"ndcg_at_{k}", f"cold_hr_at_{k}"))
-    return {m: {key: round(v, 4) for key, v in row.items() if key.startswith(("hr", "ndcg", "cold_hr"))}
+    plot_metrics(table, p.reports / "embeddings.png",
+                 keys=(f"hr_at_{k}", f"ndcg_at_{k}", f"cold_hr_at_{k}", f"unseen_hr_at_{k}"))
+    return {m: {key: round(v, 4) for key, v in row.items() if key.startswith(("hr", "ndcg", "cold_hr", "unseen_hr"))}
             for m, row in table.items()}

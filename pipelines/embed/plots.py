@@ -12,6 +12,8 @@ import scipy.sparse as sp
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from pipelines.data.text import normalise_value
+
 MAX_POINTS = 5000
 MAX_CLASSES = 10
 
@@ -36,7 +38,7 @@ def plot_embedding_map(vectors, known: np.ndarray, labels: pd.Series | None, pat
     xy = project_2d(vectors[items], seed) if len(items) >= 3 else np.zeros((len(items), 2))
     fig, ax = plt.subplots(figsize=(7, 5.5))
     if labels is not None:
-        lab = labels.reindex(items).fillna("(missing)").astype(str).str.lower().to_numpy()
+        lab = labels.reindex(items).map(normalise_value).replace("", "(missing)").to_numpy()
         top = pd.Series(lab).value_counts().index[:MAX_CLASSES]
         other = ~np.isin(lab, top)
         ax.scatter(xy[other, 0], xy[other, 1], s=5, c="lightgrey", label="other / missing")

@@ -1,29 +1,31 @@
-"""Each embedding method is its own MLflow run: params, metrics, plots and the table itself."""
+"""Each embedding method is a child run of the pipeline run, live while it trains: params, metrics, plots, the table."""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-EXPERIMENT_SUFFIX = "-embeddings"
+from pipelines.core.config import Paths, Settings
+from pipelines.track.live import TrainingRun
 
 
-def log_embedding_run(
-    *, tracking_uri: str, experiment: str, artifact_root: Path, method: str, params: dict[str, Any],
-    metrics: dict[str, float], table_dir: Path, plots: list[Path], tags: dict[str, str] | None = None,
-) -> str:
-    """One run named after the method in `<experiment>-embeddings`; returns its run id."""
-    import mlflow
-    from pipelines.track.registry import configure
+@contextmanager
+def embedding_run(settings: Settings, paths: Paths, method: str, params: dict[str, Any]) -> Iterator[TrainingRun]:
+    """The method's child run (named after it, tagged `method`), open while the block trains."""
+    from pipelines.track.live import training_dataset, training_run
 
-    experiment_id = configure(tracking_uri, experiment + EXPERIMENT_SUFFIX, artifact_root)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=method) as run:
-        mlflow.set_tags({"method": method, "airflow_dag_run_id": os.environ.get("AIRFLOW_CTX_DAG_RUN_ID", ""),
-                         **(tags or {})})
-        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
-        for plot in plots:
-            mlflow.log_artifact(str(plot), artifact_path="plots")
-        mlflow.log_artifacts(str(table_dir), artifact_path="embeddings")
-        return run.info.run_id
+    with training_run(settings, paths, method, kind="embedding", params=params,
+                      dataset=training_dataset(settings, paths)) as run:
+        yield run
+
+
+def log_embedding_results(run: TrainingRun, *, metrics: dict[str, float], table_dir: Path, plots: list[Path],
+                          curves: dict[str, list[float]] | None = None) -> None:
+    """Metrics, per-step curves reported at the end (e.g. fine-tuning losses), plots and the table itself."""
+    for name, values in (curves or {}).items():
+        run.log_curve(name, values)
+    run.finish(metrics, {"embeddings": table_dir})
+    for plot in plots:
+        run.service.log_artifacts(run.run_id, {"plots": plot})

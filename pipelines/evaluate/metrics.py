@@ -54,3 +54,12 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
     return np.take_along_axis(part, order, axis=1)
+
+
+def ranks_in_top_k(top: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """0-based rank of each target inside its row of best-first ids; top.shape[1] where it is absent.
+
+    For a model that only returns its top k: exact for HR@k and NDCG@k, not for MRR.
+    """
+    hit = top == targets[:, None]
+    return np.where(hit.any(axis=1), hit.argmax(axis=1), top.shape[1]).astype(np.int64)

@@ -1,7 +1,15 @@
-"""The one evaluation protocol: leave-one-out by time, every item ranked, seen items masked."""
+"""The one evaluation protocol: leave-one-out by time, every item ranked, seen items masked.
+
+Every consumer ranks through `evaluate`: the `evaluate` stage (the leaderboard), GPT4Rec's early
+stopping (split="valid"), the embeddings' similar-products evaluation (embed/evaluate.py) and the
+promotion gate, which scores exported ONNX graphs through a `TopKRanker`. Slices such as
+cold-start come from pipelines/evaluate/slices.py.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -22,8 +30,36 @@ class Recommender(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class TopKRanker:
+    """A model that answers only its best `top_k` item ids per history, best first.
+
+    That is an exported ONNX graph: masking and top-k run inside it, so the protocol cannot mask or
+    rank by itself. Ranks stay exact inside the list; a target outside it counts as a miss (rank
+    `top_k`), which is exact for HR@k and NDCG@k (k <= top_k) but not for MRR, so MRR is not
+    reported for such a model. `recommend(histories, kinds)` gets kinds (or None) like
+    `Recommender.score` does when `uses_event_kinds`.
+    """
+
+    name: str
+    recommend: Callable[[list[np.ndarray], list[np.ndarray] | None], np.ndarray]
+    top_k: int
+    uses_event_kinds: bool = False
+
+
+def _rank_batch(model: Recommender | TopKRanker, batch: list[np.ndarray], kinds: list[np.ndarray] | None,
+                targets: np.ndarray, k: int, mask_seen: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(top-k ids, 0-based target ranks) of one batch of histories."""
+    if isinstance(model, TopKRanker):
+        best = np.asarray(model.recommend(batch, kinds))[:, :k]
+        return best, metrics.ranks_in_top_k(best, targets)
+    raw = model.score(batch) if kinds is None else model.score(batch, kinds=kinds)
+    scores = metrics.mask_scores(raw, batch, mask_seen)
+    return metrics.top_k(scores, k), metrics.target_ranks(scores, targets)
+
+
 def evaluate(
-    model: Recommender,
+    model: Recommender | TopKRanker,
     seqs: Sequences,
     *,
     split: str = "test",
@@ -36,9 +72,13 @@ def evaluate(
 ) -> dict[str, Any]:
     """HR@k, NDCG@k, MRR and catalogue coverage@k of `model` on `split`.
 
-    `slices` (boolean masks over the evaluated users) add the same metrics per slice; a dict
-    passed as `top_lists` is filled with each evaluated user's top-k (row index -> item ids).
+    `slices` (boolean masks over the evaluated users) add HR@k, NDCG@k and the user count per
+    slice; a dict passed as `top_lists` is filled with each evaluated user's top-k (row index ->
+    item ids). A `TopKRanker` is ranked on its own lists (no MRR; `mask_seen` is the graph's).
     """
+    top_only = isinstance(model, TopKRanker)
+    if top_only and k > model.top_k:
+        raise ValueError(f"k={k} is more than the {model.top_k} ids {model.name} returns")
     histories, targets, rows = seqs.evaluation(split)
     kinds = seqs.evaluation_kinds(split) if getattr(model, "uses_event_kinds", False) else None
     if max_users is not None:
@@ -47,21 +87,17 @@ def evaluate(
     recommended = np.zeros(seqs.n_items + 1, dtype=bool)
     for start in range(0, len(targets), batch_size):
         stop = start + batch_size
-        batch = histories[start:stop]
-        raw = model.score(batch) if kinds is None else model.score(batch, kinds=kinds[start:stop])
-        scores = metrics.mask_scores(raw, batch, mask_seen)
-        ranks[start:stop] = metrics.target_ranks(scores, targets[start:stop])
-        best = metrics.top_k(scores, k)
+        batch_kinds = kinds[start:stop] if kinds is not None else None
+        best, ranks[start:stop] = _rank_batch(model, histories[start:stop], batch_kinds, targets[start:stop], k,
+                                              mask_seen)
         recommended[best.ravel()] = True
         if top_lists is not None:
             top_lists.update(zip(rows[start:stop].tolist(), best))
-    result: dict[str, Any] = {
-        f"hr_at_{k}": metrics.hit_rate(ranks, k),
-        f"ndcg_at_{k}": metrics.ndcg(ranks, k),
-        "mrr": metrics.mrr(ranks),
-        f"coverage_at_{k}": float(recommended[1:].sum() / max(seqs.n_items, 1)),
-        "n_users": float(len(targets)),
-    }
+    result: dict[str, Any] = {f"hr_at_{k}": metrics.hit_rate(ranks, k), f"ndcg_at_{k}": metrics.ndcg(ranks, k)}
+    if not top_only:
+        result["mrr"] = metrics.mrr(ranks)
+    result[f"coverage_at_{k}"] = float(recommended[1:].sum() / max(seqs.n_items, 1))
+    result["n_users"] = float(len(targets))
     if slices:
         result["slices"] = {
             name: {f"hr_at_{k}": metrics.hit_rate(ranks[mask[: len(ranks)]], k),

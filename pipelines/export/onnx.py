@@ -19,12 +19,20 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from pipelines.core.contract import EVENT_TYPES_NAME, INPUT_NAME, MODEL_FILE, OUTPUT_IDS, OUTPUT_SCORES
+from pipelines.core.contract import (
+    EVENT_TYPES_NAME,
+    INPUT_NAME,
+    MODEL_FILE,
+    OUTPUT_IDS,
+    OUTPUT_SCORES,
+    ModelMetadata,
+    disagreeing_rows,
+    left_pad,
+)
 from pipelines.core.files import write_json_atomic
-from pipelines.models.gpt4rec import GPT4Rec, left_pad
+from pipelines.models.gpt4rec import GPT4Rec
 
 MASKED_SCORE = -1.0e9
-TIE_TOLERANCE = 1e-5  # relative score difference below which two items are a tie
 
 
 class TopKRecommender(nn.Module):
@@ -67,20 +75,6 @@ class ParityReport:
         write_json_atomic(path, asdict(self))
 
 
-def _disagreeing_rows(t_scores: np.ndarray, t_all: np.ndarray, o_ids: np.ndarray,
-                      tolerance: float = TIE_TOLERANCE) -> np.ndarray:
-    """Rows where ONNX's top-k is not torch's top-k.
-
-    Two items whose torch scores differ only by float rounding (a near-tie) may swap places, or
-    trade the last slot, between runtimes; that is the same ranking. Anything else is a
-    disagreement: the torch score of the item ONNX put at each rank must equal torch's own score
-    at that rank within `tolerance` (relative).
-    """
-    chosen = np.take_along_axis(t_all, o_ids, axis=1)
-    close = np.abs(chosen - t_scores) <= tolerance * np.maximum(1.0, np.abs(t_scores))
-    return ~close.all(axis=1)
-
-
 def export_onnx(model: GPT4Rec, out_dir: Path, k: int, opset: int, mask_seen: bool = True) -> Path:
     """Write out_dir/model.onnx with dynamic batch and length axes; returns its path.
 
@@ -107,15 +101,10 @@ def export_onnx(model: GPT4Rec, out_dir: Path, k: int, opset: int, mask_seen: bo
     )
     program.save(str(path))
     proto = onnx.load(str(path))
-    proto.metadata_props.extend(
-        [
-            onnx.StringStringEntryProto(key="n_items", value=str(model.config.n_items)),
-            onnx.StringStringEntryProto(key="max_len", value=str(model.config.max_len)),
-            onnx.StringStringEntryProto(key="top_k", value=str(k)),
-            onnx.StringStringEntryProto(key="mask_seen", value=str(mask_seen).lower()),
-            onnx.StringStringEntryProto(key="event_kinds", value=str(model.config.event_kinds)),
-        ]
-    )
+    metadata = ModelMetadata(n_items=model.config.n_items, max_len=model.config.max_len, top_k=k,
+                             mask_seen=mask_seen, event_kinds=model.config.event_kinds)
+    proto.metadata_props.extend(onnx.StringStringEntryProto(key=key, value=value)
+                                for key, value in metadata.to_props().items())
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
     return path
@@ -178,9 +167,7 @@ def check_parity(
         batch = groups.get(width)
         if not batch:
             continue
-        ids = left_pad(batch, width)
-        if ids.shape[1] < width:  # sessions shorter than the width: pad further on the left
-            ids = np.pad(ids, ((0, 0), (width - ids.shape[1], 0)))
+        ids = left_pad(batch, width, width=width)
         lengths.add(int(ids.shape[1]))
         kinds = None
         if model.config.event_kinds:
@@ -190,7 +177,9 @@ def check_parity(
             t_ids, t_scores = (x.numpy() for x in wrapper(torch.from_numpy(ids), t_kinds))
             t_all = wrapper.masked_logits(torch.from_numpy(ids), t_kinds).numpy()
         o_ids, o_scores = onnx_top_k(session, ids, kinds)
-        mismatched += int(_disagreeing_rows(t_scores, t_all, o_ids).sum())
+        # ONNX's items scored by torch: a near-tie may swap places or trade the last slot, nothing else
+        o_by_torch = np.take_along_axis(t_all, o_ids, axis=1)
+        mismatched += int(disagreeing_rows(t_ids, t_scores, o_ids, o_by_torch).sum())
         exact += int((t_ids == o_ids).all(axis=1).sum())
         max_diff = max(max_diff, float(np.abs(t_scores - o_scores).max()))
     return ParityReport(

@@ -57,21 +57,19 @@ class ClusterUnavailable(RuntimeError):
 
 def champion_onnx(s: Settings, p: Paths, staging: Path) -> tuple[Path, dict[str, Any]]:
     """Download the registry's `champion` ONNX to staging; returns it with its lineage metadata."""
-    from mlflow import MlflowClient
-    from pipelines.track.registry import CHAMPION, alias_version, configure, download_model
+    from pipelines.track.service import CHAMPION, MlflowService
 
     name, uri = s.mlflow.registered_model, p.tracking_uri(s)
-    configure(uri, s.mlflow.experiment, p.mlflow_artifacts)
-    champion = alias_version(name, CHAMPION)
+    registry = MlflowService.from_settings(s, p)
+    champion = registry.alias_version(name, CHAMPION)
     if champion is None:
         raise RuntimeError(f"model {name!r} in {uri} has no {CHAMPION!r} alias: nothing to export "
                            "(run the pipeline up to `register`, or pass --onnx)")
     if staging.exists():
         shutil.rmtree(staging)
-    onnx_path = download_model(f"models:/{name}/{champion.version}", staging)
-    info = MlflowClient().get_model_version(name, str(champion.version))
+    onnx_path = registry.download_model(f"models:/{name}/{champion.version}", staging)
     return onnx_path, {"registered_model": name, "model_version": str(champion.version), "alias": CHAMPION,
-                       "run_id": info.run_id, "tracking_uri": uri, **info.tags}
+                       "run_id": champion.run_id, "tracking_uri": uri, **champion.tags}
 
 
 def export_profile(s: Settings, p: Paths, *, profile: str, out: Path | None = None, onnx: Path | None = None,
@@ -98,17 +96,11 @@ def export_profile(s: Settings, p: Paths, *, profile: str, out: Path | None = No
 
 
 def _export_cpu(s: Settings, repo: Path, onnx_path: Path, meta: dict[str, Any]) -> dict[str, Any]:
-    import onnx
+    from pipelines.repository.metadata import read_model_metadata
+    from pipelines.repository.versions import write_model_config, write_version
 
-    from pipelines.repository.versions import write_config, write_version
-
-    props = {e.key: e.value for e in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
-    missing = {"top_k", "n_items", "max_len"} - set(props)
-    if missing:
-        raise ValueError(f"{onnx_path} lacks ONNX metadata {sorted(missing)} (export it with pipelines.export.onnx)")
-    write_config(repo, s.serve.model_name, max_batch_size=s.serve.max_batch_size, top_k=int(props["top_k"]),
-                 n_items=int(props["n_items"]), max_seq_len=int(props["max_len"]),
-                 instance_count=s.serve.instance_count)
+    write_model_config(repo, s.serve.model_name, read_model_metadata(onnx_path), max_batch_size=s.serve.max_batch_size,
+                       instance_count=s.serve.instance_count)
     path = write_version(repo, s.serve.model_name, onnx_path, metadata=meta)
     return {"repository": str(repo), "variant": "python", "versions": {s.serve.model_name: str(path)}}
 

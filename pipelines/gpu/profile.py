@@ -27,7 +27,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pipelines.core.contract import MAX_LEN, profile_shapes
 from pipelines.core.files import atomic_write_text
+from pipelines.repository.metadata import load_onnx, metadata_props
 from pipelines.repository.versions import _check_name, publish_version, sha256_file
 
 Variant = Literal["tensorrt_plan", "onnxruntime_trt"]
@@ -63,7 +65,7 @@ class OnnxModelSpec:
 
     @property
     def max_len(self) -> int | None:
-        return int(self.metadata["max_len"]) if "max_len" in self.metadata else None
+        return int(self.metadata[MAX_LEN]) if MAX_LEN in self.metadata else None
 
 
 @dataclass(frozen=True)
@@ -101,15 +103,8 @@ def read_onnx_spec(onnx_path: Path) -> OnnxModelSpec:
     Every tensor's first dimension must be symbolic: it is the batch that Triton's dynamic batcher
     fills (max_batch_size > 0). Types outside ONNX_TO_TRITON are refused with the tensor named.
     """
-    import onnx
-
     path = Path(onnx_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ONNX model not found: {path}")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf DecodeError and friends, reported with the path
-        raise ValueError(f"{path} is not a readable ONNX model: {exc}") from exc
+    proto = load_onnx(path)
     initializers = {t.name for t in proto.graph.initializer}
 
     def spec(value: Any, role: str) -> TensorSpec:
@@ -125,22 +120,16 @@ def read_onnx_spec(onnx_path: Path) -> OnnxModelSpec:
 
     inputs = tuple(spec(v, "input") for v in proto.graph.input if v.name not in initializers)
     outputs = tuple(spec(v, "output") for v in proto.graph.output)
-    return OnnxModelSpec(inputs, outputs, {p.key: p.value for p in proto.metadata_props})
+    return OnnxModelSpec(inputs, outputs, metadata_props(proto))
 
 
-def profile_shapes(spec: OnnxModelSpec, options: GpuProfileOptions) -> dict[str, dict[str, list[int]]]:
+def optimization_profile(spec: OnnxModelSpec, options: GpuProfileOptions) -> dict[str, dict[str, list[int]]]:
     """Per input: full (batch-first) min/opt/max shapes; dynamic non-batch dims span 1..max_len."""
     out: dict[str, dict[str, list[int]]] = {}
     for tensor in spec.inputs:
-        if -1 in tensor.dims and spec.max_len is None:
-            raise ValueError(f"input {tensor.name!r} has a dynamic length but the ONNX model has no max_len "
-                             "metadata: the optimization profile needs its upper bound")
-        lengths = [(1, spec.max_len, spec.max_len) if d == -1 else (d, d, d) for d in tensor.dims]
-        out[tensor.name] = {
-            "min": [1, *(lo for lo, _, _ in lengths)],
-            "opt": [min(options.opt_batch_size, options.max_batch_size), *(opt for _, opt, _ in lengths)],
-            "max": [options.max_batch_size, *(hi for _, _, hi in lengths)],
-        }
+        shapes = profile_shapes((-1, *tensor.dims), max_batch=options.max_batch_size,
+                                opt_batch=options.opt_batch_size, max_len=spec.max_len, name=tensor.name)
+        out[tensor.name] = {which: list(shape) for which, shape in zip(("min", "opt", "max"), shapes)}
     return out
 
 
@@ -183,7 +172,7 @@ instance_group [
 
 def ort_trt_config_text(model_name: str, spec: OnnxModelSpec, options: GpuProfileOptions) -> str:
     """config.pbtxt of the onnxruntime_trt variant: ONNX Runtime with the TensorRT accelerator."""
-    shapes = profile_shapes(spec, options)
+    shapes = optimization_profile(spec, options)
 
     def joined(which: str) -> str:
         return ",".join(f"{name}:{'x'.join(map(str, s[which]))}" for name, s in shapes.items())
@@ -223,7 +212,7 @@ optimization {{
 
 def build_spec(spec: OnnxModelSpec, options: GpuProfileOptions, onnx_sha256: str) -> dict[str, Any]:
     """build.json: what the build Job must produce for this version (read by tensorrt.py --build-spec)."""
-    shapes = profile_shapes(spec, options)  # refuses dynamic lengths without max_len metadata
+    shapes = optimization_profile(spec, options)  # refuses dynamic lengths without max_len metadata
     return {
         "max_batch": options.max_batch_size, "max_len": spec.max_len or 1,
         "opt_batch": min(options.opt_batch_size, options.max_batch_size), "fp16": options.fp16,

@@ -44,7 +44,18 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.core.contract import EVENT_TYPES_NAME, OUTPUT_IDS, OUTPUT_SCORES
+from pipelines.core.contract import (
+    EVENT_KINDS,
+    EVENT_TYPES_NAME,
+    MAX_LEN,
+    N_ITEMS,
+    OUTPUT_IDS,
+    OUTPUT_SCORES,
+    TOP_K,
+    disagreeing_rows,
+    left_pad,
+    profile_shapes,
+)
 from pipelines.core.files import atomic_write_bytes
 
 JOB_MANIFEST = "infra/k8s/tensorrt-build-job.yaml"
@@ -242,21 +253,6 @@ class BuildSpec:
         return cls(**fields)
 
 
-def profile_shapes(shape: Sequence[int | str], spec: BuildSpec) -> tuple[tuple[int, ...], ...]:
-    """(min, opt, max) of one input: dim 0 is the batch, other dynamic dims are sequence lengths."""
-    if not shape:
-        raise EngineBuildError("scalar inputs are not supported: the first dimension must be the batch")
-    lo, opt, hi = [], [], []
-    for axis, dim in enumerate(shape):
-        if isinstance(dim, int) and dim > 0:
-            lo.append(dim), opt.append(dim), hi.append(dim)
-        elif axis == 0:
-            lo.append(1), opt.append(spec.opt_batch), hi.append(spec.max_batch)
-        else:
-            lo.append(1), opt.append(spec.max_len), hi.append(spec.max_len)
-    return tuple(lo), tuple(opt), tuple(hi)
-
-
 def _pin_fp32_tail(trt: Any, network: Any) -> int:
     """Keep the masking/top-k tail and normalisations in FP32 under an FP16 build; returns layers pinned."""
     layers = [network.get_layer(i) for i in range(network.num_layers)]
@@ -291,8 +287,8 @@ def build_engine(onnx_path: Path, plan_path: Path, max_batch: int, max_len: int,
     if not onnx_path.is_file():
         raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
     inputs, outputs, meta = onnx_io(onnx_path)
-    if "max_len" in meta and int(meta["max_len"]) < max_len:
-        raise EngineBuildError(f"max_len {max_len} exceeds the model's own max_len {meta['max_len']} "
+    if MAX_LEN in meta and int(meta[MAX_LEN]) < max_len:
+        raise EngineBuildError(f"max_len {max_len} exceeds the model's own max_len {meta[MAX_LEN]} "
                                f"(ONNX metadata of {onnx_path})")
     started = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
@@ -317,7 +313,11 @@ def build_engine(onnx_path: Path, plan_path: Path, max_batch: int, max_len: int,
     profile = builder.create_optimization_profile()
     shapes: dict[str, dict[str, list[int]]] = {}
     for io in inputs:
-        lo, opt, hi = profile_shapes(io.shape, spec)
+        try:
+            lo, opt, hi = profile_shapes(io.shape, max_batch=spec.max_batch, opt_batch=spec.opt_batch,
+                                         max_len=spec.max_len, name=io.name)
+        except ValueError as exc:
+            raise EngineBuildError(str(exc)) from exc
         profile.set_shape(io.name, lo, opt, hi)
         shapes[io.name] = {"min": list(lo), "opt": list(opt), "max": list(hi)}
     config.add_optimization_profile(profile)
@@ -390,30 +390,6 @@ class EngineCheckReport:
         atomic_write_bytes(Path(path), (json.dumps(asdict(self), indent=2) + "\n").encode())
 
 
-def disagreeing_rows(ref_ids: np.ndarray, ref_scores: np.ndarray, ids: np.ndarray, scores: np.ndarray,
-                     tolerance: float) -> np.ndarray:
-    """Rows where the engine's top-k is not ONNX Runtime's, allowing near-ties to swap.
-
-    Both lists are sorted best first. Per rank, the engine's score must equal ONNX Runtime's score
-    at that rank within `tolerance` (relative, at least absolute on scores below 1); an item in
-    both lists must carry the same score; an item only the engine returned must score within
-    tolerance of ONNX Runtime's k-th (it traded the last slots in a near-tie).
-    """
-    def close(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return np.abs(a - b) <= tolerance * np.maximum(1.0, np.maximum(np.abs(a), np.abs(b)))
-
-    bad = ~close(scores, ref_scores).all(axis=1)
-    for row in np.flatnonzero(~bad):
-        ref = dict(zip(ref_ids[row].tolist(), ref_scores[row].tolist()))
-        kth = float(ref_scores[row, -1])
-        for item, score in zip(ids[row].tolist(), scores[row].tolist()):
-            other = ref.get(item)
-            if not bool(close(np.float64(score), np.float64(other if other is not None else kth))):
-                bad[row] = True
-                break
-    return bad
-
-
 def sample_inputs(shape: Sequence[int | str], n_items: int, max_len: int, batch: int,
                   rng: np.random.Generator) -> list[np.ndarray]:
     """Item-id batches covering every length regime: 1, max_len and some in between, left-padded."""
@@ -427,9 +403,7 @@ def sample_inputs(shape: Sequence[int | str], n_items: int, max_len: int, batch:
         ids = rng.integers(1, n_items + 1, size=(batch, width), dtype=np.int64)
         lengths = rng.integers(1, width + 1, size=batch)
         lengths[0] = width  # at least one full row per width
-        for row, length in enumerate(lengths):
-            ids[row, : width - length] = 0  # left padding, as the serving contract says
-        out.append(ids)
+        out.append(left_pad([ids[row, width - length:] for row, length in enumerate(lengths)], width=width))
     return out
 
 
@@ -500,8 +474,8 @@ def check_engine(plan_path: Path, onnx_path: Path, *, batch: int = 16, seed: int
     kind_rng = np.random.default_rng(seed + 1)
     runner = _EngineRunner(trt, cuda, Path(plan_path))
     max_batch = int(runner.engine.get_tensor_profile_shape(source.name, 0)[2][0])
-    max_len = int(meta.get("max_len") or runner.engine.get_tensor_profile_shape(source.name, 0)[2][-1])
-    n_items = int(meta.get("n_items") or 100)
+    max_len = int(meta.get(MAX_LEN) or runner.engine.get_tensor_profile_shape(source.name, 0)[2][-1])
+    n_items = int(meta.get(N_ITEMS) or 100)
     tolerance = DEFAULT_TOLERANCE["fp16" if fp16 else "fp32"] if tolerance is None else tolerance
     batches = sessions or sample_inputs(source.shape, n_items, max_len, min(batch, max_batch),
                                         np.random.default_rng(seed))
@@ -512,7 +486,7 @@ def check_engine(plan_path: Path, onnx_path: Path, *, batch: int = 16, seed: int
         ids = np.asarray(ids, dtype=np.int64)
         feeds = {source.name: ids}
         if kind_inputs:  # random kinds, unknown (0) included; 0 on padding
-            feeds[EVENT_TYPES_NAME] = kind_rng.integers(0, int(meta.get("event_kinds") or 4) + 1, ids.shape) * (ids != 0)
+            feeds[EVENT_TYPES_NAME] = kind_rng.integers(0, int(meta.get(EVENT_KINDS) or 4) + 1, ids.shape) * (ids != 0)
         ref_ids, ref_scores = ort_session.run([OUTPUT_IDS, OUTPUT_SCORES], feeds)
         got = runner.run(feeds)
         got_ids, got_scores = got[OUTPUT_IDS].astype(np.int64), got[OUTPUT_SCORES].astype(np.float32)
@@ -526,7 +500,7 @@ def check_engine(plan_path: Path, onnx_path: Path, *, batch: int = 16, seed: int
             examples.append({"input": ids[row].tolist(), "onnxruntime_ids": ref_ids[row].tolist(),
                              "tensorrt_ids": got_ids[row].tolist()})
     return EngineCheckReport(
-        passed=mismatched == 0, sessions=total, shapes=shapes, top_k=int(meta.get("top_k") or ref_ids.shape[1]),
+        passed=mismatched == 0, sessions=total, shapes=shapes, top_k=int(meta.get(TOP_K) or ref_ids.shape[1]),
         mismatched_sessions=mismatched, exact_order_sessions=exact, max_abs_score_diff=max_diff,
         score_tolerance=tolerance, tensorrt_version=trt.__version__, compute_capability=cuda.compute_capability(),
         plan_file=str(plan_path), onnx_file=str(onnx_path), examples=examples,
@@ -560,9 +534,9 @@ def _spec_from_args(args: argparse.Namespace) -> BuildSpec:
     max_len = args.max_len or (base.max_len if base else None)
     if max_len is None:
         meta = onnx_io(args.onnx)[2]
-        if "max_len" not in meta:
+        if MAX_LEN not in meta:
             raise ValueError(f"--max-len is required: {args.onnx} has no max_len metadata and no --build-spec")
-        max_len = int(meta["max_len"])
+        max_len = int(meta[MAX_LEN])
     max_batch = args.max_batch or (base.max_batch if base else None)
     if max_batch is None:
         raise ValueError("--max-batch is required (or --build-spec with max_batch)")

@@ -4,22 +4,36 @@ Sessions are left-padded with 0. Positions count back from the most recent event
 of 3 items looks the same to the model whether it is padded to 50 or not padded at all; that is
 what lets the exported model take any length up to `max_len`. Output weights are tied to the
 item embeddings (the scores are dot products with every item).
+
+Training: next-item cross-entropy at every position, over every item (`loss: full`) or shared
+popularity-sampled negatives (`loss: sampled`); the best epoch on the validation split is kept, so
+the test split is never looked at. Same code on CPU and CUDA.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-WEIGHTS_FILE = "weights.safetensors"
-CONFIG_FILE = "config.json"
+from pipelines.core.config import GPT4RecSettings
+from pipelines.core.contract import left_pad
+from pipelines.data.sequences import N_EVENT_KINDS, Sequences
+from pipelines.models.base import (
+    Family,
+    FitContext,
+    FitInput,
+    fit_by_validation,
+    load_torch,
+    resolve_device,
+    save_torch,
+    training_examples,
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +47,13 @@ class GPT4RecConfig:
     meta_vocab: int = 0  # meta-info token vocabulary (0: item ids only)
     meta_width: int = 0  # meta tokens per item
     event_kinds: int = 0  # event kinds per token (view, click, ...; 0: no kind input); code 0 = unknown
+
+    @classmethod
+    def from_settings(cls, s: GPT4RecSettings, n_items: int, *, meta_vocab: int = 0, meta_width: int = 0,
+                      event_kinds: int = 0) -> GPT4RecConfig:
+        """The architecture params.yaml's gpt4rec section asks for, over this data (the one place it is built)."""
+        return cls(n_items=n_items, dim=s.dim, layers=s.layers, heads=s.heads, max_len=s.max_len, dropout=s.dropout,
+                   meta_vocab=meta_vocab, meta_width=meta_width, event_kinds=event_kinds)
 
 
 class _Block(nn.Module):
@@ -64,7 +85,13 @@ class _Block(nn.Module):
         return x + self.dropout(self.mlp(self.norm2(x)))
 
 
-class GPT4Rec(nn.Module):
+class GPT4Rec(nn.Module, Family):
+    """The network, its training (`fit`) and its full-sort prediction (`score`)."""
+
+    family = "gpt4rec"
+    inputs = frozenset({FitInput.PRETRAINED, FitInput.ITEM_TOKENS})
+    score_batch_size = 512
+
     def __init__(self, config: GPT4RecConfig) -> None:
         super().__init__()
         if config.dim % config.heads:
@@ -157,66 +184,143 @@ class GPT4Rec(nn.Module):
         """Next-item scores over all items (column 0 = padding) for the last position."""
         return self.logits(self.hidden(input_ids, event_kinds, last_only=True)[:, -1])
 
-    def save(self, out_dir: Path) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, out_dir / WEIGHTS_FILE)
-        (out_dir / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2))
-
-    @classmethod
-    def load(cls, in_dir: Path) -> GPT4Rec:
-        # Configs saved before a field existed (e.g. event_kinds) load with that field's default.
-        model = cls(GPT4RecConfig(**json.loads((in_dir / CONFIG_FILE).read_text())))
-        model.load_state_dict(load_file(in_dir / WEIGHTS_FILE))
-        return model.eval()
-
-
-def left_pad(histories: list[np.ndarray], max_len: int) -> np.ndarray:
-    """Most recent `max_len` items of each history, left-padded with 0 to a common length."""
-    width = max(1, min(max_len, max((len(h) for h in histories), default=1)))
-    out = np.zeros((len(histories), width), dtype=np.int64)
-    for row, h in enumerate(histories):
-        tail = h[-width:]
-        if len(tail):
-            out[row, width - len(tail):] = tail
-    return out
-
-
-class GPT4RecRecommender:
-    """Evaluation adapter: scores histories in batches with the trained network."""
-
-    name = "gpt4rec"
-
-    def __init__(self, model: GPT4Rec, batch_size: int = 512) -> None:
-        self.model = model.eval()
-        self.batch_size = batch_size
-
     @property
     def uses_event_kinds(self) -> bool:
         """True when the network reads event kinds: evaluate() then passes kinds= to score()."""
-        return self.model.config.event_kinds > 0
+        return self.config.event_kinds > 0
 
-    def save(self, out_dir: Path) -> None:
-        self.model.save(out_dir)
+    @classmethod
+    def inputs_for(cls, settings: GPT4RecSettings) -> frozenset[FitInput]:
+        return frozenset({*([FitInput.PRETRAINED] if settings.init_from_prod2vec else []),
+                          *([FitInput.ITEM_TOKENS] if settings.use_meta else [])})
+
+    @classmethod
+    def fit(cls, seqs: Sequences, s: GPT4RecSettings, ctx: FitContext) -> tuple[GPT4Rec, dict[str, Any]]:
+        """Train on `seqs`; `ctx.item_tokens` (pipelines/data/item_features.py) adds item meta-info.
+
+        With gpt4rec.use_event_kinds and kinds in `seqs`, each input token also carries its event kind;
+        gpt4rec.event_kind_dropout of them are blanked per batch so kind-less requests stay in-distribution.
+        """
+        torch.manual_seed(ctx.seed)
+        rng = np.random.default_rng(ctx.seed)
+        device = resolve_device(s.device, cls.family)
+        item_tokens = ctx.item_tokens if s.use_meta else None
+        pretrained = ctx.pretrained if s.init_from_prod2vec else None
+        meta_vocab = int(item_tokens.max()) + 1 if item_tokens is not None and item_tokens.size else 0
+        meta_width = int(item_tokens.shape[1]) if meta_vocab else 0
+        # Kinds only when asked for and the data has them (older sequence files have none).
+        train_kinds = seqs.train_kinds() if s.use_event_kinds else None
+        event_kinds = N_EVENT_KINDS if train_kinds is not None else 0
+        model = cls(GPT4RecConfig.from_settings(s, seqs.n_items, meta_vocab=meta_vocab, meta_width=meta_width,
+                                                event_kinds=event_kinds))
+        if meta_vocab:
+            model.set_item_tokens(item_tokens)
+        initialised = 0
+        if pretrained is not None:
+            if pretrained.vectors.shape[1] != s.dim:
+                raise ValueError(
+                    f"prod2vec.dim ({pretrained.vectors.shape[1]}) must equal gpt4rec.dim ({s.dim}) to initialise "
+                    "GPT4Rec from Prod2Vec; set both to the same value or gpt4rec.init_from_prod2vec=false"
+                )
+            initialised = model.init_item_embeddings(pretrained.vectors, pretrained.known)
+        model.to(device)
+        inputs, targets = training_examples(seqs.train(), s.max_len)
+        input_kinds = training_kinds(seqs.train(), train_kinds, s.max_len) if train_kinds is not None else None
+        sampler = NegativeSampler(seqs.train(), seqs.n_items, s.negatives, device) if s.loss == "sampled" else None
+        generator = torch.Generator(device=device).manual_seed(ctx.seed)
+        if not len(inputs):
+            raise ValueError("no user has two or more training items: nothing to learn from")
+
+        def batch_loss(rows: np.ndarray) -> torch.Tensor:
+            x = torch.from_numpy(inputs[rows]).to(device)
+            y = torch.from_numpy(targets[rows]).to(device)
+            kinds = None
+            if input_kinds is not None:
+                kinds = drop_kinds(torch.from_numpy(input_kinds[rows]).to(device), s.event_kind_dropout, generator)
+            states = model.hidden(x, kinds)
+            keep = y != 0
+            if sampler is not None:
+                return sampled_softmax_loss(model, states[keep], y[keep], sampler, generator)
+            return F.cross_entropy(model.logits(states[keep]), y[keep])
+
+        info = fit_by_validation(model, seqs, s, ctx, len(inputs), batch_loss, rng)
+        return model, {**info, "initialised_items": initialised, "event_kinds": model.config.event_kinds}
 
     @torch.no_grad()
     def score(self, histories: list[np.ndarray], kinds: list[np.ndarray] | None = None) -> np.ndarray:
         """Scores of every item after each history; kinds (aligned with histories) only if the model reads them."""
         if kinds is not None and len(kinds) != len(histories):
             raise ValueError(f"got {len(kinds)} kind sequences for {len(histories)} histories")
-        device = next(self.model.parameters()).device
-        max_len = self.model.config.max_len
+        device = next(self.parameters()).device
+        max_len = self.config.max_len
         out = []
-        for i in range(0, len(histories), self.batch_size):
-            chunk = histories[i:i + self.batch_size]
+        for i in range(0, len(histories), self.score_batch_size):
+            chunk = histories[i:i + self.score_batch_size]
             batch = torch.from_numpy(left_pad(chunk, max_len)).to(device)
             batch_kinds = None
             if kinds is not None and self.uses_event_kinds:
-                chunk_kinds = kinds[i:i + self.batch_size]
+                chunk_kinds = kinds[i:i + self.score_batch_size]
                 for row, (h, k) in enumerate(zip(chunk, chunk_kinds)):
                     if len(h) != len(k):
                         raise ValueError(f"history {i + row} has {len(h)} items but {len(k)} event kinds")
-                padded = left_pad([np.asarray(k, dtype=np.int64) for k in chunk_kinds], max_len)
-                padded = np.pad(padded, ((0, 0), (batch.shape[1] - padded.shape[1], 0)))
+                padded = left_pad([np.asarray(k, dtype=np.int64) for k in chunk_kinds], max_len, width=batch.shape[1])
                 batch_kinds = torch.from_numpy(padded).to(device)
-            out.append(self.model(batch, batch_kinds).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.model.config.n_items + 1), np.float32)
+            out.append(self(batch, batch_kinds).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.config.n_items + 1), np.float32)
+
+    def save(self, out_dir: Path) -> None:
+        save_torch(self, asdict(self.config), out_dir)
+
+    @classmethod
+    def load(cls, in_dir: Path) -> GPT4Rec:
+        # Configs saved before a field existed (e.g. event_kinds) load with that field's default.
+        return load_torch(in_dir, lambda config: cls(GPT4RecConfig(**config)))
+
+
+
+def training_kinds(histories: list[np.ndarray], kinds: list[np.ndarray], max_len: int) -> np.ndarray:
+    """Event kinds of the inputs of training_examples (same rows, same left padding)."""
+    usable = [k[-(max_len + 1):] for h, k in zip(histories, kinds) if len(h) >= 2]
+    return left_pad([k[:-1] for k in usable], width=max_len)
+
+
+def drop_kinds(kinds: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:
+    """Blank a share of event kinds (0 = unknown) so the model also serves clients that send none."""
+    if rate <= 0:
+        return kinds
+    keep = torch.rand(kinds.shape, generator=generator, device=kinds.device) >= rate
+    return kinds * keep
+
+
+class NegativeSampler:
+    """Shared negatives drawn in proportion to popularity^0.75 (word2vec's choice), with log q kept
+    for the correction that makes sampled softmax an unbiased estimate of the full one."""
+
+    def __init__(self, histories: list[np.ndarray], n_items: int, count: int, device: torch.device) -> None:
+        freq = np.bincount(np.concatenate(histories), minlength=n_items + 1).astype(np.float64) if histories else \
+            np.ones(n_items + 1)
+        freq[0] = 0.0
+        weights = (freq + 1.0) ** 0.75  # unseen items can still be drawn
+        weights[0] = 0.0
+        self.probs = torch.tensor(weights / weights.sum(), dtype=torch.float32, device=device)
+        self.count = count
+
+    def draw(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.multinomial(self.probs, self.count, replacement=True, generator=generator)
+        return ids, torch.log(self.probs[ids] * self.count)
+
+
+def sampled_softmax_loss(model: GPT4Rec, states: torch.Tensor, targets: torch.Tensor, sampler: NegativeSampler,
+                         generator: torch.Generator) -> torch.Tensor:
+    """Cross-entropy over the target and shared sampled negatives (log q corrected, accidental hits masked).
+
+    Why: the full softmax costs one dot product per item per position; with catalogues of
+    hundreds of thousands of products a few thousand shared negatives give nearly the same gradient.
+    """
+    negatives, log_q = sampler.draw(generator)
+    items = model.item_vectors()
+    positive = (states * items[targets]).sum(-1, keepdim=True)
+    negative = states @ items[negatives].T - log_q
+    negative = negative.masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
+    logits = torch.cat([positive, negative], dim=1)
+    return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=states.device))

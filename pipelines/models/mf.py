@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from tqdm import tqdm
 
 from pipelines.core.config import MFSettings
+from pipelines.data.sequences import Sequences
+from pipelines.models.base import Family, FitContext
 
 FACTORS_FILE = "item_factors.npy"
 
@@ -58,8 +61,8 @@ def _solve_rows(matrix: sp.csr_matrix, other: np.ndarray, alpha: float, reg: flo
     return out
 
 
-class MatrixFactorization:
-    name = "mf"
+class MatrixFactorization(Family):
+    family = "mf"
 
     def __init__(self, item_factors: np.ndarray, alpha: float, reg: float) -> None:
         self.item_factors = item_factors.astype(np.float32)
@@ -67,19 +70,18 @@ class MatrixFactorization:
         self.reg = reg
 
     @classmethod
-    def fit(cls, histories: list[np.ndarray], n_items: int, s: MFSettings, seed: int,
-            progress: bool = True) -> MatrixFactorization:
-        rng = np.random.default_rng(seed)
-        users = interaction_matrix(histories, n_items)
+    def fit(cls, seqs: Sequences, s: MFSettings, ctx: FitContext) -> tuple[MatrixFactorization, dict[str, Any]]:
+        rng = np.random.default_rng(ctx.seed)
+        users = interaction_matrix(seqs.train(), seqs.n_items)
         items = users.T.tocsr()
-        item_factors = (rng.standard_normal((n_items + 1, s.factors)) * 0.01).astype(np.float32)
-        for _ in tqdm(range(s.iterations), desc="mf als", disable=not progress, leave=False):
+        item_factors = (rng.standard_normal((seqs.n_items + 1, s.factors)) * 0.01).astype(np.float32)
+        for _ in tqdm(range(s.iterations), desc="mf als", disable=not ctx.progress, leave=False):
             user_factors = _solve_rows(users, item_factors, s.alpha, s.reg)
             item_factors = _solve_rows(items, user_factors, s.alpha, s.reg)
         item_factors[0] = 0.0
-        return cls(item_factors, s.alpha, s.reg)
+        return cls(item_factors, s.alpha, s.reg), {}
 
-    def score(self, histories: list[np.ndarray]) -> np.ndarray:
+    def score(self, histories: list[np.ndarray], kinds: list[np.ndarray] | None = None) -> np.ndarray:
         folded = _solve_rows(interaction_matrix(histories, len(self.item_factors) - 1), self.item_factors,
                              self.alpha, self.reg)
         return folded @ self.item_factors.T
@@ -87,7 +89,7 @@ class MatrixFactorization:
     def save(self, out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         np.save(out_dir / FACTORS_FILE, self.item_factors)
-        (out_dir / "meta.json").write_text(json.dumps({"model": self.name, "alpha": self.alpha, "reg": self.reg}))
+        (out_dir / "meta.json").write_text(json.dumps({"model": self.family, "alpha": self.alpha, "reg": self.reg}))
 
     @classmethod
     def load(cls, in_dir: Path) -> MatrixFactorization:

@@ -8,19 +8,20 @@ prefix of the training history predicts its next item against `negatives` random
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
 from pipelines.core.config import NCFSettings
-from pipelines.models.gpt4rec import left_pad
+from pipelines.core.contract import left_pad
+from pipelines.data.sequences import Sequences
+from pipelines.models.base import Family, FitContext, load_torch, save_torch
 
 
 @dataclass(frozen=True)
@@ -71,18 +72,19 @@ class NeuMF(nn.Module):
         return out
 
 
-class NCFRecommender:
-    name = "ncf"
+class NCFRecommender(Family):
+    family = "ncf"
 
     def __init__(self, model: NeuMF) -> None:
         self.model = model.eval()
 
     @classmethod
-    def fit(cls, histories: list[np.ndarray], n_items: int, s: NCFSettings, seed: int,
-            progress: bool = True) -> tuple[NCFRecommender, list[float]]:
-        torch.manual_seed(seed)
-        rng = np.random.default_rng(seed)
-        usable = [h for h in histories if len(h) >= 2]
+    def fit(cls, seqs: Sequences, s: NCFSettings, ctx: FitContext) -> tuple[NCFRecommender, dict[str, Any]]:
+        """Returns the model and the mean loss of each epoch."""
+        torch.manual_seed(ctx.seed)
+        rng = np.random.default_rng(ctx.seed)
+        n_items = seqs.n_items
+        usable = [h for h in seqs.train() if len(h) >= 2]
         if not usable:
             raise ValueError("no user has two or more training items: nothing for NCF to learn from")
         model = NeuMF(NCFConfig(n_items, s.dim, s.hidden, s.max_len))
@@ -95,7 +97,7 @@ class NCFRecommender:
             rng.shuffle(users)
             total, batches = 0.0, 0
             for start in tqdm(range(0, len(users), s.batch_size), desc=f"ncf epoch {epoch + 1}/{s.epochs}",
-                              disable=not progress, leave=False, mininterval=2.0):
+                              disable=not ctx.progress, leave=False, mininterval=2.0):
                 picked = [usable[u] for u in users[start:start + s.batch_size]]
                 cut = [int(rng.integers(1, len(h))) for h in picked]
                 history = torch.from_numpy(left_pad([h[:c] for h, c in zip(picked, cut)], s.max_len))
@@ -111,19 +113,15 @@ class NCFRecommender:
                 total += loss.item()
                 batches += 1
             losses.append(total / max(batches, 1))
-        return cls(model.eval()), losses
+        return cls(model.eval()), {"losses": [round(x, 4) for x in losses]}
 
-    def score(self, histories: list[np.ndarray]) -> np.ndarray:
+    def score(self, histories: list[np.ndarray], kinds: list[np.ndarray] | None = None) -> np.ndarray:
         batch = torch.from_numpy(left_pad(histories, self.model.config.max_len))
         return self.model.score_all(batch).numpy()
 
     def save(self, out_dir: Path) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, out_dir / "weights.safetensors")
-        (out_dir / "config.json").write_text(json.dumps(asdict(self.model.config)))
+        save_torch(self.model, asdict(self.model.config), out_dir)
 
     @classmethod
     def load(cls, in_dir: Path) -> NCFRecommender:
-        model = NeuMF(NCFConfig(**json.loads((in_dir / "config.json").read_text())))
-        model.load_state_dict(load_file(in_dir / "weights.safetensors"))
-        return cls(model)
+        return cls(load_torch(in_dir, lambda config: NeuMF(NCFConfig(**config))))

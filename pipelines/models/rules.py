@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from pipelines.core.config import RulesSettings
+from pipelines.data.sequences import Sequences
+from pipelines.models.base import Family, FitContext
 
 RULES_FILE = "rules.npz"
 
 
-class AssociationRules:
-    name = "rules"
+class AssociationRules(Family):
+    family = "rules"
 
     def __init__(self, rules: sp.csr_matrix, fallback: np.ndarray, s: RulesSettings) -> None:
         self.rules = rules
@@ -28,7 +31,13 @@ class AssociationRules:
         self.settings = s
 
     @classmethod
-    def fit(cls, histories: list[np.ndarray], n_items: int, s: RulesSettings) -> AssociationRules:
+    def fit(cls, seqs: Sequences, s: RulesSettings, ctx: FitContext) -> tuple[AssociationRules, dict[str, Any]]:
+        model = cls.from_histories(seqs.train(), seqs.n_items, s)
+        return model, {"n_rules": int(model.rules.nnz)}
+
+    @classmethod
+    def from_histories(cls, histories: list[np.ndarray], n_items: int, s: RulesSettings) -> AssociationRules:
+        """The rules mined from these histories (all of each: pass training histories only)."""
         n = n_items + 1
         heads, tails = [], []
         for d in range(1, s.window + 1):
@@ -55,7 +64,7 @@ class AssociationRules:
         fallback[0] = 0.0
         return cls(rules, fallback, s)
 
-    def score(self, histories: list[np.ndarray]) -> np.ndarray:
+    def score(self, histories: list[np.ndarray], kinds: list[np.ndarray] | None = None) -> np.ndarray:
         rows, cols, weights = [], [], []
         for r, h in enumerate(histories):
             recent = h[-self.settings.recent_items:][::-1]
@@ -72,7 +81,7 @@ class AssociationRules:
         out_dir.mkdir(parents=True, exist_ok=True)
         sp.save_npz(out_dir / RULES_FILE, self.rules)
         np.save(out_dir / "fallback.npy", self.fallback)
-        (out_dir / "meta.json").write_text(json.dumps({"model": self.name, "n_rules": int(self.rules.nnz),
+        (out_dir / "meta.json").write_text(json.dumps({"model": self.family, "n_rules": int(self.rules.nnz),
                                                         **self.settings.model_dump()}))
 
     @classmethod

@@ -1,11 +1,14 @@
 """The promotion gate: may the registered challenger replace the champion?
 
-Both models are scored here by the same code on the same split (the current test split, through
-ONNX Runtime on the exported files, i.e. what would be served), so a champion trained on an older
-data version is judged on today's data. The challenger must beat the champion on the primary metric
-by a margin, no guard metric (coverage, cold-start HR) may drop by more than its tolerance, export
-parity must hold, and the challenger's p95 latency through a real Triton server must stay under
-the budget. Every check is kept with its numbers so the decision can be logged and printed.
+Both models are scored here by the same code on the same data (through ONNX Runtime on the exported
+files, i.e. what would be served), so a champion trained on an older data version is judged on
+today's data. The decision is taken on the **validation** split (each user's second-to-last item):
+the challenger must beat the champion on the primary metric by a margin, no guard metric (coverage,
+cold-start HR) may drop by more than its tolerance, export parity must hold, and the challenger's
+p95 latency through a real Triton server must stay under the budget. Only after the decision is
+recorded is the test split read, once, and both models' test figures are reported beside it, never
+decided on (pipelines/promotion/splits.py). Every check is kept with its numbers so the decision can
+be logged and printed.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.core.config import GateSettings, Paths, Settings
+from pipelines.data.sequences import Sequences
 
 MIN_COLD_USERS = 5  # fewer test users with a cold target: cold-start HR is "not available"
 
@@ -32,9 +36,17 @@ class GateCheck:
     detail: str
 
 
+DECISION_SPLIT = "valid"  # the protocol's split the gate decides on (the test split is only reported)
+DECIDED_ON = "validation"  # the same, as the report says it
+
+
 @dataclass
 class GateReport:
-    """The decision and everything it rests on (written to gate.json, logged to MLflow)."""
+    """The decision and everything it rests on (written to gate.json, logged to MLflow).
+
+    `valid_*` are the figures the decision was taken on; `test_*` are filled in after it, for the
+    report only (empty when the gate stopped before a decision).
+    """
 
     challenger_version: str
     champion_version: str | None
@@ -42,10 +54,14 @@ class GateReport:
     applied: bool  # whether `champion` was actually moved (false on a dry run or a reject)
     reason: str
     checks: list[GateCheck] = field(default_factory=list)
-    challenger_metrics: dict[str, float] = field(default_factory=dict)
-    champion_metrics: dict[str, float] = field(default_factory=dict)
+    valid_challenger: dict[str, float] = field(default_factory=dict)
+    valid_champion: dict[str, float] = field(default_factory=dict)
     compared_on: str = ""
     latency: dict[str, float] = field(default_factory=dict)
+    decided_on: str = DECIDED_ON
+    test_challenger: dict[str, float] = field(default_factory=dict)
+    test_champion: dict[str, float] = field(default_factory=dict)
+    test_reported_on: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,22 +71,46 @@ class GateReport:
 
         write_json_atomic(path, self.to_dict())
 
+    def _champion_label(self) -> str:
+        return f"champion v{self.champion_version}" if self.champion_version else "champion (none)"
+
     def table(self) -> str:
-        """The decision as the task log shows it: one row per metric, both models side by side."""
-        names = sorted(set(self.challenger_metrics) | set(self.champion_metrics))
-        champ = f"champion v{self.champion_version}" if self.champion_version else "champion (none)"
+        """The decision as the task log shows it: one row per validation metric, both models side by side."""
         challenger = f"v{self.challenger_version}" if self.challenger_version else "(not registered)"
         lines = [f"PROMOTION GATE: {'PROMOTE' if self.promote else 'REJECT'} challenger "
-                 f"{challenger}" + ("" if self.applied or not self.promote else " (dry run: "
-                                                   "champion not moved)"),
+                 f"{challenger}, decided on {self.decided_on}" + ("" if self.applied or not self.promote else
+                                                                  " (dry run: champion not moved)"),
                  f"  compared on: {self.compared_on}",
-                 f"  {'metric':<24}{'challenger':>14}{champ:>22}"]
-        for name in names:
-            a, b = self.challenger_metrics.get(name), self.champion_metrics.get(name)
-            lines.append(f"  {name:<24}{_fmt(a):>14}{_fmt(b):>22}")
+                 *_rows(self.valid_challenger, self.valid_champion, self._champion_label())]
         lines += [f"  [{'ok' if c.passed else 'FAIL'}] {c.name}: {c.detail}" for c in self.checks]
         lines.append(f"  reason: {self.reason}")
         return "\n".join(lines)
+
+    def test_table(self) -> str:
+        """The test figures read after the decision: reported, never decided on."""
+        return "\n".join([f"TEST REPORT (read after the decision, not used for it): {self.test_reported_on}",
+                          *_rows(self.test_challenger, self.test_champion, self._champion_label())])
+
+    def markdown(self) -> str:
+        """Decision and figures as a markdown table (the registered version's description)."""
+        verdict = "promote" if self.applied else ("dry run: would promote" if self.promote else "reject")
+        lines = [f"**Promotion gate: {verdict}**, decided on the {self.decided_on} split ({self.compared_on}).",
+                 "", f"| metric | split | challenger | {self._champion_label()} |", "|---|---|---|---|"]
+        for split, challenger, champion in ((self.decided_on, self.valid_challenger, self.valid_champion),
+                                            ("test (report only)", self.test_challenger, self.test_champion)):
+            for name in sorted(set(challenger) | set(champion)):
+                lines.append(f"| {name} | {split} | {_fmt(challenger.get(name))} | {_fmt(champion.get(name))} |")
+        lines += ["", *[f"- {'ok' if c.passed else 'FAIL'} {c.name}: {c.detail}" for c in self.checks],
+                  "", f"Reason: {self.reason}"]
+        return "\n".join(lines)
+
+
+def _rows(challenger: dict[str, float], champion: dict[str, float], champion_label: str) -> list[str]:
+    """One line per metric, both models side by side."""
+    lines = [f"  {'metric':<24}{'challenger':>14}{champion_label:>22}"]
+    for name in sorted(set(challenger) | set(champion)):
+        lines.append(f"  {name:<24}{_fmt(challenger.get(name)):>14}{_fmt(champion.get(name)):>22}")
+    return lines
 
 
 def _fmt(value: float | None) -> str:
@@ -80,51 +120,42 @@ def _fmt(value: float | None) -> str:
 # --------------------------------------------------------------------------- scoring on one split
 
 
-def onnx_metrics(onnx_path: Path, features: Path, k: int, batch_size: int = 512) -> dict[str, float]:
-    """HR@k, NDCG@k, coverage@k and cold-start HR@k of an exported model on the test split.
+def onnx_metrics(onnx_path: Path, seqs: Sequences, split: str, k: int, cold_max_interactions: int,
+                 batch_size: int = 512) -> dict[str, float]:
+    """HR@k, NDCG@k, coverage@k and cold-start HR@k of an exported model on one split of `seqs`.
 
-    Computed from the model's own top-k output (masking and top-k are inside the ONNX graph), so it
-    scores exactly what Triton would serve. "Cold" targets are items never seen in training.
+    Ranked by the one evaluation protocol on the model's own top-k output (masking and top-k are
+    inside the ONNX graph), so it scores exactly what Triton would serve; a target outside the top-k
+    is a miss, exact for HR@k and NDCG@k. Cold-start targets: pipelines/evaluate/slices.py (at most
+    `cold_max_interactions` training interactions, params.yaml `evaluate`).
     """
-    from pipelines.data.sequences import load_sequences
-    from pipelines.evaluate import metrics
+    from pipelines.evaluate.protocol import TopKRanker, evaluate
+    from pipelines.evaluate.slices import cold_start_users
     from pipelines.export.onnx import onnx_session, onnx_top_k
+    from pipelines.repository.metadata import read_model_metadata
     from pipelines.serve.client import pad_sessions
 
-    seqs = load_sequences(features)
     session = onnx_session(onnx_path)
-    meta = dict(session.get_modelmeta().custom_metadata_map)
-    n_items, max_len, top_k = int(meta["n_items"]), int(meta["max_len"]), int(meta["top_k"])
-    if n_items != seqs.n_items:
-        raise IncompatibleModel(f"model has {n_items} items, the current catalogue {seqs.n_items}")
-    k = min(k, top_k)
-    histories, targets, _ = seqs.evaluation("test")
-    kinds = seqs.evaluation_kinds("test")  # used by a graph with event_types; zeros for older data
-    ranks = np.full(len(targets), k, dtype=np.int64)  # 0-based; k = not in the top-k
-    recommended = np.zeros(n_items + 1, dtype=bool)
-    for start in range(0, len(targets), batch_size):
-        batch = [h.tolist() or [0] for h in histories[start:start + batch_size]]
+    meta = read_model_metadata(onnx_path)
+    if meta.n_items != seqs.n_items:
+        raise IncompatibleModel(f"model has {meta.n_items} items, the current catalogue {seqs.n_items}")
+
+    def recommend(histories: list[np.ndarray], kinds: list[np.ndarray] | None) -> np.ndarray:
+        batch = [h.tolist() or [0] for h in histories]
         if kinds is None:
-            ids, _ = onnx_top_k(session, pad_sessions(batch, max_len))
-        else:
-            batch_kinds = [row.tolist() or [0] for row in kinds[start:start + batch_size]]
-            ids, _ = onnx_top_k(session, *pad_sessions(batch, max_len, batch_kinds))
-        ids = ids[:, :k]
-        recommended[ids.ravel()] = True
-        hit = ids == targets[start:start + batch_size, None]
-        rows, cols = np.nonzero(hit)
-        ranks[start + rows] = cols
-    seen = np.zeros(n_items + 1, dtype=bool)
-    for history in seqs.train():
-        seen[history] = True
-    cold = ~seen[targets]
-    out = {f"hr_at_{k}": metrics.hit_rate(ranks, k),
-           f"ndcg_at_{k}": metrics.ndcg(ranks, k),
-           f"coverage_at_{k}": float(recommended[1:].sum() / max(n_items, 1)),
-           "n_users": float(len(targets))}
-    if cold.sum() >= MIN_COLD_USERS:
-        out[f"cold_start_hr_at_{k}"] = metrics.hit_rate(ranks[cold], k)
-        out["cold_start_users"] = float(cold.sum())
+            return onnx_top_k(session, pad_sessions(batch, meta.max_len))[0]
+        batch_kinds = [row.tolist() or [0] for row in kinds]  # a graph without event_types ignores them
+        return onnx_top_k(session, *pad_sessions(batch, meta.max_len, batch_kinds))[0]
+
+    k = min(k, meta.top_k)
+    cold = cold_start_users(seqs, split, cold_max_interactions)
+    ranker = TopKRanker(onnx_path.name, recommend, meta.top_k, uses_event_kinds=True)
+    result = evaluate(ranker, seqs, split=split, k=k, batch_size=batch_size, slices={"cold_start": cold})
+    out = {key: result[key] for key in (f"hr_at_{k}", f"ndcg_at_{k}", f"coverage_at_{k}", "n_users")}
+    cold_start = result["slices"]["cold_start"]
+    if cold_start["n_users"] >= MIN_COLD_USERS:
+        out[f"cold_start_hr_at_{k}"] = cold_start[f"hr_at_{k}"]
+        out["cold_start_users"] = float(cold_start["n_users"])
     return out
 
 
@@ -171,14 +202,17 @@ def artifact_checks(onnx_path: Path, n_items: int) -> list[GateCheck]:
         return checks
     check("artifact is valid ONNX", True, f"opset {max((o.version for o in proto.opset_import), default=0)}, "
           f"{len(proto.graph.node)} nodes")
-    meta = {e.key: e.value for e in proto.metadata_props}
-    missing = [k for k in ("n_items", "max_len", "top_k") if not str(meta.get(k, "")).isdigit()]
-    if not check("artifact metadata", not missing, "n_items, max_len, top_k present" if not missing else
-                 f"metadata {missing} missing or not integers: not exported by pipelines.export.onnx"):
+    from pipelines.repository.metadata import read_model_metadata
+
+    try:
+        meta = read_model_metadata(onnx_path)
+    except ValueError as exc:
+        check("artifact metadata", False, f"{exc} (not exported by pipelines.export.onnx)")
         return checks
-    if not check("catalogue size", int(meta["n_items"]) == n_items,
-                 f"model scores {meta['n_items']} items, the current catalogue has {n_items}"
-                 + ("" if int(meta["n_items"]) == n_items else ": retrain on the current data")):
+    check("artifact metadata", True, "n_items, max_len, top_k present")
+    if not check("catalogue size", meta.n_items == n_items,
+                 f"model scores {meta.n_items} items, the current catalogue has {n_items}"
+                 + ("" if meta.n_items == n_items else ": retrain on the current data")):
         return checks
     try:
         from pipelines.export.onnx import onnx_session
@@ -202,7 +236,7 @@ def artifact_checks(onnx_path: Path, n_items: int) -> list[GateCheck]:
         from pipelines.export.onnx import onnx_top_k
 
         ids, scores = onnx_top_k(session, np.array([[0, 1, min(2, n_items)]], dtype=np.int64))
-        top_k = int(meta["top_k"])
+        top_k = meta.top_k
         ok = ids.shape == (1, top_k) and scores.shape == (1, top_k) and int(ids.min()) >= 1 \
             and int(ids.max()) <= n_items and bool(np.isfinite(scores).all())
         check("smoke inference", ok, f"one session -> ids {ids.shape} in [{int(ids.min())}, {int(ids.max())}]"
@@ -215,28 +249,26 @@ def artifact_checks(onnx_path: Path, n_items: int) -> list[GateCheck]:
 # --------------------------------------------------------------------------- latency through Triton
 
 
-def triton_latency(onnx_path: Path, s: Settings, p: Paths, n_requests: int) -> dict[str, float]:
+def triton_latency(onnx_path: Path, s: Settings, p: Paths, n_requests: int, seqs: Sequences) -> dict[str, float]:
     """p50/p95/max milliseconds of one-session requests to this ONNX model in a real Triton server.
 
-    A private model repository and free ports, so a Triton already serving the champion is not disturbed.
+    The sessions are validation histories of `seqs` (the gate's view). A private model repository and
+    free ports, so a Triton already serving the champion is not disturbed.
     """
-    import onnx
-
-    from pipelines.data.sequences import load_sequences
-    from pipelines.repository.versions import write_config, write_version
+    from pipelines.repository.metadata import read_model_metadata
+    from pipelines.repository.versions import write_model_config, write_version
     from pipelines.serve.client import recommend
     from pipelines.serve.triton_server import TritonServer, find_free_port
 
-    meta = {e.key: e.value for e in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    meta = read_model_metadata(onnx_path)
     repo = p.var / "gate" / "triton_repo"
     if repo.exists():
         shutil.rmtree(repo)
     name = s.serve.model_name
-    write_config(repo, name, max_batch_size=s.serve.max_batch_size, top_k=int(meta["top_k"]),
-                 n_items=int(meta["n_items"]), max_seq_len=int(meta["max_len"]), instance_count=1)
+    write_model_config(repo, name, meta, max_batch_size=s.serve.max_batch_size, instance_count=1)
     write_version(repo, name, onnx_path, metadata={"purpose": "promotion gate latency check"})
-    histories, _, _ = load_sequences(p.features).evaluation("test")
-    sessions = [h[-int(meta["max_len"]):].tolist() for h in histories if len(h) >= 1][:n_requests]
+    histories, _, _ = seqs.evaluation(DECISION_SPLIT)
+    sessions = [h[-meta.max_len:].tolist() for h in histories if len(h) >= 1][:n_requests]
     server = TritonServer(repo, http_port=find_free_port(), grpc_port=find_free_port(),
                           metrics_port=find_free_port(), startup_timeout_s=s.serve.startup_timeout_s,
                           log_dir=p.var / "gate" / "triton")

@@ -22,7 +22,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from pipelines.core.config import Paths, Settings
+from pipelines.core.contract import MODEL_FILE, ModelMetadata
 from pipelines.data.schema import CATALOGUE_FILE
+from pipelines.repository.metadata import read_model_metadata
 from pipelines.repository.models import (
     RECOMMEND,
     SIMILAR_ITEMS,
@@ -36,20 +38,6 @@ from pipelines.repository.models import (
 )
 
 
-def gpt4rec_facts(version_dir: Path) -> dict[str, int]:
-    """n_items, top_k and max_len of a deployed gpt4rec version (its ONNX metadata)."""
-    import onnx
-
-    onnx_path = version_dir / "model.onnx"
-    if not onnx_path.is_file():
-        raise FileNotFoundError(f"gpt4rec version folder {version_dir} holds no model.onnx")
-    meta = {e.key: e.value for e in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
-    missing = [key for key in ("n_items", "top_k", "max_len") if key not in meta]
-    if missing:
-        raise ValueError(f"{onnx_path} lacks ONNX metadata {missing}: re-export it with pipelines/export/onnx.py")
-    return {key: int(meta[key]) for key in ("n_items", "top_k", "max_len")}
-
-
 def _resize(array: np.ndarray, n_rows: int) -> np.ndarray:
     """Cut or zero-pad a per-item array to n_rows (tables may cover more or fewer items than gpt4rec)."""
     out = np.zeros(n_rows, dtype=array.dtype)
@@ -60,6 +48,7 @@ def _resize(array: np.ndarray, n_rows: int) -> np.ndarray:
 def fallback_tables(p: Paths, n_items: int) -> FallbackTables:
     """The recommend tables over item ids 0..n_items; FileNotFoundError if popularity is missing."""
     from pipelines.data.sequences import load_sequences
+    from pipelines.evaluate.slices import training_interactions
     from pipelines.models.popularity import PopularityRecommender
     from pipelines.models.rules import RULES_FILE, AssociationRules
 
@@ -68,9 +57,7 @@ def fallback_tables(p: Paths, n_items: int) -> FallbackTables:
         raise FileNotFoundError(f"{popularity_dir / 'counts.npy'} is missing: run the train_popularity stage")
     n = n_items + 1
     popularity = _resize(PopularityRecommender.load(popularity_dir).counts.astype(np.float32), n)
-    interactions = np.zeros(n, dtype=np.int64)
-    for history in load_sequences(p.features).train():
-        np.add.at(interactions, history[history <= n_items], 1)
+    interactions = _resize(training_interactions(load_sequences(p.features)).astype(np.int64), n)
     catalogue = np.zeros(n, dtype=bool)
     catalogue_file = p.validated / CATALOGUE_FILE
     if catalogue_file.exists():
@@ -121,21 +108,21 @@ def deploy_similar_items(s: Settings, p: Paths, repo: Path, n_items: int) -> dic
     return _summary(written, config, old, mode=graph.mode, method=s.similar.method)
 
 
-def deploy_recommend(s: Settings, p: Paths, repo: Path, gpt4rec: dict[str, int]) -> dict[str, Any]:
+def deploy_recommend(s: Settings, p: Paths, repo: Path, gpt4rec: ModelMetadata) -> dict[str, Any]:
     """recommend over the deployed gpt4rec; {"skipped": why} when the popularity list is missing."""
     try:
-        tables = fallback_tables(p, gpt4rec["n_items"])
+        tables = fallback_tables(p, gpt4rec.n_items)
     except FileNotFoundError as exc:
         return {"skipped": str(exc)}
     config = repo / RECOMMEND / "config.pbtxt"
     old = _old_text(config)
     write_recommend_config(
-        repo, top_k=gpt4rec["top_k"], n_items=gpt4rec["n_items"], max_batch_size=s.serve.max_batch_size,
-        gpt4rec_model=s.serve.model_name, gpt4rec_max_len=gpt4rec["max_len"],
+        repo, top_k=gpt4rec.top_k, n_items=gpt4rec.n_items, max_batch_size=s.serve.max_batch_size,
+        gpt4rec_model=s.serve.model_name, gpt4rec_max_len=gpt4rec.max_len,
         gpt4rec_max_batch_size=s.serve.max_batch_size, warm_min_interactions=WARM_MIN_INTERACTIONS,
         rules_recent_items=s.rules.recent_items, rules_decay=s.rules.decay, instance_count=s.serve.instance_count)
     written = write_recommend_version(repo, tables, metadata={
-        "gpt4rec_model": s.serve.model_name, "n_items": gpt4rec["n_items"], "top_k": gpt4rec["top_k"],
+        "gpt4rec_model": s.serve.model_name, "n_items": gpt4rec.n_items, "top_k": gpt4rec.top_k,
         "rules": tables.rules is not None, "n_rules": int(tables.rules.nnz) if tables.rules is not None else 0,
         "popularity": str(p.models / "popularity"), "features": str(p.features)})
     return _summary(written, config, old, rules=tables.rules is not None)
@@ -143,6 +130,6 @@ def deploy_recommend(s: Settings, p: Paths, repo: Path, gpt4rec: dict[str, int])
 
 def deploy_companions(s: Settings, p: Paths, repo: Path, gpt4rec_dir: Path) -> dict[str, dict[str, Any]]:
     """Write similar_items and recommend sized by the gpt4rec version in `gpt4rec_dir`."""
-    facts = gpt4rec_facts(gpt4rec_dir)
-    return {SIMILAR_ITEMS: deploy_similar_items(s, p, repo, facts["n_items"]),
-            RECOMMEND: deploy_recommend(s, p, repo, facts)}
+    gpt4rec = read_model_metadata(gpt4rec_dir / MODEL_FILE)
+    return {SIMILAR_ITEMS: deploy_similar_items(s, p, repo, gpt4rec.n_items),
+            RECOMMEND: deploy_recommend(s, p, repo, gpt4rec)}

@@ -9,6 +9,7 @@ Beside `gpt4rec` (pipelines/repository/versions.py) the repository holds::
     repo/recommend/config.pbtxt
     repo/recommend/<n>/model.py             BLS entry point (pipelines/serve/backend/recommend.py)
     repo/recommend/<n>/*.npy, rules.npz     fallback tables: popularity, item counts, catalogue, rules
+    repo/<model>/<n>/rxrec_backend.py       helpers every backend imports (pipelines/serve/backend/)
 
 Version folders follow the same rules as gpt4rec's: assembled in a hidden temp folder and renamed
 into place (complete or absent), never overwritten. Each lineage.json carries a fingerprint of the
@@ -34,6 +35,8 @@ import scipy.sparse as sp
 
 from pipelines.core.files import atomic_write_text
 from pipelines.repository.versions import (
+    BACKEND_COMMON_PY,
+    BACKEND_DIR,
     _check_name,
     _positive,
     list_versions,
@@ -45,7 +48,6 @@ RECOMMEND = "recommend"
 #: The order models must be loaded in: recommend calls gpt4rec through BLS.
 LOAD_ORDER = ("gpt4rec", SIMILAR_ITEMS, RECOMMEND)
 
-BACKEND_DIR = Path(__file__).resolve().parents[1] / "serve" / "backend"
 SIMILAR_BACKEND_PY = BACKEND_DIR / "similar_items.py"
 RECOMMEND_BACKEND_PY = BACKEND_DIR / "recommend.py"
 
@@ -60,8 +62,9 @@ OUTPUT_SOURCE = "source"  # BYTES [batch, 1]: gpt4rec | rules | popularity
 OUTPUT_UNKNOWN = "unknown_ids"  # int64 [batch, m]: ids dropped as unknown, 0-padded ([0] = none)
 SOURCES = ("gpt4rec", "rules", "popularity")
 
-#: Items with fewer training interactions than this are "cold" for GPT4Rec (their embedding has
-#: barely been trained); a session of only cold items is answered by rules, then popularity.
+#: Serving-time routing, not the evaluation's cold-start slice (pipelines/evaluate/slices.py): GPT4Rec
+#: answers a session only when it holds an item with at least this many training interactions (an
+#: embedding that was trained); a session without one is answered by rules, then popularity.
 WARM_MIN_INTERACTIONS = 3
 
 FileContent = Path | bytes
@@ -287,7 +290,7 @@ def write_similar_items_version(
     if known.ndim != 1 or len(known) < 2:
         raise ValueError(f"known must be a 1-D bool mask over item ids 0..n_items, got shape {known.shape}")
     files: dict[str, FileContent] = {"model.onnx": onnx_bytes, "model.py": SIMILAR_BACKEND_PY,
-                                     "known.npy": _npy(known)}
+                                     BACKEND_COMMON_PY.name: BACKEND_COMMON_PY, "known.npy": _npy(known)}
     return write_model_version(repo, model_name, files, metadata=metadata)
 
 
@@ -346,5 +349,6 @@ def write_recommend_version(
     repo: Path, tables: FallbackTables, *, metadata: Mapping[str, Any], model_name: str = RECOMMEND
 ) -> VersionWritten:
     """A recommend version: the BLS backend as model.py and the fallback tables."""
-    files: dict[str, FileContent] = {"model.py": RECOMMEND_BACKEND_PY, **tables.files()}
+    files: dict[str, FileContent] = {"model.py": RECOMMEND_BACKEND_PY, BACKEND_COMMON_PY.name: BACKEND_COMMON_PY,
+                                     **tables.files()}
     return write_model_version(repo, model_name, files, metadata=metadata)

@@ -5,6 +5,7 @@ Layout written here (what Triton's explicit model control loads)::
     repo/<model_name>/config.pbtxt
     repo/<model_name>/<version>/model.onnx      the exported model (top-k inside the graph)
     repo/<model_name>/<version>/model.py        Python-backend wrapper (pipelines/serve/backend/model.py)
+    repo/<model_name>/<version>/rxrec_backend.py    what every rxrec backend imports (beside each model.py)
     repo/<model_name>/<version>/lineage.json    MLflow run, git commit, DVC data hash, ...
 
 Version folders are created atomically (built in a hidden temp folder inside the model folder,
@@ -29,11 +30,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipelines.core.contract import EVENT_TYPES_NAME, INPUT_NAME, OUTPUT_IDS, OUTPUT_SCORES
+from pipelines.core.contract import EVENT_TYPES_NAME, INPUT_NAME, OUTPUT_IDS, OUTPUT_SCORES, ModelMetadata
 from pipelines.core.files import atomic_write_text
+from pipelines.core.processes import pid_alive
 
+BACKEND_DIR = Path(__file__).resolve().parents[1] / "serve" / "backend"
 #: The Python-backend model copied beside each model.onnx.
-BACKEND_MODEL_PY = Path(__file__).resolve().parents[1] / "serve" / "backend" / "model.py"
+BACKEND_MODEL_PY = BACKEND_DIR / "model.py"
+#: Names and helpers shared by every backend: copied beside each model.py (the stub's sys.path holds
+#: the version folder), so a version carries the helpers it was written with.
+BACKEND_COMMON_PY = BACKEND_DIR / "rxrec_backend.py"
 
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -54,16 +60,6 @@ def tmp_writer_pid(folder: Path) -> int | None:
     return int(head) if rest != Path(folder).name and head.isdigit() and "-" in rest else None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
 def abandoned_tmp_folders(model_dir: Path, *, now: float | None = None) -> list[Path]:
     """Temp version folders left by a write that was killed half-way (its writer is gone).
 
@@ -78,7 +74,7 @@ def abandoned_tmp_folders(model_dir: Path, *, now: float | None = None) -> list[
     for folder in sorted(model_dir.glob(_TMP_PREFIX + "*")):
         pid = tmp_writer_pid(folder)
         if pid is not None:
-            if pid != os.getpid() and not _pid_alive(pid):
+            if pid != os.getpid() and not pid_alive(pid):
                 out.append(folder)
         elif now - folder.stat().st_mtime > STALE_TMP_AGE_S:
             out.append(folder)
@@ -209,6 +205,28 @@ version_policy: {{ latest: {{ num_versions: 2 }} }}
     return path
 
 
+def write_model_config(
+    repo: Path,
+    model_name: str,
+    metadata: ModelMetadata,
+    *,
+    max_batch_size: int,
+    instance_count: int = 1,
+    intra_op_threads: int = 1,
+    max_queue_delay_us: int = 1000,
+    preferred_batch_sizes: tuple[int, ...] = (),
+) -> Path:
+    """config.pbtxt of a served model: its shape facts from its ONNX metadata, the rest from serve settings.
+
+    Every deploy path writes the config through here, so top_k, n_items, max_seq_len and event
+    kinds (the optional event_types input) always match the model.onnx beside it.
+    """
+    return write_config(repo, model_name, max_batch_size=max_batch_size, top_k=metadata.top_k,
+                        n_items=metadata.n_items, max_seq_len=metadata.max_len, event_kinds=metadata.event_kinds,
+                        instance_count=instance_count, intra_op_threads=intra_op_threads,
+                        max_queue_delay_us=max_queue_delay_us, preferred_batch_sizes=preferred_batch_sizes)
+
+
 def list_versions(repo: Path, model_name: str) -> list[int]:
     """Version numbers present in repo/model_name, ascending (numeric folder names only)."""
     model_dir = Path(repo) / model_name
@@ -232,7 +250,7 @@ def sha256_file(path: Path) -> str:
 
 
 def write_version(repo: Path, model_name: str, onnx_path: Path, *, metadata: dict[str, Any]) -> Path:
-    """Add a new version folder holding model.onnx, model.py and lineage.json; return its path.
+    """Add a new version folder holding model.onnx, model.py, rxrec_backend.py and lineage.json; return its path.
 
     The folder is assembled under a hidden temp name in the model folder (same filesystem) and
     renamed into place, so it appears complete or not at all. Existing versions are never
@@ -243,14 +261,17 @@ def write_version(repo: Path, model_name: str, onnx_path: Path, *, metadata: dic
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
-    if not BACKEND_MODEL_PY.is_file():
-        raise FileNotFoundError(f"backend model.py not found: {BACKEND_MODEL_PY}")
+    for source in (BACKEND_MODEL_PY, BACKEND_COMMON_PY):
+        if not source.is_file():
+            raise FileNotFoundError(f"backend file not found: {source}")
     json.dumps(metadata)  # fail before writing anything if metadata is not serialisable
 
     def fill(folder: Path) -> dict[str, Any]:
         shutil.copyfile(onnx_path, folder / "model.onnx")
         shutil.copyfile(BACKEND_MODEL_PY, folder / "model.py")
+        shutil.copyfile(BACKEND_COMMON_PY, folder / BACKEND_COMMON_PY.name)
         return {"onnx_sha256": sha256_file(folder / "model.onnx"), "source_onnx": str(onnx_path.resolve()),
+                "files": {name: sha256_file(folder / name) for name in ("model.py", BACKEND_COMMON_PY.name)},
                 "metadata": metadata}
 
     return publish_version(repo, model_name, fill)

@@ -23,9 +23,11 @@ import numpy as np
 import pandas as pd
 
 from pipelines.core.config import Paths, Settings
+from pipelines.core.contract import MODEL_FILE, disagreeing_rows
 from pipelines.data.schema import CATALOGUE_FILE
 from pipelines.data.sequences import load_sequences
-from pipelines.export.onnx import TIE_TOLERANCE, onnx_session, onnx_top_k
+from pipelines.export.onnx import onnx_session, onnx_top_k
+from pipelines.repository.metadata import read_model_metadata
 from pipelines.repository.models import RECOMMEND, SIMILAR_ITEMS
 from pipelines.serve.client import pad_sessions, recommend, recommend_session, similar_items
 from pipelines.serve.daemon import AttachedServer, running_server
@@ -42,9 +44,8 @@ def sample_sessions(p: Paths, n: int, max_len: int) -> list[list[int]]:
 
 
 def _same_ranking(ids: np.ndarray, scores: np.ndarray, want_ids: np.ndarray, want_scores: np.ndarray) -> bool:
-    """Same ids, or the same score at every rank (near-tied items may swap between thread counts)."""
-    return bool((ids == want_ids).all()) or bool(
-        np.allclose(scores, want_scores, rtol=TIE_TOLERANCE, atol=TIE_TOLERANCE))
+    """Every row agrees with ONNX Runtime's top-k (near-tied items may swap between thread counts)."""
+    return not disagreeing_rows(want_ids, want_scores, ids, scores).any()
 
 
 def _deployed(deploy: dict[str, Any], name: str) -> Path | None:
@@ -117,10 +118,9 @@ def _server(s: Settings, p: Paths) -> contextlib.AbstractContextManager[TritonSe
 def check_served_model(s: Settings, p: Paths, n_sessions: int = 3) -> dict[str, Any]:
     deploy = json.loads((p.reports / "deploy.json").read_text())
     version_dir = Path(deploy["version_path"])
-    onnx_path = version_dir / "model.onnx"
+    onnx_path = version_dir / MODEL_FILE
     session = onnx_session(onnx_path)
-    max_len = int(dict(session.get_modelmeta().custom_metadata_map).get("max_len", s.gpt4rec.max_len))
-    sessions = sample_sessions(p, n_sessions, max_len)
+    sessions = sample_sessions(p, n_sessions, read_model_metadata(onnx_path).max_len)
     expected_ids, expected_scores = onnx_top_k(session, pad_sessions(sessions))
     similar_dir, recommend_dir = _deployed(deploy, SIMILAR_ITEMS), _deployed(deploy, RECOMMEND)
 

@@ -25,9 +25,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipelines.core.contract import EVENT_TYPES_NAME, INPUT_NAME, OUTPUT_IDS, OUTPUT_SCORES
+from pipelines.core.contract import EVENT_TYPES_NAME, INPUT_NAME, OUTPUT_IDS, OUTPUT_SCORES, left_pad
 
 EventKind = int | str
+_INT64 = np.iinfo(np.int64)
 
 
 class ServerUnavailableError(ConnectionError):
@@ -120,24 +121,13 @@ def pad_sessions(sessions: list[list[int]], max_len: int | None = None,
                 raise ValueError(  # noqa: TRY004
                     f"session {i} has a non-integer item id {item!r} ({type(item).__name__})"
                 )
+            if not _INT64.min <= item <= _INT64.max:
+                raise ValueError(f"session {i} has an item id that does not fit int64: {item}")
         rows.append([int(item) for item in items])
-    codes = kind_codes(kinds, rows) if kinds is not None else None
-    if max_len is not None:
-        rows = [row[-max_len:] for row in rows]
-        codes = None if codes is None else [row[-max_len:] for row in codes]
-    width = max(len(row) for row in rows)
-    batch = np.zeros((len(rows), width), dtype=np.int64)
-    for r, row in enumerate(rows):
-        try:
-            batch[r, width - len(row) :] = row
-        except OverflowError as exc:
-            raise ValueError(f"session {r} has an item id that does not fit int64: {exc}") from exc
-    if codes is None:
+    batch = left_pad(rows, max_len)
+    if kinds is None:
         return batch
-    kind_batch = np.zeros_like(batch)
-    for r, row in enumerate(codes):
-        kind_batch[r, width - len(row):] = row
-    return batch, kind_batch
+    return batch, left_pad(kind_codes(kinds, rows), max_len, width=batch.shape[1])
 
 
 def recommend(
@@ -181,16 +171,10 @@ def _ids_matrix(rows: list[list[int]], what: str) -> np.ndarray:
                 raise ValueError(f"{what} {r} has a non-integer item id {item!r} ({type(item).__name__})")  # noqa: TRY004
             if item < 0:
                 raise ValueError(f"{what} {r} has a negative item id {item}; ids are >= 1 (0 is padding)")
+            if item > _INT64.max:
+                raise ValueError(f"{what} {r} has an item id that does not fit int64: {item}")
         clean.append([int(item) for item in items])
-    width = max(1, max(len(row) for row in clean))
-    out = np.zeros((len(clean), width), dtype=np.int64)
-    for r, row in enumerate(clean):
-        if row:
-            try:
-                out[r, width - len(row):] = row
-            except OverflowError as exc:
-                raise ValueError(f"{what} {r} has an item id that does not fit int64: {exc}") from exc
-    return out
+    return left_pad(clean)
 
 
 def _infer(model_name: str, inputs: dict[str, np.ndarray], outputs: list[str], *, url: str | None,
@@ -280,11 +264,7 @@ def session_inputs(sessions: list[list[int]], *, purchased: list[list[int]] | No
     inputs = {"session_ids": batch}
     if kinds is not None:
         codes = kind_codes(kinds, [list(s) for s in sessions])
-        kind_batch = np.zeros_like(batch)
-        for r, row in enumerate(codes):
-            if row:
-                kind_batch[r, batch.shape[1] - len(row):] = row
-        inputs[EVENT_TYPES_NAME] = kind_batch
+        inputs[EVENT_TYPES_NAME] = left_pad(codes, width=batch.shape[1])
     if purchased is not None:
         if not isinstance(purchased, (list, tuple)) or len(purchased) != len(batch):
             count = len(purchased) if isinstance(purchased, (list, tuple)) else type(purchased).__name__

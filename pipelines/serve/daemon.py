@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from pipelines.core.config import Paths, Settings
+from pipelines.core.processes import group_members, pid_alive
 from pipelines.repository.models import LOAD_ORDER
 from pipelines.serve.triton_server import (
     HOST,
@@ -144,6 +145,8 @@ def _read_info(p: Paths) -> dict[str, Any] | None:
 
 def _is_our_server(pid: int, http_port: int) -> bool:
     """Whether pid is a live tritonserver on http_port (a recycled pid must never be signalled)."""
+    if not pid_alive(pid):
+        return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
@@ -159,19 +162,6 @@ def running_server(p: Paths) -> AttachedServer | None:
     if not _ok(f"http://{HOST}:{info['http_port']}/v2/health/live"):
         return None
     return AttachedServer(int(info["http_port"]), int(info["grpc_port"]), Path(info["log"]))
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Pids of live processes in process group pgid (the stubs a killed server leaves behind)."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(stat.parent.name))
-    return members
 
 
 def _is_backend_stub(pid: int) -> bool:
@@ -200,7 +190,7 @@ def recover_stale(p: Paths, grace_s: float = 5.0) -> dict[str, Any] | None:
     if ours:  # alive but not answering: hung, end it
         stop_background(p, timeout_s=grace_s)
         return {"stale_pid": pid, "reason": "recorded server was hung (not live)", "orphan_stubs_killed": 0}
-    stubs = [m for m in _group_members(pid) if _is_backend_stub(m)]
+    stubs = [m for m in group_members(pid) if _is_backend_stub(m)]
     for stub in stubs:
         try:
             os.kill(stub, signal.SIGKILL)

@@ -33,7 +33,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from pipelines.core.config import PROJECT_ROOT
+
 VENV_ENV_VAR = "RXREC_TRITON_VENV"
 HOST = "127.0.0.1"
 

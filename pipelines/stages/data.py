@@ -28,6 +28,7 @@ def generate(s: Settings, p: Paths) -> dict[str, Any]:
 def validate(s: Settings, p: Paths) -> dict[str, Any]:
     """The data gate: nothing downstream runs on tables that fail it."""
     from pipelines.data.schema import SOURCE_FILE
+    from pipelines.validate.data_docs import data_docs_root, publish_data_docs
     from pipelines.validate.gate import enforce, validate_tables
     from pipelines.validate.profile import ACCEPTED_PROFILE, PROFILE_FILE, DataProfile
 
@@ -37,7 +38,9 @@ def validate(s: Settings, p: Paths) -> dict[str, Any]:
     if p.validated.exists():
         shutil.rmtree(p.validated)  # a failed gate leaves no validated data behind
     accepted = DataProfile.load(p.root / ACCEPTED_PROFILE)
-    report = enforce(validate_tables(catalogue, events, s.validate_, source=source, accepted=accepted), p.reports)
+    report = validate_tables(catalogue, events, s.validate_, source=source, accepted=accepted)
+    report.data_docs = str(publish_data_docs(report, data_docs_root(p)))  # failed runs too: then people need them
+    report = enforce(report, p.reports)
     with published_dir(p.validated) as out:
         for name in (CATALOGUE_FILE, EVENTS_FILE, GROUND_TRUTH_FILE, SOURCE_FILE):
             if (p.raw / name).exists():
@@ -47,7 +50,7 @@ def validate(s: Settings, p: Paths) -> dict[str, Any]:
     if report.profile is not None:  # this version, now in place, is the reference for the next one
         report.profile.save(p.root / ACCEPTED_PROFILE)
     return {"success": report.success, "checks": len(report.checks), "elapsed_s": round(report.elapsed_s, 2),
-            "drift": report.drift}
+            "drift": report.drift, "data_docs": report.data_docs}
 
 
 def sequences(s: Settings, p: Paths) -> dict[str, Any]:

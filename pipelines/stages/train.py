@@ -1,55 +1,87 @@
-"""Training stages (one per model family) and the evaluation of every family on one protocol."""
+"""Training stages, one per registered model family, and the evaluation of every family on one protocol."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from pipelines.core.config import Paths, Settings
 from pipelines.core.files import published_dir, read_json, write_json_atomic
+from pipelines.models.base import FitInput
+from pipelines.models.families import family_names
+
+# Where the training stage finds each extra input a family may ask for (dvc.yaml lists the same paths).
+INPUT_DEPS: dict[FitInput, str] = {
+    FitInput.PRETRAINED: "artifacts/embeddings/prod2vec",
+    FitInput.ITEM_TOKENS: "data/features",
+}
 
 
-def _train_family(name: str, s: Settings, p: Paths, **inputs: Any) -> dict[str, Any]:
-    """Fit one model family on the training split and save it under artifacts/models/<name>."""
-    from pipelines.data.sequences import load_sequences
-    from pipelines.models.families import fit_family
-
-    model, info = fit_family(name, load_sequences(p.features), s, **inputs)
-    with published_dir(p.models / name) as out:
-        model.save(out)
-        write_json_atomic(out / "train.json", info)
-    return info
-
-
-def train_popularity(s: Settings, p: Paths) -> dict[str, Any]:
-    return _train_family("popularity", s, p)
-
-
-def train_mf(s: Settings, p: Paths) -> dict[str, Any]:
-    return _train_family("mf", s, p)
-
-
-def train_rules(s: Settings, p: Paths) -> dict[str, Any]:
-    return _train_family("rules", s, p)
-
-
-def train_ncf(s: Settings, p: Paths) -> dict[str, Any]:
-    return _train_family("ncf", s, p)
-
-
-def train_gpt4rec(s: Settings, p: Paths) -> dict[str, Any]:
+def _load_input(which: FitInput, p: Paths) -> Any:
     from pipelines.data.item_features import ItemFeatures
     from pipelines.embed.prod2vec import ItemEmbeddings
+
+    if which is FitInput.PRETRAINED:
+        return ItemEmbeddings.load(p.embeddings / "prod2vec")
+    return ItemFeatures.load(p.features).tokens
+
+
+# params.yaml sections behind each extra input, logged with the child run of a family that reads it.
+INPUT_SECTIONS: dict[FitInput, tuple[str, ...]] = {FitInput.PRETRAINED: ("graph", "prod2vec")}
+
+
+def train_family(name: str, s: Settings, p: Paths) -> dict[str, Any]:
+    """Fit one model family on the training split and save it under artifacts/models/<name>.
+
+    Tracked live in the family's MLflow child run: params and dataset when it starts, each epoch's loss
+    and validation metrics as they come (a family with the shared epoch loop), system metrics, then the
+    final metrics, train_seconds and the validation curve (training.png, also saved with the model).
+    A family without validation epochs is scored once on the validation split, so every family's run
+    has the same validation metric names.
+    """
+    from pipelines.data.sequences import load_sequences
+    from pipelines.evaluate.protocol import evaluate as run_protocol
+    from pipelines.models.base import FitContext
+    from pipelines.models.families import family, fit_family
+    from pipelines.track.live import training_dataset, training_run
     from pipelines.track.plots import plot_training_history
 
-    pretrained = ItemEmbeddings.load(p.embeddings / "prod2vec") if s.gpt4rec.init_from_prod2vec else None
-    tokens = ItemFeatures.load(p.features).tokens if s.gpt4rec.use_meta else None
-    info = _train_family("gpt4rec", s, p, pretrained=pretrained, item_tokens=tokens)
-    plot_training_history(info["history"], p.models / "gpt4rec" / "training.png")
-    return {k: v for k, v in info.items() if k != "history"}
+    wanted = family(name).inputs_for(getattr(s, name))
+    sections = ("data", "evaluate", name, *(section for which in wanted for section in INPUT_SECTIONS.get(which, ())))
+    params = {k: v for k, v in s.flat().items() if k.split(".", 1)[0] in sections}
+    seqs = load_sequences(p.features)
+    with training_run(s, p, name, kind="model", params=params, dataset=training_dataset(s, p)) as run:
+        ctx = FitContext(seed=s.data.seed, k=s.evaluate.k, on_epoch=run.log_epoch,
+                         **{str(which): _load_input(which, p) for which in wanted})
+        model, info = fit_family(name, seqs, s, ctx)
+        with published_dir(p.models / name) as out:
+            model.save(out)
+            write_json_atomic(out / "train.json", info)
+            if "history" in info:
+                plot_training_history(info["history"], out / "training.png", title=f"{name} training")
+        final = dict(info)
+        if "history" in info:  # the valid_* curves are logged; the chosen epoch's values as best_valid_*
+            best = info["history"][info["best_epoch"] - 1] if info["best_epoch"] else {}
+        else:
+            run.log_curve("loss", list(info.get("losses", [])))
+            valid = run_protocol(model, seqs, split="valid", k=s.evaluate.k)
+            best = {f"valid_{key}": value for key, value in valid.items() if key != "n_users"}
+            final |= best
+        final |= {f"best_{key}": value for key, value in best.items() if key.startswith("valid_")}
+        plot = p.models / name / "training.png"
+        run.finish(final, {"plots": plot} if plot.exists() else None)
+    summary = {key: value for key, value in info.items() if key != "history"}
+    return {**summary, "mlflow_run_id": run.run_id, "mlflow_run_url": run.url}
+
+
+TRAIN_STAGES: dict[str, Callable[[Settings, Paths], dict[str, Any]]] = {
+    f"train_{name}": partial(train_family, name) for name in family_names()
+}
 
 
 def evaluate(s: Settings, p: Paths) -> dict[str, Any]:
-    """Every model on the same test split, same protocol; writes reports/metrics.json."""
+    """Every trained family on the same test split, same protocol; writes reports/metrics.json."""
     from pipelines.data.sequences import load_sequences
     from pipelines.evaluate.protocol import evaluate as run_protocol
     from pipelines.evaluate.slices import standard_slices
@@ -58,7 +90,7 @@ def evaluate(s: Settings, p: Paths) -> dict[str, Any]:
 
     seqs = load_sequences(p.features)
     models = load_recommenders(p.models)
-    slices = standard_slices(seqs, "test")
+    slices = standard_slices(seqs, "test", cold_max_interactions=s.evaluate.cold_max_interactions)
     results: dict[str, dict[str, float]] = {}
     for name, model in models.items():
         metrics = run_protocol(model, seqs, split="test", k=s.evaluate.k, mask_seen=s.evaluate.mask_seen,
@@ -70,6 +102,7 @@ def evaluate(s: Settings, p: Paths) -> dict[str, Any]:
         results[name] = metrics
     payload = {"protocol": {"split": "leave-one-out by time, last item", "ranking": "all items",
                             "mask_seen": s.evaluate.mask_seen, "k": s.evaluate.k,
+                            "cold_max_interactions": s.evaluate.cold_max_interactions,
                             "slice_users": {name: int(mask.sum()) for name, mask in slices.items()}},
                "models": results}
     write_json_atomic(p.reports / "metrics.json", payload)

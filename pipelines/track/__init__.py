@@ -1,0 +1,1 @@
+"""Tracking: MLflow behind one service object (service.py), lineage facts (lineage.py), plots (plots.py)."""

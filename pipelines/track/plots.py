@@ -10,18 +10,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 
-def plot_training_history(history: list[dict[str, float]], path: Path) -> Path:
-    """Training loss and validation NDCG@10 by epoch."""
+def plot_training_history(history: list[dict[str, float]], path: Path, title: str = "GPT4Rec training") -> Path:
+    """Training loss and validation NDCG@k (the history's valid_ndcg_at_<k>) by epoch."""
     epochs = [row["epoch"] for row in history]
+    key = next(name for name in history[0] if name.startswith("valid_ndcg_at_"))
+    label = f"valid NDCG@{key.removeprefix('valid_ndcg_at_')}"
     fig, loss_ax = plt.subplots(figsize=(6, 3.5))
     loss_ax.plot(epochs, [row["loss"] for row in history], marker="o", color="tab:blue", label="train loss")
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel("cross-entropy", color="tab:blue")
     metric_ax = loss_ax.twinx()
-    metric_ax.plot(epochs, [row["valid_ndcg_at_10"] for row in history], marker="s", color="tab:orange",
-                   label="valid NDCG@10")
-    metric_ax.set_ylabel("valid NDCG@10", color="tab:orange")
-    fig.suptitle("GPT4Rec training")
+    metric_ax.plot(epochs, [row[key] for row in history], marker="s", color="tab:orange", label=label)
+    metric_ax.set_ylabel(label, color="tab:orange")
+    fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

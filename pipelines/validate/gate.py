@@ -13,12 +13,13 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 from pipelines.core.config import ValidateSettings
 from pipelines.data.schema import CATALOGUE_COLUMNS, EVENTS_COLUMNS
@@ -46,6 +47,8 @@ class CheckResult(BaseModel):
     expectation: str
     column: str | None = None
     success: bool
+    suite: str = ""  # the GX suite it belongs to (its Data Docs page)
+    observed: Any = None  # drift checks: this version's value, compared with the accepted profile
     unexpected_count: int | None = None
     unexpected_percent: float | None = None
     examples: list[Any] = Field(default_factory=list)
@@ -67,6 +70,15 @@ class CheckResult(BaseModel):
         return " - ".join(parts)
 
 
+@dataclass(frozen=True)
+class SuiteResult:
+    """One GX suite with its validation result, kept in memory for the Data Docs of the run."""
+
+    suite: Any  # gx.ExpectationSuite
+    result: Any  # gx ExpectationSuiteValidationResult
+    batch_id: str
+
+
 class ValidationReport(BaseModel):
     """Outcome of one gate run; written next to the validated data and logged by the DAG."""
 
@@ -80,6 +92,13 @@ class ValidationReport(BaseModel):
     drift: str = ""  # whether/against what the distribution checks ran
     profile: DataProfile | None = None  # this version's distribution (becomes the reference if it passes)
     accepted: DataProfile | None = None  # the reference it was compared with
+    data_docs: str | None = None  # index.html of this run's Data Docs, once published
+    _suite_results: list[SuiteResult] = PrivateAttr(default_factory=list)
+
+    @property
+    def suite_results(self) -> list[SuiteResult]:
+        """The GX results behind the checks (not serialised: only the run that validated has them)."""
+        return self._suite_results
 
     @property
     def failed(self) -> list[CheckResult]:
@@ -146,6 +165,8 @@ class ValidationReport(BaseModel):
             lines.append(f"  ({len(self.skipped)} check(s) skipped because of the problems above: {names})")
         if report_path is not None:
             lines.append(f"full report: {report_path} (and {report_path.with_suffix('.json').name})")
+        if self.data_docs:
+            lines.append(f"data docs: {self.data_docs}")
         return "\n".join(lines)
 
 
@@ -233,7 +254,7 @@ def _example_rows(frame: pd.DataFrame, bad: pd.Series, columns: list[str]) -> li
     ]
 
 
-def _to_check(result: Any, frame: pd.DataFrame) -> CheckResult:
+def _to_check(result: Any, frame: pd.DataFrame, suite: str) -> CheckResult:
     """GX ExpectationValidationResult -> CheckResult with counts, examples and plain words."""
     config = result.expectation_config
     meta = config.meta or {}
@@ -241,6 +262,7 @@ def _to_check(result: Any, frame: pd.DataFrame) -> CheckResult:
     kind = config.type
     error = _exception_text(result.exception_info)
     message = meta.get("plain", kind)
+    observed: Any = None
     examples: list[Any] = []
     count = res.get("unexpected_count")
     pct = res.get("unexpected_percent")
@@ -255,8 +277,9 @@ def _to_check(result: Any, frame: pd.DataFrame) -> CheckResult:
             examples = [_jsonable(v) for v in dict.fromkeys(res.get("partial_unexpected_list") or [])][:MAX_EXAMPLES]
         elif isinstance(observed, float):
             observed = f"{observed:.4g}"
+        observed = _jsonable(observed)
         if not result.success:
-            message = f"{message}; this version: {_jsonable(observed)}"
+            message = f"{message}; this version: {observed}"
     elif kind == "expect_table_columns_to_match_set":
         missing = ((res.get("details") or {}).get("mismatched") or {}).get("missing") or []
         examples = sorted(missing)
@@ -277,6 +300,7 @@ def _to_check(result: Any, frame: pd.DataFrame) -> CheckResult:
         examples = list(dict.fromkeys(json.dumps(e, default=str) for e in examples))
         examples = [json.loads(e) for e in examples][:MAX_EXAMPLES]
     return CheckResult(
+        suite=suite,
         table=meta.get("table", "?"),
         expectation=kind,
         column=meta.get("column", config.kwargs.get("column")),
@@ -285,6 +309,7 @@ def _to_check(result: Any, frame: pd.DataFrame) -> CheckResult:
         unexpected_percent=None if pct is None else float(pct),
         examples=examples,
         message=message,
+        observed=observed,
     )
 
 
@@ -294,9 +319,12 @@ def _run_suite(
     frame: pd.DataFrame,
     build: S.SuiteBuild,
     parameters: dict[str, Any] | None = None,
-) -> list[CheckResult]:
+) -> tuple[list[CheckResult], SuiteResult | None]:
+    """The suite's checks (run ones, then skipped ones) and its GX result (None when nothing could run)."""
+    suite_name = build.suite.name
     skipped = [
         CheckResult(
+            suite=suite_name,
             table=s["table"],
             expectation=s["expectation"],
             column=s["column"],
@@ -307,7 +335,7 @@ def _run_suite(
         for s in build.skipped
     ]
     if not build.suite.expectations:
-        return skipped
+        return skipped, None
     batch_definition = (
         context.data_sources.add_pandas(f"rxrec_{name}")
         .add_dataframe_asset(name)
@@ -319,7 +347,8 @@ def _run_suite(
         result_format={"result_format": "SUMMARY", "partial_unexpected_count": 20},
         expectation_parameters=parameters or None,
     )
-    return [_to_check(r, frame) for r in outcome.results] + skipped
+    checks = [_to_check(r, frame, suite_name) for r in outcome.results]
+    return checks + skipped, SuiteResult(suite=build.suite, result=outcome, batch_id=batch.id)
 
 
 def _gx_context() -> Any:
@@ -379,11 +408,20 @@ def validate_tables(
         derived_columns=[c for c in (S.SESSION_ORDER_COL, S.AFTER_LAUNCH_COL) if c in ev_frame.columns],
     )
 
-    checks = _schema_checks(S.CATALOGUE, cat_problems, CATALOGUE_COLUMNS)
-    checks += _run_suite(context, S.CATALOGUE, cat_frame, cat_build)
+    checks: list[CheckResult] = []
+    suite_results: list[SuiteResult] = []
+
+    def run(name: str, frame: pd.DataFrame, build: S.SuiteBuild, parameters: dict[str, Any] | None = None) -> None:
+        suite_checks, suite_result = _run_suite(context, name, frame, build, parameters)
+        checks.extend(suite_checks)
+        if suite_result is not None:
+            suite_results.append(suite_result)
+
+    checks += _schema_checks(S.CATALOGUE, cat_problems, CATALOGUE_COLUMNS)
+    run(S.CATALOGUE, cat_frame, cat_build)
     checks += _schema_checks(S.EVENTS, ev_problems, EVENTS_COLUMNS)
     params = {S.KNOWN_IDS_PARAM: known_ids} if known_ids is not None else None
-    checks += _run_suite(context, S.EVENTS, ev_frame, ev_build, params)
+    run(S.EVENTS, ev_frame, ev_build, params)
 
     profile = profile_tables(cat_frame, ev_frame, cat_problems, ev_problems, source)
     drift = drift_status(settings, accepted, profile)
@@ -391,10 +429,10 @@ def validate_tables(
         reference_profile = accepted if known_ids is not None else accepted.model_copy(
             update={"unknown_item_share": None})
         builds = build_drift_suites(settings, reference_profile, cat_problems, ev_problems)
-        checks += _run_suite(context, "catalogue_drift", cat_frame, builds[S.CATALOGUE])
-        checks += _run_suite(context, "events_drift", ev_frame, builds[S.EVENTS], params)
+        run("catalogue_drift", cat_frame, builds[S.CATALOGUE])
+        run("events_drift", ev_frame, builds[S.EVENTS], params)
         sessions = session_lengths(ev_frame) if "session_id" in ev_problems.present else ev_frame.iloc[:0]
-        checks += _run_suite(context, SESSIONS, sessions, builds[SESSIONS])
+        run(SESSIONS, sessions, builds[SESSIONS])
 
     report = ValidationReport(
         success=all(c.success for c in checks),
@@ -407,6 +445,7 @@ def validate_tables(
         profile=profile,
         accepted=accepted,
     )
+    report._suite_results = suite_results
     log.info("data validation %s in %.2fs", "passed" if report.success else "failed", report.elapsed_s)
     return report
 

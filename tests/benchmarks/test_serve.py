@@ -15,6 +15,7 @@ pytestmark = pytest.mark.slow
 LEVEL_KEYS = {"requests_per_min", "p50_ms", "p95_ms", "p99_ms", "max_ms", "errors", "achieved_rps", "versions"}
 
 
+@pytest.mark.timeout(900)  # a small GPT4Rec, a real Triton, several load levels
 def test_bench_serve_smoke_writes_report(tmp_path) -> None:
     if not (default_venv() / "bin" / "python").exists():
         pytest.skip("serving venv missing: run infra/triton/setup.sh")

@@ -148,6 +148,7 @@ def test_bad_soak_options_say_what_to_change() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a 20 s soak after a capacity probe and a Triton start
 def test_short_real_soak_writes_sane_reports(tmp_path) -> None:
     if not (default_venv() / "bin" / "python").exists():
         pytest.skip("serving venv missing: run infra/triton/setup.sh")

@@ -41,6 +41,7 @@ OVERRIDES = ["data.sessions_per_user=3", "validate.min_products=50", "validate.m
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.timeout(1800),  # Airflow and MLflow start, then a DAG run of up to 900 s
     pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver "
                        "(`make browser-deps`)"),
     pytest.mark.skipif(not (default_venv() / "bin" / "python").exists(),

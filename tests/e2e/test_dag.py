@@ -126,6 +126,15 @@ def _dvc_upstream() -> dict[str, set[str]]:
 
 # Tasks the DAG adds beside the dvc.yaml stages, with their upstream tasks.
 EXTRA_TASKS = {"build_tensorrt_engine": {"deploy"}}
+# The run's DVC workspace (pipelines/stages/dvc_run.py) opens before the first stage and is recorded after all.
+PREPARE, RECORD = "prepare_workspace", "record_run"
+
+
+def _task_upstream() -> dict[str, set[str]]:
+    """Every task's upstream tasks: the dvc.yaml edges, plus the workspace's first and last task."""
+    stages = _dvc_upstream()
+    return {**{b: ups or {PREPARE} for b, ups in stages.items()}, PREPARE: set(), RECORD: set(stages),
+            **EXTRA_TASKS}
 
 
 def _ancestors(upstream: dict[str, list[str]], node: str) -> set[str]:
@@ -151,7 +160,7 @@ def test_dag_imports_and_mirrors_dvc_yaml(airflow_dag_structure):
     s = airflow_dag_structure
     assert s["import_errors"] == {}
     assert "upstream" in s, "DagBag has no DAG retrain_and_promote"
-    spec = {**_dvc_upstream(), **EXTRA_TASKS}
+    spec = _task_upstream()
     assert sorted(s["upstream"]) == sorted(spec), "one task per dvc.yaml stage, named after it"
     assert {k: set(v) for k, v in s["upstream"].items()} == spec
     # Spot checks of the data flow the pipeline is about.
@@ -159,7 +168,7 @@ def test_dag_imports_and_mirrors_dvc_yaml(airflow_dag_structure):
     assert "export_onnx" in s["upstream"]["register"]
     assert {"evaluate", "validate"} <= _ancestors(s["upstream"], "register")
     assert "register" in s["upstream"]["deploy"]
-    assert s["upstream"]["generate"] == []
+    assert s["upstream"]["generate"] == [PREPARE]
 
 
 def test_dag_settings_and_run_form(airflow_dag_structure):
@@ -171,7 +180,7 @@ def test_dag_settings_and_run_form(airflow_dag_structure):
     assert s["validate_data"] == {"generate": [], "validate": ["rxrec_validated_data"]}
     # Service tasks retry with exponential backoff; deterministic training fails fast.
     for task, (retries, backoff) in s["retries"].items():
-        if task in ("register", "deploy", "serve_check", "build_tensorrt_engine"):
+        if task in ("register", "deploy", "serve_check", "build_tensorrt_engine", RECORD):
             assert retries >= 2 and backoff > 1, task
         else:
             assert retries == 0, task
@@ -226,7 +235,13 @@ def _run_dag(tmp_path: Path, conf: dict) -> dict:
             "SELECT task_id, value FROM xcom WHERE dag_id = ? AND key = 'return_value'", (DAG_ID,))}
     timings["stage_s"] = {t: x.get("stage_seconds") for t, x in xcoms.items()}
     print(f"\nairflow timings ({tmp_path.name}): {json.dumps(timings)}")
-    return {"state": result["state"], "states": states, "xcoms": xcoms, "work": work,
+    # The stages ran in the run's DVC workspace under the work directory; its lock went to a ref of this repo.
+    runs = work / "var" / "runs"
+    workspace = next(runs.iterdir()) if runs.is_dir() else work
+    ref = (xcoms.get(RECORD) or {}).get("ref")
+    if ref:
+        subprocess.run(["git", "update-ref", "-d", ref], cwd=REPO, check=True)
+    return {"state": result["state"], "states": states, "xcoms": xcoms, "work": work, "workspace": workspace,
             "failure": f"task states {states}; log {log}:\n{text[-6000:]}"}
 
 
@@ -234,6 +249,7 @@ TINY = {"n_products": 200, "n_users": 300, "gpt4rec_epochs": 1, "gpt4rec_max_len
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # db migrate (300 s) and dag.test() (1800 s) at most
 @pytest.mark.parametrize("promote", [False, True], ids=["train-register", "promote-serve"])
 def test_dag_run(tmp_path, promote):
     """One real DAG run on a tiny world: every stage succeeds and a model version is registered;
@@ -245,21 +261,23 @@ def test_dag_run(tmp_path, promote):
                     "or set RXREC_TRITON_VENV")
     ports = [f"serve.{name}_port={find_free_port()}" for name in ("http", "grpc", "metrics")]
     run = _run_dag(tmp_path, {**TINY, "promote": promote, "extra_overrides": ports})
-    states, xcoms, work = run["states"], run["xcoms"], run["work"]
+    states, xcoms, work, workspace = run["states"], run["xcoms"], run["work"], run["workspace"]
 
     upstream = {k: sorted(v) for k, v in _dvc_upstream().items()}
     # promote=False: deploy and everything after it is skipped; everything else must succeed.
     gated = set() if promote else {"deploy"} | {b for b in upstream if "deploy" in _ancestors(upstream, b)}
     expected = {stage: ("skipped" if stage in gated else "success") for stage in upstream}
     expected["build_tensorrt_engine"] = "skipped"  # gpu.enabled is false by default
+    expected[PREPARE] = expected[RECORD] = "success"
     assert states == expected, run["failure"]
     assert "success" in run["state"].lower()
     assert all(isinstance(xcoms.get(t), dict) for t, st in expected.items() if st == "success"), xcoms
 
-    registry = json.loads((work / _out("register", "registry.json")).read_text())
+    registry = json.loads((workspace / _out("register", "registry.json")).read_text())
     assert registry["model_name"] and registry["version"] and registry["run_id"]
     assert registry["tracking_uri"] == f"sqlite:///{work / 'var' / 'mlflow.db'}"
-    assert xcoms["register"]["version"] == registry["version"]
+    assert xcoms["register"]["records"][_out("register", "registry.json")]["version"] == registry["version"]
+    assert xcoms[RECORD]["ran"] and "commit" in xcoms[RECORD], "the run's dvc.lock was committed to its ref"
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=registry["tracking_uri"], registry_uri=registry["tracking_uri"])
@@ -272,20 +290,22 @@ def test_dag_run(tmp_path, promote):
     assert mlflow_run.data.tags.get("airflow_dag_run_id"), "the MLflow run records the Airflow run"
 
     if promote:
-        deploy = json.loads((work / _out("deploy", "deploy.json")).read_text())
+        deploy = json.loads((workspace / _out("deploy", "deploy.json")).read_text())
         assert Path(deploy["version_path"]).is_relative_to(tmp_path / "triton_repo")
-        served = json.loads((work / _out("serve_check", "serve_check.json")).read_text())
+        served = json.loads((workspace / _out("serve_check", "serve_check.json")).read_text())
         assert served["matches_onnx_runtime"] is True
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # as test_dag_run
 def test_dag_run_stops_at_the_validation_gate(tmp_path):
     """Data that fail validation stop the run: nothing downstream of validate runs, nothing registered."""
     run = _run_dag(tmp_path, {**TINY, "promote": False, "extra_overrides": ["validate.min_products=100000"]})
     states = run["states"]
-    assert states["generate"] == "success", run["failure"]
+    assert states[PREPARE] == states["generate"] == "success", run["failure"]
     assert states["validate"] == "failed", run["failure"]
-    assert {t: st for t, st in states.items() if t not in ("generate", "validate")} == {
-        t: "upstream_failed" for t in states if t not in ("generate", "validate")}, run["failure"]
+    ran = (PREPARE, "generate", "validate")
+    assert {t: st for t, st in states.items() if t not in ran} == {
+        t: "upstream_failed" for t in states if t not in ran}, run["failure"]
     assert "failed" in run["state"].lower()
-    assert not (run["work"] / _out("register", "registry.json")).exists()
+    assert not list(run["work"].rglob(Path(_out("register", "registry.json")).name))

@@ -87,6 +87,7 @@ def _lock_md5(root: Path) -> dict[str, str]:
     return {o["path"]: o["md5"] for s in lock.values() for o in s.get("outs", []) if "md5" in o}
 
 
+@pytest.mark.timeout(900)  # dvc repro of generate+validate, then push and pull (300 s each at most)
 @pytest.mark.parametrize("remote", ["local", "s3"])
 def test_push_pull_round_trip(repo, remote: str) -> None:
     root, env = repo

@@ -13,6 +13,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.skipif(not (default_venv() / "bin" / "python").exists(),
                     reason="Triton serving venv missing: run `make setup`")
+@pytest.mark.timeout(1200)  # may run the tiny pipeline of the session (trained_workdir) first
 def test_registered_champion_is_served_by_triton_and_matches_onnx(trained_workdir, tmp_path, tiny_overrides):
     root = tmp_path / "work"
     shutil.copytree(trained_workdir, root)

@@ -19,6 +19,7 @@ pytestmark = [
 ]
 
 
+@pytest.mark.timeout(1200)  # may run the tiny pipeline of the session (trained_workdir) first
 def test_deploy_serve_promote_and_check(trained_workdir, tmp_path, tiny_overrides, monkeypatch):
     root = tmp_path / "work"
     shutil.copytree(trained_workdir, root)

@@ -59,6 +59,7 @@ def test_start_fails_clearly_on_busy_port(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a start and two loads, 120 s each at most
 def test_serve_and_query(tmp_path: Path) -> None:
     venv = default_venv()
     if not (venv / "bin" / "python").exists():

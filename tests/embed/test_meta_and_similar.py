@@ -4,18 +4,11 @@ import pytest
 
 from pipelines.core.config import MetaProd2VecSettings, SimilarSettings, TfidfSettings
 from pipelines.embed.evaluate import CosineSimilarity, Popularity, evaluate_similarity
-from pipelines.embed.meta import field_values, item_fields, item_texts
+from pipelines.embed.meta import item_fields, item_texts
 from pipelines.embed.meta_prod2vec import train_meta_prod2vec
 from pipelines.embed.prod2vec import ItemEmbeddings
 from pipelines.embed.similar import SimilarProducts
 from pipelines.embed.text import train_tfidf
-
-
-def test_field_values_normalise_inconsistent_meta_info():
-    assert field_values("manufacturer", "Orion Healthcare Limited") == field_values("manufacturer", "orion HEALTHCARE")
-    assert field_values("composition", "Paracetamol 500mg + Caffeine 30mg") == ["caffeine", "paracetamol"]
-    assert field_values("uses", "fever|headache") == ["fever", "headache"]
-    assert field_values("form", None) == [] and field_values("form", float("nan")) == []
 
 
 def _catalogue(n: int) -> pd.DataFrame:
@@ -90,11 +83,15 @@ def test_similarity_protocol_scores_cold_targets_only_with_a_vector():
     vectors[5] = vectors[3]  # item 5 (never in training) looks like item 3
     known = np.ones(6, dtype=bool)
     known[0] = False
-    with_vec = evaluate_similarity(CosineSimilarity("v", vectors, known), seqs, k=1)
+    with_vec = evaluate_similarity(CosineSimilarity("v", vectors, known), seqs, k=1, cold_max_interactions=0)
     known[5] = False
-    without = evaluate_similarity(CosineSimilarity("v", vectors, known), seqs, k=1)
+    without = evaluate_similarity(CosineSimilarity("v", vectors, known), seqs, k=1, cold_max_interactions=0)
     assert with_vec["n_cold_users"] == 1 and with_vec["cold_hr_at_1"] == 1.0 and without["cold_hr_at_1"] == 0.0
-    assert evaluate_similarity(Popularity(seqs.train(), 5), seqs, k=1)["cold_hr_at_1"] == 0.0
+    assert evaluate_similarity(Popularity(seqs.train(), 5), seqs, k=1, cold_max_interactions=0)["cold_hr_at_1"] == 0.0
+    # "unseen" does not move with the cold-start threshold; at 1, target 4 (once in training) is cold too
+    assert with_vec["n_unseen_users"] == 1 and with_vec["unseen_hr_at_1"] == 1.0 and without["unseen_hr_at_1"] == 0.0
+    wider = evaluate_similarity(CosineSimilarity("v", vectors, known), seqs, k=1, cold_max_interactions=1)
+    assert wider["n_cold_users"] == 2 and wider["n_unseen_users"] == 1
 
 
 def test_text_encoder_embeds_offline_and_finetunes_on_pairs():

@@ -64,9 +64,9 @@ def test_similar_products_compares_all_methods(embedded):
     report = json.loads((paths.reports / "embeddings.json").read_text())
     assert set(report["methods"]) == {"popularity", "prod2vec", "tfidf", "text_encoder", "meta_prod2vec"}
     for row in report["methods"].values():
-        assert {"hr_at_10", "ndcg_at_10", "cold_hr_at_10"} <= set(row)
+        assert {"hr_at_10", "ndcg_at_10", "cold_hr_at_10", "unseen_hr_at_10"} <= set(row)
         assert 0 <= row["ndcg_at_10"] <= row["hr_at_10"] <= 1
-    assert report["methods"]["prod2vec"]["cold_hr_at_10"] == 0.0  # no vector without interactions
+    assert report["methods"]["prod2vec"]["unseen_hr_at_10"] == 0.0  # no vector without interactions
     import pandas as pd
 
     table = pd.read_parquet(paths.artifacts / "similar" / "neighbours.parquet")

@@ -3,23 +3,27 @@
 import numpy as np
 import pytest
 
-from pipelines.core.config import MFSettings, NCFSettings, RulesSettings
+from pipelines.core.config import MFSettings, NCFSettings, PopularitySettings, RulesSettings
+from pipelines.data.sequences import Sequences
 from pipelines.evaluate.protocol import evaluate
+from pipelines.models.base import FitContext
 from pipelines.models.families import load_recommenders
 from pipelines.models.mf import MatrixFactorization, interaction_matrix
 from pipelines.models.ncf import NCFRecommender
 from pipelines.models.popularity import PopularityRecommender
 from pipelines.models.rules import AssociationRules
 
+QUIET = FitContext(seed=0, progress=False)
+
 
 def _fit(name, seqs):
     if name == "mf":
-        return MatrixFactorization.fit(seqs.train(), seqs.n_items, MFSettings(factors=16, iterations=8), seed=0,
-                                       progress=False)
+        return MatrixFactorization.fit(seqs, MFSettings(factors=16, iterations=8), QUIET)[0]
     if name == "rules":
-        return AssociationRules.fit(seqs.train(), seqs.n_items, RulesSettings())
-    model, losses = NCFRecommender.fit(seqs.train(), seqs.n_items,
-                                       NCFSettings(dim=16, hidden=32, epochs=10, samples_per_user=8, lr=0.01, max_len=10), seed=0, progress=False)
+        return AssociationRules.fit(seqs, RulesSettings(), QUIET)[0]
+    model, info = NCFRecommender.fit(seqs, NCFSettings(dim=16, hidden=32, epochs=10, samples_per_user=8, lr=0.01,
+                                                       max_len=10), QUIET)
+    losses = info["losses"]
     assert losses[-1] < losses[0]  # the loss decreases
     return model
 
@@ -28,7 +32,8 @@ def _fit(name, seqs):
 def test_learns_the_structure_and_beats_popularity(name, cyclic_world, tmp_path):
     model = _fit(name, cyclic_world)
     learned = evaluate(model, cyclic_world, k=10)
-    baseline = evaluate(PopularityRecommender.fit(cyclic_world, window_days=30), cyclic_world, k=10)
+    baseline = evaluate(PopularityRecommender.fit(cyclic_world, PopularitySettings(window_days=30), QUIET)[0],
+                        cyclic_world, k=10)
     assert learned["ndcg_at_10"] > baseline["ndcg_at_10"] + 0.2, (learned, baseline)
     model.save(tmp_path / name)
     again = load_recommenders(tmp_path)[name]
@@ -38,7 +43,7 @@ def test_learns_the_structure_and_beats_popularity(name, cyclic_world, tmp_path)
 
 def test_rules_follow_what_comes_next():
     histories = [np.array([1, 2, 3])] * 5 + [np.array([1, 4])] * 2
-    rules = AssociationRules.fit(histories, 4, RulesSettings(window=1, min_support=2, recent_items=1))
+    rules = AssociationRules.from_histories(histories, 4, RulesSettings(window=1, min_support=2, recent_items=1))
     scores = rules.score([np.array([1])])[0]
     assert scores[2] > scores[4] > scores[3]  # P(2|1) = 5/7 > P(4|1) = 2/7 > rule-less item 3
     assert rules.rules[2, 3] == pytest.approx(1.0)
@@ -46,7 +51,11 @@ def test_rules_follow_what_comes_next():
 
 def test_mf_fold_in_matches_a_training_user():
     histories = [np.array([1, 2, 3]), np.array([2, 3, 4]), np.array([4, 5])]
-    model = MatrixFactorization.fit(histories, 5, MFSettings(factors=4, iterations=5), seed=0, progress=False)
+    # Each user's last two items are held out for validation and test: train on exactly `histories`.
+    seqs = Sequences(user_ids=np.arange(3), items=[np.concatenate([h, [1, 2]]) for h in histories],
+                     times=[np.arange(len(h) + 2, dtype=np.float64) for h in histories], n_items=5)
+    assert [h.tolist() for h in seqs.train()] == [h.tolist() for h in histories]
+    model = MatrixFactorization.fit(seqs, MFSettings(factors=4, iterations=5), QUIET)[0]
     assert interaction_matrix(histories, 5).shape == (3, 6)
     scores = model.score([np.array([1, 2])])
     assert scores.shape == (1, 6) and np.isfinite(scores).all()

@@ -2,11 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.core.config import GPT4RecSettings
+from pipelines.core.config import GPT4RecSettings, PopularitySettings
+from pipelines.core.contract import left_pad
 from pipelines.evaluate.protocol import evaluate
-from pipelines.models.gpt4rec import GPT4Rec, GPT4RecConfig, GPT4RecRecommender, left_pad
+from pipelines.models.base import FitContext, training_examples
+from pipelines.models.gpt4rec import GPT4Rec, GPT4RecConfig, drop_kinds
 from pipelines.models.popularity import PopularityRecommender
-from pipelines.models.train import train_gpt4rec, training_examples
+
+QUIET = FitContext(seed=0, progress=False)
 
 
 def test_causal_and_padding_invariant():
@@ -29,11 +32,11 @@ def test_training_examples_shift_by_one():
 def test_loss_decreases_and_beats_popularity(cyclic_world):
     seqs = cyclic_world
     settings = GPT4RecSettings(dim=32, layers=1, heads=2, max_len=10, dropout=0.0, epochs=6, batch_size=32, lr=0.01)
-    result = train_gpt4rec(seqs, settings, seed=0, progress=False)
-    losses = [row["loss"] for row in result.history]
+    model, info = GPT4Rec.fit(seqs, settings, QUIET)
+    losses = [row["loss"] for row in info["history"]]
     assert losses[-1] < losses[0] * 0.7
-    learned = evaluate(GPT4RecRecommender(result.model), seqs, k=10)
-    baseline = evaluate(PopularityRecommender.fit(seqs, window_days=30), seqs, k=10)
+    learned = evaluate(model, seqs, k=10)
+    baseline = evaluate(PopularityRecommender.fit(seqs, PopularitySettings(window_days=30), QUIET)[0], seqs, k=10)
     assert learned["hr_at_10"] > 0.9 > baseline["hr_at_10"] + 0.3
 
 
@@ -52,15 +55,15 @@ def test_prod2vec_dimension_mismatch_is_explained(cyclic_world):
     seqs = cyclic_world
     bad = ItemEmbeddings(vectors=np.zeros((41, 8), np.float32), known=np.ones(41, bool), info={})
     with pytest.raises(ValueError, match="prod2vec.dim"):
-        train_gpt4rec(seqs, GPT4RecSettings(dim=16, epochs=1), seed=0, pretrained=bad, progress=False)
+        GPT4Rec.fit(seqs, GPT4RecSettings(dim=16, epochs=1), FitContext(seed=0, progress=False, pretrained=bad))
 
 
 def test_sampled_softmax_learns_too(cyclic_world):
     settings = GPT4RecSettings(dim=32, layers=1, heads=2, max_len=10, dropout=0.0, epochs=6, batch_size=32,
                                lr=0.01, loss="sampled", negatives=16)
-    result = train_gpt4rec(cyclic_world, settings, seed=0, progress=False)
-    assert result.history[-1]["loss"] < result.history[0]["loss"]
-    learned = evaluate(GPT4RecRecommender(result.model), cyclic_world, k=10)
+    model, info = GPT4Rec.fit(cyclic_world, settings, QUIET)
+    assert info["history"][-1]["loss"] < info["history"][0]["loss"]
+    learned = evaluate(model, cyclic_world, k=10)
     assert learned["hr_at_10"] > 0.8
 
 
@@ -116,20 +119,19 @@ def test_causal_and_padding_invariant_with_kinds():
         assert torch.allclose(model(x, k), padded, atol=1e-5)
 
 
-def test_recommender_left_pads_kinds_like_ids():
+def test_score_left_pads_kinds_like_ids():
     model = _kind_model()
-    rec = GPT4RecRecommender(model)
-    assert rec.uses_event_kinds and not GPT4RecRecommender(_plain_model()).uses_event_kinds
+    assert model.uses_event_kinds and not _plain_model().uses_event_kinds
     histories = [np.array([3, 7, 9, 11]), np.array([5])]
     kinds = [np.array([1, 2, 3, 4], np.int8), np.array([4], np.int8)]
-    scores = rec.score(histories, kinds=kinds)
+    scores = model.score(histories, kinds=kinds)
     with torch.no_grad():
         first = model(torch.tensor([[3, 7, 9, 11]]), torch.tensor([[1, 2, 3, 4]]))
         second = model(torch.tensor([[5]]), torch.tensor([[4]]))
     assert np.allclose(scores[0], first[0].numpy(), atol=1e-5) and np.allclose(scores[1], second[0].numpy(), atol=1e-5)
-    assert np.allclose(rec.score(histories), rec.score(histories, kinds=[np.zeros(4), np.zeros(1)]))
+    assert np.allclose(model.score(histories), model.score(histories, kinds=[np.zeros(4), np.zeros(1)]))
     with pytest.raises(ValueError, match="history 1 has 1 items but 2 event kinds"):
-        rec.score(histories, kinds=[kinds[0], np.array([1, 1])])
+        model.score(histories, kinds=[kinds[0], np.array([1, 1])])
 
 
 def _plain_model() -> GPT4Rec:
@@ -152,8 +154,6 @@ def test_configs_saved_without_event_kinds_still_load(tmp_path):
 
 
 def test_drop_kinds_blanks_about_the_given_share():
-    from pipelines.models.train import drop_kinds
-
     kinds = torch.full((200, 50), 3, dtype=torch.int64)
     dropped = drop_kinds(kinds, 0.1, torch.Generator().manual_seed(0))
     share = float((dropped == 0).float().mean())
@@ -167,21 +167,20 @@ def _kind_settings(**overrides) -> GPT4RecSettings:
 
 def test_training_with_kinds_learns_what_only_kinds_tell():
     seqs = make_kind_world()
-    with_kinds = train_gpt4rec(seqs, _kind_settings(epochs=6, event_kind_dropout=0.0), seed=0, progress=False)
-    without = train_gpt4rec(seqs, _kind_settings(epochs=6, use_event_kinds=False), seed=0, progress=False)
-    assert with_kinds.model.config.event_kinds == 4 and without.model.config.event_kinds == 0
-    losses = [row["loss"] for row in with_kinds.history]
+    with_kinds, with_info = GPT4Rec.fit(seqs, _kind_settings(epochs=6, event_kind_dropout=0.0), QUIET)
+    without, _ = GPT4Rec.fit(seqs, _kind_settings(epochs=6, use_event_kinds=False), QUIET)
+    assert with_kinds.config.event_kinds == 4 and without.config.event_kinds == 0
+    losses = [row["loss"] for row in with_info["history"]]
     assert losses[-1] < losses[0] * 0.7
-    hr_with = evaluate(GPT4RecRecommender(with_kinds.model), seqs, k=1)["hr_at_1"]
-    hr_without = evaluate(GPT4RecRecommender(without.model), seqs, k=1)["hr_at_1"]
+    hr_with = evaluate(with_kinds, seqs, k=1)["hr_at_1"]
+    hr_without = evaluate(without, seqs, k=1)["hr_at_1"]
     assert hr_with > 0.9 and hr_without < 0.7  # without kinds the step is a coin flip
 
 
 def test_kind_dropout_is_applied_in_training():
     seqs = make_kind_world()
-    kept = train_gpt4rec(seqs, _kind_settings(epochs=4, event_kind_dropout=0.0), seed=0, progress=False)
-    blanked = train_gpt4rec(seqs, _kind_settings(epochs=4, event_kind_dropout=0.95), seed=0, progress=False)
+    kept, kept_info = GPT4Rec.fit(seqs, _kind_settings(epochs=4, event_kind_dropout=0.0), QUIET)
+    blanked, blanked_info = GPT4Rec.fit(seqs, _kind_settings(epochs=4, event_kind_dropout=0.95), QUIET)
     # Almost every kind blanked: the model cannot lean on them (higher loss, worse hit rate).
-    assert blanked.history[-1]["loss"] > kept.history[-1]["loss"] + 0.2
-    assert evaluate(GPT4RecRecommender(blanked.model), seqs, k=1)["hr_at_1"] < \
-        evaluate(GPT4RecRecommender(kept.model), seqs, k=1)["hr_at_1"] - 0.2
+    assert blanked_info["history"][-1]["loss"] > kept_info["history"][-1]["loss"] + 0.2
+    assert evaluate(blanked, seqs, k=1)["hr_at_1"] < evaluate(kept, seqs, k=1)["hr_at_1"] - 0.2

@@ -42,6 +42,7 @@ from tests.serve.toy_triton import MAX_BATCH, MAX_SEQ_LEN, N_ITEMS, TOP_K, expor
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.timeout(900),  # four models loaded (120 s each at most), then thousands of requests
     pytest.mark.skipif(not (default_venv() / "bin" / "python").exists(),
                        reason="Triton serving venv missing: run `make setup` (infra/triton/setup.sh)"),
 ]

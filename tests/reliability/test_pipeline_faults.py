@@ -149,6 +149,7 @@ def _bad_artifacts(good: Path, tmp: Path, n_items: int) -> dict[str, tuple[Path,
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # may run the tiny pipeline of the session (trained_workdir) first
 @pytest.mark.reliability(kind="fault", name="Corrupt or incompatible challenger model artifact at the promotion gate")
 def test_corrupt_or_incompatible_artifact_is_rejected_and_champion_kept(world, ledger, tmp_path):
     from pipelines.data.sequences import load_sequences
@@ -237,6 +238,7 @@ def _db_rows(db: Path, sql: str) -> list[tuple]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # several tasks killed and rerun (240 s each at most)
 @pytest.mark.reliability(kind="fault", name="DAG task killed mid-run (SIGKILL) and retried")
 def test_task_killed_mid_write_and_retried_leaves_no_duplicate_or_half_file(world, ledger, monkeypatch):
     root, uri, db = world["root"], world["uri"], world["db"]
@@ -376,6 +378,7 @@ def mlflow_server(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # an MLflow server started twice, retries of up to 300 s
 @pytest.mark.reliability(kind="fault", name="MLflow tracking server down during register and deploy tasks")
 def test_mlflow_down_retries_then_fails_clearly_and_registry_unchanged(world, mlflow_server, ledger, caplog):
     root, server = world["root"], mlflow_server
@@ -490,6 +493,7 @@ def _dvc(repo: Path, env: dict[str, str], *args: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # a dvc push with retries (600 s at most) and a second push
 @pytest.mark.reliability(kind="fault", name="S3 remote down during dvc push")
 def test_s3_down_during_dvc_push_retries_fails_clearly_and_keeps_local_data(tmp_path, ledger):
     from pipelines.core.retry import RetryPolicy

@@ -166,6 +166,7 @@ def test_mlflow_refuses_a_missing_admin_password(tmp_path):
     assert done.returncode == 2 and "host-header check" in done.stderr, done.stderr
 
 
+@pytest.mark.timeout(600)  # starts both MLflow servers of the module (120 s each at most)
 @pytest.mark.reliability(kind="security", name="MLflow requires login in the stack profile (basic-auth)")
 def test_mlflow_stack_profile_requires_login(mlflow_servers, ledger, monkeypatch):
     secured, open_ = mlflow_servers["stack"], mlflow_servers["local"]
@@ -236,6 +237,7 @@ def test_mlflow_refuses_foreign_host_headers(mlflow_servers, ledger):
 # --------------------------------------------------------------------------- binds
 
 
+@pytest.mark.timeout(600)  # moto, MLflow and tritonserver started for real
 @pytest.mark.reliability(kind="security", name="Services bind 127.0.0.1 (sockets read from the kernel)")
 def test_services_listen_on_loopback_only(mlflow_servers, tmp_path, ledger):
     """moto S3, MLflow (both profiles) and tritonserver, started for real: every listening socket on loopback."""
@@ -330,6 +332,7 @@ def test_stack_and_airflow_commands_bind_loopback(tmp_path, ledger):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # Airflow started for real (300 s at most)
 @pytest.mark.reliability(kind="security", name="Airflow API requires login; its sockets on 127.0.0.1")
 def test_airflow_requires_login_and_binds_loopback(tmp_path, ledger):
     launcher = _stack_module()._airflow_launcher()

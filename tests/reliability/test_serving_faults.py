@@ -137,6 +137,7 @@ class SteadyLoad:
 
 # --------------------------------------------------------------------------------------------- 1
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # two tritonserver starts under load
 @pytest.mark.reliability(kind="fault", name="Triton server killed (SIGKILL) under load")
 def test_triton_killed_under_load_clients_get_clear_errors_and_serve_start_restarts_it(tmp_path, ledger) -> None:
     require_serving_venv()
@@ -211,6 +212,7 @@ def test_triton_killed_under_load_clients_get_clear_errors_and_serve_start_resta
 
 # --------------------------------------------------------------------------------------------- 2
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a tritonserver start, version loads and a rollback under load
 @pytest.mark.reliability(kind="fault", name="Stale triton_repo version deployed, rolled back")
 def test_stale_version_is_rolled_back_to_a_new_folder_while_serving(tmp_path, ledger, monkeypatch) -> None:
     from typer.testing import CliRunner
@@ -297,6 +299,7 @@ tr.write_version(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), metadata={"w
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a tritonserver start and several version loads
 @pytest.mark.reliability(kind="fault", name="Version write interrupted or broken on disk")
 def test_interrupted_and_broken_version_writes_are_never_served(tmp_path, ledger) -> None:
     v1 = export_toy_onnx(tmp_path / "v1.onnx", seed=1)

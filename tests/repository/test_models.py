@@ -22,6 +22,7 @@ from pipelines.repository.models import (
     write_similar_items_config,
     write_similar_items_version,
 )
+from pipelines.repository.versions import BACKEND_COMMON_PY
 from pipelines.serve.daemon import model_load_order
 
 
@@ -113,7 +114,8 @@ def _tables(n: int = 6, rules: bool = True) -> FallbackTables:
 def test_recommend_version_holds_backend_and_pickle_free_tables(tmp_path: Path) -> None:
     written = write_recommend_version(tmp_path, _tables(), metadata={"n_items": 6})
     names = sorted(p.name for p in written.path.iterdir())
-    assert names == ["catalogue.npy", "interactions.npy", "lineage.json", "model.py", "popularity.npy", "rules.npz"]
+    assert names == ["catalogue.npy", "interactions.npy", "lineage.json", "model.py", "popularity.npy",
+                     "rules.npz", "rxrec_backend.py"]
     assert (written.path / "model.py").read_bytes() == RECOMMEND_BACKEND_PY.read_bytes()
     with np.load(written.path / "rules.npz", allow_pickle=False) as z:
         loaded = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=(7, 7))
@@ -138,6 +140,7 @@ def test_similar_items_version_holds_model_backend_and_known(tmp_path: Path) -> 
     written = write_similar_items_version(tmp_path, b"onnx-bytes", known, metadata={"embedding_method": "toy"})
     assert (written.path / "model.onnx").read_bytes() == b"onnx-bytes"
     assert (written.path / "model.py").read_bytes() == SIMILAR_BACKEND_PY.read_bytes()
+    assert (written.path / "rxrec_backend.py").read_bytes() == BACKEND_COMMON_PY.read_bytes()
     np.testing.assert_array_equal(np.load(written.path / "known.npy", allow_pickle=False), known)
     with pytest.raises(ValueError, match="1-D bool mask"):
         write_similar_items_version(tmp_path, b"x", np.ones((2, 2), bool), metadata={})
@@ -160,7 +163,7 @@ def test_fallback_tables_from_pipeline_artifacts(tmp_path: Path) -> None:
     seqs = Sequences(np.arange(3), histories, [np.arange(len(h), dtype=float) for h in histories], n_items=9)
     save_sequences(seqs, p.features)
     PopularityRecommender(np.arange(10, dtype=np.float32)).save(p.models / "popularity")
-    AssociationRules.fit(seqs.train(), 9, RulesSettings(min_support=2)).save(p.models / "rules")
+    AssociationRules.from_histories(seqs.train(), 9, RulesSettings(min_support=2)).save(p.models / "rules")
     p.validated.mkdir(parents=True)
     pd.DataFrame({"item_id": [1, 2, 3, 4, 5, 6, 8]}).to_parquet(p.validated / "catalogue.parquet")
 

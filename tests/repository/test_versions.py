@@ -9,6 +9,7 @@ import pytest
 
 from pipelines.repository import versions
 from pipelines.repository.versions import (
+    BACKEND_COMMON_PY,
     BACKEND_MODEL_PY,
     list_versions,
     next_version,
@@ -106,9 +107,10 @@ def test_version_numbering(tmp_path: Path, onnx_file: Path) -> None:
 def test_version_contents_and_lineage(tmp_path: Path, onnx_file: Path) -> None:
     meta = {"mlflow_run_id": "abc123", "git_commit": "deadbeef", "dvc_data_hash": "md5:42", "hr@10": 0.31}
     vdir = write_version(tmp_path, "gpt4rec", onnx_file, metadata=meta)
-    assert sorted(p.name for p in vdir.iterdir()) == ["lineage.json", "model.onnx", "model.py"]
+    assert sorted(p.name for p in vdir.iterdir()) == ["lineage.json", "model.onnx", "model.py", "rxrec_backend.py"]
     assert (vdir / "model.onnx").read_bytes() == onnx_file.read_bytes()
     assert (vdir / "model.py").read_text() == BACKEND_MODEL_PY.read_text()
+    assert (vdir / "rxrec_backend.py").read_text() == BACKEND_COMMON_PY.read_text()
     lineage = json.loads((vdir / "lineage.json").read_text())
     assert lineage["metadata"] == meta
     assert lineage["version"] == 1 and lineage["model_name"] == "gpt4rec"

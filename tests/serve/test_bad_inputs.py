@@ -16,10 +16,10 @@ import pytest
 
 from pipelines.repository.versions import write_config, write_version
 from pipelines.serve.triton_server import TritonServer
-from tests.serve.toy_triton import MAX_BATCH, MAX_SEQ_LEN, N_ITEMS, TOP_K, export_toy_onnx, running_server
+from tests.serve.toy_triton import MAX_BATCH, MAX_SEQ_LEN, N_ITEMS, TOP_K, export_toy_onnx, loaded
 
 pytestmark = pytest.mark.slow
-MODEL = "gpt4rec"
+MODEL = "gpt4rec_bad_inputs"  # its own name in the session's shared Triton
 GOOD = np.asarray([[0, 3, 17, 8]], dtype=np.int64)
 
 # name -> (input name, array, Triton datatype, expected text in the error)
@@ -43,13 +43,12 @@ CASES: dict[str, tuple[str, np.ndarray, str, str]] = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[TritonServer]:
+def server(triton: TritonServer, tmp_path_factory) -> Iterator[TritonServer]:
     work = tmp_path_factory.mktemp("bad_inputs")
-    repo = work / "repo"
-    write_config(repo, MODEL, max_batch_size=MAX_BATCH, top_k=TOP_K, n_items=N_ITEMS, max_seq_len=MAX_SEQ_LEN)
-    write_version(repo, MODEL, export_toy_onnx(work / "toy.onnx", seed=0), metadata={"test": "bad_inputs"})
-    with running_server(repo, work) as srv:
-        srv.load(MODEL, timeout_s=120)
+    write_config(triton.repo, MODEL, max_batch_size=MAX_BATCH, top_k=TOP_K, n_items=N_ITEMS,
+                 max_seq_len=MAX_SEQ_LEN)
+    write_version(triton.repo, MODEL, export_toy_onnx(work / "toy.onnx", seed=0), metadata={"test": "bad_inputs"})
+    with loaded(triton, MODEL) as srv:
         yield srv
 
 

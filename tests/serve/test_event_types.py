@@ -13,17 +13,17 @@ import pytest
 
 from pipelines.repository.versions import write_config, write_version
 from pipelines.serve.triton_server import TritonServer
-from tests.serve.toy_triton import running_server
+from tests.serve.toy_triton import loaded
 
 pytestmark = pytest.mark.slow
 torch = pytest.importorskip("torch")
 
-MODEL, N_ITEMS, TOP_K, MAX_LEN, MAX_BATCH = "gpt4rec", 40, 5, 12, 16
+MODEL, N_ITEMS, TOP_K, MAX_LEN, MAX_BATCH = "gpt4rec_event_types", 40, 5, 12, 16  # own name in the shared Triton
 SESSION = np.asarray([[3, 17, 8]], np.int64)
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Iterator[tuple[TritonServer, object]]:
+def served(triton: TritonServer, tmp_path_factory) -> Iterator[tuple[TritonServer, object]]:
     from pipelines.export.onnx import export_onnx, onnx_session
     from pipelines.models.gpt4rec import GPT4Rec, GPT4RecConfig
 
@@ -34,12 +34,11 @@ def served(tmp_path_factory) -> Iterator[tuple[TritonServer, object]]:
     with torch.no_grad():  # kinds strong enough to change the top-k
         model.kind_emb.weight[1:] *= 50
     onnx_path = export_onnx(model, work / "onnx", k=TOP_K, opset=18)
-    repo = work / "repo"
+    repo = triton.repo
     write_config(repo, MODEL, max_batch_size=MAX_BATCH, top_k=TOP_K, n_items=N_ITEMS, max_seq_len=MAX_LEN,
                  event_kinds=4)
     write_version(repo, MODEL, onnx_path, metadata={"test": "event_types"})
-    with running_server(repo, work) as server:
-        server.load(MODEL, timeout_s=120)
+    with loaded(triton, MODEL) as server:
         yield server, onnx_session(onnx_path)
 
 

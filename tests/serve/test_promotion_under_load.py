@@ -20,28 +20,27 @@ from tests.serve.toy_triton import (
     N_ITEMS,
     TOP_K,
     export_toy_onnx,
-    running_server,
+    loaded,
     toy_top_item,
 )
 
 pytestmark = pytest.mark.slow
-MODEL = "gpt4rec"
+MODEL = "gpt4rec_promotion"  # its own name in the session's shared Triton
 RATE = 150
 
 
-def test_promotion_under_load_drops_nothing_and_switches(tmp_path) -> None:
+def test_promotion_under_load_drops_nothing_and_switches(triton, tmp_path) -> None:
     old_onnx = export_toy_onnx(tmp_path / "old.onnx", seed=1)
     new_onnx = export_toy_onnx(tmp_path / "new.onnx", seed=2)
     session = next(s for s in ([i, (i * 7) % N_ITEMS + 1, (i * 13) % N_ITEMS + 1] for i in range(1, N_ITEMS))
                    if toy_top_item(old_onnx, s) != toy_top_item(new_onnx, s))  # the versions disagree here
     old_top, new_top = toy_top_item(old_onnx, session), toy_top_item(new_onnx, session)
 
-    repo = tmp_path / "repo"
+    repo = triton.repo
     write_config(repo, MODEL, max_batch_size=MAX_BATCH, top_k=TOP_K, n_items=N_ITEMS, max_seq_len=MAX_SEQ_LEN)
     assert write_version(repo, MODEL, old_onnx, metadata={"test": "old"}).name == "1"
-    with running_server(repo, tmp_path) as server, \
+    with loaded(triton, MODEL) as server, \
             LoadGenerator(f"127.0.0.1:{server.grpc_port}", workers=1) as generator:
-        server.load(MODEL, timeout_s=120)
         level = LoadLevel(rate_per_s=RATE, duration_s=7.0, warmup_s=0.0, concurrency=64, timeout_s=10)
         outcome: dict[str, LoadResult] = {}
         load_thread = threading.Thread(

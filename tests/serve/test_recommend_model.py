@@ -17,8 +17,8 @@ import scipy.sparse as sp
 from pipelines.repository.models import FallbackTables, write_recommend_config, write_recommend_version
 from pipelines.repository.versions import write_config, write_version
 from pipelines.serve.client import pad_sessions, recommend_session
-from pipelines.serve.triton_server import TritonServer, default_venv, find_free_port
-from tests.serve.toy_triton import export_toy_onnx
+from pipelines.serve.triton_server import TritonServer, default_venv
+from tests.serve.toy_triton import export_toy_onnx, loaded
 
 pytestmark = [
     pytest.mark.slow,
@@ -44,9 +44,9 @@ def _tables() -> FallbackTables:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(triton: TritonServer, tmp_path_factory):
     root = tmp_path_factory.mktemp("recommend_serving")
-    repo = root / "triton_repo"
+    repo = triton.repo
     onnx_path = export_toy_onnx(root / "toy.onnx", seed=0)
     write_config(repo, "gpt4rec", max_batch_size=16, top_k=K, n_items=N_ITEMS)
     write_version(repo, "gpt4rec", onnx_path, metadata={})
@@ -61,12 +61,7 @@ def served(tmp_path_factory):
     write_version(repo, "gpt4rec_kinds", kinds_onnx, metadata={})
     write_recommend_config(repo, **common, gpt4rec_model="gpt4rec_kinds", model_name="recommend_kinds")
     write_recommend_version(repo, _tables(), metadata={}, model_name="recommend_kinds")
-    server = TritonServer(repo, http_port=find_free_port(), grpc_port=find_free_port(),
-                          metrics_port=find_free_port(), startup_timeout_s=120, log_dir=root / "logs",
-                          backend_root=root / "backends")
-    with server:
-        for name in ("gpt4rec", "recommend", "recommend_keep", "gpt4rec_kinds", "recommend_kinds"):
-            server.load(name, timeout_s=120)
+    with loaded(triton, "gpt4rec", "recommend", "recommend_keep", "gpt4rec_kinds", "recommend_kinds") as server:
         yield server, ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
 
 

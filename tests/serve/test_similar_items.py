@@ -13,7 +13,8 @@ from pipelines.embed.prod2vec import ItemEmbeddings
 from pipelines.export.similar_onnx import build_similar_items
 from pipelines.repository.models import write_similar_items_config, write_similar_items_version
 from pipelines.serve.client import _infer, similar_items
-from pipelines.serve.triton_server import TritonServer, default_venv, find_free_port
+from pipelines.serve.triton_server import TritonServer, default_venv
+from tests.serve.toy_triton import loaded
 
 pytestmark = [
     pytest.mark.slow,
@@ -50,15 +51,9 @@ def _deploy(repo: Path, emb: ItemEmbeddings, max_exact_bytes: int = 1 << 30):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("similar_serving")
-    repo = root / "triton_repo"
-    _deploy(repo, _embeddings(0))
-    triton = TritonServer(repo, http_port=find_free_port(), grpc_port=find_free_port(),
-                          metrics_port=find_free_port(), startup_timeout_s=120, log_dir=root / "logs",
-                          backend_root=root / "backends")
-    with triton:
-        triton.load("similar_items", timeout_s=120)
+def server(triton: TritonServer):
+    _deploy(triton.repo, _embeddings(0))
+    with loaded(triton, "similar_items"):
         yield triton
 
 

@@ -59,6 +59,19 @@ def require_serving_venv() -> Path:
 
 
 @contextmanager
+def loaded(server: TritonServer, *names: str) -> Iterator[TritonServer]:
+    """These models of the shared server's repository, loaded for a test module and unloaded after it."""
+    try:
+        for name in names:
+            server.load(name, timeout_s=120)
+        yield server
+    finally:
+        for name in names:
+            if server.model_ready(name):
+                server.unload(name)
+
+
+@contextmanager
 def running_server(repo: Path, work: Path) -> Iterator[TritonServer]:
     server = TritonServer(
         repo, http_port=find_free_port(), grpc_port=find_free_port(), metrics_port=find_free_port(),

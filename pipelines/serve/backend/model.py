@@ -1,7 +1,8 @@
 """Triton Python-backend model: runs the exported recommender (model.onnx) with onnxruntime.
 
-Copied into every version folder beside model.onnx by pipelines/repository/versions.py, so each
-version carries the exact wrapper it was exported with. It is not imported by the library: it
+Copied into every version folder beside model.onnx (with rxrec_backend.py, the helpers every rxrec
+backend shares) by pipelines/repository/versions.py, so each version carries the exact wrapper it
+was exported with. It is not imported by the library: it
 runs inside Triton's Python-backend stub, in the serving venv (numpy<2), and must only need the
 standard library, numpy, onnxruntime and triton_python_backend_utils.
 
@@ -14,7 +15,7 @@ input_ids, values 0..event_kinds (0 = unknown); a request without it is answered
 Where n_items comes from (first found wins):
   1. the ONNX model's metadata_props key "n_items" (per version: a retrained model with a larger
      catalogue carries its own bound), then
-  2. the config.pbtxt parameter "n_items" (written by triton_repo.write_config).
+  2. the config.pbtxt parameter "n_items" (written by pipelines/repository/versions.py).
 Loading fails with a clear error if neither is set: without it, out-of-range ids could not be
 rejected and would surface as opaque onnxruntime Gather errors.
 
@@ -40,38 +41,29 @@ spinning back on.
 from __future__ import annotations
 
 import gc
-import json
-from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+from rxrec_backend import (
+    EVENT_KINDS,
+    EVENT_TYPES_NAME,
+    INPUT_NAME,
+    MODEL_FILE,
+    N_ITEMS,
+    OUTPUT_IDS,
+    OUTPUT_SCORES,
+    ModelArgs,
+    answer,
+    failed,
+    input_array,
+    not_int64,
+    onnx_session,
+    refusal,
+)
 
-INPUT_NAME = "input_ids"
-EVENT_TYPES_NAME = "event_types"
-OUTPUT_IDS = "item_ids"
-OUTPUT_SCORES = "scores"
 # Rows x positions per onnxruntime call. At length 512, batches of 32 run ~15% slower per session
 # than batches of 4 on this CPU (attention matrices leave the cache); 2048 = 40 rows at length 50.
 MAX_TOKENS_PER_CALL = 2048
-
-
-def _error(message: str) -> pb_utils.TritonError:
-    """An INVALID_ARG error where this Triton supports error codes, a plain one otherwise."""
-    try:
-        return pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
-    except (AttributeError, TypeError):
-        return pb_utils.TritonError(message)
-
-
-def _int_param(params: dict[str, str], key: str, default: int | None) -> int | None:
-    raw = params.get(key, "")
-    if raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise pb_utils.TritonModelException(f"config parameter {key}={raw!r} is not an integer") from exc
 
 
 class TritonPythonModel:
@@ -79,25 +71,14 @@ class TritonPythonModel:
 
     def initialize(self, args: dict) -> None:
         """Open model.onnx and read the limits used to validate requests."""
-        config = json.loads(args["model_config"])
-        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
-        self.name = f"{args.get('model_name', '?')}:{args.get('model_version', '?')}"
-
-        onnx_path = Path(args["model_repository"]) / str(args["model_version"]) / "model.onnx"
-        if not onnx_path.is_file():  # e.g. a repository agent moved things: fall back to our folder
-            onnx_path = Path(__file__).resolve().parent / "model.onnx"
+        model = ModelArgs(args)
+        self.name = model.name
+        onnx_path = model.folder(MODEL_FILE) / MODEL_FILE
         if not onnx_path.is_file():
             raise pb_utils.TritonModelException(f"{self.name}: model.onnx not found at {onnx_path}")
 
-        threads = _int_param(params, "intra_op_num_threads", 1)
-        spinning = _int_param(params, "allow_spinning", 0)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, threads)
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        threads = model.param("intra_op_num_threads", int, 1)
+        self.session = onnx_session(onnx_path, threads, spinning=bool(model.param("allow_spinning", int, 0)))
 
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name: o for o in self.session.get_outputs()}
@@ -108,10 +89,10 @@ class TritonPythonModel:
             )
 
         meta = self.session.get_modelmeta().custom_metadata_map
-        if meta.get("n_items"):
-            self.n_items, source = int(meta["n_items"]), "onnx metadata"
+        if meta.get(N_ITEMS):
+            self.n_items, source = int(meta[N_ITEMS]), "onnx metadata"
         else:
-            self.n_items, source = _int_param(params, "n_items", None), "config parameter"
+            self.n_items, source = model.param(N_ITEMS, int, None), "config parameter"
         if not self.n_items or self.n_items < 1:
             raise pb_utils.TritonModelException(
                 f"{self.name}: n_items is unknown: set the config.pbtxt parameter 'n_items' "
@@ -121,17 +102,17 @@ class TritonPythonModel:
         self.takes_kinds = EVENT_TYPES_NAME in inputs
         self.event_kinds = 0
         if self.takes_kinds:
-            raw = meta.get("event_kinds") or params.get("event_kinds", "")
+            raw = meta.get(EVENT_KINDS) or model.params.get(EVENT_KINDS, "")
             self.event_kinds = int(raw) if raw.isdigit() else 0
             if self.event_kinds < 1:
                 raise pb_utils.TritonModelException(
                     f"{self.name}: model.onnx takes {EVENT_TYPES_NAME!r} but the number of event kinds is unknown: "
                     "set the ONNX metadata_props key 'event_kinds' (pipelines/export/onnx.py writes it)"
                 )
-        self.max_seq_len = _int_param(params, "max_seq_len", None)
-        self.max_tokens_per_call = max(1, _int_param(params, "max_tokens_per_call", MAX_TOKENS_PER_CALL))
+        self.max_seq_len = model.param("max_seq_len", int, None)
+        self.max_tokens_per_call = max(1, model.param("max_tokens_per_call", int, MAX_TOKENS_PER_CALL))
 
-        top_k = _int_param(params, "top_k", None)
+        top_k = model.param("top_k", int, None)
         k_dim = outputs[OUTPUT_IDS].shape[-1] if outputs[OUTPUT_IDS].shape else None
         if top_k is not None and isinstance(k_dim, int) and k_dim != top_k:
             raise pb_utils.TritonModelException(
@@ -145,8 +126,8 @@ class TritonPythonModel:
 
     def _validate(self, x: np.ndarray) -> str | None:
         """Why a request's input_ids is unusable, or None if it is fine."""
-        if x.dtype != np.int64:
-            return f"{INPUT_NAME} must be int64, got {x.dtype}"
+        if (problem := not_int64(x, INPUT_NAME)) is not None:
+            return problem
         if x.ndim != 2:
             return f"{INPUT_NAME} must be 2-D [batch, seq], got shape {list(x.shape)}"
         if x.shape[0] == 0 or x.shape[1] == 0:
@@ -168,8 +149,8 @@ class TritonPythonModel:
 
     def _validate_kinds(self, x: np.ndarray, kinds: np.ndarray) -> str | None:
         """Why a request's event_types is unusable next to its (valid) input_ids, or None."""
-        if kinds.dtype != np.int64:
-            return f"{EVENT_TYPES_NAME} must be int64, got {kinds.dtype}"
+        if (problem := not_int64(kinds, EVENT_TYPES_NAME)) is not None:
+            return problem
         if kinds.shape != x.shape:
             return (f"{EVENT_TYPES_NAME} must have the shape of {INPUT_NAME} {list(x.shape)} "
                     f"(one kind per item), got {list(kinds.shape)}")
@@ -214,15 +195,11 @@ class TritonPythonModel:
         arrays: list[np.ndarray | None] = []
         kinds: list[np.ndarray | None] = []  # event_types per request (None: not sent / not taken)
         for i, request in enumerate(requests):
-            tensor = pb_utils.get_input_tensor_by_name(request, INPUT_NAME)
-            if tensor is None:
-                responses[i] = pb_utils.InferenceResponse(error=_error(f"missing input {INPUT_NAME!r}"))
-                arrays.append(None)
-                kinds.append(None)
-                continue
-            arrays.append(tensor.as_numpy())
-            kind_tensor = pb_utils.get_input_tensor_by_name(request, EVENT_TYPES_NAME) if self.takes_kinds else None
-            kinds.append(None if kind_tensor is None else kind_tensor.as_numpy())
+            x = input_array(request, INPUT_NAME)
+            if x is None:
+                responses[i] = refusal(f"missing input {INPUT_NAME!r}")
+            arrays.append(x)
+            kinds.append(input_array(request, EVENT_TYPES_NAME) if x is not None and self.takes_kinds else None)
 
         # (members, their rows as one array, their kinds as one array or None): one ONNX call each
         calls: list[tuple[list[tuple[int, np.ndarray]], np.ndarray, np.ndarray | None]] = []
@@ -241,7 +218,7 @@ class TritonPythonModel:
                 if problem is None and kinds[i] is not None:
                     problem = self._validate_kinds(x, kinds[i])
                 if problem is not None:
-                    responses[i] = pb_utils.InferenceResponse(error=_error(problem))
+                    responses[i] = refusal(problem)
                     continue
                 groups.setdefault(x.shape[1], []).append((i, x))
             for members in groups.values():
@@ -261,23 +238,9 @@ class TritonPythonModel:
             try:
                 ids, scores = self._run(batch, batch_kinds)
             except Exception as exc:  # noqa: BLE001 - reported to the caller, the model stays up
-                for i, _ in members:
-                    responses[i] = pb_utils.InferenceResponse(
-                        error=pb_utils.TritonError(f"{self.name}: onnxruntime failed: {exc}")
-                    )
+                failed(members, responses, self.name, exc)
                 continue
-            ids = np.ascontiguousarray(ids, dtype=np.int64)
-            scores = np.ascontiguousarray(scores, dtype=np.float32)
-            start = 0
-            for i, x in members:
-                stop = start + x.shape[0]
-                responses[i] = pb_utils.InferenceResponse(
-                    output_tensors=[
-                        pb_utils.Tensor(OUTPUT_IDS, ids[start:stop]),
-                        pb_utils.Tensor(OUTPUT_SCORES, scores[start:stop]),
-                    ]
-                )
-                start = stop
+            answer(ids, scores, members, responses)
         return responses
 
     def _feeds(self, batch: np.ndarray, batch_kinds: np.ndarray | None) -> dict[str, np.ndarray]:

@@ -32,41 +32,38 @@ Negative ids are caller bugs (padding is 0) and get an INVALID_ARG error.
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from rxrec_backend import (
+    EVENT_KINDS,
+    OUTPUT_IDS,
+    OUTPUT_SCORES,
+    TOP_K,
+    ModelArgs,
+    input_array,
+    not_int64,
+    refusal,
+)
+from rxrec_backend import EVENT_TYPES_NAME as EVENT_TYPES_INPUT
+from rxrec_backend import INPUT_NAME as GPT4REC_INPUT
 
 SESSION_INPUT = "session_ids"
 PURCHASED_INPUT = "purchased_ids"
-EVENT_TYPES_INPUT = "event_types"
 MAX_EVENT_KIND = 4  # purchase; config parameter "event_kinds" overrides
 KINDS_RETRY_S = 60.0  # after gpt4rec refused event_types, ask without them this long
-OUTPUT_IDS = "item_ids"
-OUTPUT_SCORES = "scores"
 OUTPUT_SOURCE = "source"
 OUTPUT_UNKNOWN = "unknown_ids"
-GPT4REC_INPUT = "input_ids"
-
-
-def _error(message: str) -> pb_utils.TritonError:
-    """An INVALID_ARG error where this Triton supports error codes, a plain one otherwise."""
-    try:
-        return pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
-    except (AttributeError, TypeError):
-        return pb_utils.TritonError(message)
 
 
 def _ids(request: object, name: str, required: bool) -> tuple[np.ndarray | None, str | None]:
     """(ids, problem) of one int64 [batch, n] input; negative ids are a problem."""
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
+    x = input_array(request, name)
+    if x is None:
         return None, (f"missing input {name!r}; send [[0]] for an empty session" if required else None)
-    x = tensor.as_numpy()
-    if x.dtype != np.int64:
-        return None, f"{name} must be int64, got {x.dtype}"
+    if (problem := not_int64(x, name)) is not None:
+        return None, problem
     if x.ndim != 2 or x.shape[0] == 0:
         return None, f"{name} must be 2-D [batch, n] with batch >= 1, got shape {list(x.shape)}"
     if x.size and int(x.min()) < 0:
@@ -109,22 +106,9 @@ class TritonPythonModel:
 
     def initialize(self, args: dict) -> None:
         """Read the config parameters and the fallback tables of this version folder."""
-        config = json.loads(args["model_config"])
-        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
-        self.name = f"{args.get('model_name', '?')}:{args.get('model_version', '?')}"
-
-        def param(key: str, cast: type, default: object = None) -> object:
-            raw = params.get(key, "")
-            if raw == "":
-                if default is None:
-                    raise pb_utils.TritonModelException(f"{self.name}: config parameter {key!r} is missing")
-                return default
-            try:
-                return cast(raw)
-            except ValueError as exc:
-                raise pb_utils.TritonModelException(f"{self.name}: config parameter {key}={raw!r}: {exc}") from exc
-
-        self.k = param("top_k", int)
+        model = ModelArgs(args)
+        self.name, param = model.name, model.param
+        self.k = param(TOP_K, int)
         self.gpt4rec = param("gpt4rec_model", str, "gpt4rec")
         self.max_len = param("gpt4rec_max_len", int)
         self.max_batch = max(1, param("gpt4rec_max_batch_size", int, 64))
@@ -132,12 +116,10 @@ class TritonPythonModel:
         self.warm_min = param("warm_min_interactions", int, 1)
         self.recent = param("rules_recent_items", int, 3)
         self.decay = param("rules_decay", float, 0.5)
-        self.max_kind = param("event_kinds", int, MAX_EVENT_KIND)
+        self.max_kind = param(EVENT_KINDS, int, MAX_EVENT_KIND)
         self.kinds_refused_until = 0.0  # monotonic time until which gpt4rec is asked without kinds
 
-        folder = Path(args["model_repository"]) / str(args["model_version"])
-        if not (folder / "popularity.npy").is_file():
-            folder = Path(__file__).resolve().parent
+        folder = model.folder("popularity.npy")
 
         def table(name: str) -> np.ndarray:
             path = folder / name
@@ -315,7 +297,7 @@ class TritonPythonModel:
             if problem is None and kinds is not None:
                 problem = self._kinds_problem(sessions, kinds)
             if problem is not None:
-                responses[i] = pb_utils.InferenceResponse(error=_error(problem))
+                responses[i] = refusal(problem)
                 continue
             per_request[i] = self._rows(sessions, purchased, kinds)
         all_rows = [row for rows in per_request.values() for row in rows]

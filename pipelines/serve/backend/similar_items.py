@@ -13,24 +13,24 @@ gets an INVALID_ARG error naming the id; other requests of the same batch are st
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+from rxrec_backend import (
+    MODEL_FILE,
+    N_ITEMS,
+    OUTPUT_IDS,
+    OUTPUT_SCORES,
+    TOP_K,
+    ModelArgs,
+    answer,
+    failed,
+    input_array,
+    not_int64,
+    onnx_session,
+    refusal,
+)
 
 INPUT_NAME = "item_id"
-OUTPUT_IDS = "item_ids"
-OUTPUT_SCORES = "scores"
-
-
-def _error(message: str) -> pb_utils.TritonError:
-    """An INVALID_ARG error where this Triton supports error codes, a plain one otherwise."""
-    try:
-        return pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
-    except (AttributeError, TypeError):
-        return pb_utils.TritonError(message)
 
 
 class TritonPythonModel:
@@ -38,37 +38,32 @@ class TritonPythonModel:
 
     def initialize(self, args: dict) -> None:
         """Open model.onnx and known.npy of this version folder."""
-        config = json.loads(args["model_config"])
-        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
-        self.name = f"{args.get('model_name', '?')}:{args.get('model_version', '?')}"
-        folder = Path(args["model_repository"]) / str(args["model_version"])
-        if not (folder / "model.onnx").is_file():
-            folder = Path(__file__).resolve().parent
-        onnx_path, known_path = folder / "model.onnx", folder / "known.npy"
+        model = ModelArgs(args)
+        self.name = model.name
+        folder = model.folder(MODEL_FILE)
+        onnx_path, known_path = folder / MODEL_FILE, folder / "known.npy"
         for path in (onnx_path, known_path):
             if not path.is_file():
                 raise pb_utils.TritonModelException(f"{self.name}: {path.name} not found in {folder}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, int(params.get("intra_op_num_threads") or 1))
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(onnx_path, model.param("intra_op_num_threads", int, 1),
+                                    spinning=bool(model.param("allow_spinning", int, 0)))
         self.known = np.load(known_path, allow_pickle=False).astype(bool)
         self.n_items = len(self.known) - 1
         meta = self.session.get_modelmeta().custom_metadata_map
-        if meta.get("n_items") and int(meta["n_items"]) != self.n_items:
+        if meta.get(N_ITEMS) and int(meta[N_ITEMS]) != self.n_items:
             raise pb_utils.TritonModelException(
-                f"{self.name}: model.onnx covers n_items={meta['n_items']} but known.npy covers {self.n_items}"
+                f"{self.name}: model.onnx covers n_items={meta[N_ITEMS]} but known.npy covers {self.n_items}"
             )
         self.method = meta.get("method", "?")
         pb_utils.Logger.log_info(
             f"{self.name}: loaded {onnx_path} (mode={meta.get('mode', '?')}, table={self.method}, "
-            f"n_items={self.n_items}, items with a vector={int(self.known.sum())}, top_k={meta.get('top_k', '?')})"
+            f"n_items={self.n_items}, items with a vector={int(self.known.sum())}, top_k={meta.get(TOP_K, '?')})"
         )
 
     def _validate(self, x: np.ndarray) -> str | None:
         """Why a request's item_id is unusable, or None if every id is a product with a vector."""
-        if x.dtype != np.int64:
-            return f"{INPUT_NAME} must be int64, got {x.dtype}"
+        if (problem := not_int64(x, INPUT_NAME)) is not None:
+            return problem
         if x.ndim != 2 or x.shape[1] != 1 or x.shape[0] == 0:
             return f"{INPUT_NAME} must have shape [batch, 1], got {list(x.shape)}"
         ids = x[:, 0]
@@ -86,14 +81,10 @@ class TritonPythonModel:
         responses: list = [None] * len(requests)
         valid: list[tuple[int, np.ndarray]] = []
         for i, request in enumerate(requests):
-            tensor = pb_utils.get_input_tensor_by_name(request, INPUT_NAME)
-            if tensor is None:
-                responses[i] = pb_utils.InferenceResponse(error=_error(f"missing input {INPUT_NAME!r}"))
-                continue
-            x = tensor.as_numpy()
-            problem = self._validate(x)
+            x = input_array(request, INPUT_NAME)
+            problem = f"missing input {INPUT_NAME!r}" if x is None else self._validate(x)
             if problem is not None:
-                responses[i] = pb_utils.InferenceResponse(error=_error(problem))
+                responses[i] = refusal(problem)
                 continue
             valid.append((i, x))
         if not valid:
@@ -102,18 +93,9 @@ class TritonPythonModel:
         try:
             ids, scores = self.session.run([OUTPUT_IDS, OUTPUT_SCORES], {INPUT_NAME: batch})
         except Exception as exc:  # noqa: BLE001 - reported to the callers, the model stays up
-            for i, _ in valid:
-                responses[i] = pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"{self.name}: onnxruntime failed: {exc}"))
+            failed(valid, responses, self.name, exc)
             return responses
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
-        scores = np.ascontiguousarray(scores, dtype=np.float32)
-        start = 0
-        for i, x in valid:
-            stop = start + x.shape[0]
-            responses[i] = pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor(OUTPUT_IDS, ids[start:stop]), pb_utils.Tensor(OUTPUT_SCORES, scores[start:stop])])
-            start = stop
+        answer(ids, scores, valid, responses)
         return responses
 
     def finalize(self) -> None:

@@ -1,0 +1,200 @@
+"""What every model family implements, and the epoch loop the neural families share.
+
+A family is one module, `pipelines/models/<name>.py`, holding one `Family` subclass whose `family`
+is `<name>`; its settings are the params.yaml section `<name>` (typed in pipelines/core/config.py).
+The registry (families.py) finds it by that name; the stage `train_<name>`, its dvc.yaml stage and
+DAG task, and its leaderboard row follow. As in RecBole, the model owns its loss and its full-sort
+prediction: `score` ranks every item after each history, which is what evaluation and serving read.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, TypeVar
+
+import numpy as np
+from pydantic import BaseModel
+from tqdm import tqdm
+
+from pipelines.core.contract import left_pad
+from pipelines.data.sequences import Sequences
+from pipelines.evaluate.protocol import evaluate
+
+if TYPE_CHECKING:  # torch is imported where a neural family runs, not where families are listed
+    import torch
+
+    from pipelines.embed.prod2vec import ItemEmbeddings
+
+
+class FitInput(StrEnum):
+    """An input beside the sequences that a family may read; the training stage provides it."""
+
+    PRETRAINED = "pretrained"  # Prod2Vec item vectors (artifacts/embeddings/prod2vec)
+    ITEM_TOKENS = "item_tokens"  # item meta-info tokens (data/features; pipelines/data/item_features.py)
+
+
+@dataclass(frozen=True)
+class FitContext:
+    """What a fit needs beyond its own params section."""
+
+    seed: int
+    k: int = 10  # evaluate.k: the cut-off at which a neural family picks its best epoch
+    progress: bool = True
+    pretrained: ItemEmbeddings | None = None
+    item_tokens: np.ndarray | None = None
+    # Called with each epoch's row (epoch, loss, valid metrics) as soon as it is known: live tracking.
+    on_epoch: Callable[[dict[str, float]], None] | None = None
+
+
+class Family(ABC):
+    """A recommender family: fit on sequences, score histories against every item, save and load."""
+
+    family: ClassVar[str]  # = its module name = its params.yaml section
+    inputs: ClassVar[frozenset[FitInput]] = frozenset()  # what `fit` can read besides the sequences
+    uses_event_kinds: bool = False  # True: evaluation passes kinds= to score()
+
+    @property
+    def name(self) -> str:
+        """The leaderboard name (the evaluation protocol's `Recommender.name`)."""
+        return self.family
+
+    @classmethod
+    def inputs_for(cls, settings: BaseModel) -> frozenset[FitInput]:
+        """The extra inputs `fit` will read with these settings (all it can, unless a family says less)."""
+        return cls.inputs
+
+    @classmethod
+    @abstractmethod
+    def fit(cls, seqs: Sequences, settings: Any, ctx: FitContext) -> tuple[Self, dict[str, Any]]:
+        """Train on `seqs` without reading any test target (a neural family learns from the training
+        split and picks its best epoch on the validation split); returns the model and what to record
+        about the run (JSON-able)."""
+
+    @abstractmethod
+    def score(self, histories: list[np.ndarray], kinds: list[np.ndarray] | None = None) -> np.ndarray:
+        """(len(histories), n_items + 1) scores of every item after each history; column 0 is padding."""
+
+    @abstractmethod
+    def save(self, path: Path) -> None: ...
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: Path) -> Self: ...
+
+
+# --------------------------------------------------------------------------- shared by the neural families
+
+WEIGHTS_FILE = "weights.safetensors"
+CONFIG_FILE = "config.json"
+ModuleT = TypeVar("ModuleT", bound="torch.nn.Module")
+
+
+def save_torch(module: torch.nn.Module, config: dict[str, Any], out_dir: Path) -> None:
+    """A network as its weights (safetensors) and the config that rebuilds it (JSON)."""
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, out_dir / WEIGHTS_FILE)
+    (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+
+
+def load_torch(in_dir: Path, build: Callable[[dict[str, Any]], ModuleT]) -> ModuleT:
+    """The network save_torch wrote: `build(config)` makes it, the weights are loaded; in eval mode."""
+    from safetensors.torch import load_file
+
+    module = build(json.loads((in_dir / CONFIG_FILE).read_text()))
+    module.load_state_dict(load_file(in_dir / WEIGHTS_FILE))
+    return module.eval()
+
+
+
+class EpochSettings(Protocol):
+    """The keys of a neural family's params section that the epoch loop reads."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    patience: int
+    time_budget_s: float
+
+
+def resolve_device(name: str, family: str) -> torch.device:
+    """`<family>.device`: auto picks CUDA when there is one; asking for CUDA without one is an error."""
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"{family}.device=cuda was asked for but CUDA is not available on this machine")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def training_examples(histories: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and next-item targets, left-padded to max_len: the last max_len+1 items of each user."""
+    usable = [h[-(max_len + 1):] for h in histories if len(h) >= 2]
+    return left_pad([h[:-1] for h in usable], width=max_len), left_pad([h[1:] for h in usable], width=max_len)
+
+
+def fit_by_validation(model: Any, seqs: Sequences, s: EpochSettings, ctx: FitContext, n_examples: int,
+                      batch_loss: Callable[[np.ndarray], torch.Tensor], rng: np.random.Generator) -> dict[str, Any]:
+    """Train `model` (a Family and a torch module) and keep its best epoch on the validation split.
+
+    Each epoch visits the `n_examples` training rows in a new random order; `batch_loss(rows)` is the
+    loss of one batch. After each epoch the validation split is ranked at `ctx.k`; training stops after
+    `s.patience` epochs without a better NDCG or after the epoch that crosses `s.time_budget_s`.
+    Returns the best epoch, the epochs run and the epoch-by-epoch history; the model ends on the CPU.
+    """
+    import torch
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    hr_key, ndcg_key = f"valid_hr_at_{ctx.k}", f"valid_ndcg_at_{ctx.k}"
+    history: list[dict[str, float]] = []
+    best_score, best_state, best_epoch, stale = -1.0, None, 0, 0
+    started = time.perf_counter()
+    for epoch in range(1, s.epochs + 1):
+        model.train()
+        order = rng.permutation(n_examples)
+        total, batches = 0.0, 0
+        bar = tqdm(range(0, len(order), s.batch_size), desc=f"{model.family} epoch {epoch}/{s.epochs}",
+                   disable=not ctx.progress, mininterval=2.0, leave=False)
+        for start in bar:
+            loss = batch_loss(order[start:start + s.batch_size])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            total += loss.item()
+            batches += 1
+            bar.set_postfix(loss=f"{total / batches:.3f}")
+        model.eval()
+        valid = evaluate(model, seqs, split="valid", k=ctx.k)
+        row = {"epoch": epoch, "loss": total / batches, hr_key: valid[f"hr_at_{ctx.k}"],
+               ndcg_key: valid[f"ndcg_at_{ctx.k}"]}
+        history.append(row)
+        if ctx.on_epoch is not None:
+            ctx.on_epoch(row)
+        if ctx.progress:
+            print(f"  epoch {epoch}: loss {row['loss']:.4f}  valid HR@{ctx.k} {row[hr_key]:.4f}  "
+                  f"NDCG@{ctx.k} {row[ndcg_key]:.4f}", flush=True)
+        if row[ndcg_key] > best_score:
+            best_score, best_state, best_epoch, stale = row[ndcg_key], copy.deepcopy(model.state_dict()), epoch, 0
+        else:
+            stale += 1
+            if stale >= s.patience:
+                break
+        if s.time_budget_s and time.perf_counter() - started > s.time_budget_s:
+            if ctx.progress:
+                print(f"  time budget of {s.time_budget_s:.0f}s reached after epoch {epoch}", flush=True)
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.to("cpu").eval()
+    return {"best_epoch": best_epoch, "epochs_run": len(history), "history": history}

@@ -1,0 +1,108 @@
+"""BERT4Rec: a bidirectional transformer trained to fill in masked items (Sun et al. 2019).
+
+The seed names BERT; this family puts the masked-item (Cloze) objective on the same leaderboard as
+the causal GPT4Rec. Training hides `mask_prob` of each history's items (at least one) behind a
+[MASK] token and predicts them from both sides, with a softmax over every item; a history is scored
+by appending [MASK] and ranking every item at that position. Positions count back from the most
+recent event and padding is never attended to, so left padding does not change the answer and each
+batch is cut to its longest history. The best epoch on the validation split is kept.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipelines.core.config import BERT4RecSettings
+from pipelines.core.contract import left_pad
+from pipelines.data.sequences import Sequences
+from pipelines.models.base import (
+    Family,
+    FitContext,
+    fit_by_validation,
+    load_torch,
+    resolve_device,
+    save_torch,
+)
+
+
+class BERT4Rec(nn.Module, Family):
+    """The network, its Cloze training (`fit`) and its full-sort prediction (`score`)."""
+
+    family = "bert4rec"
+    score_batch_size = 512
+
+    def __init__(self, settings: BERT4RecSettings, n_items: int) -> None:
+        super().__init__()
+        if settings.dim % settings.heads:
+            raise ValueError(f"bert4rec.dim ({settings.dim}) must be divisible by bert4rec.heads ({settings.heads})")
+        self.settings, self.n_items = settings, n_items
+        self.mask_id = n_items + 1
+        dim = settings.dim
+        self.item_emb = nn.Embedding(n_items + 2, dim, padding_idx=0)  # ids 1..n_items, then [MASK]
+        self.pos_emb = nn.Embedding(settings.max_len, dim)
+        layer = nn.TransformerEncoderLayer(dim, settings.heads, 4 * dim, settings.dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, settings.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(settings.dropout)
+        nn.init.normal_(self.item_emb.weight, std=0.02)
+        nn.init.normal_(self.pos_emb.weight, std=0.02)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(batch, length, dim) states; every real position sees every other real position."""
+        length = input_ids.shape[1]
+        positions = torch.arange(length - 1, -1, -1, device=input_ids.device).clamp(max=self.settings.max_len - 1)
+        x = self.dropout(self.item_emb(input_ids) * (self.settings.dim ** 0.5) + self.pos_emb(positions))
+        return self.norm(self.encoder(x, src_key_padding_mask=input_ids == 0))
+
+    def logits(self, states: torch.Tensor) -> torch.Tensor:
+        """Scores of items 0..n_items ([MASK] is never an answer)."""
+        return states @ self.item_emb.weight[: self.mask_id].T
+
+    @classmethod
+    def fit(cls, seqs: Sequences, s: BERT4RecSettings, ctx: FitContext) -> tuple[BERT4Rec, dict[str, Any]]:
+        torch.manual_seed(ctx.seed)
+        rng = np.random.default_rng(ctx.seed)
+        device = resolve_device(s.device, cls.family)
+        model = cls(s, seqs.n_items).to(device)
+        sequences = left_pad([h[-s.max_len:] for h in seqs.train() if len(h) >= 2], width=s.max_len)
+        if not len(sequences):
+            raise ValueError("no user has two or more training items: nothing to learn from")
+        generator = torch.Generator(device=device).manual_seed(ctx.seed)
+
+        def batch_loss(rows: np.ndarray) -> torch.Tensor:
+            items = torch.from_numpy(sequences[rows]).to(device)
+            items = items[:, -int((items != 0).sum(1).max()):]
+            real = items != 0
+            masked = (torch.rand(items.shape, generator=generator, device=device) < s.mask_prob) & real
+            masked[:, -1] |= ~masked.any(1)  # at least one per row: the last item (always real)
+            states = model.hidden(items.masked_fill(masked, model.mask_id))
+            return F.cross_entropy(model.logits(states[masked]), items[masked])
+
+        return model, fit_by_validation(model, seqs, s, ctx, len(sequences), batch_loss, rng)
+
+    @torch.no_grad()
+    def score(self, histories: list[np.ndarray], kinds: list[np.ndarray] | None = None) -> np.ndarray:
+        device = next(self.parameters()).device
+        keep = self.settings.max_len - 1  # and [MASK] last
+        out = []
+        for i in range(0, len(histories), self.score_batch_size):
+            asked = [np.append(h[-keep:], self.mask_id) for h in histories[i:i + self.score_batch_size]]
+            states = self.hidden(torch.from_numpy(left_pad(asked)).to(device))
+            out.append(self.logits(states[:, -1]).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.n_items + 1), np.float32)
+
+    def save(self, out_dir: Path) -> None:
+        save_torch(self, {"n_items": self.n_items, "settings": self.settings.model_dump()}, out_dir)
+
+    @classmethod
+    def load(cls, in_dir: Path) -> BERT4Rec:
+        return load_torch(in_dir, lambda config: cls(BERT4RecSettings(**config["settings"]), config["n_items"]))
