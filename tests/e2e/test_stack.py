@@ -1,6 +1,6 @@
 """The distributed stack end to end: `retrain_and_promote` through Celery workers, Postgres-backed MLflow with
-artifacts in S3, a DVC push to the S3 remote, the champion served by the stack's Triton, and a stop that
-leaves no process behind.
+artifacts in S3, the run's own DVC push to the S3 remote, the champion served by the stack's Triton, and a
+stop that leaves no process behind.
 
 Real components only: infra/stack/stack.py starts PostgreSQL, Redis, moto's S3 server, the MLflow server,
 Airflow with the CeleryExecutor and two workers, and Triton, all on free ports of 127.0.0.1 with private
@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from pipelines.serve.triton_server import default_venv, find_free_port
+from pipelines.stages.dvc_run import RunWorkspace
 from tests.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,6 +41,7 @@ CONF = {"n_products": 300, "n_users": 800, "gpt4rec_epochs": 1, "gpt4rec_max_len
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.timeout(2400),  # stack setup and start (900 s each at most), the DAG run (1200 s)
     pytest.mark.skipif(not (default_venv() / "bin" / "python").exists(),
                        reason="the stack serves with Triton: run infra/triton/setup.sh"),
 ]
@@ -55,6 +57,10 @@ def _call(url: str, token: str | None = None, data: dict | None = None, method: 
                                               **({"Authorization": f"Bearer {token}"} if token else {})})
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read() or b"{}")
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=REPO, check=True, capture_output=True, text=True).stdout
 
 
 def _port_in_use(port: int) -> bool:
@@ -90,8 +96,12 @@ def stack(tmp_path_factory) -> Iterator[dict]:
 
 
 @pytest.fixture(scope="module")
-def dag_run(stack) -> dict:
-    """Unpause and trigger retrain_and_promote over the REST API; wait until the run ends."""
+def dag_run(stack) -> Iterator[dict]:
+    """Unpause and trigger retrain_and_promote over the REST API; wait until the run ends.
+
+    The run executes through DVC in its workspace `<work>/var/runs/<run id>` (pipelines/stages/dvc_run.py)
+    and records its lock on a ref of the project's repository, which is deleted afterwards.
+    """
     handle = stack["stack"]
     url = f"http://127.0.0.1:{handle.ports['airflow']}"
     password = json.loads((handle.airflow_home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
@@ -112,7 +122,12 @@ def dag_run(stack) -> dict:
     logs = "\n".join(f"--- {log}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
                      for task in failed for log in sorted(handle.airflow_home.glob(f"logs/**/task_id={task}/*.log")))
     states = {t["task_id"]: t["state"] for t in tis}
-    return {"run": run, "tasks": {t["task_id"]: t for t in tis}, "failure": f"states {states}\n{logs}"}
+    workspace = RunWorkspace(run_id=run["dag_run_id"], state=stack["work"])
+    try:
+        yield {"run": run, "tasks": {t["task_id"]: t for t in tis}, "failure": f"states {states}\n{logs}",
+               "workspace": workspace.path, "ref": workspace.ref}
+    finally:
+        subprocess.run(["git", "update-ref", "-d", workspace.ref], cwd=REPO, check=False)
 
 
 def test_stack_reports_every_service_healthy(stack):
@@ -148,7 +163,7 @@ def test_model_registered_and_promoted_in_postgres_mlflow_with_s3_artifacts(stac
         (champion,) = cur.fetchone()
         cur.execute("SELECT source, run_id FROM model_versions WHERE name = %s AND version = %s", (MODEL, champion))
         source, run_id = cur.fetchone()
-    registry = json.loads((stack["work"] / "reports" / "pipeline" / "registry.json").read_text())
+    registry = json.loads((dag_run["workspace"] / "reports" / "pipeline" / "registry.json").read_text())
     assert registry["promoted"] is True and str(registry["version"]) == str(champion)
     assert registry["tracking_uri"] == env["RXREC_MLFLOW_TRACKING_URI"]
     s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"], region_name="us-east-1",
@@ -161,28 +176,31 @@ def test_model_registered_and_promoted_in_postgres_mlflow_with_s3_artifacts(stac
 
 
 def test_data_pushed_to_the_s3_remote(stack, dag_run):
+    """record_run pushed the run's outputs: data/validated as its own dvc.lock names it, listing and files."""
     import boto3
 
-    work, env = stack["work"], stack["env"]
-    run_env = {**os.environ, **env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-
-    def dvc(*args: str) -> str:
-        done = subprocess.run(["dvc", *args], cwd=work, env=run_env, capture_output=True, text=True, timeout=300,
-                              check=False)
-        assert done.returncode == 0, f"dvc {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
-        return done.stdout
-
-    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
-    dvc("init", "-q")
-    (work / ".dvc" / "config").write_text((REPO / ".dvc" / "config").read_text())
-    dvc("add", "data/validated")
-    dvc("push", "-r", env["RXREC_DVC_REMOTE"])
-    md5 = yaml.safe_load((work / "data" / "validated.dvc").read_text())["outs"][0]["md5"]
+    env = stack["env"]
+    assert dag_run["run"]["state"] == "success", dag_run["failure"]
+    latest = stack["work"] / "var" / "runs" / "latest"
+    assert latest.resolve() == dag_run["workspace"], "var/runs/latest is this run's workspace"
+    lock = _git("show", f"{dag_run['ref']}:dvc.lock")
+    assert (latest / "dvc.lock").read_text() == lock, "the run's ref holds its final dvc.lock"
+    pushed = json.loads(_git("show", f"{dag_run['ref']}:run_summary.json"))["pushed"]
+    assert pushed["remote"] == env["RXREC_DVC_REMOTE"] and pushed["url"].startswith("s3://rxrec-dvc/"), pushed
+    outs = yaml.safe_load(lock)["stages"]["validate"]["outs"]
+    validated = next(o for o in outs if o["path"] == "data/validated")
     s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"], region_name="us-east-1",
                       aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
-    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="rxrec-dvc").get("Contents", [])}
-    assert f"dvcstore/files/md5/{md5[:2]}/{md5[2:]}" in keys, sorted(keys)[:10]
-    assert len(keys) > 2, "the directory listing and its files"
+    keys = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="rxrec-dvc")
+            for o in page.get("Contents", [])}
+
+    def key(md5: str) -> str:
+        return f"dvcstore/files/md5/{md5[:2]}/{md5[2:]}"
+
+    assert key(validated["md5"]) in keys, (validated, sorted(keys)[:10])
+    listing = json.loads(s3.get_object(Bucket="rxrec-dvc", Key=key(validated["md5"]))["Body"].read())
+    assert len(listing) == validated["nfiles"] > 0, listing
+    assert [f["relpath"] for f in listing if key(f["md5"]) not in keys] == [], "every file of data/validated"
 
 
 def test_stack_requires_login_and_listens_on_loopback_only(stack):
