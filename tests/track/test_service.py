@@ -218,3 +218,17 @@ def test_the_logged_onnx_model_has_signature_example_linked_metrics_and_a_descri
     assert {metric.key: metric.value for metric in logged.metrics}["ndcg_at_10"] == 0.25
     service.describe_version(name, version, "| check | passed |\n|---|---|\n| ndcg | yes |")
     assert service.get_version(name, version).description.startswith("| check | passed |")
+
+
+def test_download_reads_the_services_registry_whatever_mlflow_was_pointed_at(service, tmp_path):
+    """A stage process whose MLflow globals point elsewhere (another store) still downloads from the service's."""
+    import mlflow
+
+    name = f"model-{service.experiment}"
+    run = service.pipeline_run("", "retrain local", {})
+    service.log_onnx_model(run, _tiny_onnx(tmp_path / "model.onnx"), name, {"fingerprint": "fp-dl"})
+    elsewhere = f"sqlite:///{tmp_path / 'other.db'}"
+    mlflow.set_tracking_uri(elsewhere)
+    mlflow.set_registry_uri(elsewhere)
+    downloaded = service.download_model(f"models:/{name}/1", tmp_path / "download")
+    assert onnx.load(str(downloaded)).graph.node[0].op_type == "Identity"
