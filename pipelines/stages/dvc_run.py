@@ -262,10 +262,29 @@ def prepare(ws: RunWorkspace, overrides: list[str]) -> dict[str, Any]:
         (ws.path / ACCEPTED_PROFILE).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(accepted, ws.path / ACCEPTED_PROFILE)
     changed = apply_overrides(ws.path / "params.yaml", overrides)
+    _open_tracking(ws)
     # Outputs of the lock that the cache holds; the rest are made (or restored from the run-cache) by repro.
     _run([_dvc(), "checkout", "--allow-missing", "--quiet"], ws.path, ws.env(), timeout=1800)
     return {"workspace": str(ws.path), "code_commit": commit, "lock_from": previous or "checkout",
             "overrides": changed, "cache": str(ws.cache_dir), "seconds": round(time.perf_counter() - started, 2)}
+
+
+def _open_tracking(ws: RunWorkspace) -> None:
+    """Create a local MLflow store and its experiment before the run's stages log to them in parallel.
+
+    Parallel tasks (embeddings, model families) would otherwise race to create a fresh SQLite store's
+    tables. A tracking server has its tables already; its experiment race is MlflowService's to handle.
+    """
+    from pipelines.core.retry import RetryPolicy
+    from pipelines.track.service import MlflowService
+
+    settings = load_settings(ws.path / "params.yaml")
+    uri = settings.mlflow.tracking_uri or ws.env()["RXREC_MLFLOW_TRACKING_URI"]
+    if uri.startswith(("http://", "https://")):
+        return
+    service = MlflowService(uri, settings.mlflow.experiment, Paths(ws.state_root).var / "mlartifacts",
+                            RetryPolicy.from_settings(settings.service_retries))
+    print(f"MLflow experiment {settings.mlflow.experiment!r} ready ({service.experiment_id}) in {uri}")
 
 
 def parse_outcome(stage: str, output: str) -> str:

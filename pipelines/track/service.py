@@ -142,9 +142,18 @@ class MlflowService:
         found = self.client.get_experiment_by_name(self.experiment)
         if found is not None:
             return found.experiment_id
+        from mlflow.exceptions import MlflowException
+
         local = self.artifact_root is not None and not _is_server(self.tracking_uri)
-        return self.client.create_experiment(
-            self.experiment, artifact_location=self.artifact_root.resolve().as_uri() if local else None)
+        try:
+            return self.client.create_experiment(
+                self.experiment, artifact_location=self.artifact_root.resolve().as_uri() if local else None)
+        except MlflowException:
+            # Parallel training stages start at once: another one may have created it between our two calls.
+            found = self.client.get_experiment_by_name(self.experiment)
+            if found is None:
+                raise
+            return found.experiment_id
 
     @contextmanager
     def start_run(self, run_name: str) -> Iterator[ActiveRun]:

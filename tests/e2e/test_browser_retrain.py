@@ -252,8 +252,11 @@ def test_compare_the_dag_runs_models_in_mlflow(services, browser, triggered_run)
     assert len(parents) == 1, "one parent run per DAG run"
     parent = parents[0]
     assert parent.data.tags["gate.decision"] == "promote"  # the first model: no champion yet
-    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    runs = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    # Under the parent: a child run per model family and one per embedding method (tagged `method`).
+    children = [r for r in runs if "model_family" in r.data.tags]
     assert {"gpt4rec", "popularity"} <= {r.data.tags["model_family"] for r in children}
+    assert {"prod2vec", "tfidf"} <= {r.data.tags.get("method") for r in runs}
     ids = json.dumps([r.info.run_id for r in children])
     url = f"{services['mlflow_url']}/#/compare-runs?runs={ids}&experiments={json.dumps([experiment.experiment_id])}"
     browser.get(url)
@@ -262,3 +265,4 @@ def test_compare_the_dag_runs_models_in_mlflow(services, browser, triggered_run)
     time.sleep(3)
     browser.save_screenshot(str(SHOTS / "mlflow_compare_runs.png"))
     assert (SHOTS / "mlflow_compare_runs.png").stat().st_size > 10_000
+

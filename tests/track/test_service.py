@@ -232,3 +232,19 @@ def test_download_reads_the_services_registry_whatever_mlflow_was_pointed_at(ser
     mlflow.set_registry_uri(elsewhere)
     downloaded = service.download_model(f"models:/{name}/1", tmp_path / "download")
     assert onnx.load(str(downloaded)).graph.node[0].op_type == "Identity"
+
+
+def test_an_experiment_created_by_a_parallel_stage_meanwhile_is_used(service, monkeypatch):
+    """Two training stages start at once: the one that loses the create finds the other's experiment."""
+    other = MlflowService(service.tracking_uri, service.experiment, service.artifact_root, NO_WAIT)
+    created = other.experiment_id
+    real = service.client.get_experiment_by_name
+    lookups: list[str] = []
+
+    def stale_first(name: str):  # the first lookup ran just before the other stage's create
+        lookups.append(name)
+        return None if len(lookups) == 1 else real(name)
+
+    monkeypatch.setattr(service.client, "get_experiment_by_name", stale_first)
+    assert service.experiment_id == created
+    assert len(lookups) == 2
