@@ -256,7 +256,9 @@ def test_stale_version_is_rolled_back_to_a_new_folder_while_serving(tmp_path, le
           f"rollback took {rolled_at - t0:.2f}s")
     assert stale.name == "3" and versions == [1, 2, 3, 4]
     assert {k: v for k, v in after.items() if k in before} == before, "an existing folder was changed"
-    assert set(after) - set(before) == {f"{MODEL}/4/{n}" for n in ("model.onnx", "model.py", "lineage.json")}
+    # The rolled-back version's full file set, the backend's shared helper included (copied with model.py).
+    new_files = ("model.onnx", "model.py", "rxrec_backend.py", "lineage.json")
+    assert set(after) - set(before) == {f"{MODEL}/4/{n}" for n in new_files}
     assert after[f"{MODEL}/4/model.onnx"] == before[f"{MODEL}/2/model.onnx"]
     assert lineage["metadata"]["rollback_of"] == 3 and lineage["metadata"]["restored_from"] == 2
     assert served.get("4") == "READY"
