@@ -129,6 +129,8 @@ class RunWorkspace:
             PYTHONPATH=os.pathsep.join([str(self.path), *filter(None, [os.environ.get("PYTHONPATH")])]),
             PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         )
+        # Outside Airflow the stages' `dvc repro` would key their MLflow parent run by its own pid: use the run's id.
+        env.setdefault("RXREC_RUN_ID", self.run_id)
         docs = os.environ.get("RXREC_DATA_DOCS_DIR")  # relative to the work directory: keep the state's
         if docs:
             env["RXREC_DATA_DOCS_DIR"] = str(self.state_root / docs)
@@ -262,29 +264,36 @@ def prepare(ws: RunWorkspace, overrides: list[str]) -> dict[str, Any]:
         (ws.path / ACCEPTED_PROFILE).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(accepted, ws.path / ACCEPTED_PROFILE)
     changed = apply_overrides(ws.path / "params.yaml", overrides)
-    _open_tracking(ws)
+    _open_tracking(ws, changed)
     # Outputs of the lock that the cache holds; the rest are made (or restored from the run-cache) by repro.
     _run([_dvc(), "checkout", "--allow-missing", "--quiet"], ws.path, ws.env(), timeout=1800)
     return {"workspace": str(ws.path), "code_commit": commit, "lock_from": previous or "checkout",
             "overrides": changed, "cache": str(ws.cache_dir), "seconds": round(time.perf_counter() - started, 2)}
 
 
-def _open_tracking(ws: RunWorkspace) -> None:
-    """Create a local MLflow store and its experiment before the run's stages log to them in parallel.
+def _open_tracking(ws: RunWorkspace, overrides: dict[str, Any]) -> None:
+    """Open the run's MLflow parent run at the first task, with the run form's overrides as its params.
 
-    Parallel tasks (embeddings, model families) would otherwise race to create a fresh SQLite store's
-    tables. A tracking server has its tables already; its experiment race is MlflowService's to handle.
+    The stages find it again by the run key (pipelines/track/live.py), so every child run of this DAG run
+    lands under it. A local SQLite store and its experiment are created here too: parallel tasks
+    (embeddings, model families) would otherwise race to create a fresh store's tables.
     """
     from pipelines.core.retry import RetryPolicy
+    from pipelines.track.lineage import git_commit
+    from pipelines.track.live import RUN_ID_ENV
     from pipelines.track.service import MlflowService
 
+    env = ws.env()
     settings = load_settings(ws.path / "params.yaml")
-    uri = settings.mlflow.tracking_uri or ws.env()["RXREC_MLFLOW_TRACKING_URI"]
-    if uri.startswith(("http://", "https://")):
-        return
-    service = MlflowService(uri, settings.mlflow.experiment, Paths(ws.state_root).var / "mlartifacts",
+    uri = settings.mlflow.tracking_uri or env["RXREC_MLFLOW_TRACKING_URI"]
+    artifacts = None if uri.startswith(("http://", "https://")) else Paths(ws.state_root).var / "mlartifacts"
+    service = MlflowService(uri, settings.mlflow.experiment, artifacts,
                             RetryPolicy.from_settings(settings.service_retries))
-    print(f"MLflow experiment {settings.mlflow.experiment!r} ready ({service.experiment_id}) in {uri}")
+    key = env.get("AIRFLOW_CTX_DAG_RUN_ID") or env[RUN_ID_ENV]
+    parent = service.pipeline_run(key, f"pipeline {key}", {
+        "git_commit": git_commit(ws.path), "airflow_dag_run_id": env.get("AIRFLOW_CTX_DAG_RUN_ID", "")})
+    service.log_values(parent, params={f"override.{k}": v for k, v in overrides.items()})
+    print(f"MLflow parent run {parent} of {key!r} open in experiment {settings.mlflow.experiment!r} ({uri})")
 
 
 def parse_outcome(stage: str, output: str) -> str:

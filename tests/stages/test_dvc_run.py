@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mlflow import MlflowClient
 from pipelines.core.config import PROJECT_ROOT, SettingsError
+from pipelines.stages import dvc_run
 from pipelines.stages.dvc_run import (
     DvcRunError,
     RunWorkspace,
@@ -178,11 +180,32 @@ def test_workspace_seeds_the_drift_reference_and_shares_mlflow_and_triton(projec
     assert (project / "data" / "accepted_profile.json").read_text() == '{"rows": 2}'
 
 
+def test_the_first_task_opens_the_parent_run_its_stages_log_under(project):
+    """The MLflow parent run opens at prepare (the DAG's first task), keyed as the stage commands key it."""
+    from pipelines.track.live import current_run_key
+    from pipelines.track.service import PARENT_TAG, RUN_KEY_TAG
+
+    ws = RunWorkspace(run_id="manual__2026-12-02", project=project, state=project)
+    prepare(ws, ["mf.factors=3"])
+    store = f"sqlite:///{project / 'var' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, filter_string=f"tags.`{PARENT_TAG}` = 'true'")
+    assert [r.data.tags[RUN_KEY_TAG] for r in runs] == ["manual__2026-12-02"]
+    assert runs[0].data.params == {"override.mf.factors": "3"}
+    stage_key = subprocess.run([sys.executable, "-c", ("from pipelines.track.live import current_run_key as k; "
+                                "print(k())")], env=ws.env(), capture_output=True, text=True, check=True)
+    assert stage_key.stdout.strip() == "manual__2026-12-02" != current_run_key()
+
+
 def test_a_tracking_server_gets_no_local_artifact_folder(project, monkeypatch):
     """The stack's MLflow server keeps artifacts in S3: no var/mlartifacts in the workspace or the work dir."""
     monkeypatch.setenv("RXREC_MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    opened = []  # no server here: the parent run it would open is another test's subject
+    monkeypatch.setattr(dvc_run, "_open_tracking", lambda ws, overrides: opened.append(ws.run_id))
     ws = RunWorkspace(run_id="on_a_server", project=project, state=project)
     prepare(ws, [])
+    assert opened == ["on_a_server"]
     assert not (ws.path / "var" / "mlartifacts").exists() and not (project / "var" / "mlartifacts").exists()
     assert (ws.path / "var" / "triton").resolve() == project / "var" / "triton"
 
