@@ -248,6 +248,19 @@ def _common_column_checks(b: _Builder, contract: dict[str, str], required: Itera
         )
 
 
+def _item_ids_from_one(b: _Builder) -> None:
+    """Item ids start at 1 in both tables: 0 is the padding token of every served sequence."""
+    import great_expectations.expectations as gxe
+
+    b.add(
+        gxe.ExpectColumnValuesToBeBetween,
+        "item_id must be >= 1 (0 is the padding token)",
+        column="item_id",
+        needs_typed=["item_id"],
+        min_value=1,
+    )
+
+
 def build_catalogue_suite(settings: ValidateSettings, problems: ColumnProblems) -> SuiteBuild:
     """Catalogue: contract columns, required fields filled, unique ids from 1, positive prices."""
     import great_expectations.expectations as gxe
@@ -265,13 +278,7 @@ def build_catalogue_suite(settings: ValidateSettings, problems: ColumnProblems) 
         column="item_id",
         needs_present=["item_id"],
     )
-    b.add(
-        gxe.ExpectColumnValuesToBeBetween,
-        "item_id must be >= 1 (0 is the padding token)",
-        column="item_id",
-        needs_typed=["item_id"],
-        min_value=1,
-    )
+    _item_ids_from_one(b)
     b.add(
         gxe.ExpectColumnValuesToBeBetween,
         "price must be > 0",
@@ -314,13 +321,7 @@ def build_events_suite(
         min_value=settings.min_events,
     )
     _common_column_checks(b, EVENTS_COLUMNS, EVENTS_REQUIRED, EVENTS)
-    b.add(
-        gxe.ExpectColumnValuesToBeBetween,
-        "item_id must be >= 1 (0 is the padding token)",
-        column="item_id",
-        needs_typed=["item_id"],
-        min_value=1,
-    )
+    _item_ids_from_one(b)
     b.add(
         gxe.ExpectColumnValuesToBeInSet,
         f"event_type must be one of {', '.join(EVENT_TYPES)}",
