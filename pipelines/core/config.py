@@ -1,28 +1,34 @@
 """Typed settings: `params.yaml` is the one source of configuration.
 
 The CLI (`--set gpt4rec.epochs=2`) and a DAG run's params override it; nothing else holds
-defaults. `Paths` says where each stage reads and writes, relative to a work directory (the
-project root by default, `RXREC_WORKDIR` to move it, which is what tests and DAG runs do).
+defaults. The model families type their own sections: each family module declares its section's
+class and pipelines/models/families.py hands them to `Settings` (wired in pipelines/__init__.py), so
+adding a family needs no edit here. `Paths` says where each stage reads and writes, relative to a work
+directory (the project root by default, `RXREC_WORKDIR` to move it, which is what tests and DAG runs do).
 """
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, ValidationError, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PARAMS_FILE = PROJECT_ROOT / "params.yaml"
 
 
-class _Section(BaseModel):
+class ParamsSection(BaseModel):
+    """A params.yaml section: a key it does not declare is an error, never silently ignored."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class DataSettings(_Section):
+class DataSettings(ParamsSection):
     seed: int = 42
     n_products: int = Field(3000, ge=20)
     n_users: int = Field(12000, ge=10)
@@ -43,7 +49,7 @@ class DataSettings(_Section):
     tables_event_types: dict[str, str] = Field(default_factory=dict)  # source label -> internal type
 
 
-class ValidateSettings(_Section):
+class ValidateSettings(ParamsSection):
     min_products: int = Field(100, ge=1)
     min_events: int = Field(1000, ge=1)
     max_unknown_item_share: float = Field(0.0, ge=0, le=1)
@@ -55,7 +61,7 @@ class ValidateSettings(_Section):
     max_price_median_change: float = Field(0.5, gt=0)
 
 
-class GraphSettings(_Section):
+class GraphSettings(ParamsSection):
     window: int = Field(2, ge=1)
     walks_per_node: int = Field(10, ge=1)
     walk_length: int = Field(40, ge=2)
@@ -65,7 +71,7 @@ class GraphSettings(_Section):
         default_factory=lambda: {"view": 1.0, "click": 1.0, "add_to_cart": 3.0, "purchase": 5.0})
 
 
-class Prod2VecSettings(_Section):
+class Prod2VecSettings(ParamsSection):
     dim: int = Field(64, ge=2)
     window: int = Field(5, ge=1)
     epochs: int = Field(5, ge=1)
@@ -74,14 +80,14 @@ class Prod2VecSettings(_Section):
     workers: int = Field(2, ge=1)
 
 
-class TfidfSettings(_Section):
+class TfidfSettings(ParamsSection):
     max_features: int = Field(30000, ge=10)
     ngram_max: int = Field(2, ge=1, le=3)
     min_df: int = Field(1, ge=1)
     sublinear_tf: bool = True
 
 
-class TextEncoderSettings(_Section):
+class TextEncoderSettings(ParamsSection):
     batch_size: int = Field(64, ge=1)
     max_seq_length: int = Field(64, ge=8, le=512)  # name + meta fit; long descriptions are cut
     finetune: bool = False  # contrastive fine-tuning on co-occurring pairs of the training graph
@@ -94,7 +100,7 @@ class TextEncoderSettings(_Section):
 META_FIELD_CHOICES = Literal["therapeutic_class", "uses", "composition", "manufacturer", "form", "tags", "text"]
 
 
-class MetaProd2VecSettings(_Section):
+class MetaProd2VecSettings(ParamsSection):
     dim: int = Field(64, ge=2)
     window: int = Field(5, ge=1)
     epochs: int = Field(5, ge=1)
@@ -110,7 +116,7 @@ class MetaProd2VecSettings(_Section):
     text_vocab: int = Field(2000, ge=10)  # words of name + description kept for the "text" field
 
 
-class SimilarSettings(_Section):
+class SimilarSettings(ParamsSection):
     k: int = Field(10, ge=1)
     exact_max_items: int = Field(50000, ge=1)  # above: approximate index (faiss HNSW)
     hnsw_m: int = Field(32, ge=4)
@@ -118,92 +124,26 @@ class SimilarSettings(_Section):
     method: Literal["prod2vec", "tfidf", "text_encoder", "meta_prod2vec"] = "meta_prod2vec"
 
 
-class SequenceModelSettings(_Section):
-    """What every neural sequence family trains with (the shared epoch loop of pipelines/models/base.py)."""
-
-    dim: int = Field(64, ge=8)
-    layers: int = Field(2, ge=1)
-    max_len: int = Field(50, ge=2, le=512)
-    dropout: float = Field(0.2, ge=0, lt=1)
-    epochs: int = Field(8, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(0.003, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    patience: int = Field(3, ge=1)  # epochs without a better validation score before stopping
-    time_budget_s: float = Field(0, ge=0)  # stop after the epoch that passes it; 0 = no budget
-
-
-class GPT4RecSettings(SequenceModelSettings):
-    heads: int = Field(2, ge=1)
-    init_from_prod2vec: bool = True
-    use_meta: bool = True
-    use_event_kinds: bool = True
-    event_kind_dropout: float = Field(0.1, ge=0, lt=1)
-    loss: Literal["full", "sampled"] = "full"
-    negatives: int = Field(1024, ge=1)
-
-
-class PopularitySettings(_Section):
-    window_days: int = Field(30, ge=1)
-
-
-class MFSettings(_Section):
-    factors: int = Field(32, ge=2)
-    iterations: int = Field(8, ge=1)
-    alpha: float = Field(40.0, gt=0)
-    reg: float = Field(50.0, gt=0)
-
-
-class RulesSettings(_Section):
-    window: int = Field(3, ge=1)
-    min_support: int = Field(2, ge=1)
-    use_lift: bool = False
-    recent_items: int = Field(3, ge=1)
-    decay: float = Field(0.5, gt=0, le=1)
-
-
-class NCFSettings(_Section):
-    dim: int = Field(32, ge=2)
-    hidden: int = Field(64, ge=2)
-    max_len: int = Field(50, ge=1)
-    epochs: int = Field(5, ge=1)
-    batch_size: int = Field(256, ge=1)
-    lr: float = Field(0.003, gt=0)
-    negatives: int = Field(8, ge=1)
-    samples_per_user: int = Field(4, ge=1)
-
-
-class GRU4RecSettings(SequenceModelSettings):
-    layers: int = Field(1, ge=1)
-    cell: Literal["gru", "lstm"] = "gru"
-
-
-class BERT4RecSettings(SequenceModelSettings):
-    heads: int = Field(2, ge=1)
-    mask_prob: float = Field(0.2, gt=0, lt=1)
-
-
-class EvaluateSettings(_Section):
+class EvaluateSettings(ParamsSection):
     k: int = Field(10, ge=1)
     mask_seen: bool = True
     # A cold-start item has at most this many training interactions (pipelines/evaluate/slices.py).
     cold_max_interactions: int = Field(5, ge=0)
 
 
-class MlflowSettings(_Section):
+class MlflowSettings(ParamsSection):
     tracking_uri: str = ""
     experiment: str = "rxrec"
     registered_model: str = "gpt4rec"
 
 
-class ExportSettings(_Section):
+class ExportSettings(ParamsSection):
     top_k: int = Field(10, ge=1)
     opset: int = Field(18, ge=13)
     parity_sessions: int = Field(256, ge=1)
 
 
-class ServeSettings(_Section):
+class ServeSettings(ParamsSection):
     model_name: str = "gpt4rec"
     http_port: int = Field(8000, ge=1, le=65535)
     grpc_port: int = Field(8001, ge=1, le=65535)
@@ -213,7 +153,7 @@ class ServeSettings(_Section):
     instance_count: int = Field(1, ge=1)
 
 
-class GateSettings(_Section):
+class GateSettings(ParamsSection):
     """The promotion gate: when a registered challenger may become `champion`."""
 
     promote: bool = True  # false: decide and log only, never move `champion` (a dry run)
@@ -227,7 +167,7 @@ class GateSettings(_Section):
     latency_requests: int = Field(40, ge=5)
 
 
-class ServiceRetrySettings(_Section):
+class ServiceRetrySettings(ParamsSection):
     """Retries of calls to services (MLflow, the DVC remote): exponential backoff with jitter."""
 
     attempts: int = Field(4, ge=1, le=20)  # calls in all, the first included
@@ -236,7 +176,7 @@ class ServiceRetrySettings(_Section):
     timeout_s: float = Field(30.0, gt=0)  # per attempt (MLflow HTTP request, one `dvc push`)
 
 
-class GpuSettings(_Section):
+class GpuSettings(ParamsSection):
     """The GPU serving profile: Triton's GPU containers, and the TensorRT engine built on the GPU node pool."""
 
     enabled: bool = False  # false: `build_tensorrt_engine` is skipped (no cluster needed)
@@ -258,7 +198,46 @@ class GpuSettings(_Section):
     job_timeout_s: float = Field(3600, gt=0)
 
 
-class Settings(_Section):
+SectionSource = Callable[[], Mapping[str, type[ParamsSection]]]
+#: Packages above core that type params sections of their own (the model families: each family module
+#: declares its section's class). Wired once, in pipelines/__init__.py, so core validates every section
+#: without importing a package above it.
+_section_sources: list[SectionSource] = []
+
+
+def add_section_source(source: SectionSource) -> None:
+    """Let `source()` (section name -> its class) type params sections that core does not declare."""
+    if source not in _section_sources:
+        _section_sources.append(source)
+
+
+def _added_section_types() -> dict[str, type[ParamsSection]]:
+    return {name: section for source in _section_sources for name, section in source().items()}
+
+
+@functools.cache
+def params_file_sections(path: Path = PARAMS_FILE) -> tuple[str, ...]:
+    """The section names of the project's params.yaml, in file order (which orders the model families)."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return ()
+    return tuple(str(name) for name in raw) if isinstance(raw, dict) else ()
+
+
+def _init_details(errors: list[Any], prefix: tuple[str, ...] = ()) -> list[Any]:
+    """pydantic errors as line errors of a new ValidationError, under `prefix`."""
+    return [{"type": e["type"], "loc": (*prefix, *e["loc"]), "input": e["input"],
+             **({"ctx": e["ctx"]} if "ctx" in e else {})} for e in errors]
+
+
+class Settings(ParamsSection):
+    """Every params.yaml section, typed: core's below, the model families' by their own modules.
+
+    A section core does not declare is kept (pydantic's extra) once its registered class has validated
+    it, so `settings.gpt4rec.epochs` reads like any other key; a section nobody declares is refused.
+    """
+
     data: DataSettings = DataSettings()
     validate_: ValidateSettings = Field(ValidateSettings(), alias="validate")
     graph: GraphSettings = GraphSettings()
@@ -267,14 +246,6 @@ class Settings(_Section):
     text_encoder: TextEncoderSettings = TextEncoderSettings()
     meta_prod2vec: MetaProd2VecSettings = MetaProd2VecSettings()
     similar: SimilarSettings = SimilarSettings()
-    # The model families, in leaderboard order (pipelines/models/families.py reads it from here).
-    popularity: PopularitySettings = PopularitySettings()
-    mf: MFSettings = MFSettings()
-    rules: RulesSettings = RulesSettings()
-    ncf: NCFSettings = NCFSettings()
-    gpt4rec: GPT4RecSettings = GPT4RecSettings()
-    gru4rec: GRU4RecSettings = GRU4RecSettings()
-    bert4rec: BERT4RecSettings = BERT4RecSettings()
     evaluate: EvaluateSettings = EvaluateSettings()
     mlflow: MlflowSettings = MlflowSettings()
     export: ExportSettings = ExportSettings()
@@ -283,7 +254,38 @@ class Settings(_Section):
     gpu: GpuSettings = GpuSettings()
     service_retries: ServiceRetrySettings = ServiceRetrySettings()
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _added_sections(cls, data: Any, handler: ModelWrapValidatorHandler[Settings]) -> Settings:
+        """Core's sections by pydantic, the others by their registered class; every error at once."""
+        if not isinstance(data, dict):
+            return handler(data)
+        core = {name for field, info in cls.model_fields.items() for name in (field, info.alias) if name}
+        added = _added_section_types()
+        errors: list[Any] = []
+        typed: dict[str, ParamsSection] = {}
+        for name, values in data.items():
+            if name in core:
+                continue
+            if name not in added:
+                errors.append({"type": "extra_forbidden", "loc": (name,), "input": values})
+                continue
+            try:
+                typed[name] = values if isinstance(values, added[name]) else added[name].model_validate(
+                    {} if values is None else values)
+            except ValidationError as exc:
+                errors.extend(_init_details(exc.errors(), (name,)))
+        try:
+            settings = handler({name: values for name, values in data.items() if name in core})
+        except ValidationError as exc:
+            errors = _init_details(exc.errors()) + errors
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        extra = settings.__pydantic_extra__ if settings.__pydantic_extra__ is not None else {}
+        extra.update({name: typed.get(name) or section() for name, section in added.items()})
+        return settings
 
     def flat(self) -> dict[str, Any]:
         """`section.key -> value`, the shape MLflow params and DVC params use."""
@@ -315,10 +317,17 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
+def section_types() -> dict[str, type[ParamsSection]]:
+    """params.yaml section name -> its class: core's and the added ones, in params.yaml's order."""
+    core = {(info.alias or name): info.annotation for name, info in Settings.model_fields.items()}
+    sections = {**core, **_added_section_types()}
+    order = {name: position for position, name in enumerate(params_file_sections())}
+    return dict(sorted(sections.items(), key=lambda item: order.get(item[0], len(order))))  # type: ignore[arg-type]
+
+
 def _section_keys() -> dict[str, list[str]]:
     """params.yaml section name -> its keys."""
-    return {(info.alias or name): sorted(info.annotation.model_fields)  # type: ignore[union-attr]
-            for name, info in Settings.model_fields.items()}
+    return {name: sorted(section.model_fields) for name, section in section_types().items()}
 
 
 def _bound(value: Any) -> str:

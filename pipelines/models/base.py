@@ -1,9 +1,9 @@
 """What every model family implements, and the epoch loop the neural families share.
 
 A family is one module, `pipelines/models/<name>.py`, holding one `Family` subclass whose `family`
-is `<name>`; its settings are the params.yaml section `<name>` (typed in pipelines/core/config.py).
-The registry (families.py) finds it by that name; the stage `train_<name>`, its dvc.yaml stage and
-DAG task, and its leaderboard row follow. As in RecBole, the model owns its loss and its full-sort
+is `<name>` and whose `settings_type` (declared in the same module) types the params.yaml section
+`<name>`. The registry (families.py) finds it by that name; the validation of its section, the stage
+`train_<name>`, its dvc.yaml stage and DAG task, and its leaderboard row follow. As in RecBole, the model owns its loss and its full-sort
 prediction: `score` ranks every item after each history, which is what evaluation and serving read.
 """
 
@@ -17,12 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Self, TypeVar
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import Field
 from tqdm import tqdm
 
+from pipelines.core.config import ParamsSection
 from pipelines.core.contract import left_pad
 from pipelines.data.sequences import Sequences
 from pipelines.evaluate.protocol import evaluate
@@ -57,6 +58,7 @@ class Family(ABC):
     """A recommender family: fit on sequences, score histories against every item, save and load."""
 
     family: ClassVar[str]  # = its module name = its params.yaml section
+    settings_type: ClassVar[type[ParamsSection]]  # the class of that section (what `fit` receives)
     inputs: ClassVar[frozenset[FitInput]] = frozenset()  # what `fit` can read besides the sequences
     uses_event_kinds: bool = False  # True: evaluation passes kinds= to score()
 
@@ -66,7 +68,7 @@ class Family(ABC):
         return self.family
 
     @classmethod
-    def inputs_for(cls, settings: BaseModel) -> frozenset[FitInput]:
+    def inputs_for(cls, settings: ParamsSection) -> frozenset[FitInput]:
         """The extra inputs `fit` will read with these settings (all it can, unless a family says less)."""
         return cls.inputs
 
@@ -113,6 +115,22 @@ def load_torch(in_dir: Path, build: Callable[[dict[str, Any]], ModuleT]) -> Modu
     module.load_state_dict(load_file(in_dir / WEIGHTS_FILE))
     return module.eval()
 
+
+
+class SequenceModelSettings(ParamsSection):
+    """What every neural sequence family trains with (the epoch loop below); each extends it."""
+
+    dim: int = Field(64, ge=8)
+    layers: int = Field(2, ge=1)
+    max_len: int = Field(50, ge=2, le=512)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.003, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    patience: int = Field(3, ge=1)  # epochs without a better validation score before stopping
+    time_budget_s: float = Field(0, ge=0)  # stop after the epoch that passes it; 0 = no budget
 
 
 class EpochSettings(Protocol):

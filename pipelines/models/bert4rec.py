@@ -16,14 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from pipelines.core.config import BERT4RecSettings
 from pipelines.core.contract import left_pad
 from pipelines.data.sequences import Sequences
 from pipelines.models.base import (
     Family,
     FitContext,
+    SequenceModelSettings,
     fit_by_validation,
     load_torch,
     resolve_device,
@@ -31,10 +32,18 @@ from pipelines.models.base import (
 )
 
 
+class BERT4RecSettings(SequenceModelSettings):
+    """The `bert4rec:` section of params.yaml."""
+
+    heads: int = Field(2, ge=1)
+    mask_prob: float = Field(0.2, gt=0, lt=1)
+
+
 class BERT4Rec(nn.Module, Family):
     """The network, its Cloze training (`fit`) and its full-sort prediction (`score`)."""
 
     family = "bert4rec"
+    settings_type = BERT4RecSettings
     score_batch_size = 512
 
     def __init__(self, settings: BERT4RecSettings, n_items: int) -> None:

@@ -1,13 +1,17 @@
 """The registry of model families: found by name, listed in leaderboard order, trained and loaded alike.
 
-A family is registered by existing: a params.yaml section (a field of `Settings`) with a module of
-the same name in this package that defines its `Family` subclass (pipelines/models/base.py). The
-leaderboard order is the order of those sections in `Settings`: 1mg's evolution (static list → MF →
-rules → NCF → GPT4Rec), then the families added since. Listing them imports no model code.
+A family is registered by existing: a section of the project's params.yaml with a module of the same
+name in this package that defines its `Family` subclass and the class of that section
+(pipelines/models/base.py). Nothing else names it: the settings loader validates the section through
+`section_types()` (wired in pipelines/__init__.py), and the training stage, its dvc.yaml stage, the DAG
+task and the leaderboard row are made from `family_names()`. The leaderboard order is the order of the
+sections in params.yaml: 1mg's evolution (static list → MF → rules → NCF → GPT4Rec), then the families
+added since. Listing the families imports no model code; typing their sections imports their modules.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -15,17 +19,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.core.config import Settings
+from pipelines.core.config import ParamsSection, Settings, params_file_sections
 from pipelines.data.sequences import Sequences
 from pipelines.models.base import Family, FitContext
 
 
+@functools.cache
 def family_names() -> tuple[str, ...]:
-    """Every registered family, in leaderboard order."""
-    return tuple(name for name in Settings.model_fields
-                 if importlib.util.find_spec(f"{__package__}.{name}") is not None)
+    """Every registered family, in leaderboard order: the params.yaml sections that name a module here."""
+    core = {info.alias or name for name, info in Settings.model_fields.items()}
+    return tuple(name for name in params_file_sections() if name not in core and name.isidentifier()
+                 and importlib.util.find_spec(f"{__package__}.{name}") is not None)
 
 
+@functools.cache
 def family(name: str) -> type[Family]:
     """The family class of module pipelines/models/<name>.py."""
     if name not in family_names():
@@ -36,7 +43,16 @@ def family(name: str) -> type[Family]:
     if len(found) != 1:
         raise TypeError(f"{module.__name__} must define exactly one Family subclass with family = {name!r}, "
                         f"found {len(found)}")
+    settings_type = getattr(found[0], "settings_type", None)
+    if not (inspect.isclass(settings_type) and issubclass(settings_type, ParamsSection)):
+        raise TypeError(f"{found[0].__qualname__} ({module.__name__}) must set settings_type to the class of "
+                        f"its params.yaml section {name!r}: a subclass of pipelines.core.config.ParamsSection")
     return found[0]
+
+
+def section_types() -> dict[str, type[ParamsSection]]:
+    """params.yaml section -> its class, for every family (what the settings loader validates them with)."""
+    return {name: family(name).settings_type for name in family_names()}
 
 
 def fit_family(name: str, seqs: Sequences, settings: Settings, ctx: FitContext) -> tuple[Family, dict[str, Any]]:

@@ -14,26 +14,39 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from pipelines.core.config import GPT4RecSettings
 from pipelines.core.contract import left_pad
 from pipelines.data.sequences import N_EVENT_KINDS, Sequences
 from pipelines.models.base import (
     Family,
     FitContext,
     FitInput,
+    SequenceModelSettings,
     fit_by_validation,
     load_torch,
     resolve_device,
     save_torch,
     training_examples,
 )
+
+
+class GPT4RecSettings(SequenceModelSettings):
+    """The `gpt4rec:` section of params.yaml."""
+
+    heads: int = Field(2, ge=1)
+    init_from_prod2vec: bool = True
+    use_meta: bool = True
+    use_event_kinds: bool = True
+    event_kind_dropout: float = Field(0.1, ge=0, lt=1)
+    loss: Literal["full", "sampled"] = "full"
+    negatives: int = Field(1024, ge=1)
 
 
 @dataclass(frozen=True)
@@ -89,6 +102,7 @@ class GPT4Rec(nn.Module, Family):
     """The network, its training (`fit`) and its full-sort prediction (`score`)."""
 
     family = "gpt4rec"
+    settings_type = GPT4RecSettings
     inputs = frozenset({FitInput.PRETRAINED, FitInput.ITEM_TOKENS})
     score_batch_size = 512
 

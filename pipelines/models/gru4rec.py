@@ -11,19 +11,20 @@ every item at every position, and the best epoch on the validation split is kept
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from pipelines.core.config import GRU4RecSettings
 from pipelines.core.contract import left_pad
 from pipelines.data.sequences import Sequences
 from pipelines.models.base import (
     Family,
     FitContext,
+    SequenceModelSettings,
     fit_by_validation,
     load_torch,
     resolve_device,
@@ -32,10 +33,18 @@ from pipelines.models.base import (
 )
 
 
+class GRU4RecSettings(SequenceModelSettings):
+    """The `gru4rec:` section of params.yaml."""
+
+    layers: int = Field(1, ge=1)
+    cell: Literal["gru", "lstm"] = "gru"
+
+
 class GRU4Rec(nn.Module, Family):
     """The network, its training (`fit`) and its full-sort prediction (`score`)."""
 
     family = "gru4rec"
+    settings_type = GRU4RecSettings
     score_batch_size = 512
 
     def __init__(self, settings: GRU4RecSettings, n_items: int) -> None:

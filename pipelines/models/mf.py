@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from pydantic import Field
 from tqdm import tqdm
 
-from pipelines.core.config import MFSettings
+from pipelines.core.config import ParamsSection
 from pipelines.data.sequences import Sequences
 from pipelines.models.base import Family, FitContext
 
@@ -61,8 +62,18 @@ def _solve_rows(matrix: sp.csr_matrix, other: np.ndarray, alpha: float, reg: flo
     return out
 
 
+class MFSettings(ParamsSection):
+    """The `mf:` section of params.yaml."""
+
+    factors: int = Field(32, ge=2)
+    iterations: int = Field(8, ge=1)
+    alpha: float = Field(40.0, gt=0)
+    reg: float = Field(50.0, gt=0)
+
+
 class MatrixFactorization(Family):
     family = "mf"
+    settings_type = MFSettings
 
     def __init__(self, item_factors: np.ndarray, alpha: float, reg: float) -> None:
         self.item_factors = item_factors.astype(np.float32)

@@ -15,13 +15,27 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 from tqdm import tqdm
 
-from pipelines.core.config import NCFSettings
+from pipelines.core.config import ParamsSection
 from pipelines.core.contract import left_pad
 from pipelines.data.sequences import Sequences
 from pipelines.models.base import Family, FitContext, load_torch, save_torch
+
+
+class NCFSettings(ParamsSection):
+    """The `ncf:` section of params.yaml."""
+
+    dim: int = Field(32, ge=2)
+    hidden: int = Field(64, ge=2)
+    max_len: int = Field(50, ge=1)
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(0.003, gt=0)
+    negatives: int = Field(8, ge=1)
+    samples_per_user: int = Field(4, ge=1)
 
 
 @dataclass(frozen=True)
@@ -74,6 +88,7 @@ class NeuMF(nn.Module):
 
 class NCFRecommender(Family):
     family = "ncf"
+    settings_type = NCFSettings
 
     def __init__(self, model: NeuMF) -> None:
         self.model = model.eval()

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
-from pipelines.core.config import PopularitySettings
+from pipelines.core.config import ParamsSection
 from pipelines.data.sequences import Sequences
 from pipelines.models.base import Family, FitContext
 
@@ -20,10 +21,17 @@ COUNTS_FILE = "counts.npy"
 SECONDS_PER_DAY = 86_400
 
 
+class PopularitySettings(ParamsSection):
+    """The `popularity:` section of params.yaml."""
+
+    window_days: int = Field(30, ge=1)
+
+
 class PopularityRecommender(Family):
     """Scores every item by its recent interaction count, whatever the user did."""
 
     family = "popularity"
+    settings_type = PopularitySettings
 
     def __init__(self, counts: np.ndarray) -> None:
         self.counts = counts.astype(np.float32)

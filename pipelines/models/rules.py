@@ -14,16 +14,28 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from pydantic import Field
 
-from pipelines.core.config import RulesSettings
+from pipelines.core.config import ParamsSection
 from pipelines.data.sequences import Sequences
 from pipelines.models.base import Family, FitContext
 
 RULES_FILE = "rules.npz"
 
 
+class RulesSettings(ParamsSection):
+    """The `rules:` section of params.yaml."""
+
+    window: int = Field(3, ge=1)
+    min_support: int = Field(2, ge=1)
+    use_lift: bool = False
+    recent_items: int = Field(3, ge=1)
+    decay: float = Field(0.5, gt=0, le=1)
+
+
 class AssociationRules(Family):
     family = "rules"
+    settings_type = RulesSettings
 
     def __init__(self, rules: sp.csr_matrix, fallback: np.ndarray, s: RulesSettings) -> None:
         self.rules = rules

@@ -5,7 +5,8 @@ import json
 from benchmarks.quality import FAMILIES, run_quality
 
 TINY = ["data.n_products=120", "data.n_users=400", "gpt4rec.epochs=1", "gpt4rec.dim=16", "prod2vec.dim=16",
-        "prod2vec.epochs=1", "graph.walks_per_node=2", "ncf.epochs=1", "mf.iterations=2"]
+        "prod2vec.epochs=1", "graph.walks_per_node=2", "ncf.epochs=1", "mf.iterations=2", "gru4rec.epochs=1",
+        "bert4rec.epochs=1"]  # one epoch each: the leaderboard's shape is tested here, not how well they learn
 
 
 def test_leaderboard_has_every_family_with_slices_and_business_view(tmp_path):

@@ -3,15 +3,14 @@
 import numpy as np
 import pytest
 
-from pipelines.core.config import MFSettings, NCFSettings, PopularitySettings, RulesSettings
 from pipelines.data.sequences import Sequences
 from pipelines.evaluate.protocol import evaluate
 from pipelines.models.base import FitContext
 from pipelines.models.families import load_recommenders
-from pipelines.models.mf import MatrixFactorization, interaction_matrix
-from pipelines.models.ncf import NCFRecommender
-from pipelines.models.popularity import PopularityRecommender
-from pipelines.models.rules import AssociationRules
+from pipelines.models.mf import MatrixFactorization, MFSettings, interaction_matrix
+from pipelines.models.ncf import NCFRecommender, NCFSettings
+from pipelines.models.popularity import PopularityRecommender, PopularitySettings
+from pipelines.models.rules import AssociationRules, RulesSettings
 
 QUIET = FitContext(seed=0, progress=False)
 

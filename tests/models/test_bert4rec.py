@@ -4,10 +4,9 @@ padding does not change the scores."""
 import numpy as np
 import torch
 
-from pipelines.core.config import BERT4RecSettings
 from pipelines.evaluate.protocol import evaluate
 from pipelines.models.base import FitContext
-from pipelines.models.bert4rec import BERT4Rec
+from pipelines.models.bert4rec import BERT4Rec, BERT4RecSettings
 
 QUIET = FitContext(seed=0, progress=False)
 

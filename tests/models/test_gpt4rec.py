@@ -2,12 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.core.config import GPT4RecSettings, PopularitySettings
 from pipelines.core.contract import left_pad
 from pipelines.evaluate.protocol import evaluate
 from pipelines.models.base import FitContext, training_examples
-from pipelines.models.gpt4rec import GPT4Rec, GPT4RecConfig, drop_kinds
-from pipelines.models.popularity import PopularityRecommender
+from pipelines.models.gpt4rec import GPT4Rec, GPT4RecConfig, GPT4RecSettings, drop_kinds
+from pipelines.models.popularity import PopularityRecommender, PopularitySettings
 
 QUIET = FitContext(seed=0, progress=False)
 

@@ -4,11 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.core.config import GRU4RecSettings
 from pipelines.core.contract import left_pad
 from pipelines.evaluate.protocol import evaluate
 from pipelines.models.base import FitContext
-from pipelines.models.gru4rec import GRU4Rec
+from pipelines.models.gru4rec import GRU4Rec, GRU4RecSettings
 
 QUIET = FitContext(seed=0, progress=False)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipelines.core.config import PARAMS_FILE, PROJECT_ROOT, Settings
+from pipelines.core.config import PARAMS_FILE, PROJECT_ROOT, Settings, section_types
 from pipelines.models.base import Family, FitContext
 from pipelines.models.families import family, family_names, fit_family, load_recommenders
 from pipelines.stages import STAGES
@@ -39,7 +39,7 @@ def test_a_registered_family_has_its_section_stage_and_leaderboard_row(name):
     cls = family(name)
     assert issubclass(cls, Family) and cls.family == name
     assert name in yaml.safe_load(PARAMS_FILE.read_text()), f"params.yaml needs a {name}: section"
-    assert name in Settings.model_fields
+    assert section_types()[name] is cls.settings_type  # its module types its section
     stage = _dvc_stages().get(f"train_{name}")
     assert stage == expected_dvc_stage(name), f"dvc.yaml train_{name} should be:\n" + yaml.safe_dump(
         {f"train_{name}": expected_dvc_stage(name)}, sort_keys=False)
@@ -75,8 +75,7 @@ def test_fit_save_load_score_round_trip(name, cyclic_world, tmp_path):
 
 def test_the_epoch_loop_reports_each_epoch_as_it_ends(cyclic_world):
     """FitContext.on_epoch is how live tracking sees training: once per epoch, loss and validation metrics."""
-    from pipelines.core.config import GRU4RecSettings
-    from pipelines.models.gru4rec import GRU4Rec
+    from pipelines.models.gru4rec import GRU4Rec, GRU4RecSettings
 
     seen: list[dict[str, float]] = []
     settings = GRU4RecSettings(dim=16, max_len=10, dropout=0.0, epochs=3, batch_size=64, patience=5)

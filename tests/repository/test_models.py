@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from pipelines.core.config import Paths, RulesSettings
+from pipelines.core.config import Paths
 from pipelines.repository.models import (
     RECOMMEND_BACKEND_PY,
     SIMILAR_BACKEND_PY,
@@ -155,7 +155,7 @@ def test_fallback_tables_from_pipeline_artifacts(tmp_path: Path) -> None:
     """popularity + rules + training interactions + catalogue, resized to the served n_items."""
     from pipelines.data.sequences import Sequences, save_sequences
     from pipelines.models.popularity import PopularityRecommender
-    from pipelines.models.rules import AssociationRules
+    from pipelines.models.rules import AssociationRules, RulesSettings
     from pipelines.repository.companions import fallback_tables
 
     p = Paths(tmp_path)
