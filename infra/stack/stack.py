@@ -1,15 +1,15 @@
 """The distributed stack on one machine: `make stack` / `make stack-stop`, and what tests/e2e/test_stack.py runs.
 
-Starts, all on 127.0.0.1 and on ports chosen free at start (written to <home>/ports.json):
-PostgreSQL (own data dir <home>/pgdata, databases `airflow` and `mlflow`), Redis (Celery broker), an S3
-emulator (moto: buckets for the DVC remote, MLflow artifacts, Triton models), the MLflow server on
-Postgres with artifacts in S3, Airflow with the CeleryExecutor (api-server, scheduler, dag-processor via
-infra/airflow/launcher.py, plus two Celery workers with distinct hostnames on the default queue) and
-Triton (pipelines/serve/triton_server.py) over the work directory's model repository. Every service's
-configuration comes from infra/profiles/stack.env; the only secrets (PGPASSWORD, AWS keys, the MLflow and
-Airflow admin passwords, MLflow's CSRF key) come from the environment, or are generated into
-<home>/secrets.env (mode 600, under var/, never committed). Login is on: MLflow runs its basic-auth app,
-Airflow's API needs a token; clients get MLFLOW_TRACKING_USERNAME/PASSWORD from `stack.py env`.
+Starts, all on 127.0.0.1 and on ports chosen free at start (written to <home>/ports.json): PostgreSQL (own
+data dir <home>/pgdata, databases `airflow` and `mlflow`), Redis (Celery broker), an S3 emulator (moto:
+buckets for the DVC remote, MLflow artifacts, Triton models), the MLflow server on Postgres with artifacts
+in S3, Airflow with the CeleryExecutor (api-server, scheduler, dag-processor and triggerer via
+infra/airflow/launcher.py, plus two Celery workers with distinct hostnames on the default queue) and Triton
+(pipelines/serve/triton_server.py) over the work directory's model repository. Every service's configuration
+comes from infra/profiles/stack.env; the only secrets (PGPASSWORD, AWS keys, the MLflow and Airflow admin
+passwords, MLflow's CSRF key) come from the environment, or are generated into <home>/secrets.env (mode 600,
+under var/, never committed). Login is on: MLflow runs its basic-auth app, Airflow's API needs a token;
+clients get MLFLOW_TRACKING_USERNAME/PASSWORD from `stack.py env`.
 
 Each service gets a health check with a timeout and a status line; `stop` stops them in reverse order
 and kills the process group of anything that lingers, so no process is left behind.
@@ -460,7 +460,7 @@ class Stack:
                                env={"PATH": os.environ.get("PATH", "")}, **user)
             return
         if name.startswith("airflow-"):
-            if name == "airflow-api-server":  # the launcher stops all three components together (SIGINT)
+            if name == "airflow-api-server":  # the launcher stops all its components together (SIGINT)
                 _airflow_launcher().stop(self.airflow_home)
             return
         if not _alive(pid):

@@ -1,7 +1,9 @@
 """What is served is what was evaluated: ask the real Triton and compare with what we computed here.
 
-Uses the background server of `rxrec serve start` when it runs on the configured ports, else starts
-tritonserver on 127.0.0.1 over the deployed model repository (and stops it afterwards). Then:
+Asks the profile's Triton (pipelines/serve/endpoint.py: RXREC_TRITON_URL, else params.yaml's serve ports on
+127.0.0.1) when it answers; it must serve the version folder deploy wrote (its newest ready version). When
+nothing answers there, the local profile starts tritonserver over the deployed model repository on that port
+(and stops it afterwards); any other profile fails with one line naming the URL. Then:
 
 - gpt4rec: a few real sessions must get ONNX Runtime's answer on the same model.onnx;
 - similar_items (when deployed): the sessions' last items must get ONNX Runtime's answer;
@@ -30,7 +32,9 @@ from pipelines.export.onnx import onnx_session, onnx_top_k
 from pipelines.repository.metadata import read_model_metadata
 from pipelines.repository.models import RECOMMEND, SIMILAR_ITEMS
 from pipelines.serve.client import pad_sessions, recommend, recommend_session, similar_items
-from pipelines.serve.daemon import AttachedServer, running_server
+from pipelines.serve.daemon import running_server
+from pipelines.serve.endpoint import TritonEndpoint, resolve_triton
+from pipelines.serve.remote import RemoteTriton
 from pipelines.serve.triton_server import TritonServer
 
 
@@ -106,13 +110,32 @@ def check_recommend(url: str, version_dir: Path, sessions: list[list[int]],
             "cold_session": {"source": cold.source, "item_ids": cold.item_ids}}
 
 
-def _server(s: Settings, p: Paths) -> contextlib.AbstractContextManager[TritonServer | AttachedServer]:
-    attached = running_server(p)
-    if attached is not None and attached.http_port == s.serve.http_port:
-        return attached
-    return TritonServer(p.triton_repo, http_port=s.serve.http_port, grpc_port=s.serve.grpc_port,
+def _server(s: Settings, p: Paths, endpoint: TritonEndpoint) -> contextlib.AbstractContextManager[
+        TritonServer | RemoteTriton]:
+    """The profile's Triton if it answers (`rxrec serve`'s, with its log, when that is the one); else, on the
+    local profile only, a tritonserver of our own over the deployed repository on the endpoint's port."""
+    ours = running_server(p)
+    if ours is not None and ours.url == endpoint.http_url:
+        return ours
+    triton = RemoteTriton.at(endpoint)
+    problem = triton.live_problem()
+    if problem is None:
+        return triton
+    if not endpoint.may_start_local:
+        raise endpoint.unreachable(problem)
+    return TritonServer(p.triton_repo, http_port=endpoint.http_port, grpc_port=s.serve.grpc_port,
                         metrics_port=s.serve.metrics_port, startup_timeout_s=s.serve.startup_timeout_s,
                         log_dir=p.var / "triton")
+
+
+def served_version(url: str, model_name: str) -> int | None:
+    """The version a request without one gets from the Triton at `url`: its newest READY version."""
+    return max(RemoteTriton(url).ready_versions(model_name), default=None)
+
+
+def _ensure_loaded(server: TritonServer | RemoteTriton, name: str, version: int, timeout_s: float) -> float:
+    """Seconds spent loading a model; none when the deployed version already answers (deploy loaded it)."""
+    return 0.0 if server.model_ready(name, version) else server.load(name, timeout_s=timeout_s)
 
 
 def check_served_model(s: Settings, p: Paths, n_sessions: int = 3) -> dict[str, Any]:
@@ -125,8 +148,15 @@ def check_served_model(s: Settings, p: Paths, n_sessions: int = 3) -> dict[str, 
     similar_dir, recommend_dir = _deployed(deploy, SIMILAR_ITEMS), _deployed(deploy, RECOMMEND)
 
     extra: dict[str, Any] = {}
-    with _server(s, p) as server:
-        load_seconds = server.load(s.serve.model_name, timeout_s=s.serve.startup_timeout_s)
+    endpoint = resolve_triton(s.serve)
+    with _server(s, p, endpoint) as server:
+        load_seconds = _ensure_loaded(server, s.serve.model_name, int(deploy["triton_version"]),
+                                      s.serve.startup_timeout_s)
+        version = served_version(server.url, s.serve.model_name)
+        if version != int(deploy["triton_version"]):
+            raise RuntimeError(f"the Triton at {server.url} ({endpoint.source}) serves {s.serve.model_name} version "
+                               f"{version}, deploy wrote version {deploy['triton_version']} ({version_dir}): does "
+                               f"it serve the model repository {p.triton_repo}? (RXREC_TRITON_REPO)")
         started = time.perf_counter()
         answers = recommend(sessions, url=server.url, model_name=s.serve.model_name)
         latency_ms = (time.perf_counter() - started) * 1000
@@ -135,17 +165,19 @@ def check_served_model(s: Settings, p: Paths, n_sessions: int = 3) -> dict[str, 
         served_scores = np.array([scores for _, scores in answers], dtype=np.float32)
         matches = _same_ranking(served_ids, served_scores, expected_ids, expected_scores)
         if matches and similar_dir is not None:
-            server.load(SIMILAR_ITEMS, timeout_s=s.serve.startup_timeout_s)
+            _ensure_loaded(server, SIMILAR_ITEMS, int(similar_dir.name), s.serve.startup_timeout_s)
             extra[SIMILAR_ITEMS] = check_similar_items(server.url, similar_dir, [h[-1] for h in sessions])
         if matches and recommend_dir is not None:
-            server.load(RECOMMEND, timeout_s=s.serve.startup_timeout_s)
+            _ensure_loaded(server, RECOMMEND, int(recommend_dir.name), s.serve.startup_timeout_s)
             extra[RECOMMEND] = check_recommend(server.url, recommend_dir, sessions, served_ids)
     names = pd.read_parquet(p.validated / CATALOGUE_FILE, columns=["item_id", "name"]).set_index("item_id")[
         "name"
     ]
     summary = {
         "model": s.serve.model_name,
-        "triton_version": deploy["triton_version"],
+        "triton": server.url,
+        "triton_source": endpoint.source,
+        "triton_version": version,
         "registry_version": deploy["model_version"],
         "matches_onnx_runtime": matches,
         "server_start_s": round(start_seconds or 0.0, 2),

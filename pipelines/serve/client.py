@@ -58,9 +58,13 @@ def _unavailable(exc: BaseException, *, url: str, protocol: str, timeout_s: floa
         return None
     timed_out = isinstance(exc, TimeoutError) or "DEADLINE_EXCEEDED" in str(getattr(exc, "status", lambda: "")())
     what = f"did not answer within {timeout_s:g}s" if timed_out else "is unreachable"
+    local = url.rsplit(":", 1)[0] in ("127.0.0.1", "localhost", "[::1]")
+    remedy = ("check it with `rxrec serve status` and start or restart it with `rxrec serve start`" if local else
+              "check the server that RXREC_TRITON_URL / RXREC_TRITON_GRPC_URL name (the profile's Triton; rxrec "
+              "does not start it)")
     return ServerUnavailableError(
-        f"the Triton server at {url} ({protocol}) {what} ({detail}); check it with `rxrec serve status` "
-        "and start or restart it with `rxrec serve start` (a request that got no answer may be retried)")
+        f"the Triton server at {url} ({protocol}) {what} ({detail}); {remedy} (a request that got no answer "
+        "may be retried)")
 
 
 def kind_codes(kinds: list[list[EventKind]], sessions: list[list[int]]) -> list[list[int]]:

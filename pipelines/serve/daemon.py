@@ -5,8 +5,9 @@ params.yaml serve ports, loads every model of the repository in dependency order
 similar_items, recommend, then any other) and leaves it running in its own process group; the pid
 and ports go to var/triton/tritonserver.pid and var/triton/server.json. A model that fails to load
 stops the server and raises TritonModelLoadError naming the model, with Triton's message and the
-log tail. `load_in_running_server` is how deploy hands new version folders to a live server
-(explicit model control: the old version serves until the new one is ready).
+log tail. `load_in_running_server` hands new version folders to this live server (explicit model
+control: the old version serves until the new one is ready); deploy hands them to the profile's Triton
+(pipelines/serve/remote.py `load_deployed`), which is this server on the local profile.
 """
 
 from __future__ import annotations
@@ -18,19 +19,19 @@ import signal
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from pipelines.core.config import Paths, Settings
 from pipelines.core.processes import group_members, pid_alive
 from pipelines.repository.models import LOAD_ORDER
+from pipelines.serve.remote import RemoteTriton, load_models
 from pipelines.serve.triton_server import (
     HOST,
     TritonError,
-    TritonModelLoadError,
     TritonServer,
     TritonStartError,
+    http_call,
 )
 
 PID_FILE = "tritonserver.pid"
@@ -51,15 +52,6 @@ def model_load_order(repo: Path) -> list[str]:
     return [m for m in LOAD_ORDER if m in present] + [m for m in present if m not in LOAD_ORDER]
 
 
-def _post(url: str, timeout_s: float) -> tuple[int, str]:
-    request = urllib.request.Request(url, data=b"{}", method="POST", headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return response.status, response.read().decode(errors="replace")
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
-
-
 def _ok(url: str, timeout_s: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
@@ -68,74 +60,18 @@ def _ok(url: str, timeout_s: float = 2.0) -> bool:
         return False
 
 
-def _message(body: str) -> str:
-    try:
-        return str(json.loads(body).get("error", body))
-    except (json.JSONDecodeError, AttributeError):
-        return body
-
-
 def load_in_running_server(
     http_port: int, names: list[str], *, changed: list[str], timeout_s: float = 120
 ) -> tuple[list[str], dict[str, str]]:
-    """Load `names` in order into a Triton live on http_port: the changed ones and any not ready.
+    """Load `names` in order into a Triton live on 127.0.0.1:http_port: the changed ones and any not ready.
 
     Returns (loaded, errors by model); ([], {}) when no server listens there. A failed load leaves
     the version that was serving in place.
     """
-    base = f"http://{HOST}:{http_port}"
-    if not _ok(f"{base}/v2/health/live"):
+    triton = RemoteTriton(f"{HOST}:{http_port}")
+    if not triton.is_live():
         return [], {}
-    loaded: list[str] = []
-    errors: dict[str, str] = {}
-    for name in names:
-        if name not in changed and _ok(f"{base}/v2/models/{name}/ready"):
-            continue
-        try:
-            status, body = _post(f"{base}/v2/repository/models/{name}/load", timeout_s)
-        except OSError as exc:
-            errors[name] = str(exc)
-            continue
-        if status == 200:
-            loaded.append(name)
-        else:
-            errors[name] = f"HTTP {status}: {_message(body)}"
-    return loaded, errors
-
-
-@dataclass
-class AttachedServer:
-    """A Triton that is already running (started by `rxrec serve start`), used like TritonServer."""
-
-    http_port: int
-    grpc_port: int
-    log_path: Path
-    start_seconds: float = 0.0
-
-    @property
-    def url(self) -> str:
-        return f"{HOST}:{self.http_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"{HOST}:{self.grpc_port}"
-
-    def load(self, model_name: str, timeout_s: float = 120) -> float:
-        """Load (or reload) a model; TritonModelLoadError with Triton's message and the log tail."""
-        t0 = time.monotonic()
-        _, errors = load_in_running_server(self.http_port, [model_name], changed=[model_name], timeout_s=timeout_s)
-        if errors or not _ok(f"http://{self.url}/v2/models/{model_name}/ready"):
-            tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-40:]) \
-                if self.log_path.exists() else "(no server log)"
-            raise TritonModelLoadError(f"loading {model_name!r} failed: {errors.get(model_name, 'not ready')}\n"
-                                       f"--- tail of {self.log_path} ---\n{tail}")
-        return time.monotonic() - t0
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        """Leave it running: it belongs to `rxrec serve`."""
+    return load_models(triton, dict.fromkeys(names), changed=changed, timeout_s=timeout_s)
 
 
 def _read_info(p: Paths) -> dict[str, Any] | None:
@@ -154,14 +90,15 @@ def _is_our_server(pid: int, http_port: int) -> bool:
     return bool(cmdline) and cmdline[0].endswith(b"tritonserver") and f"--http-port={http_port}".encode() in cmdline
 
 
-def running_server(p: Paths) -> AttachedServer | None:
+def running_server(p: Paths) -> RemoteTriton | None:
     """The background server recorded under var/triton/ if it is alive and live, else None."""
     info = _read_info(p)
     if not info or not _is_our_server(int(info["pid"]), int(info["http_port"])):
         return None
     if not _ok(f"http://{HOST}:{info['http_port']}/v2/health/live"):
         return None
-    return AttachedServer(int(info["http_port"]), int(info["grpc_port"]), Path(info["log"]))
+    return RemoteTriton(f"{HOST}:{info['http_port']}", Path(info["log"]),
+                        label=f"the background Triton at {HOST}:{info['http_port']} (`rxrec serve`)")
 
 
 def _is_backend_stub(pid: int) -> bool:
@@ -294,6 +231,6 @@ def server_status(p: Paths) -> dict[str, Any]:
         return {"running": False, "reason": "not started (no " + str(_state_dir(p) / INFO_FILE) + ")"}
     if running_server(p) is None:
         return {"running": False, "reason": f"pid {info['pid']} is not a live tritonserver", **info}
-    status, body = _post(f"http://{HOST}:{info['http_port']}/v2/repository/index", 10)
+    status, body = http_call("POST", f"http://{HOST}:{info['http_port']}/v2/repository/index", 10, b"{}")
     models = json.loads(body) if status == 200 else []
     return {"running": True, **info, "models": models}

@@ -176,7 +176,7 @@ def prepare_backend_dir(env: ServingEnv, root: Path) -> Path:
     return backend_dir
 
 
-def _http(method: str, url: str, timeout_s: float, body: bytes | None = None) -> tuple[int, str]:
+def http_call(method: str, url: str, timeout_s: float, body: bytes | None = None) -> tuple[int, str]:
     """(status, body) of one HTTP call; HTTP error statuses are returned, not raised."""
     request = urllib.request.Request(url, data=body, method=method)
     if body is not None:
@@ -188,7 +188,16 @@ def _http(method: str, url: str, timeout_s: float, body: bytes | None = None) ->
         return exc.code, exc.read().decode(errors="replace")
 
 
-def _error_message(body: str) -> str:
+def http_ok(url: str, timeout_s: float = 2.0) -> bool:
+    """Whether a GET answers 200 (a health or readiness probe); no answer at all is False, not an error."""
+    try:
+        status, _ = http_call("GET", url, timeout_s)
+    except OSError:
+        return False
+    return status == 200
+
+
+def error_message(body: str) -> str:
     """The "error" field of a Triton JSON error body, or the raw body."""
     try:
         return str(json.loads(body).get("error", body))
@@ -260,11 +269,7 @@ class TritonServer:
         return self.process is not None and self.process.poll() is None
 
     def _get_ok(self, path: str, timeout_s: float = 2.0) -> bool:
-        try:
-            status, _ = _http("GET", self._base() + path, timeout_s)
-        except OSError:
-            return False
-        return status == 200
+        return http_ok(self._base() + path, timeout_s)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Self:
@@ -420,7 +425,7 @@ class TritonServer:
         t0 = time.monotonic()
         url = f"{self._base()}/v2/repository/models/{model_name}/load"
         try:
-            status, body = _http("POST", url, timeout_s, body=b"{}")
+            status, body = http_call("POST", url, timeout_s, body=b"{}")
         except TimeoutError:
             raise TritonModelLoadError(
                 self._with_log(
@@ -432,7 +437,7 @@ class TritonServer:
             raise TritonModelLoadError(self._with_log(f"loading {model_name!r} failed: {exc}")) from exc
         if status != 200:
             raise TritonModelLoadError(
-                self._with_log(f"loading {model_name!r} failed (HTTP {status}): {_error_message(body)}")
+                self._with_log(f"loading {model_name!r} failed (HTTP {status}): {error_message(body)}")
             )
         deadline = t0 + timeout_s
         while not self.model_ready(model_name):
@@ -453,12 +458,12 @@ class TritonServer:
             return
         url = f"{self._base()}/v2/repository/models/{model_name}/unload"
         try:
-            status, body = _http("POST", url, timeout_s, body=b"{}")
+            status, body = http_call("POST", url, timeout_s, body=b"{}")
         except OSError as exc:
             raise TritonError(self._with_log(f"unloading {model_name!r} failed: {exc}")) from exc
         if status != 200:
             raise TritonError(
-                self._with_log(f"unloading {model_name!r} failed (HTTP {status}): {_error_message(body)}")
+                self._with_log(f"unloading {model_name!r} failed (HTTP {status}): {error_message(body)}")
             )
         deadline = time.monotonic() + timeout_s
         while self.model_ready(model_name):
@@ -468,9 +473,9 @@ class TritonServer:
 
     def repository_index(self) -> list[dict]:
         """Triton's view of the repository: name, version, state and reason per model."""
-        status, body = _http("POST", f"{self._base()}/v2/repository/index", 10.0, body=b"{}")
+        status, body = http_call("POST", f"{self._base()}/v2/repository/index", 10.0, body=b"{}")
         if status != 200:
-            raise TritonError(f"repository index failed (HTTP {status}): {_error_message(body)}")
+            raise TritonError(f"repository index failed (HTTP {status}): {error_message(body)}")
         return json.loads(body)
 
 

@@ -1,6 +1,6 @@
 """The distributed stack end to end: `retrain_and_promote` through Celery workers, Postgres-backed MLflow with
-artifacts in S3, the run's own DVC push to the S3 remote, the champion served by the stack's Triton, and a
-stop that leaves no process behind.
+artifacts in S3, the run's own DVC push to the S3 remote, the gate measuring and deploy loading the champion on
+the stack's Triton (the profile's RXREC_TRITON_URL, no reload by hand), and a stop that leaves no process behind.
 
 Real components only: infra/stack/stack.py starts PostgreSQL, Redis, moto's S3 server, the MLflow server,
 Airflow with the CeleryExecutor and two workers, and Triton, all on free ports of 127.0.0.1 with private
@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipelines.serve.triton_server import default_venv, find_free_port
+from pipelines.serve.triton_server import default_venv
 from pipelines.stages.dvc_run import RunWorkspace
 from tests.scripts import load_script
 
@@ -35,7 +36,7 @@ STACK_PY = REPO / "infra" / "stack" / "stack.py"
 DAG_ID = "retrain_and_promote"
 MODEL = "gpt4rec"
 CONF = {"n_products": 300, "n_users": 800, "gpt4rec_epochs": 1, "gpt4rec_max_len": 30, "prod2vec_epochs": 1,
-        "promote": True, "gate_latency_budget_ms": 0, "model_families": ["popularity", "gpt4rec"],
+        "promote": True, "gate_latency_budget_ms": 10000, "model_families": ["popularity", "gpt4rec"],
         "extra_overrides": ["graph.walks_per_node=2", "graph.walk_length=10", "meta_prod2vec.epochs=1",
                             "prod2vec.dim=32", "gpt4rec.dim=32", "export.parity_sessions=64"]}
 
@@ -107,9 +108,7 @@ def dag_run(stack) -> Iterator[dict]:
     password = json.loads((handle.airflow_home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
     token = _call(f"{url}/auth/token", data={"username": "admin", "password": password})["access_token"]
     _call(f"{url}/api/v2/dags/{DAG_ID}", token, {"is_paused": False}, method="PATCH")
-    ports = [f"serve.{name}_port={find_free_port()}" for name in ("http", "grpc", "metrics")]
-    conf = {**CONF, "extra_overrides": CONF["extra_overrides"] + ports}
-    run = _call(f"{url}/api/v2/dags/{DAG_ID}/dagRuns", token, {"logical_date": None, "conf": conf})
+    run = _call(f"{url}/api/v2/dags/{DAG_ID}/dagRuns", token, {"logical_date": None, "conf": CONF})
     started = time.monotonic()
     while time.monotonic() - started < 1200:
         run = _call(f"{url}/api/v2/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}", token)
@@ -133,7 +132,7 @@ def dag_run(stack) -> Iterator[dict]:
 def test_stack_reports_every_service_healthy(stack):
     status = stack["stack"].status()
     expected = {"postgres", "redis", "s3", "mlflow", "airflow-api-server", "airflow-scheduler",
-                "airflow-dag-processor", "worker-1", "worker-2", "triton"}
+                "airflow-dag-processor", "airflow-triggerer", "worker-1", "worker-2", "triton"}
     assert set(status) == expected
     assert {n: s["healthy"] for n, s in status.items()} == dict.fromkeys(expected, True)
     for name in expected:  # one status line per service
@@ -246,37 +245,74 @@ def test_stack_requires_login_and_listens_on_loopback_only(stack):
 
 
 def test_stack_triton_serves_the_champion(stack, dag_run, monkeypatch):
+    """deploy loaded the promoted version into the stack's Triton (RXREC_TRITON_URL), serve_check asked it, and the
+    gate measured the challenger there under its own name and unloaded it: no reload by hand here."""
     import mlflow.artifacts
+    import tritonclient.http as triton_http
 
     from mlflow import MlflowClient
     from pipelines.export.onnx import onnx_session, onnx_top_k
-    from pipelines.serve.client import pad_sessions, recommend
+    from pipelines.promotion.gate import GATE_MODEL_SUFFIX
+    from pipelines.serve.client import pad_sessions
 
     handle, env = stack["stack"], stack["env"]
+    assert dag_run["run"]["state"] == "success", dag_run["failure"]
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # the stack's MLflow requires login
         monkeypatch.setenv(name, env[name])
-    base = f"http://127.0.0.1:{handle.ports['triton_http']}"
-    _call(f"{base}/v2/repository/models/{MODEL}/load", data={}, method="POST")
-    assert urllib.request.urlopen(f"{base}/v2/models/{MODEL}/ready", timeout=10).status == 200
-    repo = Path(env["RXREC_TRITON_REPO"])
-    newest = max((p for p in (repo / MODEL).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-    lineage = json.loads((newest / "lineage.json").read_text())["metadata"]
+    triton_url = f"127.0.0.1:{handle.ports['triton_http']}"
+    assert env["RXREC_TRITON_URL"] == triton_url and env["RXREC_PROFILE"] == "stack"
     client = MlflowClient(env["RXREC_MLFLOW_TRACKING_URI"], env["RXREC_MLFLOW_TRACKING_URI"])
-    champion = client.get_model_version_by_alias(MODEL, "champion")
-    assert str(lineage["model_version"]) == str(champion.version)
+    champion = str(client.get_model_version_by_alias(MODEL, "champion").version)
+
+    # what the stack's Triton answers with: the version in its own response, mapped to the registry by lineage
+    sessions = [[1, 2, 3], [5, 8], [13, 21, 34, 55]]
+    inputs = triton_http.InferInput("input_ids", [len(sessions), 4], "INT64")
+    inputs.set_data_from_numpy(pad_sessions(sessions))
+    with triton_http.InferenceServerClient(triton_url) as triton:
+        assert triton.is_model_ready(MODEL)
+        result = triton.infer(MODEL, [inputs], outputs=[triton_http.InferRequestedOutput("item_ids"),
+                                                        triton_http.InferRequestedOutput("scores")])
+    served_version = result.get_response()["model_version"]
+    repo = Path(env["RXREC_TRITON_REPO"])
+    lineage = json.loads((repo / MODEL / served_version / "lineage.json").read_text())["metadata"]
+    assert str(lineage["model_version"]) == champion, (served_version, lineage, champion)
+
+    reports = dag_run["workspace"] / "reports" / "pipeline"
+    deployed = json.loads((reports / "deploy.json").read_text())
+    assert (deployed["triton"], deployed["triton_source"]) == (triton_url, "RXREC_TRITON_URL")
+    assert deployed["served_versions"][MODEL] == int(served_version) and deployed["load_errors"] == {}
+    checked = json.loads((reports / "serve_check.json").read_text())
+    assert (checked["triton"], checked["triton_version"], checked["registry_version"]) == (
+        triton_url, int(served_version), champion)
+    assert checked["matches_onnx_runtime"] and checked["server_start_s"] == 0, "no tritonserver of its own"
+
+    gate = json.loads((reports / "gate.json").read_text())
+    assert gate["latency"]["requests"] > 0 and gate["latency"]["p95_ms"] > 0, gate["latency"]
+    candidate = MODEL + GATE_MODEL_SUFFIX
+    triton_log = (stack["home"] / "triton" / "tritonserver.log").read_text(errors="replace")
+    assert f"successfully loaded '{candidate}'" in triton_log and f"successfully unloaded '{candidate}'" in triton_log
+    assert urllib.request.urlopen(f"http://{triton_url}/v2/health/ready", timeout=10).status == 200
+    assert not _model_ready(triton_url, candidate), "the measured challenger does not stay loaded"
+
     # Both URIs: an earlier test in this process may have left the registry URI pointing elsewhere.
     mlflow.set_tracking_uri(env["RXREC_MLFLOW_TRACKING_URI"])
     mlflow.set_registry_uri(env["RXREC_MLFLOW_TRACKING_URI"])
     downloaded = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}@champion",
                                                           dst_path=str(stack["work"] / "champion")))
     onnx_file = next(downloaded.rglob("model.onnx"))
-    assert onnx_file.read_bytes() == (newest / "model.onnx").read_bytes(), "served bytes = the champion in S3"
-    sessions = [[1, 2, 3], [5, 8], [13, 21, 34, 55]]
-    served = recommend(sessions, url=f"127.0.0.1:{handle.ports['triton_http']}", model_name=MODEL)
+    assert onnx_file.read_bytes() == (repo / MODEL / served_version / "model.onnx").read_bytes(), \
+        "served bytes = the champion in S3"
     expected_ids, expected_scores = onnx_top_k(onnx_session(onnx_file), pad_sessions(sessions))
-    served_scores = np.array([s for _, s in served], dtype=np.float32)
-    assert [ids for ids, _ in served] == expected_ids.tolist() or np.allclose(served_scores, expected_scores,
-                                                                              rtol=1e-4, atol=1e-4)
+    assert result.as_numpy("item_ids").tolist() == expected_ids.tolist() or np.allclose(
+        result.as_numpy("scores"), expected_scores, rtol=1e-4, atol=1e-4)
+
+
+def _model_ready(triton_url: str, model: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{triton_url}/v2/models/{model}/ready", timeout=10) as response:
+            return response.status == 200
+    except urllib.error.HTTPError:
+        return False
 
 
 def test_stop_leaves_no_process_behind(stack):
