@@ -4,6 +4,7 @@ old content or the new one, never half of it."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -96,3 +97,12 @@ def fresh_dir(path: Path) -> Path:
         shutil.rmtree(path)
     path.mkdir(parents=True)
     return path
+
+
+def file_md5(path: Path) -> str:
+    """md5 of a file's bytes, read in 1 MiB chunks (the hash DVC records for a file, and an input's version)."""
+    digest = hashlib.md5()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -46,7 +46,8 @@ def validate(s: Settings, p: Paths) -> dict[str, Any]:
             if (p.raw / name).exists():
                 shutil.copy2(p.raw / name, out / name)
         if report.profile is not None:
-            report.profile.save(out / PROFILE_FILE)
+            # No wall-clock time in the data version: validating the same data again gives the same hash.
+            report.profile.model_copy(update={"created_at": ""}).save(out / PROFILE_FILE)
     if report.profile is not None:  # this version, now in place, is the reference for the next one
         report.profile.save(p.root / ACCEPTED_PROFILE)
     return {"success": report.success, "checks": len(report.checks), "elapsed_s": round(report.elapsed_s, 2),

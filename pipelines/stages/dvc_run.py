@@ -64,12 +64,14 @@ class DvcRunError(RuntimeError):
     """A git or DVC command of the run failed; the message holds the command and its last lines."""
 
 
-def _dvc() -> str:
+def dvc_executable() -> str:
+    """The dvc of this interpreter's environment (the venv's), else the one on PATH."""
     local = Path(sys.executable).parent / "dvc"
     return str(local) if local.exists() else "dvc"
 
 
-def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> str:
+def run_command(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> str:
+    """stdout of a git or DVC command; a failure raises DvcRunError with the command and its last lines."""
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
@@ -142,15 +144,15 @@ def snapshot_commit(project: Path) -> str:
 
     Uses a private index: the checkout's index, files and branches are not touched. HEAD itself when clean.
     """
-    head = _run(["git", "rev-parse", "HEAD"], project).strip()
+    head = run_command(["git", "rev-parse", "HEAD"], project).strip()
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
-        _run(["git", "read-tree", "HEAD"], project, env)
-        _run(["git", "add", "-A", "."], project, env)
-        tree = _run(["git", "write-tree"], project, env).strip()
-    if tree == _run(["git", "rev-parse", "HEAD^{tree}"], project).strip():
+        run_command(["git", "read-tree", "HEAD"], project, env)
+        run_command(["git", "add", "-A", "."], project, env)
+        tree = run_command(["git", "write-tree"], project, env).strip()
+    if tree == run_command(["git", "rev-parse", "HEAD^{tree}"], project).strip():
         return head
-    return _run(["git", *GIT_IDENTITY, "commit-tree", tree, "-p", head, "-m",
+    return run_command(["git", *GIT_IDENTITY, "commit-tree", tree, "-p", head, "-m",
                  "rxrec: code of an Airflow run (uncommitted changes included)"], project).strip()
 
 
@@ -160,18 +162,24 @@ def code_commit(project: Path) -> str:
     pinned = os.environ.get(CODE_ENV, "").strip()
     if not pinned:
         return snapshot_commit(project)
-    done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{pinned}^{{commit}}"], cwd=project,
-                          capture_output=True, text=True, check=False, timeout=60)
-    if done.returncode != 0:
+    commit = commit_in(project, pinned)
+    if commit is None:
         raise DvcRunError(f"{CODE_ENV}={pinned!r} is not a commit of {project}; give a commit, tag or ref "
                           "(e.g. a run's refs/rxrec/runs/<run id>), or unset it to run the checkout's code")
-    return done.stdout.strip()
+    return commit
+
+
+def commit_in(project: Path, ref: str) -> str | None:
+    """The full hash `ref` (commit, tag, branch, run ref) names in `project`'s repository; None if it names none."""
+    done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], cwd=project,
+                          capture_output=True, text=True, check=False, timeout=60)
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def latest_run_commit(project: Path, state: Path) -> str | None:
     """The newest run ref's commit among the runs of this state folder (tests and other work directories
     record their runs in the same repository), if any."""
-    commits = _run(["git", "for-each-ref", "--sort=-committerdate", "--format=%(objectname)", RUNS_REF],
+    commits = run_command(["git", "for-each-ref", "--sort=-committerdate", "--format=%(objectname)", RUNS_REF],
                    project).split()
     runs = str(state / "var" / "runs") + os.sep
     for commit in commits:
@@ -200,11 +208,11 @@ def apply_overrides(params_file: Path, overrides: list[str]) -> dict[str, Any]:
     return changed
 
 
-def _configure_dvc(ws: RunWorkspace) -> None:
+def configure_dvc(ws: RunWorkspace) -> None:
     """Shared cache; a remote folder given relative to .dvc/ (the local default) resolved under the state
     folder, as in the project, instead of inside the workspace."""
     lines = ["[cache]", f"    dir = {ws.cache_dir}"]
-    config = _run([_dvc(), "config", "--project", "--list"], ws.path)  # relative URLs come back resolved
+    config = run_command([dvc_executable(), "config", "--project", "--list"], ws.path)  # relative URLs come back resolved
     for line in config.splitlines():
         match = re.fullmatch(r"remote\.(.+)\.url=(.+)", line.strip())
         if match and "://" not in match[2] and Path(match[2]).is_relative_to(ws.path):
@@ -213,7 +221,7 @@ def _configure_dvc(ws: RunWorkspace) -> None:
     (ws.path / ".dvc" / "config.local").write_text("\n".join(lines) + "\n")
 
 
-def _uncached_outs(ws: Path) -> list[str]:
+def uncached_outs(ws: Path) -> list[str]:
     """Outs/metrics/plots with `cache: false`: git, not the DVC cache, keeps them (the run refs do)."""
     paths: list[str] = []
     for spec in (yaml.safe_load((ws / "dvc.yaml").read_text())["stages"] or {}).values():
@@ -226,7 +234,7 @@ def _uncached_outs(ws: Path) -> list[str]:
 def _restore_uncached(ws: RunWorkspace, commit: str) -> None:
     """Put back the previous run's uncached outputs, which `dvc checkout` cannot: without them every stage
     that writes a report would count as changed."""
-    for path in _uncached_outs(ws.path):
+    for path in uncached_outs(ws.path):
         done = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=ws.project, capture_output=True,
                               check=False, timeout=60)
         if done.returncode == 0:
@@ -240,14 +248,14 @@ def prepare(ws: RunWorkspace, overrides: list[str]) -> dict[str, Any]:
     ws.path.parent.mkdir(parents=True, exist_ok=True)
     if ws.path.exists():  # a retried first task: start over
         remove_workspace(ws.project, ws.path)
-    _run(["git", "worktree", "prune"], ws.project)  # git forgets workspaces deleted by hand
+    run_command(["git", "worktree", "prune"], ws.project)  # git forgets workspaces deleted by hand
     commit = code_commit(ws.project)
-    _run(["git", "worktree", "add", "--detach", str(ws.path), commit], ws.project)
+    run_command(["git", "worktree", "add", "--detach", str(ws.path), commit], ws.project)
     previous = latest_run_commit(ws.project, ws.state_root)
     lock = _show(ws.project, previous, "dvc.lock") if previous else None
     if lock is not None:
         (ws.path / "dvc.lock").write_text(lock)
-    _configure_dvc(ws)
+    configure_dvc(ws)
     if previous:
         _restore_uncached(ws, previous)
     (ws.path / "var").mkdir(exist_ok=True)
@@ -266,7 +274,7 @@ def prepare(ws: RunWorkspace, overrides: list[str]) -> dict[str, Any]:
     changed = apply_overrides(ws.path / "params.yaml", overrides)
     _open_tracking(ws, changed)
     # Outputs of the lock that the cache holds; the rest are made (or restored from the run-cache) by repro.
-    _run([_dvc(), "checkout", "--allow-missing", "--quiet"], ws.path, ws.env(), timeout=1800)
+    run_command([dvc_executable(), "checkout", "--allow-missing", "--quiet"], ws.path, ws.env(), timeout=1800)
     return {"workspace": str(ws.path), "code_commit": commit, "lock_from": previous or "checkout",
             "overrides": changed, "cache": str(ws.cache_dir), "seconds": round(time.perf_counter() - started, 2)}
 
@@ -361,7 +369,7 @@ def repro(ws: RunWorkspace, stage: str, left_out: list[str] | None = None) -> di
               f"`{spec['cmd']}` outside DVC", flush=True)
         command = ["bash", "-c", spec["cmd"]]
     else:
-        command = [_dvc(), "--wait-for-lock", "repro", "--single-item", stage]
+        command = [dvc_executable(), "--wait-for-lock", "repro", "--single-item", stage]
     proc = subprocess.Popen(command, cwd=ws.path, env=ws.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     lines: list[str] = []
@@ -382,7 +390,7 @@ def repro(ws: RunWorkspace, stage: str, left_out: list[str] | None = None) -> di
 def _committed_files(ws: Path) -> list[str]:
     """dvc.lock, params.yaml and every uncached out/metric/plot that exists: what `dvc metrics/params/plots
     diff` read from a git revision (cached outs are found through the lock's hashes)."""
-    files = ["dvc.lock", "params.yaml", SUMMARY, *_uncached_outs(ws)]
+    files = ["dvc.lock", "params.yaml", SUMMARY, *uncached_outs(ws)]
     return [f for f in dict.fromkeys(files) if (ws / f).is_file()]
 
 
@@ -417,7 +425,7 @@ def record(ws: RunWorkspace, results: dict[str, dict[str, Any]], *, push: bool =
     previous_commit = latest_run_commit(ws.project, ws.state_root)
     previous = json.loads(_show(ws.project, previous_commit, SUMMARY) or "{}") if previous_commit else None
     summary = {"run_id": ws.run_id, "workspace": str(ws.path), "ref": ws.ref, **summarize(results, previous)}
-    remote = os.environ.get("RXREC_DVC_REMOTE") or _run([_dvc(), "config", "core.remote"], ws.path).strip()
+    remote = os.environ.get("RXREC_DVC_REMOTE") or run_command([dvc_executable(), "config", "core.remote"], ws.path).strip()
     if push:
         settings = load_settings(params_file=ws.path / "params.yaml")
         # COLUMNS: `dvc remote list`, which names the remote in messages, wraps a long path at 80 columns.
@@ -428,11 +436,11 @@ def record(ws: RunWorkspace, results: dict[str, dict[str, Any]], *, push: bool =
     if accepted.exists():
         atomic_write_text(ws.state_root / ACCEPTED_PROFILE, accepted.read_text())
     atomic_write_text(ws.path / SUMMARY, json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    _run(["git", "add", "-f", "--", *_committed_files(ws.path)], ws.path)
-    _run(["git", *GIT_IDENTITY, "commit", "-q", "--allow-empty", "-m",
+    run_command(["git", "add", "-f", "--", *_committed_files(ws.path)], ws.path)
+    run_command(["git", *GIT_IDENTITY, "commit", "-q", "--allow-empty", "-m",
           f"rxrec run {ws.run_id}: dvc.lock, params and metrics"], ws.path)
-    summary["commit"] = _run(["git", "rev-parse", "HEAD"], ws.path).strip()
-    _run(["git", "update-ref", ws.ref, summary["commit"]], ws.project)
+    summary["commit"] = run_command(["git", "rev-parse", "HEAD"], ws.path).strip()
+    run_command(["git", "update-ref", ws.ref, summary["commit"]], ws.project)
     latest = ws.path.parent / LATEST
     staged = latest.with_name(f".{LATEST}-{os.getpid()}")
     staged.unlink(missing_ok=True)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -49,3 +51,23 @@ def data_version(root: Path, folder: Path) -> dict[str, str | None]:
     """Both the DVC hash (when dvc.lock has it) and our own content hash of a data folder."""
     rel = str(folder.relative_to(root)) if folder.is_relative_to(root) else str(folder)
     return {"path": rel, "dvc_md5": dvc_locked_hash(root, rel), "content_md5": content_hash(folder)}
+
+
+# --------------------------------------------------------------------------- what a version is reproduced from
+
+LINEAGE_ARTIFACT = "lineage"  # artifact folder on a registered version's run, read by `rxrec reproduce`
+LOCK_FILE = "dvc.lock"  # the run's lock: params, code and data hashes of every stage that led to the model
+PARAMS_FILE = "params.yaml"  # the params the run used, overrides included (no file in the work dir holds them)
+FACTS_FILE = "lineage.json"  # code commit, the DVC remote, the model's training stage
+
+
+def write_bundle(root: Path, out: Path, params: dict[str, dict[str, Any]], facts: dict[str, Any]) -> Path:
+    """Fill `out` with what reproducing this run needs: its dvc.lock (when the pipeline ran under DVC),
+    its params and the facts (`dvc_lock` says whether the lock was there)."""
+    lock = root / LOCK_FILE
+    if lock.exists():
+        (out / LOCK_FILE).write_text(lock.read_text())
+    (out / PARAMS_FILE).write_text(yaml.safe_dump(params, sort_keys=False))
+    facts = {**facts, "dvc_lock": lock.exists()}
+    (out / FACTS_FILE).write_text(json.dumps(facts, indent=2, sort_keys=True) + "\n")
+    return out

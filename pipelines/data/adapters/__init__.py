@@ -7,10 +7,10 @@ an adapter otherwise. Relative paths in params.yaml are read from the project ro
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from pipelines.core.config import PROJECT_ROOT, DataSettings
+from pipelines.core.files import file_md5
 from pipelines.data.generate import World
 
 
@@ -26,15 +26,6 @@ def resolve(path: str | Path, what: str) -> Path:
     if not full.exists():
         raise SourceError(f"{what} {path!r} not found (looked at {full.resolve()})")
     return full.resolve()
-
-
-def file_md5(path: Path) -> str:
-    """Content hash of an input file, recorded in source.json (the input's version)."""
-    digest = hashlib.md5()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_source(settings: DataSettings, progress: bool = True) -> World:
