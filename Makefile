@@ -60,7 +60,7 @@ serve: setup  ## tritonserver on 127.0.0.1 (params.yaml serve ports) in the back
 serve-stop:  ## stop the tritonserver that `make serve` started
 	$(BIN)/rxrec serve stop
 
-airflow: setup  ## Airflow 3 on 127.0.0.1:8080 (API server + UI, scheduler, DAG processor) in the background
+airflow: setup  ## Airflow 3 on 127.0.0.1:8080 (API server + UI, scheduler, DAG processor, triggerer) in the background
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python infra/airflow/launcher.py start
 
 airflow-stop:  ## stop the Airflow that `make airflow` started (SIGINT, then waits)

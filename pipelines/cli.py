@@ -34,12 +34,14 @@ def _fail(message: str) -> None:
 def _run(name: str, overrides: list[str]) -> dict:
     from pipelines.core.retry import ServiceUnavailable
     from pipelines.data.adapters import SourceError
+    from pipelines.serve.endpoint import TritonEndpointError, TritonUnreachable
     from pipelines.validate.gate import DataValidationError
 
     typer.secho(f"▶ {name}", bold=True)
     try:
         summary = run_stage(name, overrides)
-    except (SettingsError, DataValidationError, FileNotFoundError, ServiceUnavailable, SourceError) as exc:
+    except (SettingsError, DataValidationError, FileNotFoundError, ServiceUnavailable, SourceError,
+            TritonEndpointError, TritonUnreachable) as exc:
         _fail(f"stage {name} stopped: {exc}")
     typer.echo("  " + json.dumps(summary, default=str)[:400])
     return summary
@@ -195,13 +197,17 @@ def _event_list(text: str, n_items: int) -> list[list[int | str]] | None:
 
 
 def _endpoint(url: str | None, protocol: str) -> str:
-    """--url, else the params.yaml serve port of the protocol on 127.0.0.1."""
+    """--url, else the profile's Triton (RXREC_TRITON_URL / RXREC_TRITON_GRPC_URL, else params.yaml serve ports)."""
+    from pipelines.serve.endpoint import TritonEndpointError, resolve_triton
+
     if protocol not in ("http", "grpc"):
         _fail(f"--protocol must be http or grpc, got {protocol!r}")
     if url:
         return url
-    serve_settings = load_settings().serve
-    return f"127.0.0.1:{serve_settings.http_port if protocol == 'http' else serve_settings.grpc_port}"
+    try:
+        return resolve_triton(load_settings().serve).url(protocol)
+    except (SettingsError, TritonEndpointError) as exc:
+        _fail(str(exc))
 
 
 def _ask_server(call: Callable[[], object], what: str) -> object:
@@ -231,7 +237,7 @@ def recommend(
                                         "view,add_to_cart,purchase (view|click|add_to_cart|purchase|0-4)")] = "",
     model: Annotated[str, typer.Option(help="recommend (entry point with fallbacks) or gpt4rec (raw model)")] = (
         "recommend"),
-    url: Annotated[str | None, typer.Option(help="Triton endpoint host:port (default: params.yaml serve ports)")] = None,
+    url: Annotated[str | None, typer.Option(help="Triton endpoint host:port (default: the profile's RXREC_TRITON_URL / RXREC_TRITON_GRPC_URL, else params.yaml serve ports on 127.0.0.1)")] = None,
     protocol: Annotated[str, typer.Option(help="http or grpc")] = "http",
 ) -> None:
     """Ask a running Triton server for the next items of one session."""
@@ -260,7 +266,7 @@ def recommend(
 @app.command()
 def similar(
     item: Annotated[int, typer.Option(min=1, help="item id whose similar products to list (>= 1)")],
-    url: Annotated[str | None, typer.Option(help="Triton endpoint host:port (default: params.yaml serve ports)")] = None,
+    url: Annotated[str | None, typer.Option(help="Triton endpoint host:port (default: the profile's RXREC_TRITON_URL / RXREC_TRITON_GRPC_URL, else params.yaml serve ports on 127.0.0.1)")] = None,
     protocol: Annotated[str, typer.Option(help="http or grpc")] = "http",
 ) -> None:
     """Ask a running Triton server for the products most similar to one item."""
@@ -464,6 +470,44 @@ def lineage(
     ]
     for label, value in rows:
         typer.echo(f"{label:<16} {value}")
+
+
+@app.command()
+def reproduce(
+    model: Annotated[str, typer.Argument(help="MODEL@ALIAS or MODEL/N, e.g. gpt4rec@champion "
+                                         "(or MODEL --version N)")],
+    version: Annotated[str | None, typer.Option("--version", help="registered version number of MODEL")] = None,
+    tolerance: Annotated[float | None, typer.Option(min=0.0, help="largest absolute difference allowed between "
+                                                    "logged and re-run validation metrics (default 1e-6)")] = None,
+    keep: Annotated[bool, typer.Option("--keep", help="keep the workspace (git worktree, DVC cache, MLflow "
+                                       "store)")] = False,
+    project: Annotated[Path | None, typer.Option(help="git+DVC repository holding the version's commit "
+                                                 "(default: this checkout)")] = None,
+    set_: SetOption = None,
+) -> None:
+    """Rebuild a registered version from its lineage (commit + dvc.lock) and check that it reproduces.
+
+    Restores the run's data from the DVC remote into a fresh git worktree, verifies every file against
+    the lock, re-runs the stages up to the model's training (forced), and compares data hashes (exact)
+    and validation metrics (within --tolerance). Exit 0: reproduced; 1: something differs (see the
+    table and var/reproduce/<model>-v<N>.json); 2: bad input or a remote that is down (nothing changed).
+    """
+    from pipelines.core.retry import ServiceUnavailable
+    from pipelines.stages.reproduce import DEFAULT_TOLERANCE, ReproduceError, parse_target, reproduce_version
+
+    try:
+        name, ref = parse_target(model, version)
+        settings = load_settings(overrides=set_ or [])
+        report = reproduce_version(settings, Paths(), name, ref, project=project or PROJECT_ROOT,
+                                   tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance, keep=keep,
+                                   progress=lambda line: typer.secho(f"▶ {line}", bold=True))
+    except (ReproduceError, SettingsError, ServiceUnavailable) as exc:
+        typer.secho(f"error: {' '.join(str(exc).split())}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from None
+    typer.echo(report.table())
+    typer.echo(f"report: {report.path}" + (f"   workspace kept: {report.workspace}" if keep else ""))
+    if not report.passed:
+        raise typer.Exit(code=1)
 
 
 @app.command(name="export")

@@ -1,9 +1,11 @@
 """Local Airflow 3 for rxrec: `make airflow` / `make airflow-stop`, and what the browser tests start.
 
 Runs the components `airflow standalone` would (API server + UI, scheduler with the LocalExecutor,
-DAG processor) as separate processes, because that way every socket is on 127.0.0.1: standalone's
-scheduler and triggerer also open log servers on every interface, which a LocalExecutor on one
-machine does not need (`--skip-serve-logs`). SQLite metadata DB under $AIRFLOW_HOME by default
+DAG processor, triggerer) as separate processes, because that way every socket is on 127.0.0.1:
+standalone's scheduler and triggerer also open log servers on every interface, which a LocalExecutor
+on one machine does not need (`--skip-serve-logs`). The triggerer runs deferred tasks (deferrable
+operators and sensors; Human-in-the-loop approvals on Airflow < 3.3, which 3.3 parks in `awaiting_input`
+without one). Plugins come from infra/airflow/plugins (the "MLflow run" task link). SQLite metadata DB under $AIRFLOW_HOME by default
 (set AIRFLOW__DATABASE__SQL_ALCHEMY_CONN for Postgres), parallelism 2 for a 2-core machine,
 SimpleAuthManager with one admin user and no anonymous access (every REST call and UI page needs a
 login; `simple_auth_manager_all_admins` stays off): the password comes from RXREC_AIRFLOW_ADMIN_PASSWORD
@@ -40,7 +42,9 @@ COMPONENTS = {
     "api-server": ["api-server", "--host", HOST, "--port", "{port}", "--workers", "1"],
     "scheduler": ["scheduler", "--skip-serve-logs"],
     "dag-processor": ["dag-processor"],
+    "triggerer": ["triggerer", "--skip-serve-logs"],
 }
+PLUGINS_FOLDER = PROJECT_ROOT / "infra" / "airflow" / "plugins"
 
 
 @dataclass
@@ -77,6 +81,7 @@ def environment(home: Path, port: int, extra: dict[str, str] | None = None) -> d
     defaults = {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PLUGINS_FOLDER),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "2",
@@ -144,7 +149,8 @@ def _healthy(url: str) -> bool:
     if code != 200:
         return False
     health = json.loads(body)
-    return all(health.get(c, {}).get("status") == "healthy" for c in ("metadatabase", "scheduler", "dag_processor"))
+    return all(health.get(c, {}).get("status") == "healthy"
+               for c in ("metadatabase", "scheduler", "dag_processor", "triggerer"))
 
 
 def start(home: Path, port: int, *, extra_env: dict[str, str] | None = None, timeout_s: float = 240) -> Airflow:
@@ -216,8 +222,8 @@ def stop(home: Path, timeout_s: float = 15) -> list[str]:
     deadline = time.monotonic() + timeout_s
     while any(_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
         time.sleep(0.5)
-    for name in ("api-server", "dag-processor"):  # uvicorn can wait on open keep-alive connections
-        if _alive(pids[name]):
+    for name in ("api-server", "dag-processor", "triggerer"):  # uvicorn can wait on open keep-alive connections
+        if name in pids and _alive(pids[name]):
             os.kill(pids[name], signal.SIGTERM)
     deadline = time.monotonic() + 5
     while any(_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:

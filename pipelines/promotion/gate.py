@@ -5,24 +5,28 @@ files, i.e. what would be served), so a champion trained on an older data versio
 today's data. The decision is taken on the **validation** split (each user's second-to-last item):
 the challenger must beat the champion on the primary metric by a margin, no guard metric (coverage,
 cold-start HR) may drop by more than its tolerance, export parity must hold, and the challenger's
-p95 latency through a real Triton server must stay under the budget. Only after the decision is
-recorded is the test split read, once, and both models' test figures are reported beside it, never
-decided on (pipelines/promotion/splits.py). Every check is kept with its numbers so the decision can
+p95 latency through a real Triton server (the profile's, when RXREC_TRITON_URL names one) must stay
+under the budget. Only after the decision is recorded is the test split read, once, and both models'
+test figures are reported beside it, never decided on (pipelines/promotion/splits.py). Every check is kept with its numbers so the decision can
 be logged and printed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipelines.core.config import GateSettings, Paths, Settings
 from pipelines.data.sequences import Sequences
+
+if TYPE_CHECKING:
+    from pipelines.serve.remote import RemoteTriton
 
 MIN_COLD_USERS = 5  # fewer test users with a cold target: cold-start HR is "not available"
 
@@ -249,38 +253,90 @@ def artifact_checks(onnx_path: Path, n_items: int) -> list[GateCheck]:
 # --------------------------------------------------------------------------- latency through Triton
 
 
+GATE_MODEL_SUFFIX = "_gate_candidate"  # the challenger's name in the profile's Triton while it is measured
+
+
 def triton_latency(onnx_path: Path, s: Settings, p: Paths, n_requests: int, seqs: Sequences) -> dict[str, float]:
     """p50/p95/max milliseconds of one-session requests to this ONNX model in a real Triton server.
 
-    The sessions are validation histories of `seqs` (the gate's view). A private model repository and
-    free ports, so a Triton already serving the champion is not disturbed.
+    The sessions are validation histories of `seqs` (the gate's view). With RXREC_TRITON_URL set and a
+    Triton answering there, the challenger is measured on the profile's Triton itself: loaded from files
+    sent in the load request under its own name (`<model>_gate_candidate`, never the served model's name,
+    nothing written to that server's repository) and unloaded afterwards, promoted or not. Else (local
+    profile) a private model repository and a tritonserver on free ports, so a Triton already serving the
+    champion is not disturbed; a remote profile whose Triton does not answer is an error naming the URL.
     """
     from pipelines.repository.metadata import read_model_metadata
     from pipelines.repository.versions import write_model_config, write_version
-    from pipelines.serve.client import recommend
-    from pipelines.serve.triton_server import TritonServer, find_free_port
+    from pipelines.serve.endpoint import resolve_triton
 
+    endpoint = resolve_triton(s.serve)
     meta = read_model_metadata(onnx_path)
     repo = p.var / "gate" / "triton_repo"
     if repo.exists():
         shutil.rmtree(repo)
     name = s.serve.model_name
     write_model_config(repo, name, meta, max_batch_size=s.serve.max_batch_size, instance_count=1)
-    write_version(repo, name, onnx_path, metadata={"purpose": "promotion gate latency check"})
+    version_dir = write_version(repo, name, onnx_path, metadata={"purpose": "promotion gate latency check"})
     histories, _, _ = seqs.evaluation(DECISION_SPLIT)
     sessions = [h[-meta.max_len:].tolist() for h in histories if len(h) >= 1][:n_requests]
+    if endpoint.configured:
+        from pipelines.serve.remote import RemoteTriton
+
+        triton = RemoteTriton.at(endpoint)
+        problem = triton.live_problem()
+        if problem is None:
+            return _latency_as_candidate(triton, f"{name}{GATE_MODEL_SUFFIX}", version_dir, sessions,
+                                         s.serve.startup_timeout_s)
+        if not endpoint.may_start_local:
+            raise endpoint.unreachable(problem)
+    from pipelines.serve.triton_server import TritonServer, find_free_port
+
     server = TritonServer(repo, http_port=find_free_port(), grpc_port=find_free_port(),
                           metrics_port=find_free_port(), startup_timeout_s=s.serve.startup_timeout_s,
                           log_dir=p.var / "gate" / "triton")
     with server:
         server.load(name, timeout_s=s.serve.startup_timeout_s)
-        for session in sessions[:3]:  # warm-up: first requests pay for session creation
-            recommend([session], url=server.url, model_name=name)
-        timings = []
-        for session in sessions:
-            started = time.perf_counter()
-            recommend([session], url=server.url, model_name=name)
-            timings.append((time.perf_counter() - started) * 1000)
+        timings = _time_requests(server.url, name, sessions)
+    return _percentiles(timings)
+
+
+def _latency_as_candidate(triton: RemoteTriton, candidate: str, version_dir: Path, sessions: list[list[int]],
+                          timeout_s: float) -> dict[str, float]:
+    """Load the version folder's files into a running Triton as `candidate`, time the sessions, unload it.
+
+    Unloaded whatever happens (a rejected challenger must not stay loaded); its name is never the served one.
+    """
+    from pipelines.serve.triton_server import TritonError
+
+    files = {f"1/{f.name}": f.read_bytes() for f in sorted(version_dir.iterdir()) if f.is_file()}
+    try:
+        triton.load_files(candidate, (version_dir.parent / "config.pbtxt").read_text(), files, timeout_s=timeout_s)
+        timings = _time_requests(triton.url, candidate, sessions)
+    except BaseException:
+        with contextlib.suppress(TritonError):  # a load that half-happened must not stay loaded either
+            triton.unload(candidate)
+        raise
+    triton.unload(candidate)
+    print(f"GATE: latency of the challenger measured on {triton.name} as {candidate!r} (unloaded again)")
+    return _percentiles(timings)
+
+
+def _time_requests(url: str, model_name: str, sessions: list[list[int]]) -> list[float]:
+    """Milliseconds of one request per session, after three warm-up requests (session creation)."""
+    from pipelines.serve.client import recommend
+
+    for session in sessions[:3]:
+        recommend([session], url=url, model_name=model_name)
+    timings = []
+    for session in sessions:
+        started = time.perf_counter()
+        recommend([session], url=url, model_name=model_name)
+        timings.append((time.perf_counter() - started) * 1000)
+    return timings
+
+
+def _percentiles(timings: list[float]) -> dict[str, float]:
     values = np.array(timings)
     return {"p50_ms": round(float(np.percentile(values, 50)), 2), "p95_ms": round(float(np.percentile(values, 95)), 2),
             "max_ms": round(float(values.max()), 2), "requests": float(len(values))}

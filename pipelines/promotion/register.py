@@ -8,6 +8,9 @@ same model (same fingerprint: data content hash and the params that shape the mo
 nothing. A task killed after registering but before the gate decided leaves a version without a
 `gate_decision` tag; the retry reuses that version and finishes the gate. A corrupt or incompatible
 ONNX file is rejected before anything is registered.
+
+With a person in the loop (the DAG's `require_approval`), the stage runs as a dry run and `approve`
+applies the gate's recorded decision once that person says yes; a rejection changes nothing.
 """
 
 from __future__ import annotations
@@ -126,17 +129,25 @@ def _version_of(found: ModelVersion | None) -> str | None:
 # --------------------------------------------------------------------------- before registering
 
 
-def already_gated(service: MlflowService, name: str, fp: str, content_md5: str) -> RegistryResult | None:
-    """The no-op: this fingerprint is registered and its gate decided, so the registry already has this model."""
+def already_gated(service: MlflowService, name: str, fp: str, content_md5: str, p: Paths) -> RegistryResult | None:
+    """The no-op: this fingerprint is registered and its gate decided, so the registry already has this model.
+
+    gate.json still says so (it is the stage's declared output): no new decision, the earlier one quoted.
+    """
     existing = service.find_version(name, fp)
     if existing is None or not existing.tags.get(GATE_TAG):
         return None
     reason = (f"no-op: this model (data {content_md5[:8]}, fingerprint {fp[:8]}) is already "
               f"registered as v{existing.version}; aliases unchanged")
     champion = _version_of(service.alias_version(name, CHAMPION))
+    report = GateReport(str(existing.version), champion, False, False, reason,
+                        compared_on=f"nothing new: v{existing.version} was gated before "
+                                    f"({existing.tags[GATE_TAG]})")
+    report.save(p.reports / "gate.json")
     print(f"REGISTRY: {reason}")
     return RegistryResult(name, str(existing.version), existing.run_id, service.experiment_id, service.tracking_uri,
-                          promoted=False, reason=reason, reused=True, champion_version=champion or "")
+                          promoted=False, reason=reason, reused=True, champion_version=champion or "",
+                          gate=report.to_dict())
 
 
 def rejected_artifact(service: MlflowService, name: str, onnx_path: Path, p: Paths) -> RegistryResult | None:
@@ -186,6 +197,22 @@ def register_challenger(service: MlflowService, name: str, run_id: str, onnx_pat
     version = service.log_onnx_model(run_id, onnx_path, name, tags)
     aliases.mark_challenger(service, name, version)
     return version
+
+
+def log_lineage(service: MlflowService, run_id: str, p: Paths, params: dict[str, Any], family: str) -> None:
+    """What `rxrec reproduce` rebuilds this run from, on the version's run: the run's dvc.lock, its params
+    (overrides included) and the code commit (pipelines/stages/reproduce.py)."""
+    from pipelines.track.live import dvc_remote_url
+
+    commit = lineage.git_commit(p.root)
+    nested: dict[str, dict[str, Any]] = {}
+    for dotted, value in params.items():
+        section, key = dotted.split(".", 1)
+        nested.setdefault(section, {})[key] = value
+    facts = {"git_commit": commit.removesuffix("-dirty"), "git_dirty": commit.endswith("-dirty"),
+             "model_stage": f"train_{family}", "dvc_remote": dvc_remote_url(p.root), "workdir": str(p.root)}
+    bundle = lineage.write_bundle(p.root, fresh_dir(p.var / "lineage"), nested, facts)
+    service.log_artifacts(run_id, {lineage.LINEAGE_ARTIFACT: bundle})
 
 
 # --------------------------------------------------------------------------- the gate
@@ -312,12 +339,13 @@ def register(s: Settings, p: Paths) -> dict[str, Any]:
     fp = fingerprint(source.content_md5, model_params(params))
     onnx_path = p.onnx / "gpt4rec" / "model.onnx"
 
-    done = already_gated(service, name, fp, source.content_md5) or rejected_artifact(service, name, onnx_path, p)
+    done = already_gated(service, name, fp, source.content_md5, p) or rejected_artifact(service, name, onnx_path, p)
     if done is not None:
         return done.publish(p)
 
     parent_id, children = log_runs(service, p, source, params, fp, metrics_all)
     run_id = children["gpt4rec"]
+    log_lineage(service, run_id, p, params, "gpt4rec")
     version = register_challenger(service, name, run_id, onnx_path, p,
                                   {**source.tags, "fingerprint": fp, "parent_run_id": parent_id})
 
@@ -332,3 +360,94 @@ def register(s: Settings, p: Paths) -> dict[str, Any]:
     return RegistryResult(name, version, run_id, service.experiment_id, service.tracking_uri, promoted=report.applied,
                           reason=report.reason, champion_version=champion or "", reused=False,
                           parent_run_id=parent_id, child_run_ids=children, gate=report.to_dict()).publish(p)
+
+
+# --------------------------------------------------------------------------- a person's approval
+
+APPROVED_TAG = "promotion_approved_by"  # model-version tag: who approved the gate's decision, and why
+
+
+class ApprovalError(RuntimeError):
+    """The registry.json a person was asked about cannot be applied (nothing to approve, or it is stale)."""
+
+
+def awaiting_approval(registry: dict[str, Any]) -> str | None:
+    """Why this register result (registry.json) leaves nothing for a person to approve; None when its
+    challenger passed the gate and `champion` was left where it was, waiting for that person."""
+    gate = registry.get("gate") or {}
+    if registry.get("reused"):
+        return f"the registry already had this model (v{registry.get('version')}): {registry.get('reason')}"
+    if not registry.get("version") or not gate:
+        return f"no challenger was registered: {registry.get('reason')}"
+    if not gate.get("promote"):
+        return f"the gate rejected v{registry['version']}: {gate.get('reason')}"
+    if gate.get("applied"):
+        return f"the gate already made v{registry['version']} champion"
+    return None
+
+
+def approval_request(registry: dict[str, Any]) -> tuple[str, str]:
+    """Subject and Markdown body a person approves: the gate's checks and both models' validation figures.
+
+    Validation only, as the gate decided: the test figures are the report after the decision, and a person
+    choosing on them would be model selection on the test split.
+    """
+    gate = registry["gate"]
+    version, champion = registry["version"], gate.get("champion_version")
+    label = f"champion v{champion}" if champion else "champion (none yet)"
+    subject = f"Make {registry['model_name']} v{version} the champion?"
+    split = gate.get("decided_on", "validation")
+    lines = [
+        f"The promotion gate **passed** challenger **v{version}** against {label}, on the {split} split.",
+        f"Compared on: {gate.get('compared_on', '')}.",
+        "Approve: it becomes `champion` and is deployed to Triton. Reject: the registry and Triton stay as they are.",
+        "",
+        f"| metric ({split}) | challenger v{version} | {label} |",
+        "|---|---|---|",
+    ]
+    challenger, current = gate.get("valid_challenger") or {}, gate.get("valid_champion") or {}
+    for name in sorted(set(challenger) | set(current)):
+        lines.append(f"| {name} | {_figure(challenger.get(name))} | {_figure(current.get(name))} |")
+    lines += ["", *[f"- {'ok' if c['passed'] else 'FAIL'} **{c['name']}**: {c['detail']}"
+                    for c in gate.get("checks") or []]]
+    if gate.get("latency"):
+        lines.append(f"- Triton latency (ms): {', '.join(f'{k} {v:g}' for k, v in gate['latency'].items())}")
+    return subject, "\n".join(lines)
+
+
+def _figure(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def approve(service: MlflowService, registry: dict[str, Any], approved_by: str, comment: str) -> dict[str, Any]:
+    """Make the challenger a person approved `champion`: the gate's decision of this register result, applied.
+
+    Refused (ApprovalError, nothing changed) when there was nothing to approve or when `champion` moved
+    since the gate compared against it (the comparison is stale: run the DAG again). Approving a version
+    that is already champion (a retried task) changes nothing. Recorded on the version (tag), in the
+    champion moves (by "approval") and on the run's parent MLflow run (gate.decision = promote).
+    """
+    why_not = awaiting_approval(registry)
+    if why_not:
+        raise ApprovalError(f"nothing to approve: {why_not}")
+    name, version, gate = registry["model_name"], str(registry["version"]), registry["gate"]
+    decided_against = str(gate.get("champion_version") or "") or None
+    current = _version_of(service.alias_version(name, CHAMPION))
+    result = {"model_name": name, "version": version, "previous_champion": current, "approved_by": approved_by,
+              "tracking_uri": service.tracking_uri}
+    if current == version:
+        return {**result, "promoted": False, "reason": f"v{version} is already the champion: nothing changed"}
+    if current != decided_against:
+        raise ApprovalError(
+            f"{name} champion is v{current} in {service.tracking_uri}, but the gate compared v{version} with "
+            f"{f'v{decided_against}' if decided_against else 'no champion'}: the decision is stale, nothing was "
+            "changed; trigger the DAG again to compare with the current champion")
+    note = f"{approved_by}: {comment}" if comment.strip() else approved_by
+    reason = f"approved by {note} after the gate passed it: {gate.get('reason', '')}"
+    service.tag_version(name, version, APPROVED_TAG, note[:aliases.REASON_MAX_CHARS])
+    aliases.promote(service, name, version, by="approval", reason=reason)
+    if registry.get("parent_run_id"):
+        service.log_values(registry["parent_run_id"], tags={"gate.decision": "promote", "gate.approved_by": note})
+    description = service.get_version(name, version).description or ""
+    service.describe_version(name, version, f"{description}\n\n**Approved** by {note}.".strip())
+    return {**result, "promoted": True, "reason": reason}

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.core.config import PROJECT_ROOT, Settings
+from pipelines.core.config import PROJECT_ROOT, Settings, section_types
 from pipelines.models.base import FitInput
 from pipelines.models.families import family, family_names
 
@@ -68,12 +68,16 @@ def _report(name: str, kind: str = "outs") -> Output:
     return Output(f"reports/pipeline/{name}", kind=kind, cache=False)
 
 
+PROMOTE_CODE = "pipelines/stages/promote.py"  # export, register, deploy and serve_check
+
+
 def _train_spec(name: str) -> StageSpec:
     """train_<family>: its module, the shared base, the sequences and whatever extra input it reads."""
     extra = {FitInput.PRETRAINED: "artifacts/embeddings/prod2vec"}
     inputs = [extra[i] for i in sorted(family(name).inputs, key=str) if i in extra]
     return StageSpec(f"train_{name}",
-                     deps=("data/features", *inputs, "pipelines/models/base.py", f"pipelines/models/{name}.py"),
+                     deps=("data/features", *inputs, "pipelines/models/base.py", f"pipelines/models/{name}.py",
+                           "pipelines/stages/train.py"),
                      params=(name, "data", "evaluate"), outputs=(Output(f"artifacts/models/{name}"),))
 
 
@@ -84,48 +88,51 @@ def declared_stages() -> tuple[StageSpec, ...]:
     embed_params = {"prod2vec": ("graph", "prod2vec"), "tfidf": ("tfidf",), "text_encoder": ("text_encoder",),
                     "meta_prod2vec": ("graph", "meta_prod2vec")}
     return (
-        StageSpec("generate", deps=("pipelines/data",), params=("data",), outputs=(Output("data/raw"),)),
-        StageSpec("validate", deps=("data/raw", "pipelines/validate"), params=("validate",), outputs=(
+        StageSpec("generate", deps=("pipelines/data", "pipelines/stages/data.py"), params=("data",), outputs=(Output("data/raw"),)),
+        StageSpec("validate", deps=("data/raw", "pipelines/validate", "pipelines/stages/data.py"), params=("validate",), outputs=(
             Output("data/validated"), Output("data/accepted_profile.json", cache=False, persist=True),
             _report("validation.md"), _report("validation.json", "metrics")),
             note="the drift reference data/accepted_profile.json is kept across runs, rewritten when data pass"),
         StageSpec("sequences", deps=("data/validated", "pipelines/data/sequences.py",
-                                     "pipelines/data/item_features.py", "pipelines/data/text.py"),
+                                     "pipelines/data/item_features.py", "pipelines/data/text.py",
+                                     "pipelines/stages/data.py"),
                   outputs=(Output("data/features"),)),
         *(StageSpec(name, deps=("data/features", "data/validated",
-                                *(("pipelines/graph",) if "graph" in embed_params[name] else ()), "pipelines/embed"),
+                                *(("pipelines/graph",) if "graph" in embed_params[name] else ()), "pipelines/embed",
+                                "pipelines/stages/embed.py"),
                     params=(*embed_params[name], "data", "evaluate"),
                     outputs=(Output(f"artifacts/embeddings/{name}"),)) for name in embeddings),
         StageSpec("similar_products", deps=("data/features", "data/validated", *(f"artifacts/embeddings/{n}"
                                                                                for n in embeddings),
-                                            "pipelines/embed"),
+                                            "pipelines/embed", "pipelines/stages/embed.py"),
                   params=("similar", "evaluate"),
                   outputs=(Output("artifacts/similar"), _report("embeddings.json", "metrics"),
                            _report("embeddings.png", "plots"))),
         *(_train_spec(name) for name in families),
         StageSpec("evaluate", deps=("data/features", *(f"artifacts/models/{n}" for n in families),
-                                    "pipelines/evaluate"),
+                                    "pipelines/evaluate", "pipelines/stages/train.py"),
                   params=("evaluate",),
                   outputs=(_report("metrics.json", "metrics"), _report("metrics.png", "plots"))),
-        StageSpec("export_onnx", deps=("data/features", "artifacts/models/gpt4rec", "pipelines/export/onnx.py"),
+        StageSpec("export_onnx", deps=("data/features", "artifacts/models/gpt4rec", "pipelines/export/onnx.py",
+                                       PROMOTE_CODE),
                   params=("export", "evaluate"),
                   outputs=(Output("artifacts/onnx/gpt4rec"), _report("parity.json", "metrics"))),
         StageSpec("register", deps=(
             "data/raw", "data/validated", "data/features", "reports/pipeline/validation.md",
             "reports/pipeline/validation.json", "reports/pipeline/metrics.json", "reports/pipeline/metrics.png",
             "reports/pipeline/parity.json", "artifacts/onnx/gpt4rec", "artifacts/embeddings/prod2vec",
-            *(f"artifacts/models/{n}" for n in families), "pipelines/track", "pipelines/promotion"),
+            *(f"artifacts/models/{n}" for n in families), "pipelines/track", "pipelines/promotion", PROMOTE_CODE),
             # The fingerprint and the parent run's params cover every section, so every section is an input.
-            params=tuple(Settings.model_fields[f].alias or f for f in Settings.model_fields),
+            params=tuple(section_types()),
             outputs=(_report("registry.json"), _report("gate.json"))),
         StageSpec("deploy", deps=(
             "reports/pipeline/registry.json", "artifacts/similar", *(f"artifacts/embeddings/{n}" for n in embeddings),
             "artifacts/models/popularity", "artifacts/models/rules", "data/features", "data/validated",
-            "pipelines/repository", "pipelines/export/similar_onnx.py", "pipelines/serve"),
+            "pipelines/repository", "pipelines/export/similar_onnx.py", "pipelines/serve", PROMOTE_CODE),
             params=("serve", "similar", "rules"),
             outputs=(_report("deploy.json"),),
             note="writes the Triton repository (serve state, RXREC_TRITON_REPO) from the registry's champion"),
-        StageSpec("serve_check", deps=("reports/pipeline/deploy.json", "data/validated", "data/features"),
+        StageSpec("serve_check", deps=("reports/pipeline/deploy.json", "data/validated", "data/features", PROMOTE_CODE),
                   params=("serve", "evaluate"), outputs=(_report("serve_check.json"),), always_changed=True,
                   note="always runs: a cached graph still has to prove the server answers"),
     )
@@ -183,8 +190,9 @@ def render_dvc_yaml(stages: tuple[StageSpec, ...] | None = None) -> str:
 
 
 def _section_names() -> dict[str, str]:
-    """Settings attribute -> params.yaml section name (`validate_` is `validate`)."""
-    return {name: info.alias or name for name, info in Settings.model_fields.items()}
+    """Settings attribute -> params.yaml section name (`validate_` is `validate`; a family's is its name)."""
+    return {**{name: info.alias or name for name, info in Settings.model_fields.items()},
+            **{name: name for name in section_types() if name not in Settings.model_fields}}
 
 
 class DeclaredSettings:

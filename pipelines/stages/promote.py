@@ -47,14 +47,33 @@ def register(s: Settings, p: Paths) -> dict[str, Any]:
     return register_and_gate(s, p)
 
 
+
+def approve_challenger(s: Settings, p: Paths, approved_by: str, comment: str = "") -> dict[str, Any]:
+    """A person approved the decision this work directory's `register` recorded (registry.json): `champion`
+    moves to its challenger, and `deploy` serves it next.
+
+    The DAG's approval step (run form `require_approval`): `register` then runs as a dry run, so the
+    champion alias and Triton stay untouched until a person says yes. Not a dvc.yaml stage: a person's
+    answer is not a computation DVC could reproduce. Refused, changing nothing, when the gate rejected the
+    challenger or `champion` moved since the gate compared (pipelines/promotion/register.py `approve`).
+    """
+    from pipelines.core.files import read_json
+    from pipelines.promotion.register import approve
+    from pipelines.track.service import MlflowService
+
+    registry = read_json(p.reports / "registry.json")
+    return approve(MlflowService.from_settings(s, p), registry, approved_by, comment)
+
+
 def deploy(s: Settings, p: Paths) -> dict[str, Any]:
     """Make the registry's current `champion` the newest version folder of the Triton model repository.
 
     Nothing is written when the newest folder already holds that model version; after a rollback the
     older champion is written again as a new folder (Triton serves the newest). similar_items and
     recommend follow (pipelines/repository/companions.py: a new folder only when their files changed).
-    A Triton already listening on serve.http_port loads what changed in dependency order (gpt4rec,
-    similar_items, recommend), so it swaps versions without a restart.
+    The profile's Triton (pipelines/serve/endpoint.py: RXREC_TRITON_URL, else serve.http_port on 127.0.0.1)
+    loads what changed in dependency order (gpt4rec, similar_items, recommend), so it swaps versions
+    without a restart.
     """
     from pipelines.repository.metadata import read_model_metadata
     from pipelines.repository.versions import list_versions, write_model_config, write_version
@@ -89,20 +108,14 @@ def deploy(s: Settings, p: Paths) -> dict[str, Any]:
 
 
 def _finish_deploy(s: Settings, p: Paths, summary: dict[str, Any]) -> dict[str, Any]:
-    """Write similar_items and recommend beside gpt4rec, load what changed in a running Triton, report."""
+    """Write similar_items and recommend beside gpt4rec, have the profile's Triton load what changed, report."""
     from pipelines.repository.companions import deploy_companions
-    from pipelines.serve.daemon import load_in_running_server
+    from pipelines.serve.remote import load_deployed
 
     models: dict[str, dict[str, Any]] = {s.serve.model_name: {
         "version_path": summary["version_path"], "triton_version": summary["triton_version"], "new": summary["new"]}}
     models |= deploy_companions(s, p, p.triton_repo, Path(summary["version_path"]))
-    changed = [name for name, m in models.items() if m.get("new") or m.get("config_changed")]
-    loaded, errors = load_in_running_server(s.serve.http_port, [n for n, m in models.items() if "skipped" not in m],
-                                            changed=changed, timeout_s=s.serve.startup_timeout_s)
-    summary |= {"reloaded_running_server": s.serve.model_name in loaded, "models": models, "loaded": loaded,
-                "load_errors": errors}
-    for name, message in errors.items():
-        print(f"DEPLOY: the running Triton could not load {name!r} (the previous version keeps serving): {message}")
+    summary |= {"models": models, **load_deployed(s, models)}
     write_json_atomic(p.reports / "deploy.json", summary)
     return summary
 

@@ -1,18 +1,17 @@
-"""The Airflow DAG `retrain_and_promote`: its shape follows dvc.yaml, and a real run registers a model.
+"""The Airflow DAG `retrain_and_promote`: its shape follows dvc.yaml, and real runs register, deploy and stop.
 
-Airflow reads its configuration (AIRFLOW_HOME, the metadata DB) once, at import, and writes under
-AIRFLOW_HOME; so every Airflow step runs in a fresh interpreter with its own temporary AIRFLOW_HOME,
-and this test process never imports airflow.
+The shape is read by parsing the dags folder the way Airflow does: Airflow reads its configuration
+(AIRFLOW_HOME, the metadata DB) once, at import, and writes under AIRFLOW_HOME, so that runs in a fresh
+interpreter with its own temporary AIRFLOW_HOME and this test process never imports airflow. The runs are
+real runs of the session's Airflow (tests/e2e/conftest.py: `airflow_server`, `retrain_runs`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -125,16 +124,21 @@ def _dvc_upstream() -> dict[str, set[str]]:
 
 
 # Tasks the DAG adds beside the dvc.yaml stages, with their upstream tasks.
-EXTRA_TASKS = {"build_tensorrt_engine": {"deploy"}}
+# A person's approval between the gate and deployment (run form `require_approval`; skipped when off).
+APPROVE, PROMOTE = "approve_promotion", "promote_champion"
+EXTRA_TASKS = {"build_tensorrt_engine": {"deploy"}, APPROVE: {"register"}, PROMOTE: {APPROVE}}
 # The run's DVC workspace (pipelines/stages/dvc_run.py) opens before the first stage and is recorded after all.
 PREPARE, RECORD = "prepare_workspace", "record_run"
 
 
 def _task_upstream() -> dict[str, set[str]]:
-    """Every task's upstream tasks: the dvc.yaml edges, plus the workspace's first and last task."""
+    """Every task's upstream tasks: the dvc.yaml edges, plus the workspace's first and last task, and the
+    approval on the way from register to deploy."""
     stages = _dvc_upstream()
-    return {**{b: ups or {PREPARE} for b, ups in stages.items()}, PREPARE: set(), RECORD: set(stages),
-            **EXTRA_TASKS}
+    upstream = {**{b: ups or {PREPARE} for b, ups in stages.items()}, PREPARE: set(), RECORD: set(stages),
+                **EXTRA_TASKS}
+    upstream["deploy"] = upstream["deploy"] | {PROMOTE}
+    return upstream
 
 
 def _ancestors(upstream: dict[str, list[str]], node: str) -> set[str]:
@@ -180,7 +184,7 @@ def test_dag_settings_and_run_form(airflow_dag_structure):
     assert s["validate_data"] == {"generate": [], "validate": ["rxrec_validated_data"]}
     # Service tasks retry with exponential backoff; deterministic training fails fast.
     for task, (retries, backoff) in s["retries"].items():
-        if task in ("register", "deploy", "serve_check", "build_tensorrt_engine", RECORD):
+        if task in ("register", "deploy", "serve_check", "build_tensorrt_engine", PROMOTE, RECORD):
             assert retries >= 2 and backoff > 1, task
         else:
             assert retries == 0, task
@@ -207,105 +211,87 @@ def _out(stage: str, name: str) -> str:
     return next(p for o in outs for p in (o if isinstance(o, dict) else [o]) if Path(p).name == name)
 
 
-def _run_dag(tmp_path: Path, conf: dict) -> dict:
-    """Migrate a fresh metadata DB, dag.test() once with `conf`, read back states and XComs."""
-    env = _airflow_env(tmp_path)
-    work = tmp_path / "work"
-    work.mkdir()
-    env.update(RXREC_WORKDIR=str(work), RXREC_TRITON_REPO=str(tmp_path / "triton_repo"))
-    timings: dict = {}
+def _assert_registered(server, run) -> None:
+    """A successful run: every task in its expected state and returning its record (XCom); with `promote`,
+    deploy and what follows it ran, else they were skipped. The model version it registered (or found again)
+    is in the session's MLflow with the run form's values; a promoted champion is deployed and served."""
+    from mlflow import MlflowClient
 
-    start = time.perf_counter()
-    with (tmp_path / "migrate.log").open("w") as fh:
-        migrate = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=False, env=env,
-                                 stdout=fh, stderr=subprocess.STDOUT, timeout=300)
-    timings["db_migrate_s"] = round(time.perf_counter() - start, 2)
-    assert migrate.returncode == 0, (tmp_path / "migrate.log").read_text()[-4000:]
-
-    start = time.perf_counter()
-    log = tmp_path / "dag_test.log"
-    text = _python(RUN_SCRIPT, str(DAGS), DAG_ID, json.dumps(conf), env=env, log=log, timeout=1800)
-    result = _marked(text, "DAG_TEST")
-    timings["dag_test_s"] = round(result["wall_s"], 2)
-    timings["dag_test_process_s"] = round(time.perf_counter() - start, 2)
-
-    with sqlite3.connect(tmp_path / "airflow" / "airflow.db") as db:
-        states = dict(db.execute("SELECT task_id, state FROM task_instance WHERE dag_id = ?", (DAG_ID,)))
-        xcoms = {t: json.loads(v) for t, v in db.execute(
-            "SELECT task_id, value FROM xcom WHERE dag_id = ? AND key = 'return_value'", (DAG_ID,))}
-    timings["stage_s"] = {t: x.get("stage_seconds") for t, x in xcoms.items()}
-    print(f"\nairflow timings ({tmp_path.name}): {json.dumps(timings)}")
-    # The stages ran in the run's DVC workspace under the work directory; its lock went to a ref of this repo.
-    runs = work / "var" / "runs"
-    workspace = next(runs.iterdir()) if runs.is_dir() else work
-    ref = (xcoms.get(RECORD) or {}).get("ref")
-    if ref:
-        subprocess.run(["git", "update-ref", "-d", ref], cwd=REPO, check=True)
-    return {"state": result["state"], "states": states, "xcoms": xcoms, "work": work, "workspace": workspace,
-            "failure": f"task states {states}; log {log}:\n{text[-6000:]}"}
-
-
-TINY = {"n_products": 200, "n_users": 300, "gpt4rec_epochs": 1, "gpt4rec_max_len": 50, "prod2vec_epochs": 1}
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(2400)  # db migrate (300 s) and dag.test() (1800 s) at most
-@pytest.mark.parametrize("promote", [False, True], ids=["train-register", "promote-serve"])
-def test_dag_run(tmp_path, promote):
-    """One real DAG run on a tiny world: every stage succeeds and a model version is registered;
-    with promote, the champion is also deployed to a Triton repository and served by real Triton."""
-    from pipelines.serve.triton_server import default_venv, find_free_port
-
-    if promote and not (default_venv() / "bin" / "python").exists():
-        pytest.skip(f"serving venv {default_venv()} does not exist: run infra/triton/setup.sh "
-                    "or set RXREC_TRITON_VENV")
-    ports = [f"serve.{name}_port={find_free_port()}" for name in ("http", "grpc", "metrics")]
-    run = _run_dag(tmp_path, {**TINY, "promote": promote, "extra_overrides": ports})
-    states, xcoms, work, workspace = run["states"], run["xcoms"], run["work"], run["workspace"]
-
+    promote = run.conf["promote"]
     upstream = {k: sorted(v) for k, v in _dvc_upstream().items()}
-    # promote=False: deploy and everything after it is skipped; everything else must succeed.
     gated = set() if promote else {"deploy"} | {b for b in upstream if "deploy" in _ancestors(upstream, b)}
     expected = {stage: ("skipped" if stage in gated else "success") for stage in upstream}
     expected["build_tensorrt_engine"] = "skipped"  # gpu.enabled is false by default
+    expected[APPROVE] = expected[PROMOTE] = "skipped"  # require_approval is off: the gate decides alone
     expected[PREPARE] = expected[RECORD] = "success"
-    assert states == expected, run["failure"]
-    assert "success" in run["state"].lower()
-    assert all(isinstance(xcoms.get(t), dict) for t, st in expected.items() if st == "success"), xcoms
+    assert run.states == expected, run.failure
+    assert run.state == "success", run.failure
+    xcoms = {task: server.xcom(run.run_id, task) for task, state in expected.items() if state == "success"}
+    assert all(isinstance(value, dict) for value in xcoms.values()), xcoms
 
+    workspace = server.workspace(run.run_id).path
     registry = json.loads((workspace / _out("register", "registry.json")).read_text())
     assert registry["model_name"] and registry["version"] and registry["run_id"]
-    assert registry["tracking_uri"] == f"sqlite:///{work / 'var' / 'mlflow.db'}"
+    assert registry["tracking_uri"] == server.mlflow_url, "the tasks log to the session's MLflow server"
     assert xcoms["register"]["records"][_out("register", "registry.json")]["version"] == registry["version"]
     assert xcoms[RECORD]["ran"] and "commit" in xcoms[RECORD], "the run's dvc.lock was committed to its ref"
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=registry["tracking_uri"], registry_uri=registry["tracking_uri"])
+    client = MlflowClient(tracking_uri=server.mlflow_url, registry_uri=server.mlflow_url)
     version = client.get_model_version(registry["model_name"], str(registry["version"]))
     assert version.run_id == registry["run_id"]
     mlflow_run = client.get_run(registry["run_id"])
-    # The run form reached the library: the MLflow run holds the overridden params.
-    assert mlflow_run.data.params["data.n_products"] == "200"
-    assert mlflow_run.data.params["gpt4rec.epochs"] == "1"
+    # The run form reached the library: the MLflow run holds the form's params.
+    assert mlflow_run.data.params["data.n_products"] == str(run.conf["n_products"])
+    assert mlflow_run.data.params["gpt4rec.epochs"] == str(run.conf["gpt4rec_epochs"])
     assert mlflow_run.data.tags.get("airflow_dag_run_id"), "the MLflow run records the Airflow run"
 
     if promote:
         deploy = json.loads((workspace / _out("deploy", "deploy.json")).read_text())
-        assert Path(deploy["version_path"]).is_relative_to(tmp_path / "triton_repo")
+        assert Path(deploy["version_path"]).is_relative_to(server.triton_repo)
         served = json.loads((workspace / _out("serve_check", "serve_check.json")).read_text())
         assert served["matches_onnx_runtime"] is True
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)  # as test_dag_run
-def test_dag_run_stops_at_the_validation_gate(tmp_path):
-    """Data that fail validation stop the run: nothing downstream of validate runs, nothing registered."""
-    run = _run_dag(tmp_path, {**TINY, "promote": False, "extra_overrides": ["validate.min_products=100000"]})
-    states = run["states"]
-    assert states[PREPARE] == states["generate"] == "success", run["failure"]
-    assert states["validate"] == "failed", run["failure"]
+@pytest.mark.timeout(2900)  # may start the session's services (420 s) and its two runs (1500 s + 900 s)
+def test_a_run_from_the_form_trains_registers_deploys_and_serves(airflow_server, retrain_runs):
+    """The session's first run (the tiny world, promote on): every stage succeeds, a model version is
+    registered, and the champion is deployed to the Triton repository and served by real Triton."""
+    assert retrain_runs.first.conf["promote"] is True
+    _assert_registered(airflow_server, retrain_runs.first)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3800)  # as above, then this run (900 s)
+def test_a_run_with_promote_off_deploys_nothing(airflow_server, retrain_runs):
+    """promote=false: a dry run. Deploy and everything after it are skipped, everything else succeeds.
+
+    The form is the second run's with promote off, right after it: DVC re-runs only the stages that read
+    the gate's params, and register finds the second run's model again instead of registering it twice."""
+    run = airflow_server.trigger_and_wait({**retrain_runs.second.conf, "promote": False}, timeout_s=900)
+    _assert_registered(airflow_server, run)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1400)  # may start the session's services (420 s), then this run (900 s)
+def test_a_run_stops_at_the_validation_gate(airflow_server, retrain_conf):
+    """Data that fail validation stop the run: nothing downstream of validate runs, nothing is registered,
+    and no dvc.lock is recorded for it."""
+    from mlflow import MlflowClient
+
+    registry = MlflowClient(tracking_uri=airflow_server.mlflow_url, registry_uri=airflow_server.mlflow_url)
+    versions_before = {(v.name, v.version) for v in registry.search_model_versions()}
+    # A world of its own (n_users): its generate stage shares no DVC run-cache entry with the other runs.
+    conf = {**retrain_conf, "n_users": 400, "promote": False,
+            "extra_overrides": [*retrain_conf["extra_overrides"], "validate.min_products=100000"]}
+    run = airflow_server.trigger_and_wait(conf, timeout_s=900)
+    states = run.states
+    assert states[PREPARE] == states["generate"] == "success", run.failure
+    assert states["validate"] == "failed", run.failure
     ran = (PREPARE, "generate", "validate")
     assert {t: st for t, st in states.items() if t not in ran} == {
-        t: "upstream_failed" for t in states if t not in ran}, run["failure"]
-    assert "failed" in run["state"].lower()
-    assert not list(run["work"].rglob(Path(_out("register", "registry.json")).name))
+        t: "upstream_failed" for t in states if t not in ran}, run.failure
+    assert run.state == "failed"
+    assert {(v.name, v.version) for v in registry.search_model_versions()} == versions_before
+    ref = airflow_server.workspace(run.run_id).ref
+    assert subprocess.run(["git", "rev-parse", "--verify", "--quiet", ref], cwd=REPO, check=False,
+                          capture_output=True).returncode != 0, f"a failed run recorded {ref}"

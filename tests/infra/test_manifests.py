@@ -420,3 +420,30 @@ def test_profiles_agree_with_launchers_remotes_and_params() -> None:
     auth_db = urlsplit(compose["services"]["mlflow"]["environment"]["MLFLOW_AUTH_DATABASE_URI"]).path.strip("/")
     assert set(re.findall(r"CREATE DATABASE (\w+)", init_sql)) | {compose["services"]["postgres"]["environment"][
         "POSTGRES_DB"]} == set(stack.DATABASES) | {auth_db}
+
+
+# --------------------------------------------------------------------------- Airflow components and plugins
+
+
+def test_every_airflow_deployment_runs_a_triggerer_and_the_rxrec_plugins() -> None:
+    """`make airflow` (so the stack), compose and Helm: the same components, triggerer included, and the
+    plugins folder with the "MLflow run" link, the path each one sees."""
+    launcher = load_script("infra/airflow/launcher.py", "rxrec_launcher_for_manifests")
+    assert set(launcher.COMPONENTS) == {"api-server", "scheduler", "dag-processor", "triggerer"}
+    assert launcher.COMPONENTS["triggerer"][0] == "triggerer"
+    plugins = REPO / "infra" / "airflow" / "plugins"
+    assert (plugins / "rxrec_plugin.py").is_file()
+    assert launcher.environment(REPO / "var" / "airflow", 8080)["AIRFLOW__CORE__PLUGINS_FOLDER"] == str(plugins)
+    compose = _compose()
+    services = compose["services"]
+    components = {name.removeprefix("airflow-"): s for name, s in services.items()
+                  if name.startswith("airflow-") and not name.startswith(("airflow-worker", "airflow-init"))}
+    assert set(components) == set(launcher.COMPONENTS)
+    assert all(s["command"][:2] == ["airflow", name] for name, s in components.items())
+    in_image = "/opt/rxrec/infra/airflow/plugins"  # the Dockerfile copies the repository to /opt/rxrec
+    assert "COPY --chown=airflow:0 . /opt/rxrec" in (COMPOSE.parent / "airflow.Dockerfile").read_text()
+    assert compose["x-airflow-env"]["AIRFLOW__CORE__PLUGINS_FOLDER"] == in_image
+    assert compose["x-airflow-env"]["AIRFLOW__CORE__DAGS_FOLDER"] == "/opt/rxrec/dags"
+    values = yaml.safe_load(HELM_VALUES.read_text())
+    assert values["triggerer"]["enabled"] is True
+    assert values["config"]["core"]["plugins_folder"] == in_image

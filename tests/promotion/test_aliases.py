@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from pipelines.core.retry import RetryPolicy
 from pipelines.promotion.aliases import (
     MANUAL_TAG,
     MOVES_MAX_CHARS,
@@ -21,12 +20,6 @@ from pipelines.promotion.aliases import (
     rollback,
 )
 from pipelines.track.service import CHALLENGER, CHAMPION, MlflowService
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory) -> MlflowService:
-    root = tmp_path_factory.mktemp("aliases")
-    return MlflowService(f"sqlite:///{root / 'mlflow.db'}", "rxrec", root / "mlartifacts", RetryPolicy(attempts=1))
 
 
 @pytest.fixture()

@@ -17,7 +17,6 @@ import pytest
 
 from pipelines.core.config import Paths, load_settings
 from pipelines.core.contract import INPUT_NAME, OUTPUT_IDS, OUTPUT_SCORES, ModelMetadata
-from pipelines.core.retry import RetryPolicy
 from pipelines.data.sequences import Sequences
 from pipelines.evaluate.protocol import TopKRanker, evaluate
 from pipelines.evaluate.slices import cold_start_users
@@ -82,12 +81,6 @@ def experts(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("experts")
     return {"valid_expert": fixed_list_onnx(root / "valid_expert" / "model.onnx", [1, 2, 3, 4, 5, 11, 12, 13, 14, 15]),
             "test_expert": fixed_list_onnx(root / "test_expert" / "model.onnx", [6, 7, 8, 9, 10, 16, 17, 18, 19, 20])}
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory) -> MlflowService:
-    root = tmp_path_factory.mktemp("honest_gate")
-    return MlflowService(f"sqlite:///{root / 'mlflow.db'}", "rxrec", root / "mlartifacts", RetryPolicy(attempts=1))
 
 
 # --------------------------------------------------------------------------- what the gate may read

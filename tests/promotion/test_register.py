@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from pipelines.core.config import Paths, load_settings
-from pipelines.core.retry import RetryPolicy
 from pipelines.promotion.gate import GateReport
 from pipelines.promotion.register import (
     RegistryResult,
@@ -24,6 +25,7 @@ from pipelines.promotion.register import (
     already_gated,
     decide_and_apply,
     fingerprint,
+    log_lineage,
     model_params,
     record_decision,
 )
@@ -41,13 +43,6 @@ LATENCY = {"p50_ms": 1.0, "p95_ms": 2.0, "max_ms": 3.0, "requests": 40.0}
 
 
 # --------------------------------------------------------------------------- the steps, on a local registry
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory) -> MlflowService:
-    """One SQLite store for the step tests (a fresh one costs seconds); each test registers its own model."""
-    root = tmp_path_factory.mktemp("register_steps")
-    return MlflowService(f"sqlite:///{root / 'mlflow.db'}", "rxrec", root / "mlartifacts", RetryPolicy(attempts=1))
 
 
 def _model(registry: MlflowService, request: pytest.FixtureRequest, versions: int,
@@ -70,17 +65,23 @@ def test_fingerprint_covers_the_params_that_shape_the_model_only():
     assert fingerprint("other-data", model_params(base)) != fp
 
 
-def test_a_gated_fingerprint_is_a_noop_and_an_ungated_one_is_finished(registry, request):
+def test_a_gated_fingerprint_is_a_noop_and_an_ungated_one_is_finished(registry, request, tmp_path):
+    paths = Paths(tmp_path)
     name = _model(registry, request, 1, {"fingerprint": "fp-1"})
-    assert already_gated(registry, name, "fp-1", "data-md5") is None  # killed before the gate decided
+    assert already_gated(registry, name, "fp-1", "data-md5", paths) is None  # killed before the gate decided
+    assert not (paths.reports / "gate.json").exists()
     registry.tag_version(name, "1", GATE_TAG, "promoted: ...")
     registry.set_alias(name, CHAMPION, "1")
-    result = already_gated(registry, name, "fp-1", "data-md5")
+    result = already_gated(registry, name, "fp-1", "data-md5", paths)
     assert result is not None and result.reused and not result.promoted
     assert result.version == "1" and result.champion_version == "1" and result.tracking_uri == registry.tracking_uri
     assert result.reason == "no-op: this model (data data-md5, fingerprint fp-1) is already registered as v1; " \
                             "aliases unchanged"
-    assert already_gated(registry, name, "fp-2", "data-md5") is None
+    # gate.json is the stage's declared output: a no-op still writes it, quoting the earlier decision
+    gate = json.loads((paths.reports / "gate.json").read_text())
+    assert gate == result.gate and gate["challenger_version"] == "1" and not gate["applied"]
+    assert gate["compared_on"] == "nothing new: v1 was gated before (promoted: ...)"
+    assert already_gated(registry, name, "fp-2", "data-md5", paths) is None
 
 
 def test_dry_run_decides_but_leaves_champion_where_it_is(registry, request):
@@ -133,6 +134,27 @@ def test_registry_json_is_the_stage_result(tmp_path):
     assert published["version"] == "2" and published["child_run_ids"] == {} and published["gate"] == {}
 
 
+def test_the_version_run_carries_its_lock_params_and_commit_for_reproduce(registry, tmp_path):
+    """lineage/ on the version's run: what `rxrec reproduce` rebuilds it from (overrides included)."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "code"], cwd=tmp_path, check=True)
+    lock = "schema: '2.0'\nstages:\n  generate:\n    cmd: rxrec stage generate\n"
+    (tmp_path / "dvc.lock").write_text(lock)
+    run_id = registry.client.create_run(registry.experiment_id).info.run_id
+    params = load_settings(overrides=["gpt4rec.epochs=2"]).flat()
+    log_lineage(registry, run_id, Paths(tmp_path), params, "gpt4rec")
+    assert {a.path for a in registry.client.list_artifacts(run_id, "lineage")} == {
+        "lineage/dvc.lock", "lineage/params.yaml", "lineage/lineage.json"}
+    folder = Path(registry.client.download_artifacts(run_id, "lineage", str(tmp_path / "downloaded")))
+    assert (folder / "dvc.lock").read_text() == lock
+    assert yaml.safe_load((folder / "params.yaml").read_text())["gpt4rec"]["epochs"] == 2
+    facts = json.loads((folder / "lineage.json").read_text())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert facts["git_commit"] == head.stdout.strip() and facts["git_dirty"] is False
+    assert facts["dvc_lock"] is True and facts["model_stage"] == "train_gpt4rec"
+
+
 # --------------------------------------------------------------------------- the stage, with real models and Triton
 
 
@@ -155,7 +177,10 @@ def store(tmp_path, tiny_overrides, monkeypatch) -> dict:
     ports = [f"serve.{n}_port={find_free_port()}" for n in ("http", "grpc", "metrics")]
     base = tiny_overrides + [f"mlflow.tracking_uri={uri}", *ports]
     monkeypatch.setenv("RXREC_TRITON_REPO", str(tmp_path / "triton_repo"))
-    return {"uri": uri, "strong": base, "weak": base + WEAK, "repo": tmp_path / "triton_repo"}
+    # The gate's latency check starts a Triton per registration: it runs where it is asserted ("timed", in
+    # test_better_challenger_is_promoted_and_deployed); the other stage tests decide on the metrics alone.
+    untimed = base + ["gate.latency_budget_ms=0"]
+    return {"uri": uri, "timed": base, "strong": untimed, "weak": untimed + WEAK, "repo": tmp_path / "triton_repo"}
 
 
 def _register(models: dict[str, Path], store: dict, which: str) -> dict:
@@ -178,7 +203,7 @@ def test_better_challenger_is_promoted_and_deployed(models, store):
     assert first["promoted"] and first["version"] == "1" and "no champion yet" in first["reason"]
     assert run_stage("deploy", store["weak"], workdir=models["weak"])["model_version"] == "1"
 
-    second = _register(models, store, "strong")
+    second = run_stage("register", store["timed"], workdir=models["strong"])
     gate = second["gate"]
     assert second["promoted"] and second["version"] == "2", second["reason"]
     assert gate["champion_version"] == "1" and gate["valid_challenger"]["ndcg_at_10"] > gate["valid_champion"][
@@ -237,6 +262,8 @@ def test_rerun_on_the_same_data_version_is_a_registry_noop(models, store):
     runs_before = len(client.search_runs([first["experiment_id"]]))
     again = _register(models, store, "strong")
     assert again["reused"] and again["version"] == first["version"] == "1" and again["reason"].startswith("no-op")
+    gate_file = models["strong"] / "reports" / "pipeline" / "gate.json"
+    assert json.loads(gate_file.read_text())["reason"] == again["reason"]  # dvc repro needs the declared output
     assert len(client.search_model_versions("name='gpt4rec'")) == 1
     assert len(client.search_runs([first["experiment_id"]])) == runs_before
     assert _alias(store, "champion") == 1

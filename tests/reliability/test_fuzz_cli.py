@@ -19,7 +19,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pipelines.core.config import PARAMS_FILE, Settings, SettingsError, load_settings
+from pipelines.core.config import PARAMS_FILE, SettingsError, load_settings, section_types
 
 # (args, texts the message must contain, a short name for the report)
 CLI_CASES: list[tuple[list[str], list[str]]] = [
@@ -105,9 +105,8 @@ def test_every_command_refuses_bad_options_with_a_message_naming_them(ledger, tm
 def _violations() -> list[tuple[str, str, object, str]]:
     """(section, key, a value just outside a bound, the bound text) for every constrained field."""
     out = []
-    for section_name, info in Settings.model_fields.items():
-        section = info.alias or section_name
-        for key, field in info.annotation.model_fields.items():  # type: ignore[union-attr]
+    for section, model in section_types().items():  # core's sections and the model families'
+        for key, field in model.model_fields.items():
             integer = field.annotation is int
             for meta in field.metadata:
                 for attr, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipelines.cli import _event_list, _id_list
-from pipelines.core.config import Settings, SettingsError, load_settings
+from pipelines.core.config import Settings, SettingsError, load_settings, section_types
 from pipelines.data.sequences import EVENT_KIND_CODES
 from pipelines.serve.client import item_batch, kind_codes, pad_sessions, session_inputs
 
@@ -301,7 +301,7 @@ def test_cli_id_lists_and_events_parse_or_name_the_option(ledger) -> None:
 
 # ------------------------------------------------------------------------------ --set overrides
 
-SECTIONS = {(info.alias or name): info.annotation for name, info in Settings.model_fields.items()}
+SECTIONS = section_types()  # core's sections and the model families'
 FIELDS = sorted((section, key) for section, model in SECTIONS.items() for key in model.model_fields)
 DEFAULTS = Settings().model_dump(by_alias=True)
 yaml_values = st.one_of(

@@ -311,7 +311,7 @@ def test_stack_and_airflow_commands_bind_loopback(tmp_path, ledger):
         "AIRFLOW__API__HOST": env["AIRFLOW__API__HOST"] == HOST,
         "scheduler --skip-serve-logs": "--skip-serve-logs" in launcher.COMPONENTS["scheduler"],
         "no anonymous admin": env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] == "False",
-        "no triggerer log server": "triggerer" not in launcher.COMPONENTS,
+        "triggerer --skip-serve-logs": "--skip-serve-logs" in launcher.COMPONENTS["triggerer"],
     }
     assert all(airflow_checks.values()), airflow_checks
     # the stack's login secrets: generated, kept out of the profile, handed to clients as MLFLOW_TRACKING_*
