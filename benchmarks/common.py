@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.core.config import PROJECT_ROOT
+from pipelines.track.lineage import provenance, provenance_line
 
 REPORTS = PROJECT_ROOT / "reports"
 
@@ -25,12 +26,16 @@ def machine() -> dict[str, Any]:
 
 
 def write_report(name: str, payload: dict[str, Any], markdown: str, out_dir: Path = REPORTS) -> Path:
-    """reports/<name>.json (payload + machine + command) and reports/<name>.md."""
+    """reports/<name>.json (payload + machine + command + code commit) and reports/<name>.md (ending in the same)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    body = {"benchmark": name, "command": " ".join(["rxrec", *sys.argv[1:]]), "machine": machine(), **payload}
+    command = " ".join(["rxrec", *sys.argv[1:]])
+    code = provenance(PROJECT_ROOT, command)
+    body = {"benchmark": name, "command": command, "code": code, "machine": machine(), **payload}
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps(body, indent=2, default=str))
-    (out_dir / f"{name}.md").write_text(markdown.rstrip() + "\n")
+    footer = f"{provenance_line(code)} Measured {body['machine']['measured_at']} on {body['machine']['platform']}, " \
+             f"{body['machine']['cpu_count']} CPUs."
+    (out_dir / f"{name}.md").write_text(markdown.rstrip() + "\n\n" + footer + "\n")
     return path
 
 

@@ -31,6 +31,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from pipelines.core.config import PROJECT_ROOT
+from pipelines.track.lineage import provenance, provenance_line
 
 TRIAGE_FILE = PROJECT_ROOT / "infra" / "audit" / "triage.toml"
 INDEX_URL = "https://pypi.org/pypi/{name}/json"
@@ -301,8 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"audit error: {exc}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "audit.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
-    (args.out / "audit.md").write_text(render_markdown(report))
+    code = provenance(PROJECT_ROOT, "make audit")
+    (args.out / "audit.json").write_text(json.dumps({**report.to_json(), "code": code}, indent=2) + "\n")
+    (args.out / "audit.md").write_text(render_markdown(report) + "\n" + provenance_line(code) + "\n")
     code, summary = verdict(report)
     print(("\n" + "!" * 78 + "\n" if code or report.unaudited else "") + summary, file=sys.stderr if code else sys.stdout)
     print(f"report: {args.out / 'audit.md'}")

@@ -116,6 +116,47 @@ def load_torch(in_dir: Path, build: Callable[[dict[str, Any]], ModuleT]) -> Modu
     return module.eval()
 
 
+class NextItemNetwork(Family):
+    """A torch family built as `cls(settings, n_items)` whose last hidden state scores the next item.
+
+    Subclasses (also `torch.nn.Module`s) give `hidden` (batch, length, dim) and `logits`; this gives their
+    save/load (settings + weights) and the batched full-sort scoring of prepared inputs.
+    """
+
+    score_batch_size: ClassVar[int] = 512
+    settings: Any
+    n_items: int
+
+    def save(self, path: Path) -> None:
+        save_torch(self, {"n_items": self.n_items, "settings": self.settings.model_dump()}, path)  # type: ignore[arg-type]
+
+    @classmethod
+    def load(cls, path: Path) -> Self:
+        return load_torch(path, lambda config: cls(cls.settings_type(**config["settings"]), config["n_items"]))  # type: ignore[call-arg]
+
+    @classmethod
+    def seeded(cls, seqs: Sequences, s: Any, ctx: FitContext) -> tuple[Self, np.random.Generator, torch.device]:
+        """A fresh network on its device, torch and numpy seeded from the run: same seed, same model."""
+        import torch
+
+        torch.manual_seed(ctx.seed)
+        device = resolve_device(s.device, cls.family)
+        return cls(s, seqs.n_items).to(device), np.random.default_rng(ctx.seed), device  # type: ignore[call-arg,attr-defined]
+
+    def score_last_state(self, inputs: list[np.ndarray], length: int | None = None) -> np.ndarray:
+        """Scores of every item from the state after each input (its last `length` items, left-padded),
+        `score_batch_size` rows at a time."""
+        import torch
+
+        device = next(self.parameters()).device  # type: ignore[attr-defined]
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(inputs), self.score_batch_size):
+                batch = torch.from_numpy(left_pad(inputs[i:i + self.score_batch_size], length)).to(device)
+                out.append(self.logits(self.hidden(batch)[:, -1]).float().cpu().numpy())  # type: ignore[attr-defined]
+        return np.concatenate(out) if out else np.zeros((0, self.n_items + 1), np.float32)
+
+
 
 class SequenceModelSettings(ParamsSection):
     """What every neural sequence family trains with (the epoch loop below); each extends it."""

@@ -10,7 +10,6 @@ batch is cut to its longest history. The best epoch on the validation split is k
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,13 +21,10 @@ from torch import nn
 from pipelines.core.contract import left_pad
 from pipelines.data.sequences import Sequences
 from pipelines.models.base import (
-    Family,
     FitContext,
+    NextItemNetwork,
     SequenceModelSettings,
     fit_by_validation,
-    load_torch,
-    resolve_device,
-    save_torch,
 )
 
 
@@ -39,12 +35,11 @@ class BERT4RecSettings(SequenceModelSettings):
     mask_prob: float = Field(0.2, gt=0, lt=1)
 
 
-class BERT4Rec(nn.Module, Family):
+class BERT4Rec(nn.Module, NextItemNetwork):
     """The network, its Cloze training (`fit`) and its full-sort prediction (`score`)."""
 
     family = "bert4rec"
     settings_type = BERT4RecSettings
-    score_batch_size = 512
 
     def __init__(self, settings: BERT4RecSettings, n_items: int) -> None:
         super().__init__()
@@ -78,10 +73,7 @@ class BERT4Rec(nn.Module, Family):
 
     @classmethod
     def fit(cls, seqs: Sequences, s: BERT4RecSettings, ctx: FitContext) -> tuple[BERT4Rec, dict[str, Any]]:
-        torch.manual_seed(ctx.seed)
-        rng = np.random.default_rng(ctx.seed)
-        device = resolve_device(s.device, cls.family)
-        model = cls(s, seqs.n_items).to(device)
+        model, rng, device = cls.seeded(seqs, s, ctx)
         sequences = left_pad([h[-s.max_len:] for h in seqs.train() if len(h) >= 2], width=s.max_len)
         if not len(sequences):
             raise ValueError("no user has two or more training items: nothing to learn from")
@@ -98,20 +90,6 @@ class BERT4Rec(nn.Module, Family):
 
         return model, fit_by_validation(model, seqs, s, ctx, len(sequences), batch_loss, rng)
 
-    @torch.no_grad()
     def score(self, histories: list[np.ndarray], kinds: list[np.ndarray] | None = None) -> np.ndarray:
-        device = next(self.parameters()).device
         keep = self.settings.max_len - 1  # and [MASK] last
-        out = []
-        for i in range(0, len(histories), self.score_batch_size):
-            asked = [np.append(h[-keep:], self.mask_id) for h in histories[i:i + self.score_batch_size]]
-            states = self.hidden(torch.from_numpy(left_pad(asked)).to(device))
-            out.append(self.logits(states[:, -1]).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.n_items + 1), np.float32)
-
-    def save(self, out_dir: Path) -> None:
-        save_torch(self, {"n_items": self.n_items, "settings": self.settings.model_dump()}, out_dir)
-
-    @classmethod
-    def load(cls, in_dir: Path) -> BERT4Rec:
-        return load_torch(in_dir, lambda config: cls(BERT4RecSettings(**config["settings"]), config["n_items"]))
+        return self.score_last_state([np.append(h[-keep:], self.mask_id) for h in histories])

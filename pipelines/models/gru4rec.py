@@ -10,7 +10,6 @@ every item at every position, and the best epoch on the validation split is kept
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -19,16 +18,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from pipelines.core.contract import left_pad
 from pipelines.data.sequences import Sequences
 from pipelines.models.base import (
-    Family,
     FitContext,
+    NextItemNetwork,
     SequenceModelSettings,
     fit_by_validation,
-    load_torch,
-    resolve_device,
-    save_torch,
     training_examples,
 )
 
@@ -40,12 +35,11 @@ class GRU4RecSettings(SequenceModelSettings):
     cell: Literal["gru", "lstm"] = "gru"
 
 
-class GRU4Rec(nn.Module, Family):
+class GRU4Rec(nn.Module, NextItemNetwork):
     """The network, its training (`fit`) and its full-sort prediction (`score`)."""
 
     family = "gru4rec"
     settings_type = GRU4RecSettings
-    score_batch_size = 512
 
     def __init__(self, settings: GRU4RecSettings, n_items: int) -> None:
         super().__init__()
@@ -71,10 +65,7 @@ class GRU4Rec(nn.Module, Family):
 
     @classmethod
     def fit(cls, seqs: Sequences, s: GRU4RecSettings, ctx: FitContext) -> tuple[GRU4Rec, dict[str, Any]]:
-        torch.manual_seed(ctx.seed)
-        rng = np.random.default_rng(ctx.seed)
-        device = resolve_device(s.device, cls.family)
-        model = cls(s, seqs.n_items).to(device)
+        model, rng, device = cls.seeded(seqs, s, ctx)
         inputs, targets = training_examples(seqs.train(), s.max_len)
         if not len(inputs):
             raise ValueError("no user has two or more training items: nothing to learn from")
@@ -90,17 +81,5 @@ class GRU4Rec(nn.Module, Family):
 
         return model, fit_by_validation(model, seqs, s, ctx, len(inputs), batch_loss, rng)
 
-    @torch.no_grad()
     def score(self, histories: list[np.ndarray], kinds: list[np.ndarray] | None = None) -> np.ndarray:
-        device = next(self.parameters()).device
-        out = [self.logits(self.hidden(torch.from_numpy(left_pad(histories[i:i + self.score_batch_size],
-                                                                 self.settings.max_len)).to(device))[:, -1])
-               .float().cpu().numpy() for i in range(0, len(histories), self.score_batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, self.n_items + 1), np.float32)
-
-    def save(self, out_dir: Path) -> None:
-        save_torch(self, {"n_items": self.n_items, "settings": self.settings.model_dump()}, out_dir)
-
-    @classmethod
-    def load(cls, in_dir: Path) -> GRU4Rec:
-        return load_torch(in_dir, lambda config: cls(GRU4RecSettings(**config["settings"]), config["n_items"]))
+        return self.score_last_state(histories, self.settings.max_len)

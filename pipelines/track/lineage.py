@@ -23,6 +23,23 @@ def git_commit(root: Path) -> str:
     return f"{commit}-dirty" if dirty else commit
 
 
+def provenance(root: Path, command: str) -> dict[str, Any]:
+    """What a measured figure rests on: the code commit, the exact command and the params.yaml it read."""
+    from pipelines.core.files import file_md5
+
+    params = root / "params.yaml"
+    return {"git_commit": git_commit(root), "command": command,
+            "params_md5": file_md5(params) if params.is_file() else None}
+
+
+def provenance_line(code: dict[str, Any] | None) -> str:
+    """One line for a report's markdown: the commit and command its figures come from."""
+    if not code or not code.get("git_commit"):
+        return f"Code: not recorded. {(code or {}).get('note', '')}".strip()
+    return (f"Code: commit `{code['git_commit']}`, command `{code['command']}`, params.yaml md5 "
+            f"`{code.get('params_md5') or '-'}`.")
+
+
 def content_hash(folder: Path) -> str:
     """md5 over the relative paths and bytes of every file under `folder` (order-independent)."""
     digest = hashlib.md5()

@@ -80,3 +80,18 @@ def test_an_unreadable_record_names_its_file(tmp_path):
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(ValueError, match="broken.json"):
         read_ledger(tmp_path)
+
+
+def test_the_soak_is_reported_beside_the_classes_with_the_code_it_measured():
+    from benchmarks.reliability import soak_age
+
+    soak = {"summary": {"requests": 670_020, "errors": 0, "passed": True}, "machine": {"measured_at": "then"},
+            "code": {"git_commit": "a" * 40}}
+    assert soak_age(soak, "a" * 40) == "same code, commit aaaaaaaaaaaa"
+    assert "rerun `rxrec bench soak`" in soak_age(soak, "b" * 40)
+    assert "rerun" in soak_age(soak, "a" * 40 + "-dirty")  # uncommitted changes are not the same code
+    assert soak_age({"summary": {}}, "b" * 40).startswith("code not recorded")
+    records = [_record("one", cases=3)]
+    text = markdown(records, summarise(records), soak, None, "`rxrec bench reliability`", "b" * 40)
+    assert "1 fault and bad-input classes, 3 cases in all" in text  # the soak's requests are not cases
+    assert "Not counted in the cases above" in text and "670020" in text

@@ -173,7 +173,8 @@ def test_airflow_task_links_to_its_mlflow_run(airflow_server, browser, retrain_r
                f"{_gpt4rec_run(children).info.run_id}"
     links = airflow_server.api(f"dags/{DAG_ID}/dagRuns/{run.run_id}/taskInstances/train_gpt4rec/links")
     assert links["extra_links"].get("MLflow run") == expected, links
-    browser.driver.get(f"{airflow_server.url}/dags/{DAG_ID}/runs/{run.run_id}/tasks/train_gpt4rec")
+    # Airflow 3 lists a task's extra links on its Details tab (under "Extra Links")
+    browser.driver.get(f"{airflow_server.url}/dags/{DAG_ID}/runs/{run.run_id}/tasks/train_gpt4rec/details")
     deadline = time.monotonic() + 30  # the button, not the task's doc_md that names it
     while not (buttons := [a for a in browser.driver.find_elements(By.XPATH, "//a[normalize-space(.)='MLflow run']")
                            if a.is_displayed()]):

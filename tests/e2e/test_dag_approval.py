@@ -34,6 +34,19 @@ def _alias(client, model: str, alias: str) -> str | None:
         return None
 
 
+def _wait_until_the_scheduler_saw_the_deferral_exit(server, run_id: str, timeout_s: float = 180) -> None:
+    """A person answers minutes later; a test answers at once. Airflow 3 marks a resumed task failed when the
+    scheduler drains the success event of its deferral exit only after the resumed attempt started
+    (apache/airflow#71580, #72716; fix pending in #71579). So answer only once the scheduler has seen it."""
+    needle = (f"Received executor event with state success for task instance TaskInstanceKey(dag_id='{DAG_ID}', "
+              f"task_id='{APPROVAL}', run_id='{run_id}'")
+    log = server.home / "logs" / "scheduler.log"
+    deadline = time.monotonic() + timeout_s
+    while needle not in (log.read_text(errors="replace") if log.exists() else ""):
+        assert time.monotonic() < deadline, f"the scheduler did not log the deferral exit within {timeout_s} s: {log}"
+        time.sleep(1)
+
+
 def _wait_for(server, run_id: str, until, what: str, timeout_s: float) -> dict[str, str | None]:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -70,6 +83,7 @@ def test_a_rejected_challenger_changes_nothing_is_notified_and_tasks_link_to_mlf
     challenger = _alias(client, MODEL, "challenger")
     assert challenger and _alias(client, MODEL, "champion") is None, "register moved champion before the approval"
 
+    _wait_until_the_scheduler_saw_the_deferral_exit(server, run_id)
     server.api(hitl, {"chosen_options": ["Reject"], "params_input": {"comment": "e2e says no"}}, method="PATCH")
     run = server.wait(run_id, 600)
     assert run.state == "success", run.failure
@@ -95,7 +109,9 @@ def test_a_rejected_challenger_changes_nothing_is_notified_and_tasks_link_to_mlf
     pages = {task: link["MLflow run"] for task, link in links.items()}
     assert all(page and page.startswith(server.mlflow_url + "/#/experiments/") for page in pages.values()), links
     run_ids = {task: page.rsplit("/runs/", 1)[1] for task, page in pages.items()}
-    trained = client.get_run(run_ids["train_gpt4rec"])
-    assert trained.data.tags.get("model_family") == "gpt4rec"
-    assert trained.data.tags["mlflow.parentRunId"] == run_ids["register"] == run_ids[APPROVAL] == run_ids["record_run"]
+    assert run_ids["register"] == run_ids[APPROVAL] == run_ids["record_run"]  # the DAG run's parent run
+    if run_ids["train_gpt4rec"] != run_ids["register"]:  # it trained in this run (else DVC restored it: the parent)
+        trained = client.get_run(run_ids["train_gpt4rec"])
+        assert trained.data.tags.get("model_family") == "gpt4rec"
+        assert trained.data.tags["mlflow.parentRunId"] == run_ids["register"]
     assert client.get_run(run_ids["register"]).data.tags.get("gate.decision") == "dry-run"

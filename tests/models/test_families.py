@@ -201,7 +201,7 @@ def test_a_new_family_is_one_module_plus_its_params_section(tmp_path):
     stages = out["dvc"]
     assert stages["train_itemknn"] == {
         "cmd": "rxrec stage train_itemknn",
-        "deps": ["data/features", "pipelines/models/base.py", "pipelines/models/itemknn.py"],
+        "deps": ["data/features", "pipelines/models/base.py", "pipelines/models/itemknn.py", "pipelines/stages/train.py"],
         "params": ["itemknn", "data", "evaluate"], "outs": ["artifacts/models/itemknn"]}
     assert "artifacts/models/itemknn" in stages["evaluate"]["deps"]
     assert "itemknn" in stages["register"]["params"]

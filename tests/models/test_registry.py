@@ -24,7 +24,8 @@ def expected_dvc_stage(name: str) -> dict:
     """What dvc.yaml must say for family `name` (paste it when adding a family)."""
     extra = sorted(INPUT_DEPS[which] for which in family(name).inputs if INPUT_DEPS[which] != "data/features")
     return {"cmd": f"rxrec stage train_{name}",
-            "deps": ["data/features", *extra, "pipelines/models/base.py", f"pipelines/models/{name}.py"],
+            "deps": ["data/features", *extra, "pipelines/models/base.py", f"pipelines/models/{name}.py",
+                     "pipelines/stages/train.py"],
             "params": [name, "data", "evaluate"],
             "outs": [f"artifacts/models/{name}"]}
 

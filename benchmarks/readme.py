@@ -1,0 +1,132 @@
+"""The figures the README quotes, rendered from the reports so the two cannot drift apart.
+
+The README holds each quoted passage between `<!-- figures: NAME -->` and `<!-- /figures -->`;
+`rxrec bench readme` rewrites those passages from reports/*.json, and a test fails while any passage
+differs from what the reports say now. A passage names the commit its figures were measured on, so a
+reader sees when a report is older than the code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipelines.core.config import PROJECT_ROOT
+
+README = PROJECT_ROOT / "README.md"
+BLOCK = re.compile(r"(<!-- figures: (?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /figures -->)", re.DOTALL)
+
+
+class ReadmeFiguresError(ValueError):
+    """A figures passage the README asks for cannot be rendered (unknown name, report missing)."""
+
+
+def _commit(report: dict[str, Any]) -> str:
+    commit = (report.get("code") or {}).get("git_commit")
+    return f"commit {commit[:12]}" if commit else "commit not recorded"
+
+
+def _measured(report: dict[str, Any]) -> str:
+    return f"{_commit(report)}, {str(report.get('machine', {}).get('measured_at', '?'))[:10]}"
+
+
+def _caveat(report: dict[str, Any]) -> str:
+    """A report older than commit recording says so, in its own words, wherever it is quoted."""
+    code = report.get("code") or {}
+    return "" if code.get("git_commit") else f" ({(code.get('note') or 'older than commit recording').rstrip('.')})"
+
+
+def _top_open_level(result: dict[str, Any]) -> dict[str, Any]:
+    """The highest open-loop load the benchmark offered at one length (the level its target is judged at)."""
+    return max((lv for lv in result["levels"] if lv["mode"] == "open"), key=lambda lv: lv["target_rps"])
+
+
+def serve(reports: Path) -> str:
+    report = _read(reports, "serve")
+    parts, targets = [], []
+    for length, result in sorted(report["results"].items(), key=lambda kv: int(kv[0])):
+        level, target = _top_open_level(result), result["target"]
+        parts.append(f"length {length} at {level['requests_per_min']:,.0f} requests/min with p99 {level['p99_ms']:.1f} "
+                     f"ms and {level['errors']} errors (in-process ONNX Runtime floor, batch 1: p99 "
+                     f"{result['ort_floor']['batch1_p99_ms']:.2f} ms)")
+        targets.append(f"p99 <= {target['p99_ms']:g} ms at {target['requests_per_min']:,}/min")
+    first = next(iter(report["results"].values()))
+    duration = first["levels"][0]["duration_s"]
+    return (f"Last run ([reports/serve.md](reports/serve.md), {_measured(report)}; {first['source']}; the raw "
+            f"`gpt4rec` model, one {duration:g} s window per level, server and load generator on the same "
+            f"{report['machine']['cpu_count']} cores): {'; '.join(parts)}. Targets: {' and '.join(targets)}; "
+            f"overall {'PASS' if report['passed'] else 'FAIL'}{_caveat(report)}.\n")
+
+
+def reliability(reports: Path) -> str:
+    report = _read(reports, "reliability")
+    s = report["summary"]
+    verdict = "all passed, nothing lost, nothing promoted" if s["ok"] else "NOT all passed (see the report)"
+    text = (f"Last run ([reports/reliability.md](reports/reliability.md), {_measured(report)}): {s['classes']} "
+            f"classes, {s['cases']:,} cases, {verdict}{_caveat(report)}.")
+    soak_path = reports / "soak.json"
+    if soak_path.is_file():
+        soak = json.loads(soak_path.read_text())
+        k = soak["summary"]
+        memory = "grew" if k["memory_growth"] else "flat"
+        text += (f" Beside it, the 10-minute soak ([reports/soak.md](reports/soak.md), {_measured(soak)}) at "
+                 f"{k['target_rate']:,.0f} req/s ({k['capacity_fraction']:.0%} of {k['capacity_rps']:,.0f} probed) "
+                 f"answered {k['requests']:,} requests with {k['errors']} errors, p99 {k['p99_ms']:.1f} ms over the "
+                 f"whole run, server memory {memory} at {k['rss_end_mb']} MB; "
+                 f"{'PASS' if k['passed'] else 'FAIL'}{_caveat(soak)}.")
+    return text + "\n"
+
+
+RENDERERS: dict[str, Callable[[Path], str]] = {"serve": serve, "reliability": reliability}
+
+
+def _read(reports: Path, name: str) -> dict[str, Any]:
+    path = reports / f"{name}.json"
+    if not path.is_file():
+        raise ReadmeFiguresError(f"the README quotes {path}, which does not exist: run `rxrec bench {name}`")
+    return json.loads(path.read_text())
+
+
+def render(readme: str, reports: Path) -> str:
+    """The README with every figures passage rendered from the reports (everything else untouched)."""
+    def one(match: re.Match[str]) -> str:
+        name = match["name"]
+        if name not in RENDERERS:
+            raise ReadmeFiguresError(f"README: unknown figures passage {name!r} (known: {', '.join(RENDERERS)})")
+        return match[1] + RENDERERS[name](reports) + match[4]
+
+    return BLOCK.sub(one, readme)
+
+
+def passages(readme: str) -> dict[str, str]:
+    """name -> text of each figures passage."""
+    return {m["name"]: m["body"] for m in BLOCK.finditer(readme)}
+
+
+def register(bench: typer.Typer) -> None:
+    @bench.command("readme")
+    def readme_figures(
+        check: Annotated[bool, typer.Option(help="only say whether the README matches the reports (exit 1 if not)")]
+        = False,
+    ) -> None:
+        """Rewrite the README's quoted figures from reports/*.json (the passages between figures markers)."""
+        from benchmarks.common import REPORTS
+
+        current = README.read_text()
+        try:
+            fresh = render(current, REPORTS)
+        except ReadmeFiguresError as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+        stale = [n for n, body in passages(current).items() if passages(fresh)[n] != body]
+        if check:
+            typer.echo(f"README figures: {'differ from the reports in ' + ', '.join(stale) if stale else 'as reported'}")
+            raise typer.Exit(1 if stale else 0)
+        README.write_text(fresh)
+        typer.echo(f"README figures rewritten from reports/: {', '.join(passages(fresh))} "
+                   f"({'changed: ' + ', '.join(stale) if stale else 'no change'})")
