@@ -65,7 +65,7 @@ def test_a_rejected_challenger_changes_nothing_is_notified_and_tasks_link_to_mlf
     from mlflow import MlflowClient
 
     server = airflow_server
-    client = MlflowClient(tracking_uri=server.mlflow_url)
+    client = MlflowClient(tracking_uri=server.mlflow_url, registry_uri=server.mlflow_url)
     served_champion = _alias(client, "gpt4rec", "champion")  # another test's run may have promoted one
     served_files = sorted(p for p in server.triton_repo.rglob("*") if p.is_file())
     conf = {**retrain_conf, "require_approval": True, "gate_latency_budget_ms": 0,

@@ -25,7 +25,7 @@ def test_every_method_writes_a_table_metrics_and_a_tracked_run(embedded):
     paths, summaries = embedded
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{paths.var / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{paths.var / 'mlflow.db'}", registry_uri=f"sqlite:///{paths.var / 'mlflow.db'}")
     for method in ("prod2vec", "tfidf", "text_encoder", "meta_prod2vec"):
         emb = ItemEmbeddings.load(paths.embeddings / method)
         assert emb.known.any() and not emb.known[0]

@@ -188,7 +188,7 @@ def test_the_first_task_opens_the_parent_run_its_stages_log_under(project):
     ws = RunWorkspace(run_id="manual__2026-12-02", project=project, state=project)
     prepare(ws, ["mf.factors=3"])
     store = f"sqlite:///{project / 'var' / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=store)
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(experiments, filter_string=f"tags.`{PARENT_TAG}` = 'true'")
     assert [r.data.tags[RUN_KEY_TAG] for r in runs] == ["manual__2026-12-02"]

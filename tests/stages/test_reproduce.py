@@ -323,7 +323,7 @@ def _git(project: Path, *args: str) -> str:
 def _registry(project: Path) -> list:
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'var' / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'var' / 'mlflow.db'}", registry_uri=f"sqlite:///{project / 'var' / 'mlflow.db'}")
     model = client.get_registered_model("gpt4rec")
     return [sorted(model.aliases.items()), sorted(model.tags.items()),
             sorted((v.version, v.current_stage, sorted(v.tags.items())) for v in client.search_model_versions())]
@@ -398,7 +398,7 @@ def test_bad_input_is_one_line_and_changes_nothing(demo, monkeypatch):
     from mlflow import MlflowClient
 
     monkeypatch.delenv("RXREC_DVC_REMOTE", raising=False)
-    client = MlflowClient(tracking_uri=f"sqlite:///{demo / 'var' / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{demo / 'var' / 'mlflow.db'}", registry_uri=f"sqlite:///{demo / 'var' / 'mlflow.db'}")
     bare_run = client.create_run(client.get_experiment_by_name("rxrec").experiment_id, run_name="no lineage")
     bare = client.create_model_version("gpt4rec", "file:///nowhere", run_id=bare_run.info.run_id)
     client.set_registered_model_alias("gpt4rec", "nolock", bare.version)

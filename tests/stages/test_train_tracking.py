@@ -25,7 +25,7 @@ def trained(tmp_path_factory, tiny_overrides):
 def _client(paths: Paths):
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=f"sqlite:///{paths.var / 'mlflow.db'}")
+    return MlflowClient(tracking_uri=f"sqlite:///{paths.var / 'mlflow.db'}", registry_uri=f"sqlite:///{paths.var / 'mlflow.db'}")
 
 
 def test_a_neural_family_logs_one_validation_point_per_epoch_while_it_trains(trained):
