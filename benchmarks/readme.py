@@ -123,7 +123,8 @@ def register(bench: typer.Typer) -> None:
         except ReadmeFiguresError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
-        stale = [n for n, body in passages(current).items() if passages(fresh)[n] != body]
+        rendered = passages(fresh)
+        stale = [n for n, body in passages(current).items() if rendered[n] != body]
         if check:
             typer.echo(f"README figures: {'differ from the reports in ' + ', '.join(stale) if stale else 'as reported'}")
             raise typer.Exit(1 if stale else 0)

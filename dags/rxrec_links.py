@@ -95,22 +95,28 @@ def workspace_tracking(ws: RunWorkspace) -> tuple[str, str]:
     return settings.mlflow.tracking_uri or ws.env()["RXREC_MLFLOW_TRACKING_URI"], settings.mlflow.experiment
 
 
-def publish_mlflow_link(ws: RunWorkspace, task_id: str, ti: Any) -> str:
-    """Find the task's MLflow run page, print it in the task log and keep it as XCom for the button."""
+def task_run_url(ws: RunWorkspace, task_id: str) -> tuple[str, str]:
+    """(the task's MLflow run page or '', the log line that says which or why none); never raises."""
     from mlflow.exceptions import MlflowException
 
-    url = ""
     try:
         tracking_uri, experiment = workspace_tracking(ws)
         ui = ui_base(tracking_uri)
         if not ui:
-            print(f"MLflow run: no link, the store {tracking_uri} has no web UI (start `make mlflow` before "
-                  f"`make airflow`, or set {UI_ENV})")
-        else:
-            found = find_task_run(tracking_uri, experiment, ws.run_id, task_id)
-            url = run_page(ui, *found) if found else ""
-            print(f"MLflow run: {url}" if url else f"MLflow run: none yet for {ws.run_id!r} in {tracking_uri}")
+            return "", (f"MLflow run: no link, the store {tracking_uri} has no web UI (start `make mlflow` before "
+                        f"`make airflow`, or set {UI_ENV})")
+        found = find_task_run(tracking_uri, experiment, ws.run_id, task_id)
     except (MlflowException, OSError, ValueError) as exc:  # a link never fails the task
-        print(f"MLflow run: the link could not be looked up ({type(exc).__name__}: {exc})")
+        return "", f"MLflow run: the link could not be looked up ({type(exc).__name__}: {exc})"
+    if not found:
+        return "", f"MLflow run: none yet for {ws.run_id!r} in {tracking_uri}"
+    url = run_page(ui, *found)
+    return url, f"MLflow run: {url}"
+
+
+def publish_mlflow_link(ws: RunWorkspace, task_id: str, ti: Any) -> str:
+    """Find the task's MLflow run page, print it in the task log and keep it as XCom for the button."""
+    url, line = task_run_url(ws, task_id)
+    print(line)
     ti.xcom_push(key=MLFLOW_URL_KEY, value=url)
     return url

@@ -68,18 +68,11 @@ def event_from_context(event: str, context: Any, reason: str = "", mlflow_url: s
 
 def run_mlflow_url(run_id: str, task_id: str) -> str:
     """The MLflow page of this run (the task's stage run, else the parent run), '' when there is none."""
-    from mlflow.exceptions import MlflowException
-    from rxrec_links import find_task_run, run_page, ui_base, workspace_tracking
+    from rxrec_links import task_run_url
 
     from pipelines.stages.dvc_run import RunWorkspace
 
-    try:
-        tracking_uri, experiment = workspace_tracking(RunWorkspace(run_id=run_id))
-        ui = ui_base(tracking_uri)
-        found = find_task_run(tracking_uri, experiment, run_id, task_id) if ui else None
-    except (MlflowException, OSError, ValueError):  # the notification matters more than its link
-        return ""
-    return run_page(ui, *found) if found else ""
+    return task_run_url(RunWorkspace(run_id=run_id), task_id)[0]  # the notification matters more than its link
 
 
 class RxrecNotifier(BaseNotifier):
