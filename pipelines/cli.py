@@ -232,7 +232,10 @@ def _ask_server(call: Callable[[], object], what: str) -> object:
 @app.command()
 def recommend(
     session: Annotated[str, typer.Option(help="comma-separated item ids, oldest first, e.g. 12,45,7 ('' = empty)")],
-    purchased: Annotated[str, typer.Option(help="comma-separated item ids never to recommend")] = "",
+    purchased: Annotated[str, typer.Option(help="comma-separated item ids already bought (never recommended; a "
+                                           "purchase record lets prescription-only products of its molecules through)")] = "",
+    cart: Annotated[str, typer.Option(help="comma-separated item ids in the cart now")] = "",
+    prescribed: Annotated[str, typer.Option(help="comma-separated item ids the user holds a prescription for")] = "",
     events: Annotated[str, typer.Option(help="comma-separated event kind per session item, e.g. "
                                         "view,add_to_cart,purchase (view|click|add_to_cart|purchase|0-4)")] = "",
     model: Annotated[str, typer.Option(help="recommend (entry point with fallbacks) or gpt4rec (raw model)")] = (
@@ -245,17 +248,24 @@ def recommend(
     from pipelines.serve.client import recommend_session
 
     items, bought = _id_list(session, "--session"), _id_list(purchased, "--purchased")
+    in_cart, rx = _id_list(cart, "--cart"), _id_list(prescribed, "--prescribed")
     kinds = _event_list(events, len(items))
     endpoint = _endpoint(url, protocol)
     if model == "recommend":
-        (answer,) = _ask_server(lambda: recommend_session([items], purchased=[bought] if bought else None,
-                                                          kinds=kinds, url=endpoint, protocol=protocol), model)
+        (answer,) = _ask_server(lambda: recommend_session(
+            [items], purchased=[bought] if bought else None, kinds=kinds, cart=[in_cart] if in_cart else None,
+            prescribed=[rx] if rx else None, url=endpoint, protocol=protocol), model)
         ids, scores = answer.item_ids, answer.scores
         typer.echo(f"source: {answer.source}" + (f"  (dropped unknown ids {answer.unknown_ids})"
                                                  if answer.unknown_ids else ""))
+        if answer.policy_removed:
+            typer.echo("safety policy removed: " + ", ".join(f"{n} {reason}" for reason, n in answer.policy_removed.items()))
+        if answer.short_reason:
+            typer.echo(f"short list: {answer.short_reason}")
     else:
-        if protocol != "http" or bought:
-            _fail("--model gpt4rec is asked over HTTP without --purchased; use the recommend entry point for those")
+        if protocol != "http" or bought or in_cart or rx:
+            _fail("--model gpt4rec is the raw model, asked over HTTP without --purchased, --cart or --prescribed and "
+                  "without the safety policy; use the recommend entry point for those")
         ((ids, scores),) = _ask_server(lambda: ask_gpt4rec([items], url=endpoint, model_name=model, kinds=kinds),
                                        model)
     for rank, (item, score) in enumerate(zip(ids, scores), 1):

@@ -153,6 +153,19 @@ class ServeSettings(ParamsSection):
     instance_count: int = Field(1, ge=1)
 
 
+class PolicySettings(ParamsSection):
+    """The pharmacy safety policy inside the served path (pipelines/pharmacy; docs/pharmacy.md)."""
+
+    drop_restricted: bool = True
+    drop_unavailable: bool = True  # catalogue in_stock = false
+    rx_requires_record: bool = True  # prescription-only needs a purchase or prescription of its molecules
+    interactions: bool = True  # nothing that interacts with a session or cart item
+    duplicate_molecules_in_cart: bool = True
+    interactions_table: str = ""  # CSV (docs/pharmacy.md); empty: pipelines/pharmacy/interactions.csv
+    block_severities: list[Literal["major", "moderate", "minor"]] = ["major", "moderate"]
+    max_cart_items: int = Field(500, ge=1)
+
+
 class GateSettings(ParamsSection):
     """The promotion gate: when a registered challenger may become `champion`."""
 
@@ -250,6 +263,7 @@ class Settings(ParamsSection):
     mlflow: MlflowSettings = MlflowSettings()
     export: ExportSettings = ExportSettings()
     serve: ServeSettings = ServeSettings()
+    policy: PolicySettings = PolicySettings()
     gate: GateSettings = GateSettings()
     gpu: GpuSettings = GpuSettings()
     service_retries: ServiceRetrySettings = ServiceRetrySettings()

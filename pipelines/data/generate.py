@@ -39,6 +39,12 @@ SECONDS_PER_DAY = 86_400
 
 # Ground-truth behaviour: where the next item in a session comes from.
 NEXT_ITEM_SOURCES = {"substitute": 0.30, "same_class": 0.30, "complement": 0.20, "popular": 0.05, "stop_repeat": 0.15}
+# Sparse catalogue flags the safety policy reads (absent = allowed): a few restricted products, and a stock
+# feed that knows about a quarter of the catalogue, some of it out of stock.
+FLAGS_STREAM = 7
+P_RESTRICTED = 0.01
+P_OUT_OF_STOCK = 0.03
+P_STOCK_KNOWN = 0.25
 P_REFILL_FIRST = 0.6  # a chronic session opens on the user's regular product
 P_CART = 0.22
 P_CART_REGULAR = 0.7
@@ -224,6 +230,12 @@ def _catalogue_table(p: _Products, s: DataSettings, rng: np.random.Generator) ->
         )
     table = pd.DataFrame(rows)
     table["launch_ts"] = table["launch_ts"].astype("datetime64[us]")
+    # Availability flags from their own stream, so adding them left every other column as it was.
+    flags = np.random.default_rng([s.seed, FLAGS_STREAM])
+    restricted, stock = flags.random(n), flags.random(n)
+    table["restricted"] = pd.array(np.where(restricted < P_RESTRICTED, True, None), dtype="boolean")
+    table["in_stock"] = pd.array(np.where(stock < P_OUT_OF_STOCK, False, np.where(stock < P_STOCK_KNOWN, True, None)),
+                                 dtype="boolean")
     return table
 
 

@@ -27,6 +27,12 @@ CATALOGUE_COLUMNS: dict[str, str] = {
     "launch_ts": "datetime",
 }
 CATALOGUE_REQUIRED = ("item_id", "name", "price", "launch_ts")
+# Sparse availability flags the safety policy reads (pipelines/pharmacy): kept when a source has them,
+# absent or null means allowed.
+CATALOGUE_OPTIONAL: dict[str, str] = {
+    "restricted": "bool",  # never recommended (e.g. scheduled or narcotic products)
+    "in_stock": "bool",  # false: out of stock, dropped from every list
+}
 # Fields a product's meta-info is read from (Meta-Prod2Vec, cold start, GPT4Rec features).
 META_FIELDS = ("manufacturer", "composition", "therapeutic_class", "uses", "form", "tags")
 

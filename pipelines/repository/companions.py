@@ -6,8 +6,9 @@ which sizes both models by that gpt4rec version (its n_items, top_k, max_len) an
 - similar_items from the embedding table named by `similar.method` (artifacts/embeddings/<method>);
 - recommend from the popularity list (artifacts/models/popularity, required), the association
   rules (artifacts/models/rules, optional: without them the cold path goes straight to
-  popularity), the training interactions per item (data/features) and the catalogue ids
-  (data/validated).
+  popularity), the training interactions per item (data/features), the catalogue ids and the
+  safety policy's tables (data/validated: composition, rx_required, restricted, in_stock; plus
+  the interaction table of params.yaml `policy.interactions_table`).
 
 A model whose inputs are missing is skipped with the reason in the summary, never half-written.
 """
@@ -21,9 +22,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from pipelines.core.config import Paths, Settings
+from pipelines.core.config import Paths, PolicySettings, Settings
 from pipelines.core.contract import MODEL_FILE, ModelMetadata
 from pipelines.data.schema import CATALOGUE_FILE
+from pipelines.pharmacy.safety import CHECK_REASONS, PolicyRules, SafetyTables
+from pipelines.pharmacy.tables import DEFAULT_INTERACTIONS, build_safety_tables, read_interactions
 from pipelines.repository.metadata import read_model_metadata
 from pipelines.repository.models import (
     RECOMMEND,
@@ -45,7 +48,28 @@ def _resize(array: np.ndarray, n_rows: int) -> np.ndarray:
     return out
 
 
-def fallback_tables(p: Paths, n_items: int) -> FallbackTables:
+def interactions_table(policy: PolicySettings, p: Paths) -> Path:
+    """The interaction CSV: `policy.interactions_table` (relative to the work directory), else the shipped one."""
+    if not policy.interactions_table:
+        return DEFAULT_INTERACTIONS
+    path = Path(policy.interactions_table)
+    return path if path.is_absolute() else p.root / path
+
+
+def safety_tables(policy: PolicySettings, p: Paths, catalogue: pd.DataFrame | None, n_items: int) -> SafetyTables:
+    """The policy's tables over 0..n_items; permissive (nothing known) without a catalogue."""
+    if catalogue is None:
+        return SafetyTables.permissive(n_items)
+    pairs = read_interactions(interactions_table(policy, p), tuple(policy.block_severities)) if policy.interactions else []
+    return build_safety_tables(catalogue, n_items, pairs)
+
+
+def policy_rules(policy: PolicySettings) -> PolicyRules:
+    """params.yaml `policy` as the rules the backend applies."""
+    return PolicyRules(**{key: getattr(policy, key) for key in CHECK_REASONS})
+
+
+def fallback_tables(p: Paths, n_items: int, policy: PolicySettings | None = None) -> FallbackTables:
     """The recommend tables over item ids 0..n_items; FileNotFoundError if popularity is missing."""
     from pipelines.data.sequences import load_sequences
     from pipelines.evaluate.slices import training_interactions
@@ -60,8 +84,9 @@ def fallback_tables(p: Paths, n_items: int) -> FallbackTables:
     interactions = _resize(training_interactions(load_sequences(p.features)).astype(np.int64), n)
     catalogue = np.zeros(n, dtype=bool)
     catalogue_file = p.validated / CATALOGUE_FILE
-    if catalogue_file.exists():
-        ids = pd.read_parquet(catalogue_file, columns=["item_id"])["item_id"].to_numpy(dtype=np.int64)
+    frame = pd.read_parquet(catalogue_file) if catalogue_file.exists() else None
+    if frame is not None:
+        ids = frame["item_id"].to_numpy(dtype=np.int64)
         catalogue[ids[(ids >= 1) & (ids <= n_items)]] = True
     else:
         catalogue[1:] = True
@@ -70,7 +95,7 @@ def fallback_tables(p: Paths, n_items: int) -> FallbackTables:
         coo = AssociationRules.load(p.models / "rules").rules.tocoo()
         keep = (coo.row < n) & (coo.col < n) & (coo.data != 0)
         rules = sp.csr_matrix((coo.data[keep].astype(np.float32), (coo.row[keep], coo.col[keep])), shape=(n, n))
-    tables = FallbackTables(popularity, interactions, catalogue, rules)
+    tables = FallbackTables(popularity, interactions, catalogue, rules, safety_tables(policy or PolicySettings(), p, frame, n_items))
     tables.check()
     return tables
 
@@ -111,7 +136,7 @@ def deploy_similar_items(s: Settings, p: Paths, repo: Path, n_items: int) -> dic
 def deploy_recommend(s: Settings, p: Paths, repo: Path, gpt4rec: ModelMetadata) -> dict[str, Any]:
     """recommend over the deployed gpt4rec; {"skipped": why} when the popularity list is missing."""
     try:
-        tables = fallback_tables(p, gpt4rec.n_items)
+        tables = fallback_tables(p, gpt4rec.n_items, s.policy)
     except FileNotFoundError as exc:
         return {"skipped": str(exc)}
     config = repo / RECOMMEND / "config.pbtxt"
@@ -120,12 +145,18 @@ def deploy_recommend(s: Settings, p: Paths, repo: Path, gpt4rec: ModelMetadata) 
         repo, top_k=gpt4rec.top_k, n_items=gpt4rec.n_items, max_batch_size=s.serve.max_batch_size,
         gpt4rec_model=s.serve.model_name, gpt4rec_max_len=gpt4rec.max_len,
         gpt4rec_max_batch_size=s.serve.max_batch_size, warm_min_interactions=WARM_MIN_INTERACTIONS,
-        rules_recent_items=s.rules.recent_items, rules_decay=s.rules.decay, instance_count=s.serve.instance_count)
+        rules_recent_items=s.rules.recent_items, rules_decay=s.rules.decay, policy=policy_rules(s.policy),
+        max_cart_items=s.policy.max_cart_items, instance_count=s.serve.instance_count)
     written = write_recommend_version(repo, tables, metadata={
         "gpt4rec_model": s.serve.model_name, "n_items": gpt4rec.n_items, "top_k": gpt4rec.top_k,
         "rules": tables.rules is not None, "n_rules": int(tables.rules.nnz) if tables.rules is not None else 0,
-        "popularity": str(p.models / "popularity"), "features": str(p.features)})
-    return _summary(written, config, old, rules=tables.rules is not None)
+        "popularity": str(p.models / "popularity"), "features": str(p.features),
+        "policy": {"checks": policy_rules(s.policy).checks(), "molecules": tables.policy.n_molecules,
+                   "interacting_pairs": len(tables.policy.interacting_pairs),
+                   "rx_required": int(tables.policy.rx_required.sum()), "restricted": int(tables.policy.restricted.sum()),
+                   "unavailable": int(tables.policy.unavailable.sum()),
+                   "interactions_table": str(interactions_table(s.policy, p))}})
+    return _summary(written, config, old, rules=tables.rules is not None, policy=policy_rules(s.policy).checks())
 
 
 def deploy_companions(s: Settings, p: Paths, repo: Path, gpt4rec_dir: Path) -> dict[str, dict[str, Any]]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from pipelines.core.contract import MODEL_FILE, disagreeing_rows
 from pipelines.data.schema import CATALOGUE_FILE
 from pipelines.data.sequences import load_sequences
 from pipelines.export.onnx import onnx_session, onnx_top_k
+from pipelines.pharmacy.safety import POLICY_FILE, PolicyRules, SafetyPolicy, SafetyTables
 from pipelines.repository.metadata import read_model_metadata
 from pipelines.repository.models import RECOMMEND, SIMILAR_ITEMS
 from pipelines.serve.client import pad_sessions, recommend, recommend_session, similar_items
@@ -57,13 +59,25 @@ def _deployed(deploy: dict[str, Any], name: str) -> Path | None:
     return Path(model["version_path"]) if "version_path" in model else None
 
 
+def served_policy(version_dir: Path) -> SafetyPolicy:
+    """The safety policy a recommend version applies: its policy.npz and its config's policy_checks."""
+    config = version_dir.parent / "config.pbtxt"
+    found = re.search(r'key: "policy_checks" value: \{ string_value: "([^"]*)" \}',
+                      config.read_text() if config.is_file() else "")
+    rules = PolicyRules.from_checks(found.group(1)) if found and found.group(1) else PolicyRules()
+    return SafetyPolicy(SafetyTables.load(version_dir / POLICY_FILE), rules)
+
+
 def popularity_top_k(version_dir: Path, k: int, exclude: list[int] = ()) -> list[int]:
-    """The popularity list a recommend version answers cold sessions with (from its own tables)."""
+    """The popularity list a recommend version answers an empty session with (its own tables and policy)."""
     popularity = np.load(version_dir / "popularity.npy", allow_pickle=False)
     catalogue = np.load(version_dir / "catalogue.npy", allow_pickle=False).astype(bool)
     catalogue[0] = False
     items = np.flatnonzero(catalogue)
     order = items[np.lexsort((items, -popularity[items]))]
+    if (version_dir / POLICY_FILE).is_file():
+        policy = served_policy(version_dir)
+        order = order[policy.allowed(order, policy.context())]
     return [int(i) for i in order if i not in set(exclude)][:k]
 
 
@@ -92,9 +106,13 @@ def check_recommend(url: str, version_dir: Path, sessions: list[list[int]],
     answers = recommend_session(sessions, url=url)
     k = len(answers[0].item_ids)
     catalogue = np.load(version_dir / "catalogue.npy", allow_pickle=False)
+    policy = served_policy(version_dir)
     for session, answer, want in zip(sessions, answers, gpt4rec_ids):
-        # recommend never offers the session's items or ids outside the catalogue
+        # recommend never offers the session's items, ids outside the catalogue or what its policy removes
         unseen = [int(i) for i in want if i not in session and 0 < i < len(catalogue) and catalogue[i]]
+        unseen = [i for i, ok in zip(unseen, policy.allowed(np.array(unseen, dtype=np.int64),
+                                                            policy.context(session=np.array(session))),
+                                     strict=True) if ok]
         if answer.source == "gpt4rec" and answer.item_ids[: len(unseen)] != unseen:
             raise RuntimeError(f"recommend answered {answer.item_ids} from gpt4rec, gpt4rec says {want.tolist()}")
     bought = answers[0].item_ids[0]

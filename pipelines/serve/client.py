@@ -20,12 +20,13 @@ their codes 1..4, 0 = unknown) are padded exactly like the ids and sent as `even
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
 from pipelines.core.contract import EVENT_TYPES_NAME, INPUT_NAME, OUTPUT_IDS, OUTPUT_SCORES, left_pad
+from pipelines.pharmacy.safety import REASONS
 
 EventKind = int | str
 _INT64 = np.iinfo(np.int64)
@@ -259,21 +260,27 @@ class Recommendation:
     scores: list[float]  # the source's own scores (comparable within one source only)
     source: str  # gpt4rec | rules | popularity
     unknown_ids: list[int]  # session ids the server dropped as unknown
+    policy_removed: dict[str, int] = field(default_factory=dict)  # safety policy reason -> candidates removed
+    short_reason: str = ""  # "" for a full list; why fewer than k items came back otherwise
 
 
 def session_inputs(sessions: list[list[int]], *, purchased: list[list[int]] | None = None,
-                   kinds: list[list[EventKind]] | None = None) -> dict[str, np.ndarray]:
+                   kinds: list[list[EventKind]] | None = None, cart: list[list[int]] | None = None,
+                   prescribed: list[list[int]] | None = None) -> dict[str, np.ndarray]:
     """The inputs of the `recommend` entry point; ValueError (saying what to change) for caller bugs."""
     batch = _ids_matrix(sessions, "session")
     inputs = {"session_ids": batch}
     if kinds is not None:
         codes = kind_codes(kinds, [list(s) for s in sessions])
         inputs[EVENT_TYPES_NAME] = left_pad(codes, width=batch.shape[1])
-    if purchased is not None:
-        if not isinstance(purchased, (list, tuple)) or len(purchased) != len(batch):
-            count = len(purchased) if isinstance(purchased, (list, tuple)) else type(purchased).__name__
-            raise ValueError(f"purchased has {count} lists for {len(batch)} sessions: give one list per session")
-        inputs["purchased_ids"] = _ids_matrix(purchased, "purchased list")
+    for name, lists, tensor in (("purchased", purchased, "purchased_ids"), ("cart", cart, "cart_ids"),
+                                ("prescribed", prescribed, "prescribed_ids")):
+        if lists is None:
+            continue
+        if not isinstance(lists, (list, tuple)) or len(lists) != len(batch):
+            count = len(lists) if isinstance(lists, (list, tuple)) else type(lists).__name__
+            raise ValueError(f"{name} has {count} lists for {len(batch)} sessions: give one list per session")
+        inputs[tensor] = _ids_matrix(lists, f"{name} list")
     return inputs
 
 
@@ -282,6 +289,8 @@ def recommend_session(
     *,
     purchased: list[list[int]] | None = None,
     kinds: list[list[EventKind]] | None = None,
+    cart: list[list[int]] | None = None,
+    prescribed: list[list[int]] | None = None,
     url: str | None = None,
     protocol: Protocol = "http",
     model_name: str = "recommend",
@@ -291,16 +300,24 @@ def recommend_session(
 
     `purchased` (one list per session) names items never to recommend, e.g. already bought.
     `kinds` (one list per session, one per item: names or codes) are the sessions' event kinds.
+    `cart` is what each session has in its cart now; `prescribed` the products its user holds a
+    prescription for. Purchases and prescriptions are the records that let a prescription-only
+    product of the same molecules be recommended (docs/pharmacy.md).
     """
-    inputs = session_inputs(sessions, purchased=purchased, kinds=kinds)
+    inputs = session_inputs(sessions, purchased=purchased, kinds=kinds, cart=cart, prescribed=prescribed)
     batch = inputs["session_ids"]
-    out = _infer(model_name, inputs, ["item_ids", "scores", "source", "unknown_ids"], url=url, protocol=protocol,
-                 timeout_s=timeout_s)
+    out = _infer(model_name, inputs, ["item_ids", "scores", "source", "unknown_ids", "policy_removed", "short_reason"],
+                 url=url, protocol=protocol, timeout_s=timeout_s)
     answers = []
     for r in range(len(batch)):
-        source = out["source"][r].reshape(-1)[0]
         answers.append(Recommendation(
             item_ids=out["item_ids"][r].astype(int).tolist(), scores=out["scores"][r].astype(float).tolist(),
-            source=source.decode() if isinstance(source, bytes) else str(source),
-            unknown_ids=[int(i) for i in out["unknown_ids"][r] if i != 0]))
+            source=_text(out["source"][r].reshape(-1)[0]),
+            unknown_ids=[int(i) for i in out["unknown_ids"][r] if i != 0],
+            policy_removed={reason: int(n) for reason, n in zip(REASONS, out["policy_removed"][r], strict=True) if n},
+            short_reason=_text(out["short_reason"][r].reshape(-1)[0])))
     return answers
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

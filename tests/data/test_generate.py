@@ -4,7 +4,7 @@ import pytest
 
 from pipelines.core.config import DataSettings
 from pipelines.data.generate import generate_world
-from pipelines.data.schema import CATALOGUE_COLUMNS, EVENT_TYPES, EVENTS_COLUMNS
+from pipelines.data.schema import CATALOGUE_COLUMNS, CATALOGUE_OPTIONAL, EVENT_TYPES, EVENTS_COLUMNS
 
 SMALL = DataSettings(n_products=300, n_users=400, seed=7)
 
@@ -19,7 +19,8 @@ def test_same_seed_same_world_other_seed_other_world():
 
 def test_tables_follow_the_schema():
     world = generate_world(SMALL, progress=False)
-    assert list(world.catalogue.columns) == list(CATALOGUE_COLUMNS)
+    assert list(world.catalogue.columns) == [*CATALOGUE_COLUMNS, *CATALOGUE_OPTIONAL]
+    assert world.catalogue["restricted"].isna().mean() > 0.9, "flags are sparse: absent means allowed"
     assert list(world.events.columns) == list(EVENTS_COLUMNS)
     assert world.catalogue["item_id"].tolist() == list(range(1, SMALL.n_products + 1))
     assert set(world.events["event_type"]) <= set(EVENT_TYPES)

@@ -198,6 +198,7 @@ def _alias(store: dict, alias: str) -> int:
 
 
 @needs_triton
+@pytest.mark.slow  # the whole register -> gate -> deploy path into a real Triton
 def test_better_challenger_is_promoted_and_deployed(models, store):
     first = _register(models, store, "weak")
     assert first["promoted"] and first["version"] == "1" and "no champion yet" in first["reason"]

@@ -47,7 +47,7 @@ CLI_CASES: list[tuple[list[str], list[str]]] = [
                                                             "view|click|add_to_cart|purchase"]),
     (["recommend", "--session", "1", "--events", "²"], ["--events: '²' is not an event kind"]),
     (["recommend", "--session", "1", "--protocol", "ftp"], ["--protocol must be http or grpc, got 'ftp'"]),
-    (["recommend", "--session", "1", "--model", "gpt4rec", "--protocol", "grpc"], ["--model gpt4rec is asked over HTTP"]),
+    (["recommend", "--session", "1", "--model", "gpt4rec", "--protocol", "grpc"], ["--model gpt4rec is the raw model, asked over HTTP"]),
     (["similar", "--item", "abc"], ["Invalid value for '--item'", "valid integer"]),
     (["similar", "--item", "0"], ["Invalid value for '--item'", "greater than or equal to 1"]),
     (["similar", "--item", "3", "--protocol", "udp"], ["--protocol must be http or grpc, got 'udp'"]),

@@ -168,6 +168,7 @@ def test_mlflow_refuses_a_missing_admin_password(tmp_path):
 
 @pytest.mark.timeout(600)  # starts both MLflow servers of the module (120 s each at most)
 @pytest.mark.reliability(kind="security", name="MLflow requires login in the stack profile (basic-auth)")
+@pytest.mark.slow  # real MLflow servers, one with basic-auth
 def test_mlflow_stack_profile_requires_login(mlflow_servers, ledger, monkeypatch):
     secured, open_ = mlflow_servers["stack"], mlflow_servers["local"]
     password = mlflow_servers["password"]
@@ -215,6 +216,7 @@ def test_mlflow_stack_profile_requires_login(mlflow_servers, ledger, monkeypatch
 
 
 @pytest.mark.reliability(kind="security", name="MLflow refuses foreign Host headers (DNS rebinding)")
+@pytest.mark.slow
 def test_mlflow_refuses_foreign_host_headers(mlflow_servers, ledger):
     password = mlflow_servers["password"]
     path = "/api/2.0/mlflow/experiments/search?max_results=1"
@@ -239,6 +241,7 @@ def test_mlflow_refuses_foreign_host_headers(mlflow_servers, ledger):
 
 @pytest.mark.timeout(600)  # moto, MLflow and tritonserver started for real
 @pytest.mark.reliability(kind="security", name="Services bind 127.0.0.1 (sockets read from the kernel)")
+@pytest.mark.slow
 def test_services_listen_on_loopback_only(mlflow_servers, tmp_path, ledger):
     """moto S3, MLflow (both profiles) and tritonserver, started for real: every listening socket on loopback."""
     found: dict[str, list[tuple[str, int, str]]] = {}

@@ -11,7 +11,9 @@ import pytest
 import scipy.sparse as sp
 
 from pipelines.core.config import Paths
+from pipelines.pharmacy.safety import SafetyTables
 from pipelines.repository.models import (
+    POLICY_PY,
     RECOMMEND_BACKEND_PY,
     SIMILAR_BACKEND_PY,
     FallbackTables,
@@ -54,8 +56,11 @@ def test_recommend_config_is_a_valid_triton_config(tmp_path: Path) -> None:
     assert inputs["purchased_ids"].optional and inputs["purchased_ids"].data_type == pb.TYPE_INT64
     outs = {o.name: (o.data_type, list(o.dims)) for o in cfg.output}
     assert outs == {"item_ids": (pb.TYPE_INT64, [10]), "scores": (pb.TYPE_FP32, [10]),
-                    "source": (pb.TYPE_STRING, [1]), "unknown_ids": (pb.TYPE_INT64, [-1])}
+                    "source": (pb.TYPE_STRING, [1]), "unknown_ids": (pb.TYPE_INT64, [-1]),
+                    "policy_removed": (pb.TYPE_INT64, [5]), "short_reason": (pb.TYPE_STRING, [1])}
+    assert inputs["cart_ids"].optional and inputs["prescribed_ids"].optional
     params = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert params["policy_checks"] == "restricted,unavailable,rx_without_record,interacts,duplicate_molecule"
     assert params["gpt4rec_model"] == "gpt4rec" and params["filter_purchased"] == "false"
     assert params["rules_decay"] == "0.25" and params["gpt4rec_max_len"] == "50"
 
@@ -114,9 +119,11 @@ def _tables(n: int = 6, rules: bool = True) -> FallbackTables:
 def test_recommend_version_holds_backend_and_pickle_free_tables(tmp_path: Path) -> None:
     written = write_recommend_version(tmp_path, _tables(), metadata={"n_items": 6})
     names = sorted(p.name for p in written.path.iterdir())
-    assert names == ["catalogue.npy", "interactions.npy", "lineage.json", "model.py", "popularity.npy",
-                     "rules.npz", "rxrec_backend.py"]
+    assert names == ["catalogue.npy", "interactions.npy", "lineage.json", "model.py", "policy.npz", "popularity.npy",
+                     "rules.npz", "rxrec_backend.py", "rxrec_policy.py"]
     assert (written.path / "model.py").read_bytes() == RECOMMEND_BACKEND_PY.read_bytes()
+    assert (written.path / "rxrec_policy.py").read_bytes() == POLICY_PY.read_bytes()
+    assert SafetyTables.load(written.path / "policy.npz").n_items == 6, "no catalogue: permissive tables, same size"
     with np.load(written.path / "rules.npz", allow_pickle=False) as z:
         loaded = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=(7, 7))
     assert loaded[1, 2] == pytest.approx(0.5) and loaded[1, 3] == pytest.approx(0.25) and loaded.nnz == 2
@@ -176,6 +183,34 @@ def test_fallback_tables_from_pipeline_artifacts(tmp_path: Path) -> None:
     (p.models / "popularity" / "counts.npy").unlink()
     with pytest.raises(FileNotFoundError, match="train_popularity"):
         fallback_tables(p, n_items=8)
+
+
+def test_policy_tables_come_from_the_catalogue_and_a_bad_interaction_row_is_named_by_its_line(tmp_path: Path) -> None:
+    """deploy's recommend tables carry the policy; the pharmacy's own table is read, its bad line named."""
+    from pipelines.core.config import PolicySettings
+    from pipelines.models.popularity import PopularityRecommender
+    from pipelines.pharmacy.tables import InteractionTableError
+    from pipelines.repository.companions import fallback_tables
+
+    p = Paths(tmp_path)
+    from pipelines.data.sequences import Sequences, save_sequences
+
+    save_sequences(Sequences(np.arange(1), [np.array([1, 2, 3])], [np.arange(3, dtype=float)], n_items=4), p.features)
+    PopularityRecommender(np.arange(5, dtype=np.float32)).save(p.models / "popularity")
+    p.validated.mkdir(parents=True)
+    pd.DataFrame({"item_id": [1, 2, 3, 4], "composition": ["Ibuprofen 400mg", "Diclofenac 50mg", None, "Zinc 50mg"],
+                  "rx_required": [False, False, True, False],
+                  "restricted": pd.array([None, True, None, None], dtype="boolean")}).to_parquet(
+        p.validated / "catalogue.parquet")
+    (tmp_path / "own.csv").write_text("molecule_a,molecule_b,severity,source\nIbuprofen,Zinc,major,our formulary\n")
+    tables = fallback_tables(p, n_items=4, policy=PolicySettings(interactions_table="own.csv"))
+    assert tables.policy.rx_required.tolist() == [False, False, False, True, False]
+    assert tables.policy.restricted.tolist() == [False, False, True, False, False]
+    assert sorted(tables.policy.molecule_names.tolist()) == ["diclofenac", "ibuprofen", "zinc"]
+    assert len(tables.policy.interacting_pairs) == 1, "the pharmacy's own table replaces the shipped one"
+    (tmp_path / "own.csv").write_text("molecule_a,molecule_b,severity,source\nIbuprofen,Zinc,major,x\nIbuprofen,Zinc,high,x\n")
+    with pytest.raises(InteractionTableError, match=r"own.csv:3: severity 'high'"):
+        fallback_tables(p, n_items=4, policy=PolicySettings(interactions_table="own.csv"))
 
 
 def test_load_order_puts_dependencies_first(tmp_path: Path) -> None:

@@ -109,6 +109,7 @@ def _dvc_json(project: Path, *args: str) -> dict:
     return json.loads(done.stdout)
 
 
+@pytest.mark.slow  # two real DVC runs of the pipeline graph
 def test_two_runs_skip_what_did_not_change_and_diff_between_their_refs(project):
     status_before = _git(project, "status", "--porcelain")
     first = _dag_run(project, "manual__2026-01-01T00:00:00+00:00", [])

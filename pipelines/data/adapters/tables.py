@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.data.generate import World
-from pipelines.data.schema import CATALOGUE_COLUMNS, EVENTS_COLUMNS
+from pipelines.data.schema import CATALOGUE_COLUMNS, CATALOGUE_OPTIONAL, EVENTS_COLUMNS
 
 SESSION_GAP = pd.Timedelta(minutes=30)
 PLACEHOLDER_PRICE = 1.0
@@ -62,10 +62,11 @@ def _rename(frame: pd.DataFrame, columns: dict[str, str], contract: dict[str, st
     """Internal names for the mapped columns; errors name the mapping and the columns the file has."""
     from pipelines.data.adapters import SourceError
 
-    unknown = [k for k in columns if k not in EVENTS_COLUMNS and k not in CATALOGUE_COLUMNS]
+    known = set(EVENTS_COLUMNS) | set(CATALOGUE_COLUMNS) | set(CATALOGUE_OPTIONAL)
+    unknown = [k for k in columns if k not in known]
     if unknown:
         raise SourceError(f"data.tables_columns names unknown internal column(s) {unknown}; "
-                          f"internal columns are {sorted(set(EVENTS_COLUMNS) | set(CATALOGUE_COLUMNS))}")
+                          f"internal columns are {sorted(known)}")
     rename = {}
     for internal in contract:
         src = columns.get(internal, internal)
@@ -147,7 +148,8 @@ def read_tables(events_path: Path, catalogue_path: Path | None = None, *, column
         raise SourceError(f"{events_path}: column {columns.get('user_id', 'user_id')!r} is empty at "
                           f"{_row_label(first, events_path)} ({int(missing_users.sum())} row(s)); every event needs a user")
     if catalogue_path is not None:
-        raw_catalogue = _rename(_read(catalogue_path), columns, CATALOGUE_COLUMNS, catalogue_path)
+        raw_catalogue = _rename(_read(catalogue_path), columns, {**CATALOGUE_COLUMNS, **CATALOGUE_OPTIONAL},
+                                catalogue_path)
         if "item_id" not in raw_catalogue.columns:
             raise SourceError(f"{catalogue_path}: no item id column; map it in data.tables_columns")
     else:
@@ -217,5 +219,30 @@ def read_tables(events_path: Path, catalogue_path: Path | None = None, *, column
         "interactions": len(events),
         "placeholders": placeholders,
     }
-    return World(catalogue=catalogue[list(CATALOGUE_COLUMNS)], events=events[list(EVENTS_COLUMNS)],
+    optional = [col for col in CATALOGUE_OPTIONAL if col in catalogue.columns]
+    for col in optional:
+        catalogue[col] = _optional_flag(catalogue[col], f"{catalogue_path} {col}")
+    return World(catalogue=catalogue[[*CATALOGUE_COLUMNS, *optional]], events=events[list(EVENTS_COLUMNS)],
                  source=source)
+
+
+_TRUE, _FALSE = frozenset({"true", "1", "yes", "y", "t"}), frozenset({"false", "0", "no", "n", "f"})
+
+
+def _optional_flag(values: pd.Series, where: str) -> pd.Series:
+    """A sparse yes/no column as pandas' nullable boolean: blank stays null (allowed), anything else is refused."""
+    from pipelines.data.adapters import SourceError
+
+    def parse(value: object) -> object:
+        if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+            return pd.NA
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        text = str(value).strip().lower()
+        if not text:
+            return pd.NA
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise SourceError(f"{where}: value {str(value)[:40]!r} is not a yes/no flag (true/false, 1/0, yes/no, blank)")
+
+    return values.map(parse).astype("boolean")

@@ -1,9 +1,10 @@
 """Triton Python-backend model `recommend`: the entry point callers use (BLS over gpt4rec).
 
 Copied as model.py into every recommend version folder (pipelines/repository/models.py) beside
-its fallback tables: popularity.npy, interactions.npy, catalogue.npy and, when association rules
-were trained, rules.npz (CSR arrays indptr/indices/data). Runs inside Triton's Python-backend stub
-in the serving venv: only the standard library, numpy and triton_python_backend_utils.
+its fallback tables: popularity.npy, interactions.npy, catalogue.npy, the safety policy's tables
+policy.npz (read by rxrec_policy.py, a copy of pipelines/pharmacy/safety.py) and, when association
+rules were trained, rules.npz (CSR arrays indptr/indices/data). Runs inside Triton's Python-backend
+stub in the serving venv: only the standard library, numpy and triton_python_backend_utils.
 
 Inputs (batch dimension first; 0 is padding everywhere):
   session_ids    int64 [batch, seq]  the session's item ids, oldest first. An empty session is
@@ -14,19 +15,32 @@ Inputs (batch dimension first; 0 is padding everywhere):
                                      session_ids; 0 unknown, 1 view, 2 click, 3 add_to_cart,
                                      4 purchase). The kinds of the items kept are passed to gpt4rec;
                                      a gpt4rec without the event_types input is asked without them.
+  cart_ids       int64 [batch, n]    optional: what is in the cart now (at most max_cart_items):
+                                     never recommended again, and the policy checks against it
+  prescribed_ids int64 [batch, n]    optional: products the user holds a prescription for; with
+                                     purchased_ids they are the records that allow a prescription-
+                                     only product of the same molecules
 Outputs:
   item_ids    int64 [batch, k]   best first; -1 pads when fewer than k items can be offered
   scores      float32 [batch, k] the answering source's own score (comparable within a source)
   source      bytes [batch, 1]   b"gpt4rec" | b"rules" | b"popularity": who answered
   unknown_ids int64 [batch, m]   session ids dropped as unknown (> n_items or not in the
                                  catalogue), 0-padded; [0] when none were dropped
+  policy_removed int64 [batch, 5] distinct candidates the safety policy removed ahead of the last
+                                 item shown (what would have been shown without it), per reason
+                                 in the order of rxrec_policy.REASONS (restricted, unavailable,
+                                 rx_without_record, interacts, duplicate_molecule)
+  short_reason bytes [batch, 1]  b"" for a full list; why it is shorter than k otherwise
 
 How a row is answered: unknown ids are dropped (reported, not an error). If a remaining item is
 warm (>= warm_min_interactions training interactions), gpt4rec is asked through BLS with the
 latest gpt4rec_max_len known items; otherwise the session is cold and association rules fired by
 its latest items answer; with no rule, popularity does. The session's items, (optionally)
 purchased_ids and ids outside the catalogue are filtered out everywhere; a source that leaves fewer than k items is topped up
-by the next one. If the gpt4rec call fails, the row falls back the same way and the log says why.
+by the next one. Every source's candidates pass the safety policy (rxrec_policy: restricted,
+unavailable, prescription-only without a record, interacting with the session or cart, a molecule
+already in the cart); what it removes is refilled from the next candidates, popularity walking the
+whole catalogue if it must. If the gpt4rec call fails, the row falls back the same way and the log says why.
 Negative ids are caller bugs (padding is 0) and get an INVALID_ARG error.
 """
 
@@ -48,13 +62,19 @@ from rxrec_backend import (
 )
 from rxrec_backend import EVENT_TYPES_NAME as EVENT_TYPES_INPUT
 from rxrec_backend import INPUT_NAME as GPT4REC_INPUT
+from rxrec_policy import MAX_CART_ITEMS, POLICY_FILE, REASONS, PolicyRules, SafetyPolicy, SafetyTables
 
 SESSION_INPUT = "session_ids"
 PURCHASED_INPUT = "purchased_ids"
+CART_INPUT = "cart_ids"
+PRESCRIBED_INPUT = "prescribed_ids"
+POPULAR_CHUNK = 64  # popularity is walked in chunks from this long, doubling, until the list is full
 MAX_EVENT_KIND = 4  # purchase; config parameter "event_kinds" overrides
 KINDS_RETRY_S = 60.0  # after gpt4rec refused event_types, ask without them this long
 OUTPUT_SOURCE = "source"
 OUTPUT_UNKNOWN = "unknown_ids"
+OUTPUT_REMOVED = "policy_removed"
+OUTPUT_SHORT = "short_reason"
 
 
 def _ids(request: object, name: str, required: bool) -> tuple[np.ndarray | None, str | None]:
@@ -77,24 +97,37 @@ def _ids(request: object, name: str, required: bool) -> tuple[np.ndarray | None,
 class _Row:
     """One session being answered: what is known about it and what has been chosen so far."""
 
-    __slots__ = ("exclude", "ids", "kinds", "known", "scores", "source", "unknown", "warm")
+    __slots__ = ("context", "exclude", "ids", "kinds", "known", "policy", "removed", "scores", "source", "unknown",
+                 "warm")
 
     def __init__(self, known: np.ndarray, unknown: np.ndarray, exclude: np.ndarray, warm: bool,
-                 kinds: np.ndarray | None = None) -> None:
+                 kinds: np.ndarray | None = None, policy: SafetyPolicy | None = None, context: object = None) -> None:
         self.known, self.unknown, self.exclude, self.warm = known, unknown, exclude, warm
         self.kinds = kinds  # event kind of each known item (None: the caller sent none)
+        self.policy, self.context = policy, context  # the safety policy and this request's masks
+        self.removed: dict[int, int] = {}  # item id -> policy reason code, each candidate counted once
         self.ids: list[int] = []
         self.scores: list[float] = []
         self.source = ""
 
     def take(self, ids: np.ndarray, scores: np.ndarray, source: str, k: int) -> None:
-        """Append candidates (best first) that are not excluded or already chosen, up to k."""
+        """Append candidates (best first) that are not excluded, already chosen or refused by the policy, up to k."""
         if len(self.ids) >= k or len(ids) == 0:
             return
         keep = ~np.isin(ids, self.exclude) & (ids > 0)
         if self.ids:
             keep &= ~np.isin(ids, np.asarray(self.ids, dtype=np.int64))
+        codes = None
+        if self.policy is not None and keep.any():
+            codes = np.zeros(len(ids), dtype=np.uint8)
+            codes[keep] = self.policy.reasons(ids[keep], self.context)
+            keep &= codes == 0
         chosen = np.flatnonzero(keep)[: k - len(self.ids)]
+        if codes is not None:  # count what the policy took out of the part of the list actually used
+            used = chosen[-1] + 1 if len(chosen) == k - len(self.ids) else len(ids)
+            hit = np.flatnonzero(codes[:used])
+            for item, code in zip(ids[hit].tolist(), codes[hit].tolist(), strict=True):
+                self.removed.setdefault(item, code)
         if len(chosen) and not self.source:
             self.source = source
         self.ids.extend(int(i) for i in ids[chosen])
@@ -117,6 +150,11 @@ class TritonPythonModel:
         self.recent = param("rules_recent_items", int, 3)
         self.decay = param("rules_decay", float, 0.5)
         self.max_kind = param(EVENT_KINDS, int, MAX_EVENT_KIND)
+        self.max_cart = param("max_cart_items", int, MAX_CART_ITEMS)
+        try:  # unset: every check (a pharmacy keeps them all on)
+            self.rules_of_policy = PolicyRules.from_checks(param("policy_checks", str, PolicyRules().checks()))
+        except ValueError as exc:
+            raise pb_utils.TritonModelException(f"{self.name}: {exc}") from exc
         self.kinds_refused_until = 0.0  # monotonic time until which gpt4rec is asked without kinds
 
         folder = model.folder("popularity.npy")
@@ -147,12 +185,24 @@ class TritonPythonModel:
                               z["data"].astype(np.float32))
             if len(self.rules[0]) != self.n_items + 2:
                 raise pb_utils.TritonModelException(f"{self.name}: rules.npz does not cover n_items={self.n_items}")
+        if not (folder / POLICY_FILE).is_file():
+            raise pb_utils.TritonModelException(f"{self.name}: {POLICY_FILE} not found in {folder}: without the "
+                                                "safety policy's tables this version may not serve")
+        try:
+            tables = SafetyTables.load(folder / POLICY_FILE)
+        except ValueError as exc:
+            raise pb_utils.TritonModelException(f"{self.name}: {exc}") from exc
+        if tables.n_items != self.n_items:
+            raise pb_utils.TritonModelException(
+                f"{self.name}: {POLICY_FILE} covers {tables.n_items} items, the tables {self.n_items}")
+        self.policy = SafetyPolicy(tables, self.rules_of_policy)
         items = np.flatnonzero(self.catalogue)
         self.popular_order = items[np.lexsort((items, -self.popularity[items]))]
         pb_utils.Logger.log_info(
             f"{self.name}: loaded (n_items={self.n_items}, k={self.k}, calls {self.gpt4rec!r} with up to "
             f"{self.max_len} items, rules={'yes' if self.rules is not None else 'no'}, "
-            f"filter_purchased={self.filter_purchased}, warm_min_interactions={self.warm_min})"
+            f"filter_purchased={self.filter_purchased}, warm_min_interactions={self.warm_min}, policy: "
+            f"{self.rules_of_policy}, {tables.n_molecules} molecules, {len(tables.interacting_pairs)} interacting pairs)"
         )
 
     # ------------------------------------------------------------------ sources
@@ -178,11 +228,12 @@ class TritonPythonModel:
         row.take(ids[order], scores[order], "rules", self.k)
 
     def _popularity(self, row: _Row) -> None:
-        need = self.k - len(row.ids)
-        if need <= 0:
-            return
-        ids = self.popular_order[: need + len(row.exclude) + len(row.ids)]
-        row.take(ids, self.popularity[ids], "popularity", self.k)
+        """Top up from the most popular products, walking on while the policy or exclusions refuse them."""
+        start, size = 0, max(POPULAR_CHUNK, 2 * (self.k + len(row.exclude)))
+        while len(row.ids) < self.k and start < len(self.popular_order):
+            ids = self.popular_order[start:start + size]
+            row.take(ids, self.popularity[ids], "popularity", self.k)
+            start, size = start + size, 2 * size
 
     def _gpt4rec(self, rows: list[_Row]) -> None:
         """One BLS call per max_batch warm sessions; failed calls leave the rows to the fallbacks."""
@@ -242,7 +293,8 @@ class TritonPythonModel:
 
     # ------------------------------------------------------------------ requests
 
-    def _rows(self, sessions: np.ndarray, purchased: np.ndarray | None, kinds: np.ndarray | None = None) -> list[_Row]:
+    def _rows(self, sessions: np.ndarray, purchased: np.ndarray | None, kinds: np.ndarray | None = None,
+              cart: np.ndarray | None = None, prescribed: np.ndarray | None = None) -> list[_Row]:
         rows = []
         for r, session in enumerate(sessions):
             present = session > 0
@@ -251,11 +303,15 @@ class TritonPythonModel:
             unknown_mask[~unknown_mask] = ~self.catalogue[items[~unknown_mask]]
             known = items[~unknown_mask]
             known_kinds = None if kinds is None else kinds[r][present][~unknown_mask]
-            exclude = known
-            if purchased is not None and self.filter_purchased:
-                exclude = np.union1d(known, purchased[r][purchased[r] > 0])
+            cart_items = np.zeros(0, np.int64) if cart is None else cart[r][cart[r] > 0]
+            bought = np.zeros(0, np.int64) if purchased is None else purchased[r][purchased[r] > 0]
+            records = bought if prescribed is None else np.union1d(bought, prescribed[r][prescribed[r] > 0])
+            exclude = np.union1d(known, cart_items)
+            if self.filter_purchased:
+                exclude = np.union1d(exclude, bought)
             warm = bool(len(known)) and bool((self.interactions[known] >= self.warm_min).any())
-            rows.append(_Row(known, items[unknown_mask], exclude, warm, known_kinds))
+            context = self.policy.context(session=known, cart=cart_items, records=records)
+            rows.append(_Row(known, items[unknown_mask], exclude, warm, known_kinds, self.policy, context))
         return rows
 
     def _response(self, rows: list[_Row]) -> object:
@@ -268,9 +324,25 @@ class TritonPythonModel:
             scores[r, :len(row.scores)] = row.scores
             unknown[r, :len(row.unknown)] = row.unknown
         source = np.array([[(row.source or "popularity").encode()] for row in rows], dtype=np.object_)
+        removed = np.zeros((len(rows), len(REASONS)), dtype=np.int64)
+        for r, row in enumerate(rows):
+            if row.removed:
+                removed[r] = np.bincount(list(row.removed.values()), minlength=len(REASONS) + 1)[1:]
+        short = np.array([[self._short_reason(row, removed[r]).encode()] for r, row in enumerate(rows)],
+                         dtype=np.object_)
         return pb_utils.InferenceResponse(output_tensors=[
             pb_utils.Tensor(OUTPUT_IDS, ids), pb_utils.Tensor(OUTPUT_SCORES, scores),
-            pb_utils.Tensor(OUTPUT_SOURCE, source), pb_utils.Tensor(OUTPUT_UNKNOWN, unknown)])
+            pb_utils.Tensor(OUTPUT_SOURCE, source), pb_utils.Tensor(OUTPUT_UNKNOWN, unknown),
+            pb_utils.Tensor(OUTPUT_REMOVED, removed), pb_utils.Tensor(OUTPUT_SHORT, short)])
+
+    def _short_reason(self, row: _Row, removed: np.ndarray) -> str:
+        """"" for a full list; otherwise what ran out (the whole catalogue was walked by then)."""
+        if len(row.ids) >= self.k:
+            return ""
+        refused = ", ".join(f"{reason} {int(n)}" for reason, n in zip(REASONS, removed, strict=True) if n)
+        return (f"{len(row.ids)} of {self.k}: no further product of the catalogue may be offered to this request "
+                f"({len(row.exclude)} excluded as seen, in the cart or bought"
+                + (f"; the safety policy removed {refused})" if refused else ")"))
 
     def _kinds_problem(self, sessions: np.ndarray, kinds: np.ndarray) -> str | None:
         """Why event_types does not fit session_ids, or None (negatives were already caught)."""
@@ -290,7 +362,17 @@ class TritonPythonModel:
             sessions, problem = _ids(request, SESSION_INPUT, required=True)
             purchased, problem2 = _ids(request, PURCHASED_INPUT, required=False)
             kinds, problem3 = _ids(request, EVENT_TYPES_INPUT, required=False)
-            problem = problem or problem2 or problem3
+            cart, problem4 = _ids(request, CART_INPUT, required=False)
+            prescribed, problem5 = _ids(request, PRESCRIBED_INPUT, required=False)
+            problem = problem or problem2 or problem3 or problem4 or problem5
+            for name, extra in ((CART_INPUT, cart), (PRESCRIBED_INPUT, prescribed)):
+                if problem is None and extra is not None and extra.shape[0] != sessions.shape[0]:
+                    problem = (f"{name} has {extra.shape[0]} rows but {SESSION_INPUT} has {sessions.shape[0]}: "
+                               "send one row per session")
+            if problem is None and cart is not None and int((cart > 0).sum(axis=1).max()) > self.max_cart:
+                row = int(np.argmax((cart > 0).sum(axis=1)))
+                problem = (f"{CART_INPUT} row {row} holds {int((cart[row] > 0).sum())} items; a cart holds at most "
+                           f"{self.max_cart} (config parameter max_cart_items)")
             if problem is None and purchased is not None and purchased.shape[0] != sessions.shape[0]:
                 problem = (f"{PURCHASED_INPUT} has {purchased.shape[0]} rows but {SESSION_INPUT} has "
                            f"{sessions.shape[0]}: send one row per session")
@@ -299,7 +381,7 @@ class TritonPythonModel:
             if problem is not None:
                 responses[i] = refusal(problem)
                 continue
-            per_request[i] = self._rows(sessions, purchased, kinds)
+            per_request[i] = self._rows(sessions, purchased, kinds, cart, prescribed)
         all_rows = [row for rows in per_request.values() for row in rows]
         self._gpt4rec([row for row in all_rows if row.warm])
         for row in all_rows:

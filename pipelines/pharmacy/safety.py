@@ -1,0 +1,211 @@
+"""The pharmacy safety policy: which candidates may never be shown to whom, applied where lists are made.
+
+numpy and the standard library only: this file runs inside Triton's Python backend (copied as
+rxrec_policy.py beside every `recommend` version, with the tables as policy.npz) and in this
+package, so the server and anything offline that applies the policy run the same code.
+
+A candidate item is removed, with the first reason that applies (codes are REASONS' order + 1):
+  restricted               the catalogue marks the product restricted (never recommended)
+  unavailable              out of stock, or not deliverable (catalogue fields; absent = allowed)
+  rx_without_record        prescription-only, and the request holds no purchase or prescription
+                           record for every one of its molecules (an rx product whose molecules
+                           are unknown needs a record of the product itself)
+  interacts                one of its molecules interacts with a molecule of a session or cart item
+  duplicate_molecule       it shares a molecule with an item already in the cart
+
+Everything is per request: `context()` turns the request's session, cart and record item ids into
+molecule masks once, `reasons()` checks a whole array of candidates against them.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+
+POLICY_FILE = "policy.npz"
+REASONS = ("restricted", "unavailable", "rx_without_record", "interacts", "duplicate_molecule")
+ALLOWED = 0  # reason code of an allowed candidate; a removed one has REASONS.index(reason) + 1
+
+
+#: PolicyRules field (the params.yaml `policy` key) -> the reason it removes candidates for.
+CHECK_REASONS = {"drop_restricted": "restricted", "drop_unavailable": "unavailable",
+                 "rx_requires_record": "rx_without_record", "interactions": "interacts",
+                 "duplicate_molecules_in_cart": "duplicate_molecule"}
+MAX_CART_ITEMS = 500  # a longer cart is refused as a bad request
+NO_CHECKS = "none"  # policy_checks when every check is off (an empty parameter means the default: all)
+
+
+@dataclass(frozen=True)
+class PolicyRules:
+    """Which checks apply (params.yaml `policy:`); a pharmacy keeps them all on."""
+
+    drop_restricted: bool = True
+    drop_unavailable: bool = True
+    rx_requires_record: bool = True
+    interactions: bool = True
+    duplicate_molecules_in_cart: bool = True
+
+    def checks(self) -> str:
+        """The reasons checked, comma-separated (the recommend config parameter `policy_checks`)."""
+        return ",".join(reason for key, reason in CHECK_REASONS.items() if getattr(self, key)) or NO_CHECKS
+
+    @classmethod
+    def from_checks(cls, text: str) -> PolicyRules:
+        """The rules whose reasons `text` lists; ValueError naming an unknown one."""
+        names = {name.strip() for name in text.split(",") if name.strip()} - {NO_CHECKS}
+        unknown = sorted(names - set(CHECK_REASONS.values()))
+        if unknown:
+            raise ValueError(f"policy_checks names {unknown}; known checks are {list(CHECK_REASONS.values())}")
+        return cls(**{key: reason in names for key, reason in CHECK_REASONS.items()})
+
+
+@dataclass(frozen=True)
+class SafetyTables:
+    """What the policy knows about each item id 0..n_items (0 = padding) and each molecule."""
+
+    rx_required: np.ndarray  # bool [n + 1]
+    restricted: np.ndarray  # bool [n + 1]
+    unavailable: np.ndarray  # bool [n + 1]: out of stock or not deliverable
+    molecule_indptr: np.ndarray  # int64 [n + 2]: item i's molecules are indices[indptr[i]:indptr[i + 1]]
+    molecule_indices: np.ndarray  # int64: molecule ids 0..n_molecules - 1
+    molecule_names: np.ndarray  # str [n_molecules]
+    interacting_pairs: np.ndarray  # int64 [p, 2]: molecule ids that must not be combined
+
+    @property
+    def n_items(self) -> int:
+        return len(self.rx_required) - 1
+
+    @property
+    def n_molecules(self) -> int:
+        return len(self.molecule_names)
+
+    @classmethod
+    def permissive(cls, n_items: int) -> SafetyTables:
+        """Tables that know nothing (no catalogue): every check passes. Say so wherever it is used."""
+        none = np.zeros(n_items + 1, dtype=bool)
+        return cls(none, none.copy(), none.copy(), np.zeros(n_items + 2, dtype=np.int64), np.zeros(0, np.int64),
+                   np.zeros(0, dtype="<U1"), np.zeros((0, 2), dtype=np.int64))
+
+    def check(self) -> None:
+        """Shapes and ranges the policy relies on; ValueError naming the table that is wrong."""
+        n = len(self.rx_required)
+        for name in ("restricted", "unavailable"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"policy table {name} has {len(getattr(self, name))} rows, rx_required has {n}")
+        if len(self.molecule_indptr) != n + 1 or int(self.molecule_indptr[-1]) != len(self.molecule_indices):
+            raise ValueError(f"policy molecule_indptr must have {n + 1} entries ending at {len(self.molecule_indices)}")
+        for name, ids in (("molecule_indices", self.molecule_indices), ("interacting_pairs", self.interacting_pairs)):
+            if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self.n_molecules):
+                raise ValueError(f"policy {name} names a molecule outside 0..{self.n_molecules - 1}")
+
+    def to_bytes(self) -> bytes:
+        """policy.npz content (uncompressed, deterministic for the same tables)."""
+        self.check()
+        buffer = io.BytesIO()
+        np.savez(buffer, **{name: getattr(self, name) for name in self.__dataclass_fields__})
+        return buffer.getvalue()
+
+    @classmethod
+    def load(cls, path: object) -> SafetyTables:
+        with np.load(path, allow_pickle=False) as z:
+            missing = sorted(set(cls.__dataclass_fields__) - set(z.files))
+            if missing:
+                raise ValueError(f"{path}: policy tables lack {', '.join(missing)}")
+            tables = cls(**{name: z[name] for name in cls.__dataclass_fields__})
+        tables.check()
+        return tables
+
+
+@dataclass
+class RequestContext:
+    """One request's molecule masks: what it may interact with, what is in its cart, what it holds a record for."""
+
+    interacting: np.ndarray  # bool [n_molecules]: interacts with a session or cart molecule
+    in_cart: np.ndarray  # bool [n_molecules]
+    on_record: np.ndarray  # bool [n_molecules]: purchased or prescribed
+    record_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # purchased or prescribed ids
+
+
+class SafetyPolicy:
+    """Per-request masks over the tables; `reasons` is vectorised over candidates."""
+
+    def __init__(self, tables: SafetyTables, rules: PolicyRules | None = None) -> None:
+        self.tables, self.rules = tables, rules or PolicyRules()
+        m = tables.n_molecules
+        self.interacts = np.zeros((m, m), dtype=bool)  # a real formulary's few thousand molecules fit
+        pairs = tables.interacting_pairs
+        if len(pairs):
+            self.interacts[pairs[:, 0], pairs[:, 1]] = True
+            self.interacts[pairs[:, 1], pairs[:, 0]] = True
+        # The per-item reason that needs no request: restricted first, then unavailable.
+        self.static = np.zeros(tables.n_items + 1, dtype=np.uint8)
+        if self.rules.drop_unavailable:
+            self.static[tables.unavailable] = REASONS.index("unavailable") + 1
+        if self.rules.drop_restricted:
+            self.static[tables.restricted] = REASONS.index("restricted") + 1
+
+    def _valid(self, ids: np.ndarray | None) -> np.ndarray:
+        if ids is None:
+            return np.zeros(0, dtype=np.int64)
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        return np.unique(ids[(ids > 0) & (ids <= self.tables.n_items)])
+
+    def _molecules(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(molecule ids, index of the owning item in `items`) of every item's molecules."""
+        indptr = self.tables.molecule_indptr
+        starts, ends = indptr[items], indptr[items + 1]
+        lengths = ends - starts
+        owner = np.repeat(np.arange(len(items)), lengths)
+        offsets = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
+        return self.tables.molecule_indices[offsets + np.arange(int(lengths.sum()))], owner
+
+    def _mask(self, items: np.ndarray) -> np.ndarray:
+        mask = np.zeros(self.tables.n_molecules, dtype=bool)
+        mask[self._molecules(items)[0]] = True
+        return mask
+
+    def context(self, session: np.ndarray | None = None, cart: np.ndarray | None = None,
+                records: np.ndarray | None = None) -> RequestContext:
+        """Masks of one request: its session and cart items, and the items it holds a record for."""
+        session_items, cart_items, record_items = self._valid(session), self._valid(cart), self._valid(records)
+        seen = self._mask(np.union1d(session_items, cart_items))
+        interacting = self.interacts[seen].any(axis=0) if seen.any() else np.zeros_like(seen)
+        return RequestContext(interacting, self._mask(cart_items), self._mask(record_items), record_items)
+
+    def reasons(self, candidates: np.ndarray, ctx: RequestContext) -> np.ndarray:
+        """uint8 per candidate: ALLOWED, or the code of the first reason it is removed for."""
+        ids = np.asarray(candidates, dtype=np.int64)
+        out = np.zeros(len(ids), dtype=np.uint8)
+        valid = (ids > 0) & (ids <= self.tables.n_items)
+        items = ids[valid]
+        if not len(items):
+            return out
+        codes = self.static[items].copy()
+        molecules, owner = self._molecules(items)
+        n = len(items)
+        if self.rules.rx_requires_record:
+            rx = self.tables.rx_required[items]
+            unknown = np.bincount(owner, minlength=n) == 0
+            missing = np.bincount(owner, weights=~ctx.on_record[molecules], minlength=n) > 0
+            no_record = np.where(unknown, ~np.isin(items, ctx.record_items), missing)
+            codes[(codes == ALLOWED) & rx & no_record] = REASONS.index("rx_without_record") + 1
+        if self.rules.interactions and ctx.interacting.any():
+            hit = np.bincount(owner, weights=ctx.interacting[molecules], minlength=n) > 0
+            codes[(codes == ALLOWED) & hit] = REASONS.index("interacts") + 1
+        if self.rules.duplicate_molecules_in_cart and ctx.in_cart.any():
+            dup = np.bincount(owner, weights=ctx.in_cart[molecules], minlength=n) > 0
+            codes[(codes == ALLOWED) & dup] = REASONS.index("duplicate_molecule") + 1
+        out[valid] = codes
+        return out
+
+    def allowed(self, candidates: np.ndarray, ctx: RequestContext) -> np.ndarray:
+        """bool per candidate: may be shown to this request."""
+        return self.reasons(candidates, ctx) == ALLOWED
+
+
+def reason_counts(codes: np.ndarray) -> dict[str, int]:
+    """{reason: how many} of removed candidates (ALLOWED left out)."""
+    counts = np.bincount(np.asarray(codes, dtype=np.int64), minlength=len(REASONS) + 1)
+    return {reason: int(counts[i + 1]) for i, reason in enumerate(REASONS) if counts[i + 1]}
