@@ -13,7 +13,7 @@ import functools
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, ValidationError, model_validator
@@ -166,6 +166,22 @@ class PolicySettings(ParamsSection):
     max_cart_items: int = Field(500, ge=1)
 
 
+PlacementSource = Literal["personal", "complements", "substitutes", "popular"]
+
+
+class PlacementsSettings(ParamsSection):
+    """Which sources each placement blends, in order, with the most slots each may fill (docs/pharmacy.md)."""
+
+    home: dict[PlacementSource, Annotated[int, Field(ge=1)]] = {"personal": 10, "complements": 10}
+    product: dict[PlacementSource, Annotated[int, Field(ge=1)]] = {"substitutes": 4, "personal": 6}
+    cart: dict[PlacementSource, Annotated[int, Field(ge=1)]] = {"complements": 6, "personal": 4}
+
+    def blends(self) -> dict[str, str]:
+        """placement -> "source:slots,..." (the recommend config parameters placement_<name>)."""
+        return {name: ",".join(f"{source}:{slots}" for source, slots in getattr(self, name).items())
+                for name in ("home", "product", "cart")}
+
+
 class GateSettings(ParamsSection):
     """The promotion gate: when a registered challenger may become `champion`."""
 
@@ -264,6 +280,7 @@ class Settings(ParamsSection):
     export: ExportSettings = ExportSettings()
     serve: ServeSettings = ServeSettings()
     policy: PolicySettings = PolicySettings()
+    placements: PlacementsSettings = PlacementsSettings()
     gate: GateSettings = GateSettings()
     gpu: GpuSettings = GpuSettings()
     service_retries: ServiceRetrySettings = ServiceRetrySettings()

@@ -79,6 +79,22 @@ def field_values(field: str, raw: object) -> list[str]:
     return sorted({value for value in (_clean(field, part) for part in parts) if value})
 
 
+def composition_parts(raw: object) -> list[tuple[str, str]]:
+    """(molecule, strength) of each part of a composition, sorted; strength "" where none is given.
+
+    "Paracetamol 500 mg + CAFFEINE 30mg" -> [("caffeine", "30mg"), ("paracetamol", "500mg")]: the key
+    substitutes share (same molecules, same strengths), whatever the spelling.
+    """
+    text = normalise_text(raw)
+    parts = []
+    for part in text.split("+") if text else []:
+        molecule = _clean("composition", part)
+        if molecule:
+            strength = _STRENGTH.search(part)
+            parts.append((molecule, "".join(strength.group(0).split()) if strength else ""))
+    return sorted(set(parts))
+
+
 @cache
 def _stop_words() -> frozenset[str]:
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.data.text import field_values
-from pipelines.pharmacy.safety import SafetyTables
+from pipelines.pharmacy.served import SafetyTables, csr_rows
 
 #: The interaction table shipped for the generated world's molecules (real, well-known pairs).
 DEFAULT_INTERACTIONS = Path(__file__).with_name("interactions.csv")
@@ -99,13 +99,7 @@ def build_safety_tables(catalogue: pd.DataFrame, n_items: int, interactions: lis
                                       for i, c in zip(ids[keep], compositions.to_numpy()[keep], strict=True)}
     names = sorted({m for ms in per_item.values() for m in ms} | {m for pair in interactions for m in pair})
     index = {name: i for i, name in enumerate(names)}
-    lengths = np.zeros(n_items + 1, dtype=np.int64)
-    for item, ms in per_item.items():
-        lengths[item] = len(ms)
-    indptr = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
-    indices = np.zeros(int(indptr[-1]), dtype=np.int64)
-    for item, ms in per_item.items():
-        indices[indptr[item]:indptr[item + 1]] = [index[m] for m in ms]
+    indptr, indices = csr_rows({item: [index[m] for m in ms] for item, ms in per_item.items()}, n_items + 1)
     pairs = np.array(sorted({tuple(sorted((index[a], index[b]))) for a, b in interactions}),
                      dtype=np.int64).reshape(-1, 2)
     tables = SafetyTables(

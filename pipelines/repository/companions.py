@@ -25,7 +25,8 @@ import scipy.sparse as sp
 from pipelines.core.config import Paths, PolicySettings, Settings
 from pipelines.core.contract import MODEL_FILE, ModelMetadata
 from pipelines.data.schema import CATALOGUE_FILE
-from pipelines.pharmacy.safety import CHECK_REASONS, PolicyRules, SafetyTables
+from pipelines.pharmacy.catalogue import build_placement_tables
+from pipelines.pharmacy.served import CHECK_REASONS, PolicyRules, SafetyTables
 from pipelines.pharmacy.tables import DEFAULT_INTERACTIONS, build_safety_tables, read_interactions
 from pipelines.repository.metadata import read_model_metadata
 from pipelines.repository.models import (
@@ -95,7 +96,9 @@ def fallback_tables(p: Paths, n_items: int, policy: PolicySettings | None = None
         coo = AssociationRules.load(p.models / "rules").rules.tocoo()
         keep = (coo.row < n) & (coo.col < n) & (coo.data != 0)
         rules = sp.csr_matrix((coo.data[keep].astype(np.float32), (coo.row[keep], coo.col[keep])), shape=(n, n))
-    tables = FallbackTables(popularity, interactions, catalogue, rules, safety_tables(policy or PolicySettings(), p, frame, n_items))
+    placements = None if frame is None else build_placement_tables(frame, n_items)
+    safety = safety_tables(policy or PolicySettings(), p, frame, n_items)
+    tables = FallbackTables(popularity, interactions, catalogue, rules, safety, placements)
     tables.check()
     return tables
 
@@ -146,7 +149,7 @@ def deploy_recommend(s: Settings, p: Paths, repo: Path, gpt4rec: ModelMetadata) 
         gpt4rec_model=s.serve.model_name, gpt4rec_max_len=gpt4rec.max_len,
         gpt4rec_max_batch_size=s.serve.max_batch_size, warm_min_interactions=WARM_MIN_INTERACTIONS,
         rules_recent_items=s.rules.recent_items, rules_decay=s.rules.decay, policy=policy_rules(s.policy),
-        max_cart_items=s.policy.max_cart_items, instance_count=s.serve.instance_count)
+        max_cart_items=s.policy.max_cart_items, blends=s.placements.blends(), instance_count=s.serve.instance_count)
     written = write_recommend_version(repo, tables, metadata={
         "gpt4rec_model": s.serve.model_name, "n_items": gpt4rec.n_items, "top_k": gpt4rec.top_k,
         "rules": tables.rules is not None, "n_rules": int(tables.rules.nnz) if tables.rules is not None else 0,
@@ -155,7 +158,10 @@ def deploy_recommend(s: Settings, p: Paths, repo: Path, gpt4rec: ModelMetadata) 
                    "interacting_pairs": len(tables.policy.interacting_pairs),
                    "rx_required": int(tables.policy.rx_required.sum()), "restricted": int(tables.policy.restricted.sum()),
                    "unavailable": int(tables.policy.unavailable.sum()),
-                   "interactions_table": str(interactions_table(s.policy, p))}})
+                   "interactions_table": str(interactions_table(s.policy, p))},
+        "placements": s.placements.blends(),
+        "products_with_substitutes": 0 if tables.placements is None else int(
+            (np.diff(tables.placements.substitute_indptr) > 0).sum())})
     return _summary(written, config, old, rules=tables.rules is not None, policy=policy_rules(s.policy).checks())
 
 

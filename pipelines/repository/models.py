@@ -10,7 +10,8 @@ Beside `gpt4rec` (pipelines/repository/versions.py) the repository holds::
     repo/recommend/<n>/model.py             BLS entry point (pipelines/serve/backend/recommend.py)
     repo/recommend/<n>/*.npy, rules.npz     fallback tables: popularity, item counts, catalogue, rules
     repo/recommend/<n>/policy.npz           the safety policy's tables (pipelines/pharmacy/tables.py)
-    repo/recommend/<n>/rxrec_policy.py      the safety policy's code (a copy of pipelines/pharmacy/safety.py)
+    repo/recommend/<n>/rxrec_pharmacy.py    the safety policy, blends, reasons (a copy of pipelines/pharmacy/served.py)
+    repo/recommend/<n>/placements.npz       names, prices, generics, substitutes (pipelines/pharmacy/catalogue.py)
     repo/<model>/<n>/rxrec_backend.py       helpers every backend imports (pipelines/serve/backend/)
 
 Version folders follow the same rules as gpt4rec's: assembled in a hidden temp folder and renamed
@@ -35,9 +36,18 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from pipelines.core.config import PlacementsSettings
 from pipelines.core.files import atomic_write_text
-from pipelines.pharmacy import safety
-from pipelines.pharmacy.safety import MAX_CART_ITEMS, POLICY_FILE, PolicyRules, SafetyTables
+from pipelines.pharmacy import served
+from pipelines.pharmacy.served import (
+    MAX_CART_ITEMS,
+    PLACEMENTS_FILE,
+    POLICY_FILE,
+    PlacementTables,
+    PolicyRules,
+    SafetyTables,
+    parse_blend,
+)
 from pipelines.repository.versions import (
     BACKEND_COMMON_PY,
     BACKEND_DIR,
@@ -54,8 +64,8 @@ LOAD_ORDER = ("gpt4rec", SIMILAR_ITEMS, RECOMMEND)
 
 SIMILAR_BACKEND_PY = BACKEND_DIR / "similar_items.py"
 RECOMMEND_BACKEND_PY = BACKEND_DIR / "recommend.py"
-POLICY_PY = Path(safety.__file__)  # copied as rxrec_policy.py: the backend imports it by that name
-POLICY_MODULE_FILE = "rxrec_policy.py"
+PHARMACY_PY = Path(served.__file__)  # copied as rxrec_pharmacy.py: the backend imports it by that name
+PHARMACY_MODULE_FILE = "rxrec_pharmacy.py"
 
 # Tensor names (the backends repeat them: they run in Triton's environment, not this package's).
 SIMILAR_INPUT = "item_id"  # int64 [batch, 1]
@@ -63,13 +73,16 @@ SESSION_INPUT = "session_ids"  # int64 [batch, seq], 0 = padding; [[0]] is an em
 PURCHASED_INPUT = "purchased_ids"  # optional int64 [batch, n], 0 = padding
 CART_INPUT = "cart_ids"  # optional int64 [batch, n]: the cart now, 0 = padding
 PRESCRIBED_INPUT = "prescribed_ids"  # optional int64 [batch, n]: products the user holds a prescription for
+PLACEMENT_INPUT = "placement"  # optional BYTES [batch, 1]: home (default), product, cart
 EVENT_TYPES_INPUT = "event_types"  # optional int64, shape of session_ids: event kind codes, 0 = unknown
 OUTPUT_IDS = "item_ids"
 OUTPUT_SCORES = "scores"
 OUTPUT_SOURCE = "source"  # BYTES [batch, 1]: gpt4rec | rules | popularity
 OUTPUT_UNKNOWN = "unknown_ids"  # int64 [batch, m]: ids dropped as unknown, 0-padded ([0] = none)
-OUTPUT_REMOVED = "policy_removed"  # int64 [batch, len(safety.REASONS)]: candidates the policy removed, per reason
+OUTPUT_REMOVED = "policy_removed"  # int64 [batch, len(served.REASONS)]: candidates the policy removed, per reason
 OUTPUT_SHORT = "short_reason"  # BYTES [batch, 1]: b"" for a full list, else why it is short
+OUTPUT_REASON_CODES = "reason_codes"  # BYTES [batch, k]: the source that placed each item
+OUTPUT_REASONS = "reasons"  # BYTES [batch, k]: why, in words
 SOURCES = ("gpt4rec", "rules", "popularity")
 
 #: Serving-time routing, not the evaluation's cold-start slice (pipelines/evaluate/slices.py): GPT4Rec
@@ -173,6 +186,7 @@ def write_recommend_config(
     rules_decay: float = 0.5,
     policy: PolicyRules | None = None,
     max_cart_items: int = MAX_CART_ITEMS,
+    blends: Mapping[str, str] | None = None,
     instance_count: int = 1,
     max_queue_delay_us: int = 500,
     model_name: str = RECOMMEND,
@@ -182,8 +196,15 @@ def write_recommend_config(
     The parameters tell the backend which model to call (``gpt4rec_model``, whose
     ``gpt4rec_max_len`` and ``gpt4rec_max_batch_size`` it respects), whether ``purchased_ids`` are
     filtered out, when a session counts as cold, how rules are fired (as in params.yaml `rules`) and
-    which safety checks apply (params.yaml `policy`; all of them by default).
+    which safety checks apply (params.yaml `policy`; all of them by default) and what each placement
+    blends (params.yaml `placements`, as "source:slots,...").
     """
+    blends = dict(blends or PlacementsSettings().blends())
+    for name, text in blends.items():
+        try:
+            parse_blend(text)
+        except ValueError as exc:
+            raise ValueError(f"placement {name}: {exc}") from exc
     _check_name(model_name)
     _check_name(gpt4rec_model)
     for name, value in [("top_k", top_k), ("n_items", n_items), ("gpt4rec_max_len", gpt4rec_max_len),
@@ -200,17 +221,20 @@ def write_recommend_config(
                 _tensor(PURCHASED_INPUT, "TYPE_INT64", "-1", optional=True),
                 _tensor(EVENT_TYPES_INPUT, "TYPE_INT64", "-1", optional=True),
                 _tensor(CART_INPUT, "TYPE_INT64", "-1", optional=True),
-                _tensor(PRESCRIBED_INPUT, "TYPE_INT64", "-1", optional=True)],
+                _tensor(PRESCRIBED_INPUT, "TYPE_INT64", "-1", optional=True),
+                _tensor(PLACEMENT_INPUT, "TYPE_STRING", "1", optional=True)],
         outputs=[_tensor(OUTPUT_IDS, "TYPE_INT64", str(top_k)), _tensor(OUTPUT_SCORES, "TYPE_FP32", str(top_k)),
                  _tensor(OUTPUT_SOURCE, "TYPE_STRING", "1"), _tensor(OUTPUT_UNKNOWN, "TYPE_INT64", "-1"),
-                 _tensor(OUTPUT_REMOVED, "TYPE_INT64", str(len(safety.REASONS))),
-                 _tensor(OUTPUT_SHORT, "TYPE_STRING", "1")],
+                 _tensor(OUTPUT_REMOVED, "TYPE_INT64", str(len(served.REASONS))),
+                 _tensor(OUTPUT_SHORT, "TYPE_STRING", "1"), _tensor(OUTPUT_REASON_CODES, "TYPE_STRING", str(top_k)),
+                 _tensor(OUTPUT_REASONS, "TYPE_STRING", str(top_k))],
         params={"n_items": n_items, "top_k": top_k, "gpt4rec_model": gpt4rec_model,
                 "gpt4rec_max_len": gpt4rec_max_len, "gpt4rec_max_batch_size": gpt4rec_max_batch_size,
                 "filter_purchased": str(bool(filter_purchased)).lower(),
                 "warm_min_interactions": warm_min_interactions, "rules_recent_items": rules_recent_items,
                 "rules_decay": rules_decay, "max_cart_items": max_cart_items,
-                "policy_checks": (policy or PolicyRules()).checks()},
+                "policy_checks": (policy or PolicyRules()).checks(),
+                **{f"placement_{name}": text for name, text in blends.items()}},
     )
     path = Path(repo) / model_name / "config.pbtxt"
     atomic_write_text(path, text)
@@ -334,6 +358,7 @@ class FallbackTables:
     catalogue: np.ndarray  # bool: the id is a product of the catalogue
     rules: sp.csr_matrix | None  # float32 [n + 1, n + 1]: rule A -> B score, or None (no rules tier)
     policy: SafetyTables | None = None  # None: permissive tables (no catalogue flags; say so where it happens)
+    placements: PlacementTables | None = None  # None: no names, prices or substitutes (no catalogue)
 
     @property
     def n_items(self) -> int:
@@ -351,14 +376,18 @@ class FallbackTables:
             raise ValueError("popularity holds non-finite scores")
         if self.policy is not None and self.policy.n_items != n - 1:
             raise ValueError(f"policy tables cover {self.policy.n_items} items, popularity {n - 1}")
+        if self.placements is not None and len(self.placements.names) != n:
+            raise ValueError(f"placement tables cover {len(self.placements.names) - 1} items, popularity {n - 1}")
 
     def files(self) -> dict[str, bytes]:
         """The version-folder files: popularity.npy, interactions.npy, catalogue.npy, policy.npz, rules.npz."""
         self.check()
         policy = self.policy if self.policy is not None else SafetyTables.permissive(self.n_items)
+        placements = self.placements if self.placements is not None else PlacementTables.empty(self.n_items)
         out = {"popularity.npy": _npy(np.asarray(self.popularity, dtype=np.float32)),
                "interactions.npy": _npy(np.asarray(self.interactions, dtype=np.int64)),
-               "catalogue.npy": _npy(np.asarray(self.catalogue, dtype=bool)), POLICY_FILE: policy.to_bytes()}
+               "catalogue.npy": _npy(np.asarray(self.catalogue, dtype=bool)), POLICY_FILE: policy.to_bytes(),
+               PLACEMENTS_FILE: placements.to_bytes()}
         if self.rules is not None:
             rules = sp.csr_matrix(self.rules, dtype=np.float32)
             rules.sort_indices()
@@ -372,6 +401,6 @@ def write_recommend_version(
 ) -> VersionWritten:
     """A recommend version: the BLS backend as model.py and the fallback tables."""
     files: dict[str, FileContent] = {"model.py": RECOMMEND_BACKEND_PY, BACKEND_COMMON_PY.name: BACKEND_COMMON_PY,
-                                     POLICY_MODULE_FILE: POLICY_PY,
+                                     PHARMACY_MODULE_FILE: PHARMACY_PY,
                                      **tables.files()}
     return write_model_version(repo, model_name, files, metadata=metadata)

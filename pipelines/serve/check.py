@@ -30,7 +30,7 @@ from pipelines.core.contract import MODEL_FILE, disagreeing_rows
 from pipelines.data.schema import CATALOGUE_FILE
 from pipelines.data.sequences import load_sequences
 from pipelines.export.onnx import onnx_session, onnx_top_k
-from pipelines.pharmacy.safety import POLICY_FILE, PolicyRules, SafetyPolicy, SafetyTables
+from pipelines.pharmacy.served import POLICY_FILE, PolicyRules, SafetyPolicy, SafetyTables
 from pipelines.repository.metadata import read_model_metadata
 from pipelines.repository.models import RECOMMEND, SIMILAR_ITEMS
 from pipelines.serve.client import pad_sessions, recommend, recommend_session, similar_items

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from pipelines.core.contract import EVENT_TYPES_NAME, INPUT_NAME, OUTPUT_IDS, OUTPUT_SCORES, left_pad
-from pipelines.pharmacy.safety import REASONS
+from pipelines.pharmacy.served import PLACEMENTS, REASONS
 
 EventKind = int | str
 _INT64 = np.iinfo(np.int64)
@@ -184,7 +184,7 @@ def _ids_matrix(rows: list[list[int]], what: str) -> np.ndarray:
 
 def _infer(model_name: str, inputs: dict[str, np.ndarray], outputs: list[str], *, url: str | None,
            protocol: Protocol, timeout_s: float) -> dict[str, np.ndarray]:
-    """One inference over HTTP or gRPC; int64 inputs, outputs as numpy arrays."""
+    """One inference over HTTP or gRPC; int64 inputs (object arrays of bytes go as BYTES), outputs as numpy."""
     if protocol == "http":
         import tritonclient.http as module
 
@@ -201,7 +201,7 @@ def _infer(model_name: str, inputs: dict[str, np.ndarray], outputs: list[str], *
     try:
         infer_inputs = []
         for name, array in inputs.items():
-            infer_input = module.InferInput(name, list(array.shape), "INT64")
+            infer_input = module.InferInput(name, list(array.shape), "BYTES" if array.dtype == object else "INT64")
             if protocol == "http":
                 infer_input.set_data_from_numpy(array, binary_data=True)
             else:
@@ -262,11 +262,14 @@ class Recommendation:
     unknown_ids: list[int]  # session ids the server dropped as unknown
     policy_removed: dict[str, int] = field(default_factory=dict)  # safety policy reason -> candidates removed
     short_reason: str = ""  # "" for a full list; why fewer than k items came back otherwise
+    reason_codes: list[str] = field(default_factory=list)  # per item: personal, complements, substitutes, popular
+    reasons: list[str] = field(default_factory=list)  # per item, why in words
 
 
 def session_inputs(sessions: list[list[int]], *, purchased: list[list[int]] | None = None,
                    kinds: list[list[EventKind]] | None = None, cart: list[list[int]] | None = None,
-                   prescribed: list[list[int]] | None = None) -> dict[str, np.ndarray]:
+                   prescribed: list[list[int]] | None = None,
+                   placement: str | list[str] | None = None) -> dict[str, np.ndarray]:
     """The inputs of the `recommend` entry point; ValueError (saying what to change) for caller bugs."""
     batch = _ids_matrix(sessions, "session")
     inputs = {"session_ids": batch}
@@ -281,6 +284,14 @@ def session_inputs(sessions: list[list[int]], *, purchased: list[list[int]] | No
             count = len(lists) if isinstance(lists, (list, tuple)) else type(lists).__name__
             raise ValueError(f"{name} has {count} lists for {len(batch)} sessions: give one list per session")
         inputs[tensor] = _ids_matrix(lists, f"{name} list")
+    if placement is not None:
+        names = [placement] * len(batch) if isinstance(placement, str) else list(placement)
+        if len(names) != len(batch) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"placement must be one name or one per session ({len(batch)}), got {placement!r}")
+        unknown = sorted({n for n in names if n not in PLACEMENTS})
+        if unknown:
+            raise ValueError(f"placement {unknown[0]!r} is not one of {list(PLACEMENTS)}")
+        inputs["placement"] = np.array([[n.encode()] for n in names], dtype=np.object_)
     return inputs
 
 
@@ -291,6 +302,7 @@ def recommend_session(
     kinds: list[list[EventKind]] | None = None,
     cart: list[list[int]] | None = None,
     prescribed: list[list[int]] | None = None,
+    placement: str | list[str] | None = None,
     url: str | None = None,
     protocol: Protocol = "http",
     model_name: str = "recommend",
@@ -302,20 +314,26 @@ def recommend_session(
     `kinds` (one list per session, one per item: names or codes) are the sessions' event kinds.
     `cart` is what each session has in its cart now; `prescribed` the products its user holds a
     prescription for. Purchases and prescriptions are the records that let a prescription-only
-    product of the same molecules be recommended (docs/pharmacy.md).
+    product of the same molecules be recommended (docs/pharmacy.md). `placement` (one for all, or one
+    per session): home (default), product (the viewed product is the session's latest item) or cart.
     """
-    inputs = session_inputs(sessions, purchased=purchased, kinds=kinds, cart=cart, prescribed=prescribed)
+    inputs = session_inputs(sessions, purchased=purchased, kinds=kinds, cart=cart, prescribed=prescribed,
+                            placement=placement)
     batch = inputs["session_ids"]
-    out = _infer(model_name, inputs, ["item_ids", "scores", "source", "unknown_ids", "policy_removed", "short_reason"],
+    out = _infer(model_name, inputs, ["item_ids", "scores", "source", "unknown_ids", "policy_removed", "short_reason",
+                                     "reason_codes", "reasons"],
                  url=url, protocol=protocol, timeout_s=timeout_s)
     answers = []
     for r in range(len(batch)):
+        n_shown = int((out["item_ids"][r] >= 0).sum())
         answers.append(Recommendation(
             item_ids=out["item_ids"][r].astype(int).tolist(), scores=out["scores"][r].astype(float).tolist(),
             source=_text(out["source"][r].reshape(-1)[0]),
             unknown_ids=[int(i) for i in out["unknown_ids"][r] if i != 0],
             policy_removed={reason: int(n) for reason, n in zip(REASONS, out["policy_removed"][r], strict=True) if n},
-            short_reason=_text(out["short_reason"][r].reshape(-1)[0])))
+            short_reason=_text(out["short_reason"][r].reshape(-1)[0]),
+            reason_codes=[_text(c) for c in out["reason_codes"][r].reshape(-1)][:n_shown],
+            reasons=[_text(t) for t in out["reasons"][r].reshape(-1)][:n_shown]))
     return answers
 
 

@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from pipelines.pharmacy.safety import ALLOWED, REASONS, PolicyRules, SafetyPolicy, SafetyTables, reason_counts
+from pipelines.pharmacy.served import ALLOWED, REASONS, PolicyRules, SafetyPolicy, SafetyTables, reason_counts
 
 # molecules: 0 metformin, 1 ciprofloxacin, 2 calcium carbonate, 3 paracetamol
 # items: 1 metformin (rx), 2 metformin (rx, other maker), 3 ciprofloxacin (rx), 4 calcium carbonate,

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from pipelines.data.world import CLASSES
-from pipelines.pharmacy.safety import SafetyPolicy
+from pipelines.pharmacy.served import SafetyPolicy
 from pipelines.pharmacy.tables import (
     DEFAULT_INTERACTIONS,
     InteractionTableError,

@@ -48,6 +48,7 @@ CLI_CASES: list[tuple[list[str], list[str]]] = [
     (["recommend", "--session", "1", "--events", "²"], ["--events: '²' is not an event kind"]),
     (["recommend", "--session", "1", "--protocol", "ftp"], ["--protocol must be http or grpc, got 'ftp'"]),
     (["recommend", "--session", "1", "--model", "gpt4rec", "--protocol", "grpc"], ["--model gpt4rec is the raw model, asked over HTTP"]),
+    (["recommend", "--session", "1", "--placement", "checkout"], ["placement 'checkout' is not one of", "home"]),
     (["similar", "--item", "abc"], ["Invalid value for '--item'", "valid integer"]),
     (["similar", "--item", "0"], ["Invalid value for '--item'", "greater than or equal to 1"]),
     (["similar", "--item", "3", "--protocol", "udp"], ["--protocol must be http or grpc, got 'udp'"]),

@@ -11,9 +11,9 @@ import pytest
 import scipy.sparse as sp
 
 from pipelines.core.config import Paths
-from pipelines.pharmacy.safety import SafetyTables
+from pipelines.pharmacy.served import SafetyTables
 from pipelines.repository.models import (
-    POLICY_PY,
+    PHARMACY_PY,
     RECOMMEND_BACKEND_PY,
     SIMILAR_BACKEND_PY,
     FallbackTables,
@@ -57,10 +57,12 @@ def test_recommend_config_is_a_valid_triton_config(tmp_path: Path) -> None:
     outs = {o.name: (o.data_type, list(o.dims)) for o in cfg.output}
     assert outs == {"item_ids": (pb.TYPE_INT64, [10]), "scores": (pb.TYPE_FP32, [10]),
                     "source": (pb.TYPE_STRING, [1]), "unknown_ids": (pb.TYPE_INT64, [-1]),
-                    "policy_removed": (pb.TYPE_INT64, [5]), "short_reason": (pb.TYPE_STRING, [1])}
-    assert inputs["cart_ids"].optional and inputs["prescribed_ids"].optional
+                    "policy_removed": (pb.TYPE_INT64, [5]), "short_reason": (pb.TYPE_STRING, [1]),
+                    "reason_codes": (pb.TYPE_STRING, [10]), "reasons": (pb.TYPE_STRING, [10])}
+    assert inputs["cart_ids"].optional and inputs["prescribed_ids"].optional and inputs["placement"].optional
     params = {k: v.string_value for k, v in cfg.parameters.items()}
     assert params["policy_checks"] == "restricted,unavailable,rx_without_record,interacts,duplicate_molecule"
+    assert params["placement_product"] == "substitutes:4,personal:6", "params.yaml defaults when none are given"
     assert params["gpt4rec_model"] == "gpt4rec" and params["filter_purchased"] == "false"
     assert params["rules_decay"] == "0.25" and params["gpt4rec_max_len"] == "50"
 
@@ -119,10 +121,10 @@ def _tables(n: int = 6, rules: bool = True) -> FallbackTables:
 def test_recommend_version_holds_backend_and_pickle_free_tables(tmp_path: Path) -> None:
     written = write_recommend_version(tmp_path, _tables(), metadata={"n_items": 6})
     names = sorted(p.name for p in written.path.iterdir())
-    assert names == ["catalogue.npy", "interactions.npy", "lineage.json", "model.py", "policy.npz", "popularity.npy",
-                     "rules.npz", "rxrec_backend.py", "rxrec_policy.py"]
+    assert names == ["catalogue.npy", "interactions.npy", "lineage.json", "model.py", "placements.npz", "policy.npz",
+                     "popularity.npy", "rules.npz", "rxrec_backend.py", "rxrec_pharmacy.py"]
     assert (written.path / "model.py").read_bytes() == RECOMMEND_BACKEND_PY.read_bytes()
-    assert (written.path / "rxrec_policy.py").read_bytes() == POLICY_PY.read_bytes()
+    assert (written.path / "rxrec_pharmacy.py").read_bytes() == PHARMACY_PY.read_bytes()
     assert SafetyTables.load(written.path / "policy.npz").n_items == 6, "no catalogue: permissive tables, same size"
     with np.load(written.path / "rules.npz", allow_pickle=False) as z:
         loaded = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=(7, 7))

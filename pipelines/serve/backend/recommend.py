@@ -2,7 +2,7 @@
 
 Copied as model.py into every recommend version folder (pipelines/repository/models.py) beside
 its fallback tables: popularity.npy, interactions.npy, catalogue.npy, the safety policy's tables
-policy.npz (read by rxrec_policy.py, a copy of pipelines/pharmacy/safety.py) and, when association
+policy.npz and placements.npz (read by rxrec_pharmacy.py, a copy of pipelines/pharmacy/served.py) and, when association
 rules were trained, rules.npz (CSR arrays indptr/indices/data). Runs inside Triton's Python-backend
 stub in the serving venv: only the standard library, numpy and triton_python_backend_utils.
 
@@ -20,6 +20,9 @@ Inputs (batch dimension first; 0 is padding everywhere):
   prescribed_ids int64 [batch, n]    optional: products the user holds a prescription for; with
                                      purchased_ids they are the records that allow a prescription-
                                      only product of the same molecules
+  placement      bytes [batch, 1]    optional: home (default), product (the viewed product is the
+                                     session's latest item) or cart; each blends its own sources
+                                     (config parameters placement_<name>, from params.yaml placements)
 Outputs:
   item_ids    int64 [batch, k]   best first; -1 pads when fewer than k items can be offered
   scores      float32 [batch, k] the answering source's own score (comparable within a source)
@@ -28,16 +31,20 @@ Outputs:
                                  catalogue), 0-padded; [0] when none were dropped
   policy_removed int64 [batch, 5] distinct candidates the safety policy removed ahead of the last
                                  item shown (what would have been shown without it), per reason
-                                 in the order of rxrec_policy.REASONS (restricted, unavailable,
+                                 in the order of rxrec_pharmacy.REASONS (restricted, unavailable,
                                  rx_without_record, interacts, duplicate_molecule)
   short_reason bytes [batch, 1]  b"" for a full list; why it is shorter than k otherwise
+  reason_codes bytes [batch, k]  per item the source that placed it: personal, complements,
+                                 substitutes or popular (b"" on padding)
+  reasons      bytes [batch, k]  per item, why in words: "bought together with X", "same
+                                 composition as X, 38% cheaper, generic", ...
 
 How a row is answered: unknown ids are dropped (reported, not an error). If a remaining item is
 warm (>= warm_min_interactions training interactions), gpt4rec is asked through BLS with the
 latest gpt4rec_max_len known items; otherwise the session is cold and association rules fired by
 its latest items answer; with no rule, popularity does. The session's items, (optionally)
 purchased_ids and ids outside the catalogue are filtered out everywhere; a source that leaves fewer than k items is topped up
-by the next one. Every source's candidates pass the safety policy (rxrec_policy: restricted,
+by the next one. Every source's candidates pass the safety policy (rxrec_pharmacy: restricted,
 unavailable, prescription-only without a record, interacting with the session or cart, a molecule
 already in the cart); what it removes is refilled from the next candidates, popularity walking the
 whole catalogue if it must. If the gpt4rec call fails, the row falls back the same way and the log says why.
@@ -62,7 +69,19 @@ from rxrec_backend import (
 )
 from rxrec_backend import EVENT_TYPES_NAME as EVENT_TYPES_INPUT
 from rxrec_backend import INPUT_NAME as GPT4REC_INPUT
-from rxrec_policy import MAX_CART_ITEMS, POLICY_FILE, REASONS, PolicyRules, SafetyPolicy, SafetyTables
+from rxrec_pharmacy import (
+    MAX_CART_ITEMS,
+    PLACEMENTS,
+    PLACEMENTS_FILE,
+    POLICY_FILE,
+    REASONS,
+    PlacementTables,
+    PolicyRules,
+    SafetyPolicy,
+    SafetyTables,
+    parse_blend,
+    substitute_reason,
+)
 
 SESSION_INPUT = "session_ids"
 PURCHASED_INPUT = "purchased_ids"
@@ -75,6 +94,13 @@ OUTPUT_SOURCE = "source"
 OUTPUT_UNKNOWN = "unknown_ids"
 OUTPUT_REMOVED = "policy_removed"
 OUTPUT_SHORT = "short_reason"
+OUTPUT_REASON_CODES = "reason_codes"
+OUTPUT_REASONS = "reasons"
+PLACEMENT_INPUT = "placement"
+DEFAULT_PLACEMENT = "home"
+ADD_TO_CART_KIND = 3  # the event kind gpt4rec reads for cart items on the cart page
+PERSONAL_TEXT = "picked for this session by the personal model"
+POPULAR_TEXT = "popular now"
 
 
 def _ids(request: object, name: str, required: bool) -> tuple[np.ndarray | None, str | None]:
@@ -97,21 +123,31 @@ def _ids(request: object, name: str, required: bool) -> tuple[np.ndarray | None,
 class _Row:
     """One session being answered: what is known about it and what has been chosen so far."""
 
-    __slots__ = ("context", "exclude", "ids", "kinds", "known", "policy", "removed", "scores", "source", "unknown",
-                 "warm")
+    __slots__ = ("cart", "codes", "context", "exclude", "ids", "kinds", "known", "personal", "placement", "policy",
+                 "removed", "scores", "source", "texts", "unknown", "warm")
 
     def __init__(self, known: np.ndarray, unknown: np.ndarray, exclude: np.ndarray, warm: bool,
-                 kinds: np.ndarray | None = None, policy: SafetyPolicy | None = None, context: object = None) -> None:
+                 kinds: np.ndarray | None = None, policy: SafetyPolicy | None = None, context: object = None,
+                 placement: str = "home", cart: np.ndarray | None = None) -> None:
         self.known, self.unknown, self.exclude, self.warm = known, unknown, exclude, warm
         self.kinds = kinds  # event kind of each known item (None: the caller sent none)
         self.policy, self.context = policy, context  # the safety policy and this request's masks
+        self.placement = placement
+        self.cart = np.zeros(0, np.int64) if cart is None else cart  # known cart items, in the order sent
+        self.personal: tuple[np.ndarray, np.ndarray] | None = None  # gpt4rec's offerable top-k, once asked
         self.removed: dict[int, int] = {}  # item id -> policy reason code, each candidate counted once
         self.ids: list[int] = []
         self.scores: list[float] = []
+        self.codes: list[str] = []  # per chosen item: the placement source that put it there
+        self.texts: list[str] = []  # per chosen item: why, in words
         self.source = ""
 
-    def take(self, ids: np.ndarray, scores: np.ndarray, source: str, k: int) -> None:
-        """Append candidates (best first) that are not excluded, already chosen or refused by the policy, up to k."""
+    def take(self, ids: np.ndarray, scores: np.ndarray, source: str, k: int, *, limit: int | None = None,
+             texts: list[str] | str = "", code: str = "") -> None:
+        """Append candidates (best first) that are not excluded, already chosen or refused by the policy, up to
+        k in all and `limit` from this call; `texts` is the reason of each candidate (or one for all)."""
+        if limit is not None:
+            k = min(k, len(self.ids) + limit)
         if len(self.ids) >= k or len(ids) == 0:
             return
         keep = ~np.isin(ids, self.exclude) & (ids > 0)
@@ -126,12 +162,14 @@ class _Row:
         if codes is not None:  # count what the policy took out of the part of the list actually used
             used = chosen[-1] + 1 if len(chosen) == k - len(self.ids) else len(ids)
             hit = np.flatnonzero(codes[:used])
-            for item, code in zip(ids[hit].tolist(), codes[hit].tolist(), strict=True):
-                self.removed.setdefault(item, code)
+            for item, reason in zip(ids[hit].tolist(), codes[hit].tolist(), strict=True):
+                self.removed.setdefault(item, reason)
         if len(chosen) and not self.source:
             self.source = source
         self.ids.extend(int(i) for i in ids[chosen])
         self.scores.extend(float(s) for s in scores[chosen])
+        self.codes.extend([code or source] * len(chosen))
+        self.texts.extend([texts] * len(chosen) if isinstance(texts, str) else [texts[i] for i in chosen])
 
 
 class TritonPythonModel:
@@ -196,50 +234,98 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(
                 f"{self.name}: {POLICY_FILE} covers {tables.n_items} items, the tables {self.n_items}")
         self.policy = SafetyPolicy(tables, self.rules_of_policy)
+        if not (folder / PLACEMENTS_FILE).is_file():
+            raise pb_utils.TritonModelException(f"{self.name}: {PLACEMENTS_FILE} not found in {folder}")
+        try:
+            self.placement_tables = PlacementTables.load(folder / PLACEMENTS_FILE)
+            self.blends = {name: parse_blend(param(f"placement_{name}", str)) for name in PLACEMENTS}
+        except ValueError as exc:
+            raise pb_utils.TritonModelException(f"{self.name}: {exc}") from exc
+        if len(self.placement_tables.names) != self.n_items + 1:
+            raise pb_utils.TritonModelException(
+                f"{self.name}: {PLACEMENTS_FILE} covers {len(self.placement_tables.names) - 1} items, not {self.n_items}")
         items = np.flatnonzero(self.catalogue)
         self.popular_order = items[np.lexsort((items, -self.popularity[items]))]
         pb_utils.Logger.log_info(
             f"{self.name}: loaded (n_items={self.n_items}, k={self.k}, calls {self.gpt4rec!r} with up to "
             f"{self.max_len} items, rules={'yes' if self.rules is not None else 'no'}, "
             f"filter_purchased={self.filter_purchased}, warm_min_interactions={self.warm_min}, policy: "
-            f"{self.rules_of_policy}, {tables.n_molecules} molecules, {len(tables.interacting_pairs)} interacting pairs)"
+            f"{self.rules_of_policy}, {tables.n_molecules} molecules, {len(tables.interacting_pairs)} interacting pairs, "
+            f"blends {self.blends})"
         )
 
     # ------------------------------------------------------------------ sources
 
-    def _rules(self, row: _Row) -> None:
-        """Top up `row` from rules fired by its latest known items, newest weighted most."""
-        if self.rules is None or len(row.known) == 0 or len(row.ids) >= self.k:
+    def _complements(self, row: _Row, limit: int | None) -> None:
+        """Rules fired by the cart (cart placement) or the latest known items, newest weighted most; each item
+        says which of them it is bought together with (the one that contributed most)."""
+        fired_by = row.cart if row.placement == "cart" and len(row.cart) else row.known
+        if self.rules is None or len(fired_by) == 0 or len(row.ids) >= self.k:
             return
         indptr, indices, data = self.rules
-        cols, vals = [], []
-        for age, item in enumerate(row.known[-self.recent:][::-1]):
+        cols, vals, firing = [], [], []
+        for age, item in enumerate(fired_by[-self.recent:][::-1]):
             lo, hi = indptr[item], indptr[item + 1]
             cols.append(indices[lo:hi])
             vals.append(data[lo:hi] * (self.decay ** age))
+            firing.append(np.full(hi - lo, item, dtype=np.int64))
         cols_all = np.concatenate(cols)
         if len(cols_all) == 0:
             return
+        vals_all, firing_all = np.concatenate(vals), np.concatenate(firing)
         ids, inverse = np.unique(cols_all, return_inverse=True)
-        scores = np.bincount(inverse, weights=np.concatenate(vals)).astype(np.float32)
+        scores = np.bincount(inverse, weights=vals_all).astype(np.float32)
+        strongest = np.lexsort((-vals_all, inverse))  # per candidate, its largest contribution first
+        first = np.unique(inverse[strongest], return_index=True)[1]
+        source_of = firing_all[strongest[first]]
         ok = (scores > 0) & self.catalogue[ids]
-        ids, scores = ids[ok], scores[ok]
+        ids, scores, source_of = ids[ok], scores[ok], source_of[ok]
         order = np.lexsort((ids, -scores))
-        row.take(ids[order], scores[order], "rules", self.k)
+        names = self.placement_tables.names
+        texts = [f"bought together with {names[i] or f'item {i}'}" for i in source_of[order].tolist()]
+        row.take(ids[order], scores[order], "rules", self.k, limit=limit, texts=texts, code="complements")
 
-    def _popularity(self, row: _Row) -> None:
+    def _substitutes(self, row: _Row, limit: int | None) -> None:
+        """The viewed product's (the session's latest item) substitutes, cheapest first."""
+        if row.placement != "product" or len(row.known) == 0:
+            return
+        viewed = int(row.known[-1])
+        ids = self.placement_tables.substitutes(viewed)
+        if len(ids):
+            texts = [substitute_reason(self.placement_tables, int(i), viewed) for i in ids]
+            prices = self.placement_tables.price[ids].astype(np.float32)
+            row.take(ids, prices, "substitutes", self.k, limit=limit, texts=texts, code="substitutes")
+
+    def _personal(self, row: _Row, limit: int | None) -> None:
+        if row.personal is not None:
+            ids, scores = row.personal
+            row.take(ids, scores, "gpt4rec", self.k, limit=limit, texts=PERSONAL_TEXT, code="personal")
+
+    def _blend(self, row: _Row) -> None:
+        """Each source of the row's placement up to its slots, then each again without limit, then popularity."""
+        fill = {"personal": self._personal, "complements": self._complements, "substitutes": self._substitutes,
+                "popular": lambda r, limit: self._popularity(r, limit)}
+        blend = self.blends[row.placement]
+        for source, slots in blend:
+            fill[source](row, slots)
+        for source, _ in blend:
+            fill[source](row, None)
+        self._popularity(row, None)
+
+    def _popularity(self, row: _Row, limit: int | None) -> None:
         """Top up from the most popular products, walking on while the policy or exclusions refuse them."""
+        k = self.k if limit is None else min(self.k, len(row.ids) + limit)
         start, size = 0, max(POPULAR_CHUNK, 2 * (self.k + len(row.exclude)))
-        while len(row.ids) < self.k and start < len(self.popular_order):
+        while len(row.ids) < k and start < len(self.popular_order):
             ids = self.popular_order[start:start + size]
-            row.take(ids, self.popularity[ids], "popularity", self.k)
+            row.take(ids, self.popularity[ids], "popularity", k, texts=POPULAR_TEXT, code="popular")
             start, size = start + size, 2 * size
 
     def _gpt4rec(self, rows: list[_Row]) -> None:
         """One BLS call per max_batch warm sessions; failed calls leave the rows to the fallbacks."""
         for lo in range(0, len(rows), self.max_batch):
             chunk = rows[lo:lo + self.max_batch]
-            latest = [row.known[-self.max_len:] for row in chunk]
+            latest = [self._model_items(row)[-self.max_len:] for row in chunk]
             batch = np.zeros((len(chunk), max(len(x) for x in latest)), dtype=np.int64)
             kinds = None
             if any(row.kinds is not None for row in chunk):
@@ -247,7 +333,7 @@ class TritonPythonModel:
             for r, items in enumerate(latest):
                 batch[r, batch.shape[1] - len(items):] = items
                 if kinds is not None and chunk[r].kinds is not None:
-                    kinds[r, batch.shape[1] - len(items):] = chunk[r].kinds[-self.max_len:]
+                    kinds[r, batch.shape[1] - len(items):] = self._model_kinds(chunk[r])[-self.max_len:]
             try:
                 ids, scores = self._call_gpt4rec(batch, kinds)
             except Exception as exc:  # noqa: BLE001 - the fallbacks answer, the log says why
@@ -257,7 +343,18 @@ class TritonPythonModel:
             offerable = (ids > 0) & (ids <= self.n_items)
             offerable[offerable] = self.catalogue[ids[offerable]]  # never a product no longer sold
             for r, row in enumerate(chunk):
-                row.take(ids[r][offerable[r]], scores[r][offerable[r]], "gpt4rec", self.k)
+                row.personal = (ids[r][offerable[r]], scores[r][offerable[r]])
+
+    @staticmethod
+    def _model_items(row: _Row) -> np.ndarray:
+        """What gpt4rec reads: the session, and on the cart page the cart after it (added to cart last)."""
+        return np.concatenate([row.known, row.cart]) if row.placement == "cart" else row.known
+
+    @staticmethod
+    def _model_kinds(row: _Row) -> np.ndarray:
+        if row.placement != "cart":
+            return row.kinds
+        return np.concatenate([row.kinds, np.full(len(row.cart), ADD_TO_CART_KIND, dtype=np.int64)])
 
     def _call_gpt4rec(self, batch: np.ndarray, kinds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """gpt4rec's top-k; kinds go along when given, and again without them if this gpt4rec takes none."""
@@ -294,7 +391,8 @@ class TritonPythonModel:
     # ------------------------------------------------------------------ requests
 
     def _rows(self, sessions: np.ndarray, purchased: np.ndarray | None, kinds: np.ndarray | None = None,
-              cart: np.ndarray | None = None, prescribed: np.ndarray | None = None) -> list[_Row]:
+              cart: np.ndarray | None = None, prescribed: np.ndarray | None = None,
+              placements: list[str] | None = None) -> list[_Row]:
         rows = []
         for r, session in enumerate(sessions):
             present = session > 0
@@ -304,14 +402,21 @@ class TritonPythonModel:
             known = items[~unknown_mask]
             known_kinds = None if kinds is None else kinds[r][present][~unknown_mask]
             cart_items = np.zeros(0, np.int64) if cart is None else cart[r][cart[r] > 0]
+            cart_items = cart_items[(cart_items <= self.n_items)]
+            cart_items = cart_items[self.catalogue[cart_items]]
+            placement = placements[r] if placements else DEFAULT_PLACEMENT
             bought = np.zeros(0, np.int64) if purchased is None else purchased[r][purchased[r] > 0]
             records = bought if prescribed is None else np.union1d(bought, prescribed[r][prescribed[r] > 0])
             exclude = np.union1d(known, cart_items)
             if self.filter_purchased:
                 exclude = np.union1d(exclude, bought)
-            warm = bool(len(known)) and bool((self.interactions[known] >= self.warm_min).any())
+            model_items = np.concatenate([known, cart_items]) if placement == "cart" else known
+            warm = bool(len(model_items)) and bool((self.interactions[model_items] >= self.warm_min).any())
+            if placement == "product" and len(known):  # the product page of an rx medicine: its molecules count
+                records = np.union1d(records, known[-1:])  # (substitutes may show; other rx products may not)
             context = self.policy.context(session=known, cart=cart_items, records=records)
-            rows.append(_Row(known, items[unknown_mask], exclude, warm, known_kinds, self.policy, context))
+            rows.append(_Row(known, items[unknown_mask], exclude, warm, known_kinds, self.policy, context,
+                             placement, cart_items))
         return rows
 
     def _response(self, rows: list[_Row]) -> object:
@@ -330,10 +435,16 @@ class TritonPythonModel:
                 removed[r] = np.bincount(list(row.removed.values()), minlength=len(REASONS) + 1)[1:]
         short = np.array([[self._short_reason(row, removed[r]).encode()] for r, row in enumerate(rows)],
                          dtype=np.object_)
+        codes = np.full((len(rows), self.k), b"", dtype=np.object_)
+        texts = np.full((len(rows), self.k), b"", dtype=np.object_)
+        for r, row in enumerate(rows):
+            codes[r, :len(row.codes)] = [c.encode() for c in row.codes]
+            texts[r, :len(row.texts)] = [t.encode() for t in row.texts]
         return pb_utils.InferenceResponse(output_tensors=[
             pb_utils.Tensor(OUTPUT_IDS, ids), pb_utils.Tensor(OUTPUT_SCORES, scores),
             pb_utils.Tensor(OUTPUT_SOURCE, source), pb_utils.Tensor(OUTPUT_UNKNOWN, unknown),
-            pb_utils.Tensor(OUTPUT_REMOVED, removed), pb_utils.Tensor(OUTPUT_SHORT, short)])
+            pb_utils.Tensor(OUTPUT_REMOVED, removed), pb_utils.Tensor(OUTPUT_SHORT, short),
+            pb_utils.Tensor(OUTPUT_REASON_CODES, codes), pb_utils.Tensor(OUTPUT_REASONS, texts)])
 
     def _short_reason(self, row: _Row, removed: np.ndarray) -> str:
         """"" for a full list; otherwise what ran out (the whole catalogue was walked by then)."""
@@ -354,6 +465,19 @@ class TritonPythonModel:
                     "(0 unknown, 1 view, 2 click, 3 add_to_cart, 4 purchase)")
         return None
 
+    def _placements(self, request: object, batch: int | None) -> tuple[list[str] | None, str | None]:
+        """(placement per row, problem): the optional BYTES [batch, 1] input; absent means every row is home."""
+        x = input_array(request, PLACEMENT_INPUT)
+        if x is None or batch is None:
+            return None, None
+        if x.ndim != 2 or x.shape[0] != batch or x.shape[1] != 1:
+            return None, f"{PLACEMENT_INPUT} must be [batch, 1] with one placement per session, got {list(x.shape)}"
+        names = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in x[:, 0]]
+        bad = [n for n in names if n not in PLACEMENTS]
+        if bad:
+            return None, f"{PLACEMENT_INPUT} {bad[0][:40]!r} is not a placement; placements are {list(PLACEMENTS)}"
+        return names, None
+
     def execute(self, requests: list) -> list:
         """Validate every request, ask gpt4rec once for all warm sessions, then fill from the fallbacks."""
         responses: list = [None] * len(requests)
@@ -364,7 +488,8 @@ class TritonPythonModel:
             kinds, problem3 = _ids(request, EVENT_TYPES_INPUT, required=False)
             cart, problem4 = _ids(request, CART_INPUT, required=False)
             prescribed, problem5 = _ids(request, PRESCRIBED_INPUT, required=False)
-            problem = problem or problem2 or problem3 or problem4 or problem5
+            placements, problem6 = self._placements(request, None if sessions is None else sessions.shape[0])
+            problem = problem or problem2 or problem3 or problem4 or problem5 or problem6
             for name, extra in ((CART_INPUT, cart), (PRESCRIBED_INPUT, prescribed)):
                 if problem is None and extra is not None and extra.shape[0] != sessions.shape[0]:
                     problem = (f"{name} has {extra.shape[0]} rows but {SESSION_INPUT} has {sessions.shape[0]}: "
@@ -381,12 +506,12 @@ class TritonPythonModel:
             if problem is not None:
                 responses[i] = refusal(problem)
                 continue
-            per_request[i] = self._rows(sessions, purchased, kinds, cart, prescribed)
+            per_request[i] = self._rows(sessions, purchased, kinds, cart, prescribed, placements)
         all_rows = [row for rows in per_request.values() for row in rows]
-        self._gpt4rec([row for row in all_rows if row.warm])
+        self._gpt4rec([row for row in all_rows
+                       if row.warm and any(source == "personal" for source, _ in self.blends[row.placement])])
         for row in all_rows:
-            self._rules(row)
-            self._popularity(row)
+            self._blend(row)
             if len(row.unknown):
                 pb_utils.Logger.log_verbose(f"{self.name}: dropped unknown item ids {row.unknown.tolist()}")
         for i, rows in per_request.items():

@@ -1,10 +1,12 @@
-"""The pharmacy safety policy: which candidates may never be shown to whom, applied where lists are made.
+"""The part of the pharmacy layer the server runs: the safety policy, placement blends, reasons.
 
-numpy and the standard library only: this file runs inside Triton's Python backend (copied as
-rxrec_policy.py beside every `recommend` version, with the tables as policy.npz) and in this
-package, so the server and anything offline that applies the policy run the same code.
+numpy and the standard library only: the repository writer copies this file as rxrec_pharmacy.py beside
+the `recommend` backend (with its tables, policy.npz and placements.npz, built at deploy by
+pipelines/pharmacy/tables.py and catalogue.py), so the server runs the code this package and its tests
+run.
 
-A candidate item is removed, with the first reason that applies (codes are REASONS' order + 1):
+The safety policy removes a candidate item with the first reason that applies (codes are REASONS'
+order + 1):
   restricted               the catalogue marks the product restricted (never recommended)
   unavailable              out of stock, or not deliverable (catalogue fields; absent = allowed)
   rx_without_record        prescription-only, and the request holds no purchase or prescription
@@ -12,9 +14,13 @@ A candidate item is removed, with the first reason that applies (codes are REASO
                            are unknown needs a record of the product itself)
   interacts                one of its molecules interacts with a molecule of a session or cart item
   duplicate_molecule       it shares a molecule with an item already in the cart
-
 Everything is per request: `context()` turns the request's session, cart and record item ids into
 molecule masks once, `reasons()` checks a whole array of candidates against them.
+
+A placement's blend (params.yaml `placements`, the config parameter `placement_<name>`) is an ordered
+list of sources with the most slots each may fill: "substitutes:4,personal:6". Each source fills up to
+its slots in order; what is left is filled from the same sources in order without limits, then by
+popularity.
 """
 
 from __future__ import annotations
@@ -23,6 +29,44 @@ import io
 from dataclasses import dataclass, field
 
 import numpy as np
+
+
+class NpzTables:
+    """A frozen dataclass of arrays saved as one .npz (no pickle); `check` says what is wrong with one."""
+
+    KIND = "tables"
+
+    def check(self) -> None:
+        """Subclasses raise ValueError naming the array that is wrong."""
+
+    def to_bytes(self) -> bytes:
+        """.npz content (uncompressed, deterministic for the same arrays)."""
+        self.check()
+        buffer = io.BytesIO()
+        np.savez(buffer, **{name: getattr(self, name) for name in self.__dataclass_fields__})
+        return buffer.getvalue()
+
+    @classmethod
+    def load(cls, path: object):
+        with np.load(path, allow_pickle=False) as z:
+            missing = sorted(set(cls.__dataclass_fields__) - set(z.files))
+            if missing:
+                raise ValueError(f"{path}: {cls.KIND} lack {', '.join(missing)}")
+            tables = cls(**{name: z[name] for name in cls.__dataclass_fields__})
+        tables.check()
+        return tables
+
+
+def csr_rows(rows: dict[int, list[int]], n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr [n_rows + 1], indices) of the lists in `rows` (row id -> values, in order); other rows empty."""
+    lengths = np.zeros(n_rows, dtype=np.int64)
+    for row, values in rows.items():
+        lengths[row] = len(values)
+    indptr = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+    indices = np.zeros(int(indptr[-1]), dtype=np.int64)
+    for row, values in rows.items():
+        indices[indptr[row]:indptr[row + 1]] = values
+    return indptr, indices
 
 POLICY_FILE = "policy.npz"
 REASONS = ("restricted", "unavailable", "rx_without_record", "interacts", "duplicate_molecule")
@@ -62,8 +106,10 @@ class PolicyRules:
 
 
 @dataclass(frozen=True)
-class SafetyTables:
+class SafetyTables(NpzTables):
     """What the policy knows about each item id 0..n_items (0 = padding) and each molecule."""
+
+    KIND = "policy tables"
 
     rx_required: np.ndarray  # bool [n + 1]
     restricted: np.ndarray  # bool [n + 1]
@@ -100,22 +146,6 @@ class SafetyTables:
             if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self.n_molecules):
                 raise ValueError(f"policy {name} names a molecule outside 0..{self.n_molecules - 1}")
 
-    def to_bytes(self) -> bytes:
-        """policy.npz content (uncompressed, deterministic for the same tables)."""
-        self.check()
-        buffer = io.BytesIO()
-        np.savez(buffer, **{name: getattr(self, name) for name in self.__dataclass_fields__})
-        return buffer.getvalue()
-
-    @classmethod
-    def load(cls, path: object) -> SafetyTables:
-        with np.load(path, allow_pickle=False) as z:
-            missing = sorted(set(cls.__dataclass_fields__) - set(z.files))
-            if missing:
-                raise ValueError(f"{path}: policy tables lack {', '.join(missing)}")
-            tables = cls(**{name: z[name] for name in cls.__dataclass_fields__})
-        tables.check()
-        return tables
 
 
 @dataclass
@@ -209,3 +239,58 @@ def reason_counts(codes: np.ndarray) -> dict[str, int]:
     """{reason: how many} of removed candidates (ALLOWED left out)."""
     counts = np.bincount(np.asarray(codes, dtype=np.int64), minlength=len(REASONS) + 1)
     return {reason: int(counts[i + 1]) for i, reason in enumerate(REASONS) if counts[i + 1]}
+
+PLACEMENTS_FILE = "placements.npz"
+PLACEMENTS = ("home", "product", "cart")
+#: The sources a placement can blend (params.yaml `placements`), and the `source` output each reports as.
+SOURCES = {"personal": "gpt4rec", "complements": "rules", "substitutes": "substitutes", "popular": "popularity"}
+MAX_SUBSTITUTES = 20  # per product, cheapest first
+
+
+@dataclass(frozen=True)
+class PlacementTables(NpzTables):
+    """Per item id 0..n_items: display name, price, generic flag; the substitutes CSR, cheapest first."""
+
+    KIND = "placement tables"
+
+    names: np.ndarray  # str [n + 1] ("" for ids outside the catalogue)
+    price: np.ndarray  # float32 [n + 1] (0 when unknown)
+    generic: np.ndarray  # bool [n + 1]: tagged generic
+    substitute_indptr: np.ndarray  # int64 [n + 2]
+    substitute_indices: np.ndarray  # int64
+
+    def substitutes(self, item: int) -> np.ndarray:
+        return self.substitute_indices[self.substitute_indptr[item]:self.substitute_indptr[item + 1]]
+
+    def check(self) -> None:
+        if len(self.substitute_indptr) != len(self.names) + 1 or len(self.price) != len(self.names):
+            raise ValueError(f"placement tables do not cover the {len(self.names)} item rows alike")
+
+    @classmethod
+    def empty(cls, n_items: int) -> PlacementTables:
+        """No catalogue: no names, prices or substitutes (the placements still serve the other sources)."""
+        return cls(np.full(n_items + 1, "", dtype="<U1"), np.zeros(n_items + 1, np.float32),
+                   np.zeros(n_items + 1, bool), np.zeros(n_items + 2, np.int64), np.zeros(0, np.int64))
+
+
+def parse_blend(text: str) -> list[tuple[str, int]]:
+    """"substitutes:4,personal:6" -> [("substitutes", 4), ("personal", 6)]; ValueError naming what is wrong."""
+    blend = []
+    for entry in (e.strip() for e in text.split(",") if e.strip()):
+        source, _, slots = entry.partition(":")
+        if source not in SOURCES:
+            raise ValueError(f"placement source {source!r} is not one of {list(SOURCES)}")
+        if not slots.isdigit() or int(slots) < 1:
+            raise ValueError(f"placement source {source}: slots must be a whole number >= 1, got {slots!r}")
+        blend.append((source, int(slots)))
+    return blend
+
+
+def substitute_reason(tables: PlacementTables, item: int, viewed: int) -> str:
+    """"same composition as Glucofast 500mg Tablet, 38% cheaper" (+ ", generic")."""
+    text = f"same composition as {tables.names[viewed] or f'item {viewed}'}"
+    was, now = float(tables.price[viewed]), float(tables.price[item])
+    if was > 0 and now > 0:
+        change = round(100 * (was - now) / was)
+        text += f", {change}% cheaper" if change > 0 else f", {-change}% dearer" if change < 0 else ", same price"
+    return text + (", generic" if tables.generic[item] else "")

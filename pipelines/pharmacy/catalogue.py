@@ -1,0 +1,54 @@
+"""Build the placements' tables from the catalogue: names, prices, generics and substitutes.
+
+A substitute of a product has the same molecules at the same strengths (pipelines/data/text
+composition_parts, so spelling variants meet) from another manufacturer; a product's substitutes are
+kept cheapest first. A composition with a part of unknown strength has no substitutes: "amoxicillin"
+alone does not say which tablet replaces which.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pandas as pd
+
+from pipelines.data.text import composition_parts, field_values, is_missing
+from pipelines.pharmacy.served import MAX_SUBSTITUTES, PlacementTables, csr_rows
+
+
+def _column(catalogue: pd.DataFrame, name: str) -> np.ndarray:
+    return catalogue[name].to_numpy(dtype=object) if name in catalogue.columns else np.full(len(catalogue), None)
+
+
+def build_placement_tables(catalogue: pd.DataFrame, n_items: int) -> PlacementTables:
+    """Names, prices, generic flags and substitutes over ids 0..n_items from the catalogue."""
+    ids = catalogue["item_id"].to_numpy(dtype=np.int64)
+    keep = (ids >= 1) & (ids <= n_items)
+    names = np.full(n_items + 1, "", dtype=object)
+    price = np.zeros(n_items + 1, dtype=np.float32)
+    generic = np.zeros(n_items + 1, dtype=bool)
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    maker: dict[int, str] = {}
+    for item, name, cost, tags, composition, manufacturer in zip(
+            ids[keep], _column(catalogue, "name")[keep], _column(catalogue, "price")[keep],
+            _column(catalogue, "tags")[keep], _column(catalogue, "composition")[keep],
+            _column(catalogue, "manufacturer")[keep], strict=True):
+        item = int(item)
+        names[item] = "" if is_missing(name) else str(name)
+        price[item] = 0.0 if is_missing(cost) else float(cost)
+        generic[item] = "generic" in field_values("tags", tags)
+        parts = composition_parts(composition)
+        if parts and all(strength for _, strength in parts):
+            groups[tuple(parts)].append(item)
+            maker[item] = (field_values("manufacturer", manufacturer) or [""])[0]
+    lists: dict[int, list[int]] = {}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        by_price = sorted(members, key=lambda i: (price[i], i))
+        for item in members:
+            lists[item] = [o for o in by_price if o != item and (not maker[item] or maker[o] != maker[item])][
+                :MAX_SUBSTITUTES]
+    indptr, indices = csr_rows(lists, n_items + 1)
+    return PlacementTables(np.array(names.tolist(), dtype=str), price, generic, indptr, indices)

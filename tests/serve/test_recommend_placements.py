@@ -1,0 +1,261 @@
+"""Placements and the safety policy as served: 10,000 simulated requests per placement through `recommend`.
+
+A generated world's catalogue (rx flags, restricted and out-of-stock products, compositions with their
+spelling variants) and the shipped interaction table, a real GPT4Rec export (untrained: it proposes
+prescription-only and interacting products freely, which is what the policy must stop), association
+rules and popularity from the world's events, on the real tritonserver. Requests are the world's own
+sessions with random carts and purchase or prescription records. Every answer is checked by an
+independent reading of the catalogue text and the CSV (not the policy's code): no prescription-only
+product without a record of its molecules (on a product page, the viewed product's molecules count),
+no interacting pair with the session or cart, nothing restricted or out of stock, no molecule twice in
+the cart, every list full or saying why not, every item with a reason. Substitutes are checked against
+the world's ground truth (same molecules and strengths), cheapest first.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import time
+
+import numpy as np
+import pytest
+
+from pipelines.core.config import DataSettings
+from pipelines.data.generate import generate_world
+from pipelines.models.rules import AssociationRules, RulesSettings
+from pipelines.pharmacy.catalogue import build_placement_tables
+from pipelines.pharmacy.served import PolicyRules
+from pipelines.pharmacy.tables import DEFAULT_INTERACTIONS, build_safety_tables, read_interactions
+from pipelines.repository.models import FallbackTables, write_recommend_config, write_recommend_version
+from pipelines.repository.versions import write_config, write_version
+from pipelines.serve.client import recommend_session
+from pipelines.serve.triton_server import TritonServer, default_venv
+from tests.serve.toy_triton import loaded
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (default_venv() / "bin" / "python").exists(),
+                       reason="Triton serving venv missing: run `make setup` (infra/triton/setup.sh)"),
+]
+torch = pytest.importorskip("torch")
+
+K, N_REQUESTS, BATCH = 10, 10_000, 100
+_STRENGTH = re.compile(r"^\d[\d.,]*(mg|mcg|µg|iu|%|ml|gm|g)?$", re.IGNORECASE)
+
+
+def molecules(composition: object) -> frozenset[str]:
+    """The checker's own reading of a composition: parts split on '+', strength tokens dropped."""
+    if not isinstance(composition, str) or not composition.strip():
+        return frozenset()
+    parts = []
+    for part in composition.lower().split("+"):
+        words = part.split()
+        while words and _STRENGTH.match(words[-1]):
+            words.pop()
+        if words and words[-1].isdigit():
+            words.pop()
+        if words:
+            parts.append(" ".join(words))
+    return frozenset(parts)
+
+
+def interacting_pairs() -> set[frozenset[str]]:
+    with DEFAULT_INTERACTIONS.open(newline="") as handle:
+        return {frozenset((row["molecule_a"].lower(), row["molecule_b"].lower())) for row in csv.DictReader(handle)
+                if row["severity"] in ("major", "moderate")}
+
+
+@pytest.fixture(scope="module")
+def world():
+    return generate_world(DataSettings(seed=5, n_products=400, n_users=400), progress=False)
+
+
+@pytest.fixture(scope="module")
+def served(triton: TritonServer, world, tmp_path_factory):
+    from pipelines.export.onnx import export_onnx
+    from pipelines.models.gpt4rec import GPT4Rec, GPT4RecConfig
+
+    n = len(world.catalogue)
+    torch.manual_seed(0)
+    model = GPT4Rec(GPT4RecConfig(n_items=n, dim=16, layers=1, heads=2, max_len=20, dropout=0.0)).eval()
+    onnx_path = export_onnx(model, tmp_path_factory.mktemp("policy_gpt4rec"), k=K, opset=18)
+    repo = triton.repo
+    write_config(repo, "gpt4rec_policy", max_batch_size=BATCH, top_k=K, n_items=n)
+    write_version(repo, "gpt4rec_policy", onnx_path, metadata={})
+    counts = np.bincount(world.events["item_id"].to_numpy(), minlength=n + 1)
+    histories = [g.to_numpy() for _, g in world.events.sort_values("timestamp").groupby("user_id")["item_id"]]
+    rules = AssociationRules.from_histories(histories, n, RulesSettings()).rules
+    tables = FallbackTables(counts.astype(np.float32), counts.astype(np.int64), np.r_[False, np.ones(n, bool)], rules,
+                            build_safety_tables(world.catalogue, n, read_interactions(DEFAULT_INTERACTIONS)),
+                            build_placement_tables(world.catalogue, n))
+    write_recommend_config(repo, top_k=K, n_items=n, max_batch_size=BATCH, gpt4rec_model="gpt4rec_policy",
+                           gpt4rec_max_len=20, gpt4rec_max_batch_size=BATCH, model_name="recommend_policy")
+    write_recommend_version(repo, tables, metadata={}, model_name="recommend_policy")
+    write_recommend_config(repo, top_k=K, n_items=n, max_batch_size=BATCH, gpt4rec_model="gpt4rec_policy",
+                           gpt4rec_max_len=20, gpt4rec_max_batch_size=BATCH, model_name="recommend_open",
+                           policy=PolicyRules(False, False, False, False, False))
+    write_recommend_version(repo, tables, metadata={}, model_name="recommend_open")
+    with loaded(triton, "gpt4rec_policy", "recommend_policy", "recommend_open") as server:
+        yield server
+
+
+def simulated_requests(world, rng: np.random.Generator) -> list[dict]:
+    """The world's sessions, each with a random cart and, for some users, purchase or prescription records."""
+    sessions = world.events.groupby("session_id")["item_id"].agg(list).tolist()
+    catalogue = world.catalogue
+    rx_items = catalogue.loc[catalogue["rx_required"], "item_id"].to_numpy()
+    items = catalogue["item_id"].to_numpy()
+    requests = []
+    for r in range(N_REQUESTS):
+        session = sessions[r % len(sessions)][-int(rng.integers(1, 8)):]
+        cart = rng.choice(items, size=int(rng.integers(0, 5)), replace=False).tolist()
+        purchased = rng.choice(rx_items, size=int(rng.integers(1, 4))).tolist() if rng.random() < 0.3 else []
+        prescribed = rng.choice(rx_items, size=int(rng.integers(1, 3))).tolist() if rng.random() < 0.2 else []
+        requests.append({"session": session, "cart": cart, "purchased": purchased, "prescribed": prescribed})
+    return requests
+
+
+class Checker:
+    """The rules read independently: catalogue text and the CSV, not pipelines.pharmacy."""
+
+    def __init__(self, world) -> None:
+        catalogue = world.catalogue.set_index("item_id")
+        self.mol = {int(i): molecules(c) for i, c in catalogue["composition"].items()}
+        self.rx = catalogue["rx_required"].to_dict()
+        self.restricted = catalogue["restricted"].fillna(False).astype(bool).to_dict()
+        self.out_of_stock = (~catalogue["in_stock"].fillna(True).astype(bool)).to_dict()
+        self.pairs = interacting_pairs()
+        self.violations: dict[str, list] = {k: [] for k in (
+            "rx", "interacts", "restricted", "out_of_stock", "duplicate_molecule", "short_without_reason",
+            "repeated_or_in_cart", "without_reason")}
+        self.codes: set[str] = set()
+        self.removed: dict[str, int] = {}
+        self.short_lists = self.rx_shown = 0
+
+    def check(self, q: dict, answer, placement: str) -> None:
+        mol, found = self.mol, self.violations
+        for reason, n in answer.policy_removed.items():
+            self.removed[reason] = self.removed.get(reason, 0) + n
+        shown = [i for i in answer.item_ids if i > 0]
+        if len(shown) < K:
+            self.short_lists += 1
+            if not answer.short_reason:
+                found["short_without_reason"].append(q)
+        if len(set(shown)) < len(shown) or set(shown) & set(q["cart"]):
+            found["repeated_or_in_cart"].append(q)
+        if len(answer.reasons) != len(shown) or not all(answer.reasons) or not all(answer.reason_codes):
+            found["without_reason"].append(q)
+        self.codes.update(answer.reason_codes)
+        viewed = [q["session"][-1]] if placement == "product" else []  # its molecules count on its own page
+        records = {m for i in q["purchased"] + q["prescribed"] + viewed for m in mol[i]}
+        record_items = set(q["purchased"] + q["prescribed"] + viewed)
+        context = {m for i in q["session"] + q["cart"] for m in mol.get(i, ())}
+        in_cart = {m for i in q["cart"] for m in mol[i]}
+        for item in shown:
+            ms = mol[item]
+            if self.rx[item] and (not ms <= records if ms else item not in record_items):
+                found["rx"].append((q, item))
+            self.rx_shown += bool(self.rx[item])
+            if any(frozenset((a, b)) in self.pairs for a in ms for b in context):
+                found["interacts"].append((q, item))
+            if self.restricted[item]:
+                found["restricted"].append((q, item))
+            if self.out_of_stock[item]:
+                found["out_of_stock"].append((q, item))
+            if ms & in_cart:
+                found["duplicate_molecule"].append((q, item))
+
+    def counts(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.violations.items()}
+
+
+def serve_requests(server, requests: list[dict], placement: str, checker: Checker, model: str) -> float:
+    """Send the requests in batches of BATCH, check every answer; seconds taken."""
+    started = time.perf_counter()
+    for lo in range(0, len(requests), BATCH):
+        chunk = requests[lo:lo + BATCH]
+        answers = recommend_session([q["session"] for q in chunk], cart=[q["cart"] for q in chunk],
+                                    purchased=[q["purchased"] for q in chunk],
+                                    prescribed=[q["prescribed"] for q in chunk], placement=placement,
+                                    url=server.url, model_name=model, timeout_s=60)
+        for q, answer in zip(chunk, answers, strict=True):
+            checker.check(q, answer, placement)
+    return time.perf_counter() - started
+
+
+@pytest.mark.parametrize("placement", ["home", "product", "cart"])
+def test_ten_thousand_served_lists_per_placement_break_no_pharmacy_rule(served, world, placement):
+    checker = Checker(world)
+    elapsed = serve_requests(served, simulated_requests(world, np.random.default_rng(11)), placement, checker,
+                             "recommend_policy")
+    print(f"{placement}: {N_REQUESTS} requests in {elapsed:.1f}s; removed by the policy: {checker.removed}; short "
+          f"lists: {checker.short_lists}; prescription-only items shown to requests with a record: {checker.rx_shown}")
+    assert checker.counts() == dict.fromkeys(checker.violations, 0), \
+        {k: v[:3] for k, v in checker.violations.items() if v}
+    # the requests did exercise every rule (a policy that removed nothing would pass the checks above trivially)
+    assert set(checker.removed) == {"restricted", "unavailable", "rx_without_record", "interacts", "duplicate_molecule"}
+    assert checker.rx_shown > 0, "a record of the molecule must let prescription-only products through"
+    assert checker.codes >= {"product": {"substitutes", "personal"}, "cart": {"complements", "personal"},
+                             "home": {"personal", "complements"}}[placement], checker.codes
+
+
+def test_the_checker_finds_what_a_recommend_without_the_policy_shows(served, world):
+    """The same requests to a recommend with every check off: the independent checker must catch it."""
+    checker = Checker(world)
+    serve_requests(served, simulated_requests(world, np.random.default_rng(11))[:1000], "cart", checker, "recommend_open")
+    counts = checker.counts()
+    print(f"policy off, 1,000 cart requests: {counts}")
+    assert all(counts[k] > 0 for k in ("rx", "interacts", "restricted", "out_of_stock", "duplicate_molecule")), counts
+
+
+def test_product_page_substitutes_match_the_ground_truth_and_the_cheapest_comes_first(served, world):
+    """On a product page: items placed as substitutes share the viewed product's molecules and strengths
+    (the generator's own composition ids), and the first is the cheapest one a pharmacy could offer."""
+    catalogue = world.catalogue.set_index("item_id")
+    truth = np.r_[-1, world.ground_truth["item_composition"]]
+    maker = catalogue["manufacturer"].fillna("").str.lower().str.replace(r"\s+(ltd|limited)$", "", regex=True)
+    blocked = catalogue["restricted"].fillna(False).astype(bool) | ~catalogue["in_stock"].fillna(True).astype(bool)
+    composition_known = catalogue["composition"].notna()
+    viewed_items = [int(i) for i in catalogue.index if truth[i] >= 0 and composition_known[i]][:400]
+    hits = placed = checked_first = 0
+    for lo in range(0, len(viewed_items), BATCH):
+        chunk = viewed_items[lo:lo + BATCH]
+        answers = recommend_session([[i] for i in chunk], placement="product", url=served.url,
+                                    model_name="recommend_policy")
+        for viewed, answer in zip(chunk, answers, strict=True):
+            subs = [i for i, code in zip(answer.item_ids, answer.reason_codes, strict=False) if code == "substitutes"]
+            placed += min(len(subs), 5)
+            hits += sum(truth[i] == truth[viewed] for i in subs[:5])
+            valid = [j for j in catalogue.index if j != viewed and truth[j] == truth[viewed] and composition_known[j]
+                     and not blocked[j] and (not maker[viewed] or maker[j] != maker[viewed])]
+            if subs and valid:
+                cheapest = min(catalogue.loc[valid, "price"])
+                assert catalogue.loc[subs[0], "price"] == cheapest, (viewed, subs, valid)
+                assert "same composition as" in answer.reasons[answer.item_ids.index(subs[0])]
+                checked_first += 1
+    print(f"substitutes: precision@5 {hits / placed:.3f} over {placed} placed for {len(viewed_items)} viewed products; "
+          f"cheapest first checked on {checked_first}")
+    assert placed > 200 and hits / placed >= 0.95 and checked_first > 50
+
+
+def test_an_unknown_placement_is_refused_and_names_the_placements(served):
+    from tritonclient.utils import InferenceServerException
+
+    from pipelines.serve.client import session_inputs
+
+    with pytest.raises(ValueError, match=r"placement 'checkout' is not one of \['home', 'product', 'cart'\]"):
+        recommend_session([[1]], placement="checkout", url=served.url, model_name="recommend_policy")
+    inputs = session_inputs([[1]])  # a raw request that skips the client's check reaches the server's
+    inputs["placement"] = np.array([[b"checkout"]], dtype=np.object_)
+    from pipelines.serve.client import _infer
+
+    with pytest.raises(InferenceServerException, match=r"placement 'checkout' is not a placement"):
+        _infer("recommend_policy", inputs, ["item_ids"], url=served.url, protocol="http", timeout_s=10)
+
+
+def test_a_cart_beyond_the_limit_is_refused_and_says_the_limit(served):
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException, match=r"cart_ids row 0 holds 600 items; a cart holds at most 500"):
+        recommend_session([[1]], cart=[list(range(1, 601))], url=served.url, model_name="recommend_policy")
