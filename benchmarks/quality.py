@@ -9,6 +9,7 @@ reports/quality-<dataset>.json, .md and .png, and logs one MLflow run per family
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -49,20 +50,42 @@ def _markdown(name: str, rows: dict[str, dict[str, Any]], k: int, published: boo
     return "\n".join(lines)
 
 
+def fit_families(families: tuple[str, ...], seqs: Any, catalogue: Any, settings: Any) -> Iterator[tuple[str, Any, dict]]:
+    """(family, trained model, info with train_seconds) for each family, in order; the inputs some families
+    share (Prod2Vec vectors, item meta tokens) are built once and their time counts for each family using them."""
+    from pipelines.data.item_features import build_item_features
+    from pipelines.embed.prod2vec import train_prod2vec
+    from pipelines.models.base import FitContext, FitInput
+    from pipelines.models.families import family as family_class
+    from pipelines.models.families import fit_family
+
+    inputs: dict[FitInput, Any] = {}
+    input_seconds: dict[FitInput, float] = {}
+    for family in families:
+        typer.secho(f"▶ {family}", bold=True)
+        wanted = family_class(family).inputs_for(getattr(settings, family))
+        for which in sorted(wanted - set(inputs)):
+            started = time.perf_counter()
+            inputs[which] = (
+                train_prod2vec(seqs.train(), seqs.n_items, settings.graph, settings.prod2vec, seed=settings.data.seed)
+                if which is FitInput.PRETRAINED else build_item_features(catalogue, seqs.n_items).tokens)
+            input_seconds[which] = time.perf_counter() - started if which is FitInput.PRETRAINED else 0.0
+        ctx = FitContext(seed=settings.data.seed, k=settings.evaluate.k,
+                         **{str(which): inputs[which] for which in wanted})
+        model, info = fit_family(family, seqs, settings, ctx)
+        info["train_seconds"] += sum(input_seconds[which] for which in wanted)
+        yield family, model, info
+
+
 def run_quality(dataset: str, families: tuple[str, ...], overrides: list[str], log_mlflow: bool = True,
                 out_dir: Path | None = None) -> Path:
     import numpy as np
 
     from benchmarks.common import REPORTS, load_dataset, write_report
     from pipelines.core.config import Paths, load_settings
-    from pipelines.data.item_features import build_item_features
     from pipelines.data.sequences import build_sequences
-    from pipelines.embed.prod2vec import train_prod2vec
     from pipelines.evaluate.protocol import evaluate
     from pipelines.evaluate.slices import standard_slices
-    from pipelines.models.base import FitContext, FitInput
-    from pipelines.models.families import family as family_class
-    from pipelines.models.families import fit_family
     from pipelines.track.plots import plot_metrics
 
     settings = load_settings(overrides=overrides)
@@ -71,24 +94,11 @@ def run_quality(dataset: str, families: tuple[str, ...], overrides: list[str], l
     k = settings.evaluate.k
     slices = standard_slices(seqs, "test", cold_max_interactions=settings.evaluate.cold_max_interactions)
     rows: dict[str, dict[str, Any]] = {}
-    inputs: dict[FitInput, Any] = {}
-    input_seconds: dict[FitInput, float] = {}
-    for family in families:
-        typer.secho(f"▶ {family}", bold=True)
-        wanted = family_class(family).inputs_for(getattr(settings, family))
-        for which in sorted(wanted - set(inputs)):  # built once; Prod2Vec's time counts for each family using it
-            started = time.perf_counter()
-            inputs[which] = (
-                train_prod2vec(seqs.train(), seqs.n_items, settings.graph, settings.prod2vec, seed=settings.data.seed)
-                if which is FitInput.PRETRAINED else build_item_features(world.catalogue, seqs.n_items).tokens)
-            input_seconds[which] = time.perf_counter() - started if which is FitInput.PRETRAINED else 0.0
-        extra_seconds = sum(input_seconds[which] for which in wanted)
-        ctx = FitContext(seed=settings.data.seed, k=k, **{str(which): inputs[which] for which in wanted})
-        model, info = fit_family(family, seqs, settings, ctx)
+    for family, model, info in fit_families(families, seqs, world.catalogue, settings):
         lists: dict[int, np.ndarray] = {}
         m = evaluate(model, seqs, split="test", k=k, mask_seen=settings.evaluate.mask_seen, slices=slices,
                      top_lists=lists if truth is not None else None)
-        m["train_seconds"] = info["train_seconds"] + extra_seconds
+        m["train_seconds"] = info["train_seconds"]
         m["train_info"] = {key: v for key, v in info.items() if key != "history"}
         if truth is not None:
             users = {int(seqs.user_ids[row]): items for row, items in lists.items()}

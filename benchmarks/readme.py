@@ -82,7 +82,20 @@ def reliability(reports: Path) -> str:
     return text + "\n"
 
 
-RENDERERS: dict[str, Callable[[Path], str]] = {"serve": serve, "reliability": reliability}
+def placements(reports: Path) -> str:
+    report = _read(reports, "placements")
+    lines = [(f"Last run ([reports/placements.md](reports/placements.md), {_measured(report)}; {report['users']:,} "
+             f"test users of the generated world per placement, top-{report['k']} lists through the safety policy, "
+             "lifts over the static popularity list of the same placement):"), "",
+             "| placement | family | CTR | add-to-cart | purchase | coverage |", "|---|---|---|---|---|---|"]
+    for placement, rows in report["placements"].items():
+        lines += [f"| {placement} | {family} | {m['ctr_vs_static']:+.0%} | {m['add_to_cart_vs_static']:+.0%} | "
+                  f"{m['purchase_vs_static']:+.0%} | {m['coverage']:.0%} |"
+                  for family, m in rows.items() if family != "popularity"]
+    return "\n".join(lines) + "\n"
+
+
+RENDERERS: dict[str, Callable[[Path], str]] = {"serve": serve, "reliability": reliability, "placements": placements}
 
 
 def _read(reports: Path, name: str) -> dict[str, Any]:

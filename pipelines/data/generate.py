@@ -100,6 +100,9 @@ def generate_world(settings: DataSettings, progress: bool = True) -> World:
         "p_cart_regular": P_CART_REGULAR,
         "item_launch_s": products.launch_s.round(1).tolist(),
         "item_manufacturer": products.manufacturer_idx.tolist(),
+        # Item-dependent conversion of simulated feedback: price and prescription (ground_truth.py).
+        "item_price": catalogue["price"].round(2).tolist(),
+        "item_rx": catalogue["rx_required"].astype(bool).tolist(),
         "user_loyal_manufacturer": users.loyal_manufacturer,
     }
     return World(catalogue=catalogue, events=events, ground_truth=truth, source=synthetic_source(settings))

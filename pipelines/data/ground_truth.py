@@ -10,7 +10,13 @@ purchase). The response model uses the same ground truth the sessions were drawn
   complement class `complement`; anything else `other`; scaled by popularity (popular products
   are clicked more, clipped to [0.5, 2]) and by manufacturer loyalty; never before launch;
 - a click becomes an add-to-cart with the generator's P_CART (P_CART_REGULAR for the regular
-  product) and a purchase with P_PURCHASE_GIVEN_CART.
+  product), scaled by price: (class median price / item price) ** PRICE_ELASTICITY, clipped to
+  PRICE_CLIP, so a dearer product of the same class is carted less;
+- an add-to-cart becomes a purchase with P_PURCHASE_GIVEN_CART, except a prescription-only product of
+  a class the user has no condition in (so no prescription to upload): RX_WITHOUT_PRESCRIPTION of that.
+  Conversion can therefore move apart from CTR: a list of clickable but dear or prescription-only
+  products clicks well and sells badly. Worlds saved before item prices were recorded convert at the
+  constant rates.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ import numpy as np
 RELEVANCE = {"regular": 0.6, "in_condition": 0.25, "complement": 0.12, "other": 0.02}
 LOYALTY_BOOST = 1.3
 POPULARITY_CLIP = (0.5, 2.0)
+PRICE_ELASTICITY = 0.5
+PRICE_CLIP = (0.5, 1.5)
+RX_WITHOUT_PRESCRIPTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,14 @@ class GroundTruth:
         self.p_cart_regular = float(truth.get("p_cart_regular", self.p_cart))
         self.p_purchase = float(truth["p_purchase_given_cart"])
         self.n_users = len(self.conditions)
+        self.cart_factor = np.ones(self.n_items)
+        self.rx = np.zeros(self.n_items, dtype=bool)
+        if "item_price" in truth and "item_rx" in truth:
+            price = np.maximum(np.asarray(truth["item_price"], dtype=np.float64), 0.01)
+            median = {c: np.median(price[self.item_class == c]) for c in np.unique(self.item_class)}
+            relative = np.array([median[c] for c in self.item_class]) / price
+            self.cart_factor = np.clip(relative ** PRICE_ELASTICITY, *PRICE_CLIP)
+            self.rx = np.asarray(truth["item_rx"], dtype=bool)
 
     @classmethod
     def load(cls, path: Path) -> GroundTruth:
@@ -100,8 +117,11 @@ class GroundTruth:
         looks = rng.random(len(items)) < 1.0 / np.log2(np.arange(2, len(items) + 2))
         clicked = looks & (rng.random(len(items)) < self.click_probability(user_id, items, at_s))
         regular = np.isin(items, list(self.regular.get(user_id, ())))
-        carted = clicked & (rng.random(len(items)) < np.where(regular, self.p_cart_regular, self.p_cart))
-        purchased = carted & (rng.random(len(items)) < self.p_purchase)
+        p_cart = np.where(regular, self.p_cart_regular, self.p_cart) * self.cart_factor[items - 1]
+        carted = clicked & (rng.random(len(items)) < np.clip(p_cart, 0.0, 1.0))
+        no_prescription = self.rx[items - 1] & ~np.isin(self.item_class[items - 1], self.conditions[user_id])
+        p_buy = np.where(no_prescription, self.p_purchase * RX_WITHOUT_PRESCRIPTION, self.p_purchase)
+        purchased = carted & (rng.random(len(items)) < p_buy)
         return Feedback(items=items, clicked=clicked, carted=carted, purchased=purchased)
 
     def estimate(self, lists: dict[int, list[int] | np.ndarray], seed: int = 0, repeats: int = 1,

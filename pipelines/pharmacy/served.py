@@ -294,3 +294,61 @@ def substitute_reason(tables: PlacementTables, item: int, viewed: int) -> str:
         change = round(100 * (was - now) / was)
         text += f", {change}% cheaper" if change > 0 else f", {-change}% dearer" if change < 0 else ", same price"
     return text + (", generic" if tables.generic[item] else "")
+
+
+class ServedList:
+    """One request's list as it is built: what it excludes, the policy and its masks, what was chosen and why."""
+
+    __slots__ = ("codes", "context", "exclude", "ids", "policy", "removed", "scores", "source", "texts")
+
+    def __init__(self, exclude: np.ndarray, policy: SafetyPolicy | None = None,
+                 context: RequestContext | None = None) -> None:
+        self.exclude = exclude  # ids never to show: seen, in the cart, bought
+        self.policy, self.context = policy, context  # the safety policy and this request's masks
+        self.removed: dict[int, int] = {}  # item id -> policy reason code, each candidate counted once
+        self.ids: list[int] = []
+        self.scores: list[float] = []
+        self.codes: list[str] = []  # per chosen item: the placement source that put it there
+        self.texts: list[str] = []  # per chosen item: why, in words
+        self.source = ""  # who placed the first item
+
+    def take(self, ids: np.ndarray, scores: np.ndarray, source: str, k: int, *, limit: int | None = None,
+             texts: list[str] | str = "", code: str = "") -> None:
+        """Append candidates (best first) that are not excluded, already chosen or refused by the policy, up to
+        k in all and `limit` from this call; `texts` is the reason of each candidate (or one for all)."""
+        if limit is not None:
+            k = min(k, len(self.ids) + limit)
+        if len(self.ids) >= k or len(ids) == 0:
+            return
+        keep = ~np.isin(ids, self.exclude) & (ids > 0)
+        if self.ids:
+            keep &= ~np.isin(ids, np.asarray(self.ids, dtype=np.int64))
+        codes = None
+        if self.policy is not None and keep.any():
+            codes = np.zeros(len(ids), dtype=np.uint8)
+            codes[keep] = self.policy.reasons(ids[keep], self.context)
+            keep &= codes == 0
+        chosen = np.flatnonzero(keep)[: k - len(self.ids)]
+        if codes is not None:  # count what the policy took out of the part of the list actually used
+            used = chosen[-1] + 1 if len(chosen) == k - len(self.ids) else len(ids)
+            hit = np.flatnonzero(codes[:used])
+            for item, reason in zip(ids[hit].tolist(), codes[hit].tolist(), strict=True):
+                self.removed.setdefault(item, reason)
+        if len(chosen) and not self.source:
+            self.source = source
+        self.ids.extend(int(i) for i in ids[chosen])
+        self.scores.extend(float(s) for s in scores[chosen])
+        self.codes.extend([code or source] * len(chosen))
+        self.texts.extend([texts] * len(chosen) if isinstance(texts, str) else [texts[i] for i in chosen])
+
+
+def fill_blend(row: ServedList, blend: list[tuple[str, int]], fill: dict) -> None:
+    """Each source of the blend up to its slots, then each again without a limit, then popularity.
+
+    `fill[source](row, limit)` takes from one source (`limit` None: as many as fit); "popular" must be there.
+    """
+    for source, slots in blend:
+        fill[source](row, slots)
+    for source, _ in blend:
+        fill[source](row, None)
+    fill["popular"](row, None)

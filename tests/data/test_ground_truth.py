@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -52,6 +53,27 @@ def test_relevant_lists_get_more_clicks_and_purchases(world_and_truth) -> None:
     assert good["ctr"] > 3 * bad["ctr"]
     assert good["purchase_rate"] > bad["purchase_rate"]
     assert 0 < good["purchase_rate"] < good["add_to_cart_rate"] < good["ctr"] < 1
+
+
+def test_conversion_depends_on_price_and_prescription_not_only_on_the_click(world_and_truth) -> None:
+    """Same clicks, different sales: dear products are carted less, rx products without a condition bought less."""
+    _, truth = world_and_truth
+    user = next(u for u in range(1, truth.n_users + 1) if truth.conditions[u])
+    rng = np.random.default_rng(0)
+    cheap, dear = int(np.argmax(truth.cart_factor)) + 1, int(np.argmin(truth.cart_factor)) + 1
+    assert truth.cart_factor[cheap - 1] > 1 > truth.cart_factor[dear - 1]
+
+    def rates(item: int, n: int = 4000) -> tuple[float, float, float]:
+        fb = [truth.simulate(user, np.array([item]), rng) for _ in range(n)]
+        clicked = sum(int(f.clicked[0]) for f in fb)
+        return (clicked, sum(int(f.carted[0]) for f in fb) / max(clicked, 1),
+                sum(int(f.purchased[0]) for f in fb) / max(sum(int(f.carted[0]) for f in fb), 1))
+
+    assert rates(cheap)[1] > rates(dear)[1], "add-to-cart per click falls with price"
+    rx_other = next(i + 1 for i in np.flatnonzero(truth.rx) if truth.item_class[i] not in truth.conditions[user])
+    truth = copy.copy(truth)  # the module's fixture stays as it was
+    truth.p_cart = truth.p_cart_regular = 1.0  # every click carted: the purchase step alone is measured
+    assert rates(rx_other)[2] < 0.5 * truth.p_purchase, "no prescription for its class: rarely bought"
 
 
 def test_regular_product_and_launch_time(world_and_truth) -> None:

@@ -79,6 +79,8 @@ from rxrec_pharmacy import (
     PolicyRules,
     SafetyPolicy,
     SafetyTables,
+    ServedList,
+    fill_blend,
     parse_blend,
     substitute_reason,
 )
@@ -120,56 +122,20 @@ def _ids(request: object, name: str, required: bool) -> tuple[np.ndarray | None,
     return x, None
 
 
-class _Row:
-    """One session being answered: what is known about it and what has been chosen so far."""
+class _Row(ServedList):
+    """One session being answered: what is known about it, and the list being built (ServedList)."""
 
-    __slots__ = ("cart", "codes", "context", "exclude", "ids", "kinds", "known", "personal", "placement", "policy",
-                 "removed", "scores", "source", "texts", "unknown", "warm")
+    __slots__ = ("cart", "kinds", "known", "personal", "placement", "unknown", "warm")
 
     def __init__(self, known: np.ndarray, unknown: np.ndarray, exclude: np.ndarray, warm: bool,
                  kinds: np.ndarray | None = None, policy: SafetyPolicy | None = None, context: object = None,
                  placement: str = "home", cart: np.ndarray | None = None) -> None:
-        self.known, self.unknown, self.exclude, self.warm = known, unknown, exclude, warm
+        super().__init__(exclude, policy, context)
+        self.known, self.unknown, self.warm = known, unknown, warm
         self.kinds = kinds  # event kind of each known item (None: the caller sent none)
-        self.policy, self.context = policy, context  # the safety policy and this request's masks
         self.placement = placement
         self.cart = np.zeros(0, np.int64) if cart is None else cart  # known cart items, in the order sent
         self.personal: tuple[np.ndarray, np.ndarray] | None = None  # gpt4rec's offerable top-k, once asked
-        self.removed: dict[int, int] = {}  # item id -> policy reason code, each candidate counted once
-        self.ids: list[int] = []
-        self.scores: list[float] = []
-        self.codes: list[str] = []  # per chosen item: the placement source that put it there
-        self.texts: list[str] = []  # per chosen item: why, in words
-        self.source = ""
-
-    def take(self, ids: np.ndarray, scores: np.ndarray, source: str, k: int, *, limit: int | None = None,
-             texts: list[str] | str = "", code: str = "") -> None:
-        """Append candidates (best first) that are not excluded, already chosen or refused by the policy, up to
-        k in all and `limit` from this call; `texts` is the reason of each candidate (or one for all)."""
-        if limit is not None:
-            k = min(k, len(self.ids) + limit)
-        if len(self.ids) >= k or len(ids) == 0:
-            return
-        keep = ~np.isin(ids, self.exclude) & (ids > 0)
-        if self.ids:
-            keep &= ~np.isin(ids, np.asarray(self.ids, dtype=np.int64))
-        codes = None
-        if self.policy is not None and keep.any():
-            codes = np.zeros(len(ids), dtype=np.uint8)
-            codes[keep] = self.policy.reasons(ids[keep], self.context)
-            keep &= codes == 0
-        chosen = np.flatnonzero(keep)[: k - len(self.ids)]
-        if codes is not None:  # count what the policy took out of the part of the list actually used
-            used = chosen[-1] + 1 if len(chosen) == k - len(self.ids) else len(ids)
-            hit = np.flatnonzero(codes[:used])
-            for item, reason in zip(ids[hit].tolist(), codes[hit].tolist(), strict=True):
-                self.removed.setdefault(item, reason)
-        if len(chosen) and not self.source:
-            self.source = source
-        self.ids.extend(int(i) for i in ids[chosen])
-        self.scores.extend(float(s) for s in scores[chosen])
-        self.codes.extend([code or source] * len(chosen))
-        self.texts.extend([texts] * len(chosen) if isinstance(texts, str) else [texts[i] for i in chosen])
 
 
 class TritonPythonModel:
@@ -303,14 +269,9 @@ class TritonPythonModel:
 
     def _blend(self, row: _Row) -> None:
         """Each source of the row's placement up to its slots, then each again without limit, then popularity."""
-        fill = {"personal": self._personal, "complements": self._complements, "substitutes": self._substitutes,
-                "popular": lambda r, limit: self._popularity(r, limit)}
-        blend = self.blends[row.placement]
-        for source, slots in blend:
-            fill[source](row, slots)
-        for source, _ in blend:
-            fill[source](row, None)
-        self._popularity(row, None)
+        fill_blend(row, self.blends[row.placement], {
+            "personal": self._personal, "complements": self._complements, "substitutes": self._substitutes,
+            "popular": self._popularity})
 
     def _popularity(self, row: _Row, limit: int | None) -> None:
         """Top up from the most popular products, walking on while the policy or exclusions refuse them."""
