@@ -2,7 +2,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.data.text import field_values, is_missing, normalise_text, normalise_value, text_words
+from pipelines.data.text import (
+    composition_parts,
+    field_values,
+    is_missing,
+    normalise_text,
+    normalise_value,
+    text_words,
+)
 
 
 def test_field_values_normalise_inconsistent_meta_info():
@@ -65,3 +72,15 @@ def test_running_text_keeps_punctuation_and_words_drop_stop_words_and_numbers():
     assert normalise_text("ﬁlm-coated") == "film-coated"  # a ligature is two letters
     assert text_words("Crocin 500mg Tablet is used for FEVER and fever, 10 mg.") == ["crocin", "fever", "tablet", "used"]
     assert text_words("Café crème") == ["café", "crème"]
+
+
+@pytest.mark.parametrize(("raw", "parts"), [
+    ("Paracetamol 500 mg + CAFFEINE 30mg", [("caffeine", "30mg"), ("paracetamol", "500mg")]),
+    ("paracetamol 500mg+caffeine 30mg", [("caffeine", "30mg"), ("paracetamol", "500mg")]),
+    ("Vitamin D3 60000IU", [("vitamin d3", "60000iu")]),
+    ("Clotrimazole 1%", [("clotrimazole", "1%")]),
+    ("Amoxicillin 250", [("amoxicillin", "")]),  # a strength without a unit is not known
+    (None, []),
+])
+def test_composition_parts_are_the_key_substitutes_share(raw, parts):
+    assert composition_parts(raw) == parts
