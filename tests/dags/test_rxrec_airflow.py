@@ -22,6 +22,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
 
+# Each check runs Airflow itself (its own processes, metadata DB and, for the links, the API server): slow.
+pytestmark = pytest.mark.slow
+
 SCRIPT = r"""
 import json, os, sys
 from pathlib import Path
@@ -180,7 +183,6 @@ def test_the_notifier_writes_one_line_per_event_with_run_task_reason_and_links(c
     assert checks["webhook_from_connection"] is None  # RXREC_NOTIFY_CONN_ID unset
 
 
-@pytest.mark.slow  # a second run of the Airflow checks process, the connection from its environment
 def test_a_connection_names_the_real_channel(checks_env, webhook):
     """RXREC_NOTIFY_CONN_ID: the webhook URL lives in an Airflow connection (here from the environment)."""
     env = {**checks_env, "RXREC_NOTIFY_CONN_ID": "rxrec_notify", "AIRFLOW_CONN_RXREC_NOTIFY": webhook["url"],
@@ -271,7 +273,6 @@ with create_session() as session:
 """
 
 
-@pytest.mark.slow  # starts Airflow's API server
 def test_the_url_a_task_keeps_is_what_the_api_server_shows(checks_env, tmp_path):
     """The whole chain on a real (SQLite) Airflow: the task keeps its URL, the worker stores the link when the
     task ends, the API server's copy of the task (serialized, plugins loaded) reads it back."""
