@@ -116,6 +116,22 @@ def test_tables_errors_say_what_to_map(tmp_path: Path) -> None:
         read_tables(odd)
 
 
+def test_sparse_availability_flags_are_kept_and_a_bad_one_is_named(tmp_path: Path) -> None:
+    """restricted / in_stock (read by the safety policy) survive the adapter as yes/no/blank; anything else stops it."""
+    events_path, catalogue_path = _tiny_tables(tmp_path)
+    pd.read_csv(events_path).rename(columns={"product": "sku"}).to_csv(events_path, index=False)
+    catalogue = pd.read_parquet(catalogue_path)
+    catalogue["stock"] = ["yes", None, "0"]
+    catalogue.to_parquet(catalogue_path)
+    world = read_tables(events_path, catalogue_path, columns={**MAPPING, "in_stock": "stock"}, event_types=TYPES)
+    assert world.catalogue["in_stock"].tolist() == [True, pd.NA, False]
+    assert "restricted" not in world.catalogue.columns, "absent stays absent (allowed)"
+    catalogue["stock"] = ["yes", "maybe", "0"]
+    catalogue.to_parquet(catalogue_path)
+    with pytest.raises(SourceError, match=r"in_stock: value 'maybe' is not a yes/no flag"):
+        read_tables(events_path, catalogue_path, columns={**MAPPING, "in_stock": "stock"}, event_types=TYPES)
+
+
 def test_unmapped_event_label_is_left_for_the_gate(tmp_path: Path) -> None:
     events_path, catalogue_path = _tiny_tables(tmp_path)
     pd.read_csv(events_path).rename(columns={"product": "sku"}).to_csv(events_path, index=False)
