@@ -93,20 +93,13 @@ def run_placements(users: int, overrides: list[str], out_dir: Path | None = None
 
     from benchmarks.common import REPORTS, load_dataset, write_report
     from benchmarks.quality import fit_families
-    from pipelines.core.config import load_settings
+    from pipelines.core.config import Paths, load_settings
     from pipelines.data.sequences import build_sequences
     from pipelines.evaluate import metrics
     from pipelines.evaluate.slices import training_interactions
     from pipelines.pharmacy.catalogue import build_placement_tables
-    from pipelines.pharmacy.served import (
-        PLACEMENTS,
-        PolicyRules,
-        SafetyPolicy,
-        ServedList,
-        fill_blend,
-        parse_blend,
-    )
-    from pipelines.pharmacy.tables import DEFAULT_INTERACTIONS, build_safety_tables, read_interactions
+    from pipelines.pharmacy.served import PLACEMENTS, SafetyPolicy, ServedList, fill_blend, parse_blend
+    from pipelines.repository.companions import policy_rules, safety_tables
     from pipelines.repository.models import WARM_MIN_INTERACTIONS
 
     settings = load_settings(overrides=overrides)
@@ -114,11 +107,8 @@ def run_placements(users: int, overrides: list[str], out_dir: Path | None = None
     n = len(world.catalogue)
     seqs = build_sequences(world.events, n)
     k = settings.evaluate.k
-    policy = SafetyPolicy(build_safety_tables(world.catalogue, n, read_interactions(
-        DEFAULT_INTERACTIONS, tuple(settings.policy.block_severities))),
-        PolicyRules(**{key: getattr(settings.policy, key) for key in (
-            "drop_restricted", "drop_unavailable", "rx_requires_record", "interactions",
-            "duplicate_molecules_in_cart")}))
+    # the tables and rules deploy builds for the served recommend (params.yaml policy, its interaction table)
+    policy = SafetyPolicy(safety_tables(settings.policy, Paths(), world.catalogue, n), policy_rules(settings.policy))
     placement_tables = build_placement_tables(world.catalogue, n)
     blends = {p: parse_blend(text) for p, text in settings.placements.blends().items()}
     requests = _requests(seqs, users, np.random.default_rng(settings.data.seed))

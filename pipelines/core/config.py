@@ -179,7 +179,7 @@ class PlacementsSettings(ParamsSection):
     def blends(self) -> dict[str, str]:
         """placement -> "source:slots,..." (the recommend config parameters placement_<name>)."""
         return {name: ",".join(f"{source}:{slots}" for source, slots in getattr(self, name).items())
-                for name in ("home", "product", "cart")}
+                for name in type(self).model_fields}
 
 
 class GateSettings(ParamsSection):

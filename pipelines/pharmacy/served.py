@@ -235,15 +235,10 @@ class SafetyPolicy:
         return self.reasons(candidates, ctx) == ALLOWED
 
 
-def reason_counts(codes: np.ndarray) -> dict[str, int]:
-    """{reason: how many} of removed candidates (ALLOWED left out)."""
-    counts = np.bincount(np.asarray(codes, dtype=np.int64), minlength=len(REASONS) + 1)
-    return {reason: int(counts[i + 1]) for i, reason in enumerate(REASONS) if counts[i + 1]}
-
 PLACEMENTS_FILE = "placements.npz"
 PLACEMENTS = ("home", "product", "cart")
-#: The sources a placement can blend (params.yaml `placements`), and the `source` output each reports as.
-SOURCES = {"personal": "gpt4rec", "complements": "rules", "substitutes": "substitutes", "popular": "popularity"}
+#: The sources a placement can blend (params.yaml `placements`; the items' reason codes).
+SOURCES = ("personal", "complements", "substitutes", "popular")
 MAX_SUBSTITUTES = 20  # per product, cheapest first
 
 

@@ -142,19 +142,20 @@ def deploy_recommend(s: Settings, p: Paths, repo: Path, gpt4rec: ModelMetadata) 
         tables = fallback_tables(p, gpt4rec.n_items, s.policy)
     except FileNotFoundError as exc:
         return {"skipped": str(exc)}
+    rules = policy_rules(s.policy)
     config = repo / RECOMMEND / "config.pbtxt"
     old = _old_text(config)
     write_recommend_config(
         repo, top_k=gpt4rec.top_k, n_items=gpt4rec.n_items, max_batch_size=s.serve.max_batch_size,
         gpt4rec_model=s.serve.model_name, gpt4rec_max_len=gpt4rec.max_len,
         gpt4rec_max_batch_size=s.serve.max_batch_size, warm_min_interactions=WARM_MIN_INTERACTIONS,
-        rules_recent_items=s.rules.recent_items, rules_decay=s.rules.decay, policy=policy_rules(s.policy),
+        rules_recent_items=s.rules.recent_items, rules_decay=s.rules.decay, policy=rules,
         max_cart_items=s.policy.max_cart_items, blends=s.placements.blends(), instance_count=s.serve.instance_count)
     written = write_recommend_version(repo, tables, metadata={
         "gpt4rec_model": s.serve.model_name, "n_items": gpt4rec.n_items, "top_k": gpt4rec.top_k,
         "rules": tables.rules is not None, "n_rules": int(tables.rules.nnz) if tables.rules is not None else 0,
         "popularity": str(p.models / "popularity"), "features": str(p.features),
-        "policy": {"checks": policy_rules(s.policy).checks(), "molecules": tables.policy.n_molecules,
+        "policy": {"checks": rules.checks(), "molecules": tables.policy.n_molecules,
                    "interacting_pairs": len(tables.policy.interacting_pairs),
                    "rx_required": int(tables.policy.rx_required.sum()), "restricted": int(tables.policy.restricted.sum()),
                    "unavailable": int(tables.policy.unavailable.sum()),
@@ -162,7 +163,7 @@ def deploy_recommend(s: Settings, p: Paths, repo: Path, gpt4rec: ModelMetadata) 
         "placements": s.placements.blends(),
         "products_with_substitutes": 0 if tables.placements is None else int(
             (np.diff(tables.placements.substitute_indptr) > 0).sum())})
-    return _summary(written, config, old, rules=tables.rules is not None, policy=policy_rules(s.policy).checks())
+    return _summary(written, config, old, rules=tables.rules is not None, policy=rules.checks())
 
 
 def deploy_companions(s: Settings, p: Paths, repo: Path, gpt4rec_dir: Path) -> dict[str, dict[str, Any]]:

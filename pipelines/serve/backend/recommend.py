@@ -54,6 +54,7 @@ Negative ids are caller bugs (padding is 0) and get an INVALID_ARG error.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -125,17 +126,20 @@ def _ids(request: object, name: str, required: bool) -> tuple[np.ndarray | None,
 class _Row(ServedList):
     """One session being answered: what is known about it, and the list being built (ServedList)."""
 
-    __slots__ = ("cart", "kinds", "known", "personal", "placement", "unknown", "warm")
+    __slots__ = ("cart", "kinds", "known", "model_items", "personal", "placement", "unknown", "warm")
 
-    def __init__(self, known: np.ndarray, unknown: np.ndarray, exclude: np.ndarray, warm: bool,
+    def __init__(self, known: np.ndarray, unknown: np.ndarray, exclude: np.ndarray,
                  kinds: np.ndarray | None = None, policy: SafetyPolicy | None = None, context: object = None,
                  placement: str = "home", cart: np.ndarray | None = None) -> None:
         super().__init__(exclude, policy, context)
-        self.known, self.unknown, self.warm = known, unknown, warm
+        self.known, self.unknown = known, unknown
         self.kinds = kinds  # event kind of each known item (None: the caller sent none)
         self.placement = placement
         self.cart = np.zeros(0, np.int64) if cart is None else cart  # known cart items, in the order sent
+        # What gpt4rec reads: the session, and on the cart page the cart after it (added to cart last).
+        self.model_items = np.concatenate([known, self.cart]) if placement == "cart" else known
         self.personal: tuple[np.ndarray, np.ndarray] | None = None  # gpt4rec's offerable top-k, once asked
+        self.warm = False  # gpt4rec has learned at least one of model_items (set by the model, which knows)
 
 
 class TritonPythonModel:
@@ -163,11 +167,16 @@ class TritonPythonModel:
 
         folder = model.folder("popularity.npy")
 
-        def table(name: str) -> np.ndarray:
+        def table(name: str, load: Any = None) -> Any:
+            """A table file of this version folder (np.load, or a tables class's load); a clear error if absent
+            or unusable, so a version without its safety tables never serves."""
             path = folder / name
             if not path.is_file():
                 raise pb_utils.TritonModelException(f"{self.name}: {name} not found in {folder}")
-            return np.load(path, allow_pickle=False)
+            try:
+                return load(path) if load else np.load(path, allow_pickle=False)
+            except ValueError as exc:
+                raise pb_utils.TritonModelException(f"{self.name}: {exc}") from exc
 
         self.popularity = table("popularity.npy").astype(np.float32)
         self.interactions = table("interactions.npy").astype(np.int64)
@@ -189,21 +198,13 @@ class TritonPythonModel:
                               z["data"].astype(np.float32))
             if len(self.rules[0]) != self.n_items + 2:
                 raise pb_utils.TritonModelException(f"{self.name}: rules.npz does not cover n_items={self.n_items}")
-        if not (folder / POLICY_FILE).is_file():
-            raise pb_utils.TritonModelException(f"{self.name}: {POLICY_FILE} not found in {folder}: without the "
-                                                "safety policy's tables this version may not serve")
-        try:
-            tables = SafetyTables.load(folder / POLICY_FILE)
-        except ValueError as exc:
-            raise pb_utils.TritonModelException(f"{self.name}: {exc}") from exc
+        tables = table(POLICY_FILE, SafetyTables.load)
         if tables.n_items != self.n_items:
             raise pb_utils.TritonModelException(
                 f"{self.name}: {POLICY_FILE} covers {tables.n_items} items, the tables {self.n_items}")
         self.policy = SafetyPolicy(tables, self.rules_of_policy)
-        if not (folder / PLACEMENTS_FILE).is_file():
-            raise pb_utils.TritonModelException(f"{self.name}: {PLACEMENTS_FILE} not found in {folder}")
+        self.placement_tables = table(PLACEMENTS_FILE, PlacementTables.load)
         try:
-            self.placement_tables = PlacementTables.load(folder / PLACEMENTS_FILE)
             self.blends = {name: parse_blend(param(f"placement_{name}", str)) for name in PLACEMENTS}
         except ValueError as exc:
             raise pb_utils.TritonModelException(f"{self.name}: {exc}") from exc
@@ -286,7 +287,7 @@ class TritonPythonModel:
         """One BLS call per max_batch warm sessions; failed calls leave the rows to the fallbacks."""
         for lo in range(0, len(rows), self.max_batch):
             chunk = rows[lo:lo + self.max_batch]
-            latest = [self._model_items(row)[-self.max_len:] for row in chunk]
+            latest = [row.model_items[-self.max_len:] for row in chunk]
             batch = np.zeros((len(chunk), max(len(x) for x in latest)), dtype=np.int64)
             kinds = None
             if any(row.kinds is not None for row in chunk):
@@ -305,11 +306,6 @@ class TritonPythonModel:
             offerable[offerable] = self.catalogue[ids[offerable]]  # never a product no longer sold
             for r, row in enumerate(chunk):
                 row.personal = (ids[r][offerable[r]], scores[r][offerable[r]])
-
-    @staticmethod
-    def _model_items(row: _Row) -> np.ndarray:
-        """What gpt4rec reads: the session, and on the cart page the cart after it (added to cart last)."""
-        return np.concatenate([row.known, row.cart]) if row.placement == "cart" else row.known
 
     @staticmethod
     def _model_kinds(row: _Row) -> np.ndarray:
@@ -371,13 +367,12 @@ class TritonPythonModel:
             exclude = np.union1d(known, cart_items)
             if self.filter_purchased:
                 exclude = np.union1d(exclude, bought)
-            model_items = np.concatenate([known, cart_items]) if placement == "cart" else known
-            warm = bool(len(model_items)) and bool((self.interactions[model_items] >= self.warm_min).any())
             if placement == "product" and len(known):  # the product page of an rx medicine: its molecules count
                 records = np.union1d(records, known[-1:])  # (substitutes may show; other rx products may not)
             context = self.policy.context(session=known, cart=cart_items, records=records)
-            rows.append(_Row(known, items[unknown_mask], exclude, warm, known_kinds, self.policy, context,
-                             placement, cart_items))
+            row = _Row(known, items[unknown_mask], exclude, known_kinds, self.policy, context, placement, cart_items)
+            row.warm = bool(len(row.model_items)) and bool((self.interactions[row.model_items] >= self.warm_min).any())
+            rows.append(row)
         return rows
 
     def _response(self, rows: list[_Row]) -> object:
