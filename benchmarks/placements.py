@@ -15,6 +15,8 @@ rules fire, the learned models when the request holds a warm item (the served ro
 WARM_MIN_INTERACTIONS), the static list always; for the blend, when its sources other than the
 static list fill at least half the list.
 The test split's target is never read: requests are built from the histories before it.
+The search placement is not simulated: the world's users browse and buy but type no queries (its
+retrieval is measured in tests/pharmacy/test_search.py and through the server).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import typer
 PLACEMENT_FAMILIES = ("popularity", "mf", "rules", "ncf", "gpt4rec")
 BLENDED = "blended (served)"
 CART_ITEMS = 2  # the cart page: the history's latest items are in the cart
+SIMULATED_PLACEMENTS = ("home", "product", "cart")  # the simulated users browse; none types a search query
 CANDIDATES = 200  # per family and request: best-scored items the policy and exclusions choose from
 
 
@@ -98,7 +101,7 @@ def run_placements(users: int, overrides: list[str], out_dir: Path | None = None
     from pipelines.evaluate import metrics
     from pipelines.evaluate.slices import training_interactions
     from pipelines.pharmacy.catalogue import build_placement_tables
-    from pipelines.pharmacy.served import PLACEMENTS, SafetyPolicy, ServedList, fill_blend, parse_blend
+    from pipelines.pharmacy.served import SafetyPolicy, ServedList, fill_blend, parse_blend
     from pipelines.repository.companions import policy_rules, safety_tables
     from pipelines.repository.models import WARM_MIN_INTERACTIONS
 
@@ -135,7 +138,7 @@ def run_placements(users: int, overrides: list[str], out_dir: Path | None = None
 
     rows: dict[str, dict[str, dict[str, float]]] = {}
     timings: dict[str, float] = {}
-    for placement in PLACEMENTS:
+    for placement in SIMULATED_PLACEMENTS:
         shaped = [_shape(q, placement) for q in requests]
         model_inputs = [np.concatenate([s, c]) for s, c in shaped]  # the cart page reads the cart last
         lists: dict[str, dict[int, list[int]]] = {}
@@ -180,7 +183,7 @@ def run_placements(users: int, overrides: list[str], out_dir: Path | None = None
     out_dir = out_dir or REPORTS
     _plot(rows, out_dir / "placements.png")
     payload = {"dataset": name, "users": len(requests), "k": k, "candidates_per_family": CANDIDATES,
-               "blends": settings.placements.blends(), "policy": policy.rules.checks(),
+               "blends": {p: b for p, b in settings.placements.blends().items() if p in SIMULATED_PLACEMENTS}, "policy": policy.rules.checks(),
                "seconds_per_placement": timings, "placements": rows}
     return write_report("placements", payload, _markdown(payload), out_dir)
 

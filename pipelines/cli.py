@@ -236,8 +236,11 @@ def recommend(
                                            "purchase record lets prescription-only products of its molecules through)")] = "",
     cart: Annotated[str, typer.Option(help="comma-separated item ids in the cart now")] = "",
     prescribed: Annotated[str, typer.Option(help="comma-separated item ids the user holds a prescription for")] = "",
-    placement: Annotated[str, typer.Option(help="home, product (the viewed product is the session's latest item) "
-                                           "or cart: each blends its own sources (params.yaml placements)")] = "home",
+    placement: Annotated[str, typer.Option(help="home, product (the viewed product is the session's latest item), "
+                                           "cart or search (with --query): each blends its own sources "
+                                           "(params.yaml placements)")] = "home",
+    query: Annotated[str, typer.Option(help="what the search placement looks for, e.g. 'metformin 500'; "
+                                       "typos are tolerated")] = "",
     events: Annotated[str, typer.Option(help="comma-separated event kind per session item, e.g. "
                                         "view,add_to_cart,purchase (view|click|add_to_cart|purchase|0-4)")] = "",
     model: Annotated[str, typer.Option(help="recommend (entry point with fallbacks) or gpt4rec (raw model)")] = (
@@ -253,10 +256,13 @@ def recommend(
     in_cart, rx = _id_list(cart, "--cart"), _id_list(prescribed, "--prescribed")
     kinds = _event_list(events, len(items))
     endpoint = _endpoint(url, protocol)
+    if query and placement != "search":
+        _fail(f"--query is read by the search placement only; add --placement search (not {placement!r})")
     if model == "recommend":
         (answer,) = _ask_server(lambda: recommend_session(
             [items], purchased=[bought] if bought else None, kinds=kinds, cart=[in_cart] if in_cart else None,
-            prescribed=[rx] if rx else None, placement=placement, url=endpoint, protocol=protocol), model)
+            prescribed=[rx] if rx else None, placement=placement, query=query if placement == "search" else None,
+            url=endpoint, protocol=protocol), model)
         ids, scores = answer.item_ids, answer.scores
         typer.echo(f"source: {answer.source}" + (f"  (dropped unknown ids {answer.unknown_ids})"
                                                  if answer.unknown_ids else ""))
@@ -265,9 +271,9 @@ def recommend(
         if answer.short_reason:
             typer.echo(f"short list: {answer.short_reason}")
     else:
-        if protocol != "http" or bought or in_cart or rx or placement != "home":
-            _fail("--model gpt4rec is the raw model, asked over HTTP without --purchased, --cart, --prescribed or "
-                  "--placement and without the safety policy; use the recommend entry point for those")
+        if protocol != "http" or bought or in_cart or rx or placement != "home" or query:
+            _fail("--model gpt4rec is the raw model, asked over HTTP without --purchased, --cart, --prescribed, "
+                  "--placement or --query and without the safety policy; use the recommend entry point for those")
         ((ids, scores),) = _ask_server(lambda: ask_gpt4rec([items], url=endpoint, model_name=model, kinds=kinds),
                                        model)
     why = answer.reasons if model == "recommend" else []

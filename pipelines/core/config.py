@@ -166,7 +166,7 @@ class PolicySettings(ParamsSection):
     max_cart_items: int = Field(500, ge=1)
 
 
-PlacementSource = Literal["personal", "complements", "substitutes", "popular"]
+PlacementSource = Literal["personal", "complements", "substitutes", "matches", "popular"]
 
 
 class PlacementsSettings(ParamsSection):
@@ -175,11 +175,20 @@ class PlacementsSettings(ParamsSection):
     home: dict[PlacementSource, Annotated[int, Field(ge=1)]] = {"personal": 10, "complements": 10}
     product: dict[PlacementSource, Annotated[int, Field(ge=1)]] = {"substitutes": 4, "personal": 6}
     cart: dict[PlacementSource, Annotated[int, Field(ge=1)]] = {"complements": 6, "personal": 4}
+    search: dict[PlacementSource, Annotated[int, Field(ge=1)]] = {"matches": 10, "personal": 10}
 
     def blends(self) -> dict[str, str]:
         """placement -> "source:slots,..." (the recommend config parameters placement_<name>)."""
         return {name: ",".join(f"{source}:{slots}" for source, slots in getattr(self, name).items())
                 for name in type(self).model_fields}
+
+
+class SearchSettings(ParamsSection):
+    """The search placement: how many of the query's products the personal model re-ranks, and by how much."""
+
+    candidates: int = Field(50, ge=1)  # best text matches the re-rank reads
+    personal_weight: float = Field(0.5, ge=0)  # bonus of the personal model's top pick (relevance is 0..1)
+    max_query_bytes: int = Field(256, ge=16, le=4096)  # a longer query is refused
 
 
 class GateSettings(ParamsSection):
@@ -281,6 +290,7 @@ class Settings(ParamsSection):
     serve: ServeSettings = ServeSettings()
     policy: PolicySettings = PolicySettings()
     placements: PlacementsSettings = PlacementsSettings()
+    search: SearchSettings = SearchSettings()
     gate: GateSettings = GateSettings()
     gpu: GpuSettings = GpuSettings()
     service_retries: ServiceRetrySettings = ServiceRetrySettings()

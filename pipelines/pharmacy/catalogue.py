@@ -1,4 +1,4 @@
-"""Build the placements' tables from the catalogue: names, prices, generics and substitutes.
+"""Build the placements' tables from the catalogue: names, prices, generics, substitutes, the search index.
 
 A substitute of a product has the same molecules at the same strengths (pipelines/data/text
 composition_parts, so spelling variants meet) from another manufacturer; a product's substitutes are
@@ -14,7 +14,11 @@ import numpy as np
 import pandas as pd
 
 from pipelines.data.text import composition_parts, field_values, is_missing
+from pipelines.pharmacy.search import SearchIndex, build_search_index
 from pipelines.pharmacy.served import MAX_SUBSTITUTES, PlacementTables, csr_rows
+
+#: What a search query is matched against: what a customer types (a brand, a molecule, a maker, an ailment).
+SEARCH_FIELDS = ("name", "composition", "manufacturer", "therapeutic_class", "uses")
 
 
 def _column(catalogue: pd.DataFrame, name: str) -> np.ndarray:
@@ -52,3 +56,19 @@ def build_placement_tables(catalogue: pd.DataFrame, n_items: int) -> PlacementTa
                 :MAX_SUBSTITUTES]
     indptr, indices = csr_rows(lists, n_items + 1)
     return PlacementTables(np.array(names.tolist(), dtype=str), price, generic, indptr, indices)
+
+
+def search_texts(catalogue: pd.DataFrame, n_items: int) -> list[str]:
+    """Per item id 0..n_items, the words search matches: SEARCH_FIELDS' values ("" outside the catalogue)."""
+    ids = catalogue["item_id"].to_numpy(dtype=np.int64)
+    keep = (ids >= 1) & (ids <= n_items)
+    texts = [""] * (n_items + 1)
+    columns = [_column(catalogue, name)[keep] for name in SEARCH_FIELDS]
+    for item, *values in zip(ids[keep].tolist(), *columns, strict=True):
+        texts[item] = " ".join(str(value) for value in values if not is_missing(value))  # "|" splits words too
+    return texts
+
+
+def build_search(catalogue: pd.DataFrame, n_items: int) -> SearchIndex:
+    """The search placement's index over item ids 0..n_items."""
+    return build_search_index(search_texts(catalogue, n_items), n_items)

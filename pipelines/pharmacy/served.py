@@ -236,9 +236,10 @@ class SafetyPolicy:
 
 
 PLACEMENTS_FILE = "placements.npz"
-PLACEMENTS = ("home", "product", "cart")
-#: The sources a placement can blend (params.yaml `placements`; the items' reason codes).
-SOURCES = ("personal", "complements", "substitutes", "popular")
+PLACEMENTS = ("home", "product", "cart", "search")
+#: The sources a placement can blend (params.yaml `placements`; the items' reason codes). `matches` are the
+#: search query's products (rxrec_search, pipelines/pharmacy/search.py), re-ranked by the personal model.
+SOURCES = ("personal", "complements", "substitutes", "matches", "popular")
 MAX_SUBSTITUTES = 20  # per product, cheapest first
 
 

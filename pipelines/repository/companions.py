@@ -8,7 +8,8 @@ which sizes both models by that gpt4rec version (its n_items, top_k, max_len) an
   rules (artifacts/models/rules, optional: without them the cold path goes straight to
   popularity), the training interactions per item (data/features), the catalogue ids and the
   safety policy's tables (data/validated: composition, rx_required, restricted, in_stock; plus
-  the interaction table of params.yaml `policy.interactions_table`).
+  the interaction table of params.yaml `policy.interactions_table`), the placements' tables and
+  the search index (names, compositions, makers, classes and uses of the validated catalogue).
 
 A model whose inputs are missing is skipped with the reason in the summary, never half-written.
 """
@@ -25,7 +26,7 @@ import scipy.sparse as sp
 from pipelines.core.config import Paths, PolicySettings, Settings
 from pipelines.core.contract import MODEL_FILE, ModelMetadata
 from pipelines.data.schema import CATALOGUE_FILE
-from pipelines.pharmacy.catalogue import build_placement_tables
+from pipelines.pharmacy.catalogue import build_placement_tables, build_search
 from pipelines.pharmacy.served import CHECK_REASONS, PolicyRules, SafetyTables
 from pipelines.pharmacy.tables import DEFAULT_INTERACTIONS, build_safety_tables, read_interactions
 from pipelines.repository.metadata import read_model_metadata
@@ -97,8 +98,9 @@ def fallback_tables(p: Paths, n_items: int, policy: PolicySettings | None = None
         keep = (coo.row < n) & (coo.col < n) & (coo.data != 0)
         rules = sp.csr_matrix((coo.data[keep].astype(np.float32), (coo.row[keep], coo.col[keep])), shape=(n, n))
     placements = None if frame is None else build_placement_tables(frame, n_items)
+    search = None if frame is None else build_search(frame, n_items)
     safety = safety_tables(policy or PolicySettings(), p, frame, n_items)
-    tables = FallbackTables(popularity, interactions, catalogue, rules, safety, placements)
+    tables = FallbackTables(popularity, interactions, catalogue, rules, safety, placements, search)
     tables.check()
     return tables
 
@@ -150,7 +152,9 @@ def deploy_recommend(s: Settings, p: Paths, repo: Path, gpt4rec: ModelMetadata) 
         gpt4rec_model=s.serve.model_name, gpt4rec_max_len=gpt4rec.max_len,
         gpt4rec_max_batch_size=s.serve.max_batch_size, warm_min_interactions=WARM_MIN_INTERACTIONS,
         rules_recent_items=s.rules.recent_items, rules_decay=s.rules.decay, policy=rules,
-        max_cart_items=s.policy.max_cart_items, blends=s.placements.blends(), instance_count=s.serve.instance_count)
+        max_cart_items=s.policy.max_cart_items, blends=s.placements.blends(), search_candidates=s.search.candidates,
+        search_personal_weight=s.search.personal_weight, max_query_bytes=s.search.max_query_bytes,
+        instance_count=s.serve.instance_count)
     written = write_recommend_version(repo, tables, metadata={
         "gpt4rec_model": s.serve.model_name, "n_items": gpt4rec.n_items, "top_k": gpt4rec.top_k,
         "rules": tables.rules is not None, "n_rules": int(tables.rules.nnz) if tables.rules is not None else 0,
@@ -160,7 +164,8 @@ def deploy_recommend(s: Settings, p: Paths, repo: Path, gpt4rec: ModelMetadata) 
                    "rx_required": int(tables.policy.rx_required.sum()), "restricted": int(tables.policy.restricted.sum()),
                    "unavailable": int(tables.policy.unavailable.sum()),
                    "interactions_table": str(interactions_table(s.policy, p))},
-        "placements": s.placements.blends(),
+        "placements": s.placements.blends(), "search": s.search.model_dump(),
+        "search_words": 0 if tables.search is None else len(tables.search.words),
         "products_with_substitutes": 0 if tables.placements is None else int(
             (np.diff(tables.placements.substitute_indptr) > 0).sum())})
     return _summary(written, config, old, rules=tables.rules is not None, policy=rules.checks())

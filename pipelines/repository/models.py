@@ -12,6 +12,8 @@ Beside `gpt4rec` (pipelines/repository/versions.py) the repository holds::
     repo/recommend/<n>/policy.npz           the safety policy's tables (pipelines/pharmacy/tables.py)
     repo/recommend/<n>/rxrec_pharmacy.py    the safety policy, blends, reasons (a copy of pipelines/pharmacy/served.py)
     repo/recommend/<n>/placements.npz       names, prices, generics, substitutes (pipelines/pharmacy/catalogue.py)
+    repo/recommend/<n>/search.npz           the search placement's word and spelling index
+    repo/recommend/<n>/rxrec_search.py      its query code (a copy of pipelines/pharmacy/search.py)
     repo/<model>/<n>/rxrec_backend.py       helpers every backend imports (pipelines/serve/backend/)
 
 Version folders follow the same rules as gpt4rec's: assembled in a hidden temp folder and renamed
@@ -38,7 +40,8 @@ import scipy.sparse as sp
 
 from pipelines.core.config import PlacementsSettings
 from pipelines.core.files import atomic_write_text
-from pipelines.pharmacy import served
+from pipelines.pharmacy import search, served
+from pipelines.pharmacy.search import MAX_QUERY_BYTES, SEARCH_FILE, SearchIndex
 from pipelines.pharmacy.served import (
     MAX_CART_ITEMS,
     PLACEMENTS_FILE,
@@ -66,6 +69,8 @@ SIMILAR_BACKEND_PY = BACKEND_DIR / "similar_items.py"
 RECOMMEND_BACKEND_PY = BACKEND_DIR / "recommend.py"
 PHARMACY_PY = Path(served.__file__)  # copied as rxrec_pharmacy.py: the backend imports it by that name
 PHARMACY_MODULE_FILE = "rxrec_pharmacy.py"
+SEARCH_PY = Path(search.__file__)  # copied as rxrec_search.py (it imports rxrec_pharmacy beside it)
+SEARCH_MODULE_FILE = "rxrec_search.py"
 
 # Tensor names (the backends repeat them: they run in Triton's environment, not this package's).
 SIMILAR_INPUT = "item_id"  # int64 [batch, 1]
@@ -73,7 +78,8 @@ SESSION_INPUT = "session_ids"  # int64 [batch, seq], 0 = padding; [[0]] is an em
 PURCHASED_INPUT = "purchased_ids"  # optional int64 [batch, n], 0 = padding
 CART_INPUT = "cart_ids"  # optional int64 [batch, n]: the cart now, 0 = padding
 PRESCRIBED_INPUT = "prescribed_ids"  # optional int64 [batch, n]: products the user holds a prescription for
-PLACEMENT_INPUT = "placement"  # optional BYTES [batch, 1]: home (default), product, cart
+PLACEMENT_INPUT = "placement"  # optional BYTES [batch, 1]: home (default), product, cart, search
+QUERY_INPUT = "query"  # optional BYTES [batch, 1]: the search placement's free text
 EVENT_TYPES_INPUT = "event_types"  # optional int64, shape of session_ids: event kind codes, 0 = unknown
 OUTPUT_IDS = "item_ids"
 OUTPUT_SCORES = "scores"
@@ -187,6 +193,9 @@ def write_recommend_config(
     policy: PolicyRules | None = None,
     max_cart_items: int = MAX_CART_ITEMS,
     blends: Mapping[str, str] | None = None,
+    search_candidates: int = 50,
+    search_personal_weight: float = 0.5,
+    max_query_bytes: int = MAX_QUERY_BYTES,
     instance_count: int = 1,
     max_queue_delay_us: int = 500,
     model_name: str = RECOMMEND,
@@ -196,8 +205,8 @@ def write_recommend_config(
     The parameters tell the backend which model to call (``gpt4rec_model``, whose
     ``gpt4rec_max_len`` and ``gpt4rec_max_batch_size`` it respects), whether ``purchased_ids`` are
     filtered out, when a session counts as cold, how rules are fired (as in params.yaml `rules`) and
-    which safety checks apply (params.yaml `policy`; all of them by default) and what each placement
-    blends (params.yaml `placements`, as "source:slots,...").
+    which safety checks apply (params.yaml `policy`; all of them by default), what each placement
+    blends (params.yaml `placements`, as "source:slots,...") and how search re-ranks (params.yaml `search`).
     """
     blends = dict(blends or PlacementsSettings().blends())
     for name, text in blends.items():
@@ -210,10 +219,13 @@ def write_recommend_config(
     for name, value in [("top_k", top_k), ("n_items", n_items), ("gpt4rec_max_len", gpt4rec_max_len),
                         ("gpt4rec_max_batch_size", gpt4rec_max_batch_size),
                         ("warm_min_interactions", warm_min_interactions),
-                        ("rules_recent_items", rules_recent_items), ("max_cart_items", max_cart_items)]:
+                        ("rules_recent_items", rules_recent_items), ("max_cart_items", max_cart_items),
+                        ("search_candidates", search_candidates), ("max_query_bytes", max_query_bytes)]:
         _positive(name, value)
     if not 0 < rules_decay <= 1:
         raise ValueError(f"rules_decay must be in (0, 1], got {rules_decay}")
+    if search_personal_weight < 0:
+        raise ValueError(f"search_personal_weight must be >= 0, got {search_personal_weight}")
     text = _config_text(
         model_name, max_batch_size=max_batch_size, instance_count=instance_count,
         max_queue_delay_us=max_queue_delay_us, num_versions=1,
@@ -222,7 +234,8 @@ def write_recommend_config(
                 _tensor(EVENT_TYPES_INPUT, "TYPE_INT64", "-1", optional=True),
                 _tensor(CART_INPUT, "TYPE_INT64", "-1", optional=True),
                 _tensor(PRESCRIBED_INPUT, "TYPE_INT64", "-1", optional=True),
-                _tensor(PLACEMENT_INPUT, "TYPE_STRING", "1", optional=True)],
+                _tensor(PLACEMENT_INPUT, "TYPE_STRING", "1", optional=True),
+                _tensor(QUERY_INPUT, "TYPE_STRING", "1", optional=True)],
         outputs=[_tensor(OUTPUT_IDS, "TYPE_INT64", str(top_k)), _tensor(OUTPUT_SCORES, "TYPE_FP32", str(top_k)),
                  _tensor(OUTPUT_SOURCE, "TYPE_STRING", "1"), _tensor(OUTPUT_UNKNOWN, "TYPE_INT64", "-1"),
                  _tensor(OUTPUT_REMOVED, "TYPE_INT64", str(len(served.REASONS))),
@@ -233,7 +246,8 @@ def write_recommend_config(
                 "filter_purchased": str(bool(filter_purchased)).lower(),
                 "warm_min_interactions": warm_min_interactions, "rules_recent_items": rules_recent_items,
                 "rules_decay": rules_decay, "max_cart_items": max_cart_items,
-                "policy_checks": (policy or PolicyRules()).checks(),
+                "policy_checks": (policy or PolicyRules()).checks(), "search_candidates": search_candidates,
+                "search_personal_weight": search_personal_weight, "max_query_bytes": max_query_bytes,
                 **{f"placement_{name}": text for name, text in blends.items()}},
     )
     path = Path(repo) / model_name / "config.pbtxt"
@@ -359,6 +373,7 @@ class FallbackTables:
     rules: sp.csr_matrix | None  # float32 [n + 1, n + 1]: rule A -> B score, or None (no rules tier)
     policy: SafetyTables | None = None  # None: permissive tables (no catalogue flags; say so where it happens)
     placements: PlacementTables | None = None  # None: no names, prices or substitutes (no catalogue)
+    search: SearchIndex | None = None  # None: nothing to search (no catalogue)
 
     @property
     def n_items(self) -> int:
@@ -378,16 +393,20 @@ class FallbackTables:
             raise ValueError(f"policy tables cover {self.policy.n_items} items, popularity {n - 1}")
         if self.placements is not None and len(self.placements.names) != n:
             raise ValueError(f"placement tables cover {len(self.placements.names) - 1} items, popularity {n - 1}")
+        if self.search is not None and int(self.search.n_items) != n - 1:
+            raise ValueError(f"search index covers {int(self.search.n_items)} items, popularity {n - 1}")
 
     def files(self) -> dict[str, bytes]:
-        """The version-folder files: popularity.npy, interactions.npy, catalogue.npy, policy.npz, rules.npz."""
+        """The version-folder files: popularity.npy, interactions.npy, catalogue.npy, policy.npz, placements.npz,
+        search.npz and (with rules) rules.npz."""
         self.check()
         policy = self.policy if self.policy is not None else SafetyTables.permissive(self.n_items)
         placements = self.placements if self.placements is not None else PlacementTables.empty(self.n_items)
         out = {"popularity.npy": _npy(np.asarray(self.popularity, dtype=np.float32)),
                "interactions.npy": _npy(np.asarray(self.interactions, dtype=np.int64)),
                "catalogue.npy": _npy(np.asarray(self.catalogue, dtype=bool)), POLICY_FILE: policy.to_bytes(),
-               PLACEMENTS_FILE: placements.to_bytes()}
+               PLACEMENTS_FILE: placements.to_bytes(),
+               SEARCH_FILE: (self.search if self.search is not None else SearchIndex.empty(self.n_items)).to_bytes()}
         if self.rules is not None:
             rules = sp.csr_matrix(self.rules, dtype=np.float32)
             rules.sort_indices()
@@ -401,6 +420,6 @@ def write_recommend_version(
 ) -> VersionWritten:
     """A recommend version: the BLS backend as model.py and the fallback tables."""
     files: dict[str, FileContent] = {"model.py": RECOMMEND_BACKEND_PY, BACKEND_COMMON_PY.name: BACKEND_COMMON_PY,
-                                     PHARMACY_MODULE_FILE: PHARMACY_PY,
+                                     PHARMACY_MODULE_FILE: PHARMACY_PY, SEARCH_MODULE_FILE: SEARCH_PY,
                                      **tables.files()}
     return write_model_version(repo, model_name, files, metadata=metadata)

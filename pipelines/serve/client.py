@@ -262,14 +262,15 @@ class Recommendation:
     unknown_ids: list[int]  # session ids the server dropped as unknown
     policy_removed: dict[str, int] = field(default_factory=dict)  # safety policy reason -> candidates removed
     short_reason: str = ""  # "" for a full list; why fewer than k items came back otherwise
-    reason_codes: list[str] = field(default_factory=list)  # per item: personal, complements, substitutes, popular
+    reason_codes: list[str] = field(default_factory=list)  # per item: personal, complements, substitutes, matches,
+    # popular
     reasons: list[str] = field(default_factory=list)  # per item, why in words
 
 
 def session_inputs(sessions: list[list[int]], *, purchased: list[list[int]] | None = None,
                    kinds: list[list[EventKind]] | None = None, cart: list[list[int]] | None = None,
-                   prescribed: list[list[int]] | None = None,
-                   placement: str | list[str] | None = None) -> dict[str, np.ndarray]:
+                   prescribed: list[list[int]] | None = None, placement: str | list[str] | None = None,
+                   query: str | list[str] | None = None) -> dict[str, np.ndarray]:
     """The inputs of the `recommend` entry point; ValueError (saying what to change) for caller bugs."""
     batch = _ids_matrix(sessions, "session")
     inputs = {"session_ids": batch}
@@ -292,6 +293,14 @@ def session_inputs(sessions: list[list[int]], *, purchased: list[list[int]] | No
         if unknown:
             raise ValueError(f"placement {unknown[0]!r} is not one of {list(PLACEMENTS)}")
         inputs["placement"] = np.array([[n.encode()] for n in names], dtype=np.object_)
+    if query is not None:  # the server checks the text itself (empty, too long, not UTF-8) and says which row
+        if placement is None:
+            raise ValueError("a query goes with placement='search' (one placement per session)")
+        texts = [query] * len(batch) if isinstance(query, str) else list(query)
+        if len(texts) != len(batch) or not all(isinstance(t, str) for t in texts):
+            raise ValueError(f"query must be one text or one per session ({len(batch)}; '' off search), got {query!r}")
+        inputs["query"] = np.array([[t.encode() if name == "search" else b""] for t, name in zip(texts, names)],
+                                   dtype=np.object_)
     return inputs
 
 
@@ -303,6 +312,7 @@ def recommend_session(
     cart: list[list[int]] | None = None,
     prescribed: list[list[int]] | None = None,
     placement: str | list[str] | None = None,
+    query: str | list[str] | None = None,
     url: str | None = None,
     protocol: Protocol = "http",
     model_name: str = "recommend",
@@ -315,10 +325,11 @@ def recommend_session(
     `cart` is what each session has in its cart now; `prescribed` the products its user holds a
     prescription for. Purchases and prescriptions are the records that let a prescription-only
     product of the same molecules be recommended (docs/pharmacy.md). `placement` (one for all, or one
-    per session): home (default), product (the viewed product is the session's latest item) or cart.
+    per session): home (default), product (the viewed product is the session's latest item), cart or
+    search, whose free text is `query` (one for all, or one per session; ignored off search).
     """
     inputs = session_inputs(sessions, purchased=purchased, kinds=kinds, cart=cart, prescribed=prescribed,
-                            placement=placement)
+                            placement=placement, query=query)
     batch = inputs["session_ids"]
     out = _infer(model_name, inputs, ["item_ids", "scores", "source", "unknown_ids", "policy_removed", "short_reason",
                                      "reason_codes", "reasons"],

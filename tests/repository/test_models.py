@@ -11,10 +11,12 @@ import pytest
 import scipy.sparse as sp
 
 from pipelines.core.config import Paths
+from pipelines.pharmacy.search import SearchIndex
 from pipelines.pharmacy.served import SafetyTables
 from pipelines.repository.models import (
     PHARMACY_PY,
     RECOMMEND_BACKEND_PY,
+    SEARCH_PY,
     SIMILAR_BACKEND_PY,
     FallbackTables,
     fingerprint,
@@ -122,9 +124,12 @@ def test_recommend_version_holds_backend_and_pickle_free_tables(tmp_path: Path) 
     written = write_recommend_version(tmp_path, _tables(), metadata={"n_items": 6})
     names = sorted(p.name for p in written.path.iterdir())
     assert names == ["catalogue.npy", "interactions.npy", "lineage.json", "model.py", "placements.npz", "policy.npz",
-                     "popularity.npy", "rules.npz", "rxrec_backend.py", "rxrec_pharmacy.py"]
+                     "popularity.npy", "rules.npz", "rxrec_backend.py", "rxrec_pharmacy.py", "rxrec_search.py",
+                     "search.npz"]
     assert (written.path / "model.py").read_bytes() == RECOMMEND_BACKEND_PY.read_bytes()
     assert (written.path / "rxrec_pharmacy.py").read_bytes() == PHARMACY_PY.read_bytes()
+    assert (written.path / "rxrec_search.py").read_bytes() == SEARCH_PY.read_bytes()
+    assert len(SearchIndex.load(written.path / "search.npz").words) == 0, "no catalogue: an empty index, same size"
     assert SafetyTables.load(written.path / "policy.npz").n_items == 6, "no catalogue: permissive tables, same size"
     with np.load(written.path / "rules.npz", allow_pickle=False) as z:
         loaded = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=(7, 7))

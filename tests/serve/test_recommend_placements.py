@@ -9,7 +9,8 @@ independent reading of the catalogue text and the CSV (not the policy's code): n
 product without a record of its molecules (on a product page, the viewed product's molecules count),
 no interacting pair with the session or cart, nothing restricted or out of stock, no molecule twice in
 the cart, every list full or saying why not, every item with a reason. Substitutes are checked against
-the world's ground truth (same molecules and strengths), cheapest first.
+the world's ground truth (same molecules and strengths), cheapest first. Search queries are the world's
+brands (some with a typo), molecules and uses: the same rules hold, and a misspelt brand finds its product.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pytest
 from pipelines.core.config import DataSettings
 from pipelines.data.generate import generate_world
 from pipelines.models.rules import AssociationRules, RulesSettings
-from pipelines.pharmacy.catalogue import build_placement_tables
+from pipelines.pharmacy.catalogue import build_placement_tables, build_search
 from pipelines.pharmacy.served import PolicyRules
 from pipelines.pharmacy.tables import DEFAULT_INTERACTIONS, build_safety_tables, read_interactions
 from pipelines.repository.models import FallbackTables, write_recommend_config, write_recommend_version
@@ -88,7 +89,7 @@ def served(triton: TritonServer, world, tmp_path_factory):
     rules = AssociationRules.from_histories(histories, n, RulesSettings()).rules
     tables = FallbackTables(counts.astype(np.float32), counts.astype(np.int64), np.r_[False, np.ones(n, bool)], rules,
                             build_safety_tables(world.catalogue, n, read_interactions(DEFAULT_INTERACTIONS)),
-                            build_placement_tables(world.catalogue, n))
+                            build_placement_tables(world.catalogue, n), build_search(world.catalogue, n))
     write_recommend_config(repo, top_k=K, n_items=n, max_batch_size=BATCH, gpt4rec_model="gpt4rec_policy",
                            gpt4rec_max_len=20, gpt4rec_max_batch_size=BATCH, model_name="recommend_policy")
     write_recommend_version(repo, tables, metadata={}, model_name="recommend_policy")
@@ -100,8 +101,39 @@ def served(triton: TritonServer, world, tmp_path_factory):
         yield server
 
 
+def with_typo(word: str, rng: np.random.Generator) -> str:
+    """The word with one letter dropped, changed or swapped with its neighbour."""
+    i = int(rng.integers(0, len(word) - 1))
+    kind = int(rng.integers(0, 3))
+    if kind == 0:
+        return word[:i] + word[i + 1:]
+    if kind == 1:
+        return word[:i] + ("z" if word[i] != "z" else "y") + word[i + 1:]
+    return word[:i] + word[i + 1] + word[i] + word[i + 2:]
+
+
+def search_queries(world, rng: np.random.Generator, n: int) -> list[str]:
+    """What customers type: a brand (half of them with a typo) and its strength, a molecule, or a use."""
+    catalogue = world.catalogue
+    brands = catalogue["name"].str.split().tolist()
+    molecule_names = sorted({m for c in catalogue["composition"].dropna() for m in molecules(c)})
+    uses = sorted({u for text in catalogue["uses"].dropna() for u in text.split("|")})
+    queries = []
+    for _ in range(n):
+        kind = rng.integers(0, 3)
+        if kind == 0:
+            brand, *rest = brands[int(rng.integers(0, len(brands)))]
+            word = with_typo(brand.lower(), rng) if rng.random() < 0.5 and len(brand) > 3 else brand
+            queries.append(" ".join([word, *rest[:-1]]))
+        else:
+            pool = molecule_names if kind == 1 else uses
+            queries.append(pool[int(rng.integers(0, len(pool)))])
+    return queries
+
+
 def simulated_requests(world, rng: np.random.Generator) -> list[dict]:
-    """The world's sessions, each with a random cart and, for some users, purchase or prescription records."""
+    """The world's sessions, each with a random cart and, for some users, purchase or prescription records;
+    each with a search query (read on the search placement only)."""
     sessions = world.events.groupby("session_id")["item_id"].agg(list).tolist()
     catalogue = world.catalogue
     rx_items = catalogue.loc[catalogue["rx_required"], "item_id"].to_numpy()
@@ -113,6 +145,8 @@ def simulated_requests(world, rng: np.random.Generator) -> list[dict]:
         purchased = rng.choice(rx_items, size=int(rng.integers(1, 4))).tolist() if rng.random() < 0.3 else []
         prescribed = rng.choice(rx_items, size=int(rng.integers(1, 3))).tolist() if rng.random() < 0.2 else []
         requests.append({"session": session, "cart": cart, "purchased": purchased, "prescribed": prescribed})
+    for q, query in zip(requests, search_queries(world, rng, len(requests)), strict=True):
+        q["query"] = query
     return requests
 
 
@@ -178,13 +212,14 @@ def serve_requests(server, requests: list[dict], placement: str, checker: Checke
         answers = recommend_session([q["session"] for q in chunk], cart=[q["cart"] for q in chunk],
                                     purchased=[q["purchased"] for q in chunk],
                                     prescribed=[q["prescribed"] for q in chunk], placement=placement,
+                                    query=[q["query"] for q in chunk] if placement == "search" else None,
                                     url=server.url, model_name=model, timeout_s=60)
         for q, answer in zip(chunk, answers, strict=True):
             checker.check(q, answer, placement)
     return time.perf_counter() - started
 
 
-@pytest.mark.parametrize("placement", ["home", "product", "cart"])
+@pytest.mark.parametrize("placement", ["home", "product", "cart", "search"])
 def test_ten_thousand_served_lists_per_placement_break_no_pharmacy_rule(served, world, placement):
     checker = Checker(world)
     elapsed = serve_requests(served, simulated_requests(world, np.random.default_rng(11)), placement, checker,
@@ -197,7 +232,7 @@ def test_ten_thousand_served_lists_per_placement_break_no_pharmacy_rule(served, 
     assert set(checker.removed) == {"restricted", "unavailable", "rx_without_record", "interacts", "duplicate_molecule"}
     assert checker.rx_shown > 0, "a record of the molecule must let prescription-only products through"
     assert checker.codes >= {"product": {"substitutes", "personal"}, "cart": {"complements", "personal"},
-                             "home": {"personal", "complements"}}[placement], checker.codes
+                             "home": {"personal", "complements"}, "search": {"matches"}}[placement], checker.codes
 
 
 def test_the_checker_finds_what_a_recommend_without_the_policy_shows(served, world):
@@ -244,7 +279,7 @@ def test_an_unknown_placement_is_refused_and_names_the_placements(served):
 
     from pipelines.serve.client import session_inputs
 
-    with pytest.raises(ValueError, match=r"placement 'checkout' is not one of \['home', 'product', 'cart'\]"):
+    with pytest.raises(ValueError, match=r"placement 'checkout' is not one of \['home', 'product', 'cart', 'search'\]"):
         recommend_session([[1]], placement="checkout", url=served.url, model_name="recommend_policy")
     inputs = session_inputs([[1]])  # a raw request that skips the client's check reaches the server's
     inputs["placement"] = np.array([[b"checkout"]], dtype=np.object_)
@@ -259,3 +294,49 @@ def test_a_cart_beyond_the_limit_is_refused_and_says_the_limit(served):
 
     with pytest.raises(InferenceServerException, match=r"cart_ids row 0 holds 600 items; a cart holds at most 500"):
         recommend_session([[1]], cart=[list(range(1, 601))], url=served.url, model_name="recommend_policy")
+
+
+def test_a_misspelt_brand_finds_its_product_through_the_server(served, world):
+    """Products any visitor may be shown (not prescription-only, restricted or out of stock), asked for by
+    brand with one typo and the strength from an empty session: the product is among the first 5 matches."""
+    catalogue = world.catalogue
+    open_to_all = catalogue[~catalogue["rx_required"] & ~catalogue["restricted"].fillna(False).astype(bool)
+                            & catalogue["in_stock"].fillna(True).astype(bool)]
+    rng = np.random.default_rng(5)
+    names = catalogue.set_index("item_id")["name"]
+    queries, wanted = [], []
+    for item, name in zip(open_to_all["item_id"], open_to_all["name"], strict=True):
+        brand, *rest = name.split()
+        queries.append(" ".join([with_typo(brand.lower(), rng) if len(brand) > 3 else brand, *rest[:-1]]))
+        wanted.append((int(item), [brand, *rest[:-1]]))
+    hits = 0
+    for lo in range(0, len(queries), BATCH):
+        answers = recommend_session([[] for _ in queries[lo:lo + BATCH]], placement="search",
+                                    query=queries[lo:lo + BATCH], url=served.url, model_name="recommend_policy")
+        for (item, brand_strength), answer, query in zip(wanted[lo:lo + BATCH], answers, queries[lo:lo + BATCH],
+                                                         strict=True):
+            found = [i for i, code in zip(answer.item_ids, answer.reason_codes, strict=False) if code == "matches"][:5]
+            hits += any(i == item or names[i].split()[:-1] == brand_strength for i in found)
+            assert all(answer.reasons[r].startswith(f'matches "{query}"') for r, code in
+                       enumerate(answer.reason_codes) if code == "matches")
+    print(f"search through the server: a misspelt brand found its product in the top 5 for {hits / len(queries):.3f} "
+          f"of {len(queries)} queries")
+    assert len(queries) > 150 and hits / len(queries) >= 0.9
+
+
+@pytest.mark.parametrize(("query", "placement", "said"), [
+    (b"", "search", r"query row 0 is empty"),
+    (b"x" * 10_240, "search", r"query row 0 is 10,240 bytes; a query holds at most 256"),
+    (b"metformin", "home", r"query row 0 is read by the search placement only; row 0 is 'home'"),
+    (None, "search", r"row 0 asks the search placement but the request has no 'query' input"),
+])
+def test_a_bad_query_is_refused_and_says_what_is_wrong(served, query, placement, said):
+    from tritonclient.utils import InferenceServerException
+
+    from pipelines.serve.client import _infer, session_inputs
+
+    inputs = session_inputs([[1]], placement=placement)
+    if query is not None:
+        inputs["query"] = np.array([[query]], dtype=np.object_)
+    with pytest.raises(InferenceServerException, match=said):
+        _infer("recommend_policy", inputs, ["item_ids"], url=served.url, protocol="http", timeout_s=10)

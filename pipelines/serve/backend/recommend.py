@@ -2,7 +2,8 @@
 
 Copied as model.py into every recommend version folder (pipelines/repository/models.py) beside
 its fallback tables: popularity.npy, interactions.npy, catalogue.npy, the safety policy's tables
-policy.npz and placements.npz (read by rxrec_pharmacy.py, a copy of pipelines/pharmacy/served.py) and, when association
+policy.npz and placements.npz (read by rxrec_pharmacy.py, a copy of pipelines/pharmacy/served.py), the search
+index search.npz (read by rxrec_search.py, a copy of pipelines/pharmacy/search.py) and, when association
 rules were trained, rules.npz (CSR arrays indptr/indices/data). Runs inside Triton's Python-backend
 stub in the serving venv: only the standard library, numpy and triton_python_backend_utils.
 
@@ -21,8 +22,10 @@ Inputs (batch dimension first; 0 is padding everywhere):
                                      purchased_ids they are the records that allow a prescription-
                                      only product of the same molecules
   placement      bytes [batch, 1]    optional: home (default), product (the viewed product is the
-                                     session's latest item) or cart; each blends its own sources
+                                     session's latest item), cart or search; each blends its own sources
                                      (config parameters placement_<name>, from params.yaml placements)
+  query          bytes [batch, 1]    the search placement's free text (UTF-8, at most max_query_bytes,
+                                     with a letter or digit); b"" on the rows of other placements
 Outputs:
   item_ids    int64 [batch, k]   best first; -1 pads when fewer than k items can be offered
   scores      float32 [batch, k] the answering source's own score (comparable within a source)
@@ -35,7 +38,7 @@ Outputs:
                                  rx_without_record, interacts, duplicate_molecule)
   short_reason bytes [batch, 1]  b"" for a full list; why it is shorter than k otherwise
   reason_codes bytes [batch, k]  per item the source that placed it: personal, complements,
-                                 substitutes or popular (b"" on padding)
+                                 substitutes, matches or popular (b"" on padding)
   reasons      bytes [batch, k]  per item, why in words: "bought together with X", "same
                                  composition as X, 38% cheaper, generic", ...
 
@@ -85,6 +88,7 @@ from rxrec_pharmacy import (
     parse_blend,
     substitute_reason,
 )
+from rxrec_search import SEARCH_FILE, SearchIndex, query_problem
 
 SESSION_INPUT = "session_ids"
 PURCHASED_INPUT = "purchased_ids"
@@ -100,6 +104,7 @@ OUTPUT_SHORT = "short_reason"
 OUTPUT_REASON_CODES = "reason_codes"
 OUTPUT_REASONS = "reasons"
 PLACEMENT_INPUT = "placement"
+QUERY_INPUT = "query"
 DEFAULT_PLACEMENT = "home"
 ADD_TO_CART_KIND = 3  # the event kind gpt4rec reads for cart items on the cart page
 PERSONAL_TEXT = "picked for this session by the personal model"
@@ -126,13 +131,14 @@ def _ids(request: object, name: str, required: bool) -> tuple[np.ndarray | None,
 class _Row(ServedList):
     """One session being answered: what is known about it, and the list being built (ServedList)."""
 
-    __slots__ = ("cart", "kinds", "known", "model_items", "personal", "placement", "unknown", "warm")
+    __slots__ = ("cart", "kinds", "known", "model_items", "personal", "placement", "query", "unknown", "warm")
 
     def __init__(self, known: np.ndarray, unknown: np.ndarray, exclude: np.ndarray,
                  kinds: np.ndarray | None = None, policy: SafetyPolicy | None = None, context: object = None,
-                 placement: str = "home", cart: np.ndarray | None = None) -> None:
+                 placement: str = "home", cart: np.ndarray | None = None, query: str = "") -> None:
         super().__init__(exclude, policy, context)
         self.known, self.unknown = known, unknown
+        self.query = query  # the search placement's text ("" elsewhere)
         self.kinds = kinds  # event kind of each known item (None: the caller sent none)
         self.placement = placement
         self.cart = np.zeros(0, np.int64) if cart is None else cart  # known cart items, in the order sent
@@ -159,6 +165,9 @@ class TritonPythonModel:
         self.decay = param("rules_decay", float, 0.5)
         self.max_kind = param(EVENT_KINDS, int, MAX_EVENT_KIND)
         self.max_cart = param("max_cart_items", int, MAX_CART_ITEMS)
+        self.search_candidates = param("search_candidates", int, 50)
+        self.search_personal_weight = param("search_personal_weight", float, 0.5)
+        self.max_query_bytes = param("max_query_bytes", int, 256)
         try:  # unset: every check (a pharmacy keeps them all on)
             self.rules_of_policy = PolicyRules.from_checks(param("policy_checks", str, PolicyRules().checks()))
         except ValueError as exc:
@@ -211,6 +220,10 @@ class TritonPythonModel:
         if len(self.placement_tables.names) != self.n_items + 1:
             raise pb_utils.TritonModelException(
                 f"{self.name}: {PLACEMENTS_FILE} covers {len(self.placement_tables.names) - 1} items, not {self.n_items}")
+        self.search = table(SEARCH_FILE, SearchIndex.load)
+        if int(self.search.n_items) != self.n_items:
+            raise pb_utils.TritonModelException(
+                f"{self.name}: {SEARCH_FILE} covers {int(self.search.n_items)} items, not {self.n_items}")
         items = np.flatnonzero(self.catalogue)
         self.popular_order = items[np.lexsort((items, -self.popularity[items]))]
         pb_utils.Logger.log_info(
@@ -218,7 +231,7 @@ class TritonPythonModel:
             f"{self.max_len} items, rules={'yes' if self.rules is not None else 'no'}, "
             f"filter_purchased={self.filter_purchased}, warm_min_interactions={self.warm_min}, policy: "
             f"{self.rules_of_policy}, {tables.n_molecules} molecules, {len(tables.interacting_pairs)} interacting pairs, "
-            f"blends {self.blends})"
+            f"blends {self.blends}, search over {len(self.search.words)} words)"
         )
 
     # ------------------------------------------------------------------ sources
@@ -263,6 +276,27 @@ class TritonPythonModel:
             prices = self.placement_tables.price[ids].astype(np.float32)
             row.take(ids, prices, "substitutes", self.k, limit=limit, texts=texts, code="substitutes")
 
+    def _matches(self, row: _Row, limit: int | None) -> None:
+        """The search query's products, re-ranked: relevance (the best match is 1) plus a bonus for those the
+        personal model picks for this session, larger the higher it ranks them."""
+        if row.placement != "search" or not row.query:
+            return
+        ids, scores = self.search.search(row.query, self.search_candidates)
+        if len(ids) == 0:
+            return
+        rank = np.zeros(len(ids))
+        if row.personal is not None and len(row.personal[0]) and self.search_personal_weight > 0:
+            picks = row.personal[0]
+            position = {int(item): p for p, item in enumerate(picks.tolist())}
+            rank = np.array([1.0 - position[i] / len(picks) if i in position else 0.0 for i in ids.tolist()])
+        final = scores / scores[0] + self.search_personal_weight * rank
+        order = np.lexsort((ids, -final))
+        said = row.query.strip()[:40]
+        texts = [f"matches \"{said}\"" + (", and the personal model picks it for this session" if rank[i] else "")
+                 for i in order]
+        row.take(ids[order], final[order].astype(np.float32), "search", self.k, limit=limit, texts=texts,
+                 code="matches")
+
     def _personal(self, row: _Row, limit: int | None) -> None:
         if row.personal is not None:
             ids, scores = row.personal
@@ -272,7 +306,7 @@ class TritonPythonModel:
         """Each source of the row's placement up to its slots, then each again without limit, then popularity."""
         fill_blend(row, self.blends[row.placement], {
             "personal": self._personal, "complements": self._complements, "substitutes": self._substitutes,
-            "popular": self._popularity})
+            "matches": self._matches, "popular": self._popularity})
 
     def _popularity(self, row: _Row, limit: int | None) -> None:
         """Top up from the most popular products, walking on while the policy or exclusions refuse them."""
@@ -349,7 +383,7 @@ class TritonPythonModel:
 
     def _rows(self, sessions: np.ndarray, purchased: np.ndarray | None, kinds: np.ndarray | None = None,
               cart: np.ndarray | None = None, prescribed: np.ndarray | None = None,
-              placements: list[str] | None = None) -> list[_Row]:
+              placements: list[str] | None = None, queries: list[str] | None = None) -> list[_Row]:
         rows = []
         for r, session in enumerate(sessions):
             present = session > 0
@@ -370,7 +404,8 @@ class TritonPythonModel:
             if placement == "product" and len(known):  # the product page of an rx medicine: its molecules count
                 records = np.union1d(records, known[-1:])  # (substitutes may show; other rx products may not)
             context = self.policy.context(session=known, cart=cart_items, records=records)
-            row = _Row(known, items[unknown_mask], exclude, known_kinds, self.policy, context, placement, cart_items)
+            row = _Row(known, items[unknown_mask], exclude, known_kinds, self.policy, context, placement, cart_items,
+                       queries[r] if queries else "")
             row.warm = bool(len(row.model_items)) and bool((self.interactions[row.model_items] >= self.warm_min).any())
             rows.append(row)
         return rows
@@ -434,6 +469,32 @@ class TritonPythonModel:
             return None, f"{PLACEMENT_INPUT} {bad[0][:40]!r} is not a placement; placements are {list(PLACEMENTS)}"
         return names, None
 
+    def _queries(self, request: object, placements: list[str] | None) -> tuple[list[str] | None, str | None]:
+        """(query per row, problem): the search rows each need a query, the other rows send none (b"")."""
+        x = input_array(request, QUERY_INPUT)
+        rows = placements or []
+        searching = [r for r, name in enumerate(rows) if name == "search"]
+        if x is None:
+            if searching:
+                return None, (f"row {searching[0]} asks the search placement but the request has no {QUERY_INPUT!r} "
+                              "input: send the query text as BYTES [batch, 1]")
+            return None, None
+        if x.ndim != 2 or x.shape[0] != len(rows) or x.shape[1] != 1:
+            return None, (f"{QUERY_INPUT} must be [batch, 1] with one query per session (b\"\" off the search "
+                          f"placement) and a {PLACEMENT_INPUT} input, got {list(x.shape)}")
+        queries = []
+        for r, (raw, name) in enumerate(zip(x[:, 0], rows, strict=True)):
+            if name != "search":
+                if len(raw if isinstance(raw, bytes) else str(raw)):
+                    return None, f"{QUERY_INPUT} row {r} is read by the search placement only; row {r} is {name!r}"
+                queries.append("")
+                continue
+            text, problem = query_problem(raw, self.max_query_bytes)
+            if problem is not None:
+                return None, f"{QUERY_INPUT} row {r} {problem}"
+            queries.append(text)
+        return queries, None
+
     def execute(self, requests: list) -> list:
         """Validate every request, ask gpt4rec once for all warm sessions, then fill from the fallbacks."""
         responses: list = [None] * len(requests)
@@ -445,7 +506,8 @@ class TritonPythonModel:
             cart, problem4 = _ids(request, CART_INPUT, required=False)
             prescribed, problem5 = _ids(request, PRESCRIBED_INPUT, required=False)
             placements, problem6 = self._placements(request, None if sessions is None else sessions.shape[0])
-            problem = problem or problem2 or problem3 or problem4 or problem5 or problem6
+            queries, problem7 = (None, None) if problem6 else self._queries(request, placements)
+            problem = problem or problem2 or problem3 or problem4 or problem5 or problem6 or problem7
             for name, extra in ((CART_INPUT, cart), (PRESCRIBED_INPUT, prescribed)):
                 if problem is None and extra is not None and extra.shape[0] != sessions.shape[0]:
                     problem = (f"{name} has {extra.shape[0]} rows but {SESSION_INPUT} has {sessions.shape[0]}: "
@@ -462,10 +524,10 @@ class TritonPythonModel:
             if problem is not None:
                 responses[i] = refusal(problem)
                 continue
-            per_request[i] = self._rows(sessions, purchased, kinds, cart, prescribed, placements)
+            per_request[i] = self._rows(sessions, purchased, kinds, cart, prescribed, placements, queries)
         all_rows = [row for rows in per_request.values() for row in rows]
-        self._gpt4rec([row for row in all_rows
-                       if row.warm and any(source == "personal" for source, _ in self.blends[row.placement])])
+        self._gpt4rec([row for row in all_rows if row.warm and any(
+            source in ("personal", "matches") for source, _ in self.blends[row.placement])])
         for row in all_rows:
             self._blend(row)
             if len(row.unknown):
