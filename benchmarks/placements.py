@@ -16,7 +16,9 @@ WARM_MIN_INTERACTIONS), the static list always; for the blend, when its sources 
 static list fill at least half the list.
 The test split's target is never read: requests are built from the histories before it.
 The search placement is not simulated: the world's users browse and buy but type no queries (its
-retrieval is measured in tests/pharmacy/test_search.py and through the server).
+retrieval is measured in tests/pharmacy/test_search.py and through the server). Nor are refills: the
+simulated users' purchases carry no pack-by-pack timing, so the home blend's `refills` source offers
+nothing here (it is checked through the server, tests/serve/test_recommend_placements.py).
 """
 
 from __future__ import annotations
@@ -90,6 +92,9 @@ class _Sources:
     def popular(self, row: Any, limit: int | None) -> None:
         self._take(row, self.popular_order, "popularity", "popular", limit)
 
+    def refills(self, row: Any, limit: int | None) -> None:
+        """Nothing: a refill needs purchase dates, which the simulated histories do not model (module note)."""
+
 
 def run_placements(users: int, overrides: list[str], out_dir: Path | None = None) -> Path:
     import numpy as np
@@ -112,7 +117,7 @@ def run_placements(users: int, overrides: list[str], out_dir: Path | None = None
     k = settings.evaluate.k
     # the tables and rules deploy builds for the served recommend (params.yaml policy, its interaction table)
     policy = SafetyPolicy(safety_tables(settings.policy, Paths(), world.catalogue, n), policy_rules(settings.policy))
-    placement_tables = build_placement_tables(world.catalogue, n)
+    placement_tables = build_placement_tables(world.catalogue, n, settings.refills)
     blends = {p: parse_blend(text) for p, text in settings.placements.blends().items()}
     requests = _requests(seqs, users, np.random.default_rng(settings.data.seed))
     models = {family: model for family, model, _ in fit_families(PLACEMENT_FAMILIES, seqs, world.catalogue, settings)}
@@ -164,7 +169,8 @@ def run_placements(users: int, overrides: list[str], out_dir: Path | None = None
                 lists[f][q["user"]] = row.ids
             row = ServedList(exclude, policy, context)
             fill_blend(row, blends[placement], {"personal": sources.personal, "complements": sources.complements,
-                                                "substitutes": sources.substitutes, "popular": sources.popular})
+                                                "substitutes": sources.substitutes, "popular": sources.popular,
+                                                "refills": sources.refills})
             covered[BLENDED] += sum(code != "popular" for code in row.codes) >= k // 2
             lists[BLENDED][q["user"]] = row.ids
         timings[placement] = time.perf_counter() - started

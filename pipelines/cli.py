@@ -234,6 +234,8 @@ def recommend(
     session: Annotated[str, typer.Option(help="comma-separated item ids, oldest first, e.g. 12,45,7 ('' = empty)")],
     purchased: Annotated[str, typer.Option(help="comma-separated item ids already bought (never recommended; a "
                                            "purchase record lets prescription-only products of its molecules through)")] = "",
+    purchased_days: Annotated[str, typer.Option(help="comma-separated days since each --purchased item was bought "
+                                                "(home then offers refills of chronic medicines that are due)")] = "",
     cart: Annotated[str, typer.Option(help="comma-separated item ids in the cart now")] = "",
     prescribed: Annotated[str, typer.Option(help="comma-separated item ids the user holds a prescription for")] = "",
     placement: Annotated[str, typer.Option(help="home, product (the viewed product is the session's latest item), "
@@ -254,6 +256,12 @@ def recommend(
 
     items, bought = _id_list(session, "--session"), _id_list(purchased, "--purchased")
     in_cart, rx = _id_list(cart, "--cart"), _id_list(prescribed, "--prescribed")
+    days = [w.strip() for w in purchased_days.split(",") if w.strip()]
+    if not all(w.isascii() and w.isdigit() and len(w) <= 6 for w in days):
+        _fail(f"--purchased-days must be comma-separated whole days (0 = today), got {purchased_days[:60]!r}")
+    days = [int(w) for w in days]
+    if purchased_days and len(days) != len(bought):
+        _fail(f"--purchased-days gives {len(days)} ages for {len(bought)} --purchased items: one per item, in order")
     kinds = _event_list(events, len(items))
     endpoint = _endpoint(url, protocol)
     if query and placement != "search":
@@ -262,7 +270,7 @@ def recommend(
         (answer,) = _ask_server(lambda: recommend_session(
             [items], purchased=[bought] if bought else None, kinds=kinds, cart=[in_cart] if in_cart else None,
             prescribed=[rx] if rx else None, placement=placement, query=query if placement == "search" else None,
-            url=endpoint, protocol=protocol), model)
+            purchased_days_ago=[days] if purchased_days else None, url=endpoint, protocol=protocol), model)
         ids, scores = answer.item_ids, answer.scores
         typer.echo(f"source: {answer.source}" + (f"  (dropped unknown ids {answer.unknown_ids})"
                                                  if answer.unknown_ids else ""))
@@ -271,7 +279,7 @@ def recommend(
         if answer.short_reason:
             typer.echo(f"short list: {answer.short_reason}")
     else:
-        if protocol != "http" or bought or in_cart or rx or placement != "home" or query:
+        if protocol != "http" or bought or in_cart or rx or placement != "home" or query or days:
             _fail("--model gpt4rec is the raw model, asked over HTTP without --purchased, --cart, --prescribed, "
                   "--placement or --query and without the safety policy; use the recommend entry point for those")
         ((ids, scores),) = _ask_server(lambda: ask_gpt4rec([items], url=endpoint, model_name=model, kinds=kinds),

@@ -166,13 +166,13 @@ class PolicySettings(ParamsSection):
     max_cart_items: int = Field(500, ge=1)
 
 
-PlacementSource = Literal["personal", "complements", "substitutes", "matches", "popular"]
+PlacementSource = Literal["refills", "personal", "complements", "substitutes", "matches", "popular"]
 
 
 class PlacementsSettings(ParamsSection):
     """Which sources each placement blends, in order, with the most slots each may fill (docs/pharmacy.md)."""
 
-    home: dict[PlacementSource, Annotated[int, Field(ge=1)]] = {"personal": 10, "complements": 10}
+    home: dict[PlacementSource, Annotated[int, Field(ge=1)]] = {"refills": 3, "personal": 10, "complements": 10}
     product: dict[PlacementSource, Annotated[int, Field(ge=1)]] = {"substitutes": 4, "personal": 6}
     cart: dict[PlacementSource, Annotated[int, Field(ge=1)]] = {"complements": 6, "personal": 4}
     search: dict[PlacementSource, Annotated[int, Field(ge=1)]] = {"matches": 10, "personal": 10}
@@ -181,6 +181,17 @@ class PlacementsSettings(ParamsSection):
         """placement -> "source:slots,..." (the recommend config parameters placement_<name>)."""
         return {name: ",".join(f"{source}:{slots}" for source, slots in getattr(self, name).items())
                 for name in type(self).model_fields}
+
+
+class RefillSettings(ParamsSection):
+    """Refills on the home page: which medicines are taken every day for good, and when a refill is offered."""
+
+    # Therapeutic classes of chronic medicines (the catalogue's therapeutic_class, any case): a pack of N
+    # tablets or capsules lasts N / doses_per_day days.
+    classes: list[str] = ["antidiabetic", "antihypertensive", "lipid lowering", "thyroid"]
+    doses_per_day: float = Field(1.0, gt=0)
+    due_within_days: int = Field(7, ge=0)  # offered from this many days before the last pack runs out
+    overdue_days: int = Field(30, ge=0)  # and until this many days after; later, the therapy is taken to have stopped
 
 
 class SearchSettings(ParamsSection):
@@ -291,6 +302,7 @@ class Settings(ParamsSection):
     policy: PolicySettings = PolicySettings()
     placements: PlacementsSettings = PlacementsSettings()
     search: SearchSettings = SearchSettings()
+    refills: RefillSettings = RefillSettings()
     gate: GateSettings = GateSettings()
     gpu: GpuSettings = GpuSettings()
     service_retries: ServiceRetrySettings = ServiceRetrySettings()

@@ -238,14 +238,16 @@ class SafetyPolicy:
 PLACEMENTS_FILE = "placements.npz"
 PLACEMENTS = ("home", "product", "cart", "search")
 #: The sources a placement can blend (params.yaml `placements`; the items' reason codes). `matches` are the
-#: search query's products (rxrec_search, pipelines/pharmacy/search.py), re-ranked by the personal model.
-SOURCES = ("personal", "complements", "substitutes", "matches", "popular")
+#: search query's products (rxrec_search, pipelines/pharmacy/search.py), re-ranked by the personal model;
+#: `refills` the request's chronic medicines whose last pack runs out soon (`due_refills`).
+SOURCES = ("refills", "personal", "complements", "substitutes", "matches", "popular")
 MAX_SUBSTITUTES = 20  # per product, cheapest first
 
 
 @dataclass(frozen=True)
 class PlacementTables(NpzTables):
-    """Per item id 0..n_items: display name, price, generic flag; the substitutes CSR, cheapest first."""
+    """Per item id 0..n_items: display name, price, generic flag, days one pack lasts; the substitutes CSR,
+    cheapest first."""
 
     KIND = "placement tables"
 
@@ -254,19 +256,22 @@ class PlacementTables(NpzTables):
     generic: np.ndarray  # bool [n + 1]: tagged generic
     substitute_indptr: np.ndarray  # int64 [n + 2]
     substitute_indices: np.ndarray  # int64
+    supply_days: np.ndarray  # float32 [n + 1]: days one pack of a chronic medicine lasts; 0 = not refilled
 
     def substitutes(self, item: int) -> np.ndarray:
         return self.substitute_indices[self.substitute_indptr[item]:self.substitute_indptr[item + 1]]
 
     def check(self) -> None:
-        if len(self.substitute_indptr) != len(self.names) + 1 or len(self.price) != len(self.names):
+        if (len(self.substitute_indptr) != len(self.names) + 1 or len(self.price) != len(self.names)
+                or len(self.supply_days) != len(self.names)):
             raise ValueError(f"placement tables do not cover the {len(self.names)} item rows alike")
 
     @classmethod
     def empty(cls, n_items: int) -> PlacementTables:
         """No catalogue: no names, prices or substitutes (the placements still serve the other sources)."""
         return cls(np.full(n_items + 1, "", dtype="<U1"), np.zeros(n_items + 1, np.float32),
-                   np.zeros(n_items + 1, bool), np.zeros(n_items + 2, np.int64), np.zeros(0, np.int64))
+                   np.zeros(n_items + 1, bool), np.zeros(n_items + 2, np.int64), np.zeros(0, np.int64),
+                   np.zeros(n_items + 1, np.float32))
 
 
 def parse_blend(text: str) -> list[tuple[str, int]]:
@@ -280,6 +285,37 @@ def parse_blend(text: str) -> list[tuple[str, int]]:
             raise ValueError(f"placement source {source}: slots must be a whole number >= 1, got {slots!r}")
         blend.append((source, int(slots)))
     return blend
+
+
+def due_refills(tables: PlacementTables, purchased: np.ndarray, days_ago: np.ndarray, due_within: float,
+                overdue: float) -> tuple[np.ndarray, np.ndarray]:
+    """(item ids, days until due; negative = overdue), most overdue first: the purchased chronic medicines whose
+    latest pack runs out within `due_within` days or ran out at most `overdue` days ago (later, the therapy is
+    taken to have stopped). `days_ago[i]` is how long ago `purchased[i]` was bought."""
+    valid = (purchased > 0) & (purchased < len(tables.supply_days))
+    items, ago = purchased[valid], days_ago[valid].astype(np.float64)
+    if len(items) == 0:
+        return np.zeros(0, np.int64), np.zeros(0)
+    order = np.lexsort((ago, items))  # per item, its latest purchase first
+    items, ago = items[order], ago[order]
+    first = np.r_[True, items[1:] != items[:-1]]
+    items, ago = items[first], ago[first]
+    supply = tables.supply_days[items].astype(np.float64)
+    due_in = supply - ago
+    keep = (supply > 0) & (due_in <= due_within) & (due_in >= -overdue)
+    items, due_in = items[keep], due_in[keep]
+    order = np.lexsort((items, due_in))
+    return items[order].astype(np.int64), due_in[order]
+
+
+def refill_reason(due_in: float) -> str:
+    """"refill due in 3 days", "refill due today", "refill 2 days overdue"."""
+    days = round(due_in)
+    if days == 0:
+        return "refill due today"
+    if days > 0:
+        return f"refill due in {days} day{'s' if days != 1 else ''}"
+    return f"refill {-days} day{'s' if days != -1 else ''} overdue"
 
 
 def substitute_reason(tables: PlacementTables, item: int, viewed: int) -> str:
@@ -309,14 +345,15 @@ class ServedList:
         self.source = ""  # who placed the first item
 
     def take(self, ids: np.ndarray, scores: np.ndarray, source: str, k: int, *, limit: int | None = None,
-             texts: list[str] | str = "", code: str = "") -> None:
+             texts: list[str] | str = "", code: str = "", exclude: np.ndarray | None = None) -> None:
         """Append candidates (best first) that are not excluded, already chosen or refused by the policy, up to
-        k in all and `limit` from this call; `texts` is the reason of each candidate (or one for all)."""
+        k in all and `limit` from this call; `texts` is the reason of each candidate (or one for all).
+        `exclude` replaces the list's own exclusions for this call (a refill is a product already bought)."""
         if limit is not None:
             k = min(k, len(self.ids) + limit)
         if len(self.ids) >= k or len(ids) == 0:
             return
-        keep = ~np.isin(ids, self.exclude) & (ids > 0)
+        keep = ~np.isin(ids, self.exclude if exclude is None else exclude) & (ids > 0)
         if self.ids:
             keep &= ~np.isin(ids, np.asarray(self.ids, dtype=np.int64))
         codes = None

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from pipelines.core.config import Paths, PolicySettings, Settings
+from pipelines.core.config import Paths, PolicySettings, RefillSettings, Settings
 from pipelines.core.contract import MODEL_FILE, ModelMetadata
 from pipelines.data.schema import CATALOGUE_FILE
 from pipelines.pharmacy.catalogue import build_placement_tables, build_search
@@ -71,7 +71,8 @@ def policy_rules(policy: PolicySettings) -> PolicyRules:
     return PolicyRules(**{key: getattr(policy, key) for key in CHECK_REASONS})
 
 
-def fallback_tables(p: Paths, n_items: int, policy: PolicySettings | None = None) -> FallbackTables:
+def fallback_tables(p: Paths, n_items: int, policy: PolicySettings | None = None,
+                    refills: RefillSettings | None = None) -> FallbackTables:
     """The recommend tables over item ids 0..n_items; FileNotFoundError if popularity is missing."""
     from pipelines.data.sequences import load_sequences
     from pipelines.evaluate.slices import training_interactions
@@ -97,7 +98,7 @@ def fallback_tables(p: Paths, n_items: int, policy: PolicySettings | None = None
         coo = AssociationRules.load(p.models / "rules").rules.tocoo()
         keep = (coo.row < n) & (coo.col < n) & (coo.data != 0)
         rules = sp.csr_matrix((coo.data[keep].astype(np.float32), (coo.row[keep], coo.col[keep])), shape=(n, n))
-    placements = None if frame is None else build_placement_tables(frame, n_items)
+    placements = None if frame is None else build_placement_tables(frame, n_items, refills)
     search = None if frame is None else build_search(frame, n_items)
     safety = safety_tables(policy or PolicySettings(), p, frame, n_items)
     tables = FallbackTables(popularity, interactions, catalogue, rules, safety, placements, search)
@@ -141,7 +142,7 @@ def deploy_similar_items(s: Settings, p: Paths, repo: Path, n_items: int) -> dic
 def deploy_recommend(s: Settings, p: Paths, repo: Path, gpt4rec: ModelMetadata) -> dict[str, Any]:
     """recommend over the deployed gpt4rec; {"skipped": why} when the popularity list is missing."""
     try:
-        tables = fallback_tables(p, gpt4rec.n_items, s.policy)
+        tables = fallback_tables(p, gpt4rec.n_items, s.policy, s.refills)
     except FileNotFoundError as exc:
         return {"skipped": str(exc)}
     rules = policy_rules(s.policy)
@@ -154,6 +155,7 @@ def deploy_recommend(s: Settings, p: Paths, repo: Path, gpt4rec: ModelMetadata) 
         rules_recent_items=s.rules.recent_items, rules_decay=s.rules.decay, policy=rules,
         max_cart_items=s.policy.max_cart_items, blends=s.placements.blends(), search_candidates=s.search.candidates,
         search_personal_weight=s.search.personal_weight, max_query_bytes=s.search.max_query_bytes,
+        refill_due_within_days=s.refills.due_within_days, refill_overdue_days=s.refills.overdue_days,
         instance_count=s.serve.instance_count)
     written = write_recommend_version(repo, tables, metadata={
         "gpt4rec_model": s.serve.model_name, "n_items": gpt4rec.n_items, "top_k": gpt4rec.top_k,
@@ -164,7 +166,8 @@ def deploy_recommend(s: Settings, p: Paths, repo: Path, gpt4rec: ModelMetadata) 
                    "rx_required": int(tables.policy.rx_required.sum()), "restricted": int(tables.policy.restricted.sum()),
                    "unavailable": int(tables.policy.unavailable.sum()),
                    "interactions_table": str(interactions_table(s.policy, p))},
-        "placements": s.placements.blends(), "search": s.search.model_dump(),
+        "placements": s.placements.blends(), "search": s.search.model_dump(), "refills": s.refills.model_dump(),
+        "refillable_products": 0 if tables.placements is None else int((tables.placements.supply_days > 0).sum()),
         "search_words": 0 if tables.search is None else len(tables.search.words),
         "products_with_substitutes": 0 if tables.placements is None else int(
             (np.diff(tables.placements.substitute_indptr) > 0).sum())})

@@ -80,6 +80,7 @@ CART_INPUT = "cart_ids"  # optional int64 [batch, n]: the cart now, 0 = padding
 PRESCRIBED_INPUT = "prescribed_ids"  # optional int64 [batch, n]: products the user holds a prescription for
 PLACEMENT_INPUT = "placement"  # optional BYTES [batch, 1]: home (default), product, cart, search
 QUERY_INPUT = "query"  # optional BYTES [batch, 1]: the search placement's free text
+PURCHASED_DAYS_INPUT = "purchased_days_ago"  # optional int64, shape of purchased_ids: days since each purchase
 EVENT_TYPES_INPUT = "event_types"  # optional int64, shape of session_ids: event kind codes, 0 = unknown
 OUTPUT_IDS = "item_ids"
 OUTPUT_SCORES = "scores"
@@ -196,6 +197,8 @@ def write_recommend_config(
     search_candidates: int = 50,
     search_personal_weight: float = 0.5,
     max_query_bytes: int = MAX_QUERY_BYTES,
+    refill_due_within_days: int = 7,
+    refill_overdue_days: int = 30,
     instance_count: int = 1,
     max_queue_delay_us: int = 500,
     model_name: str = RECOMMEND,
@@ -206,7 +209,8 @@ def write_recommend_config(
     ``gpt4rec_max_len`` and ``gpt4rec_max_batch_size`` it respects), whether ``purchased_ids`` are
     filtered out, when a session counts as cold, how rules are fired (as in params.yaml `rules`) and
     which safety checks apply (params.yaml `policy`; all of them by default), what each placement
-    blends (params.yaml `placements`, as "source:slots,...") and how search re-ranks (params.yaml `search`).
+    blends (params.yaml `placements`, as "source:slots,..."), how search re-ranks (params.yaml `search`) and
+    when a refill is offered (params.yaml `refills`).
     """
     blends = dict(blends or PlacementsSettings().blends())
     for name, text in blends.items():
@@ -224,6 +228,8 @@ def write_recommend_config(
         _positive(name, value)
     if not 0 < rules_decay <= 1:
         raise ValueError(f"rules_decay must be in (0, 1], got {rules_decay}")
+    if refill_due_within_days < 0 or refill_overdue_days < 0:
+        raise ValueError(f"refill days must be >= 0, got {refill_due_within_days} and {refill_overdue_days}")
     if search_personal_weight < 0:
         raise ValueError(f"search_personal_weight must be >= 0, got {search_personal_weight}")
     text = _config_text(
@@ -235,7 +241,8 @@ def write_recommend_config(
                 _tensor(CART_INPUT, "TYPE_INT64", "-1", optional=True),
                 _tensor(PRESCRIBED_INPUT, "TYPE_INT64", "-1", optional=True),
                 _tensor(PLACEMENT_INPUT, "TYPE_STRING", "1", optional=True),
-                _tensor(QUERY_INPUT, "TYPE_STRING", "1", optional=True)],
+                _tensor(QUERY_INPUT, "TYPE_STRING", "1", optional=True),
+                _tensor(PURCHASED_DAYS_INPUT, "TYPE_INT64", "-1", optional=True)],
         outputs=[_tensor(OUTPUT_IDS, "TYPE_INT64", str(top_k)), _tensor(OUTPUT_SCORES, "TYPE_FP32", str(top_k)),
                  _tensor(OUTPUT_SOURCE, "TYPE_STRING", "1"), _tensor(OUTPUT_UNKNOWN, "TYPE_INT64", "-1"),
                  _tensor(OUTPUT_REMOVED, "TYPE_INT64", str(len(served.REASONS))),
@@ -248,6 +255,7 @@ def write_recommend_config(
                 "rules_decay": rules_decay, "max_cart_items": max_cart_items,
                 "policy_checks": (policy or PolicyRules()).checks(), "search_candidates": search_candidates,
                 "search_personal_weight": search_personal_weight, "max_query_bytes": max_query_bytes,
+                "refill_due_within_days": refill_due_within_days, "refill_overdue_days": refill_overdue_days,
                 **{f"placement_{name}": text for name, text in blends.items()}},
     )
     path = Path(repo) / model_name / "config.pbtxt"

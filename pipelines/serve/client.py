@@ -270,7 +270,8 @@ class Recommendation:
 def session_inputs(sessions: list[list[int]], *, purchased: list[list[int]] | None = None,
                    kinds: list[list[EventKind]] | None = None, cart: list[list[int]] | None = None,
                    prescribed: list[list[int]] | None = None, placement: str | list[str] | None = None,
-                   query: str | list[str] | None = None) -> dict[str, np.ndarray]:
+                   query: str | list[str] | None = None,
+                   purchased_days_ago: list[list[int]] | None = None) -> dict[str, np.ndarray]:
     """The inputs of the `recommend` entry point; ValueError (saying what to change) for caller bugs."""
     batch = _ids_matrix(sessions, "session")
     inputs = {"session_ids": batch}
@@ -285,6 +286,12 @@ def session_inputs(sessions: list[list[int]], *, purchased: list[list[int]] | No
             count = len(lists) if isinstance(lists, (list, tuple)) else type(lists).__name__
             raise ValueError(f"{name} has {count} lists for {len(batch)} sessions: give one list per session")
         inputs[tensor] = _ids_matrix(lists, f"{name} list")
+    if purchased_days_ago is not None:  # one age per purchase, laid out exactly as purchased_ids
+        if purchased is None or [len(p) for p in purchased] != [len(d) for d in purchased_days_ago]:
+            raise ValueError("purchased_days_ago needs one age (days) per purchased item, list by list")
+        inputs["purchased_days_ago"] = np.zeros_like(inputs["purchased_ids"])
+        for r, days in enumerate(purchased_days_ago):
+            inputs["purchased_days_ago"][r, inputs["purchased_ids"].shape[1] - len(days):] = days
     if placement is not None:
         names = [placement] * len(batch) if isinstance(placement, str) else list(placement)
         if len(names) != len(batch) or not all(isinstance(n, str) for n in names):
@@ -313,6 +320,7 @@ def recommend_session(
     prescribed: list[list[int]] | None = None,
     placement: str | list[str] | None = None,
     query: str | list[str] | None = None,
+    purchased_days_ago: list[list[int]] | None = None,
     url: str | None = None,
     protocol: Protocol = "http",
     model_name: str = "recommend",
@@ -327,9 +335,11 @@ def recommend_session(
     product of the same molecules be recommended (docs/pharmacy.md). `placement` (one for all, or one
     per session): home (default), product (the viewed product is the session's latest item), cart or
     search, whose free text is `query` (one for all, or one per session; ignored off search).
+    `purchased_days_ago` (one list per session, one age in days per purchased item) lets the home page offer
+    refills of chronic medicines whose last pack runs out soon.
     """
     inputs = session_inputs(sessions, purchased=purchased, kinds=kinds, cart=cart, prescribed=prescribed,
-                            placement=placement, query=query)
+                            placement=placement, query=query, purchased_days_ago=purchased_days_ago)
     batch = inputs["session_ids"]
     out = _infer(model_name, inputs, ["item_ids", "scores", "source", "unknown_ids", "policy_removed", "short_reason",
                                      "reason_codes", "reasons"],

@@ -130,7 +130,7 @@ def declared_stages() -> tuple[StageSpec, ...]:
             "artifacts/models/popularity", "artifacts/models/rules", "data/features", "data/validated",
             "pipelines/repository", "pipelines/export/similar_onnx.py", "pipelines/serve", "pipelines/pharmacy",
             PROMOTE_CODE),
-            params=("serve", "similar", "rules", "policy", "placements", "search"),
+            params=("serve", "similar", "rules", "policy", "placements", "search", "refills"),
             outputs=(_report("deploy.json"),),
             note="writes the Triton repository (serve state, RXREC_TRITON_REPO) from the registry's champion"),
         StageSpec("serve_check", deps=("reports/pipeline/deploy.json", "data/validated", "data/features", PROMOTE_CODE),

@@ -42,6 +42,7 @@ pytestmark = [
 torch = pytest.importorskip("torch")
 
 K, N_REQUESTS, BATCH = 10, 10_000, 100
+CHRONIC_CLASSES = ("Antidiabetic", "Antihypertensive", "Lipid lowering", "Thyroid")  # params.yaml refills
 _STRENGTH = re.compile(r"^\d[\d.,]*(mg|mcg|µg|iu|%|ml|gm|g)?$", re.IGNORECASE)
 
 
@@ -138,13 +139,17 @@ def simulated_requests(world, rng: np.random.Generator) -> list[dict]:
     catalogue = world.catalogue
     rx_items = catalogue.loc[catalogue["rx_required"], "item_id"].to_numpy()
     items = catalogue["item_id"].to_numpy()
+    chronic = catalogue.loc[catalogue["therapeutic_class"].isin(CHRONIC_CLASSES), "item_id"].to_numpy()
     requests = []
     for r in range(N_REQUESTS):
         session = sessions[r % len(sessions)][-int(rng.integers(1, 8)):]
         cart = rng.choice(items, size=int(rng.integers(0, 5)), replace=False).tolist()
         purchased = rng.choice(rx_items, size=int(rng.integers(1, 4))).tolist() if rng.random() < 0.3 else []
+        if rng.random() < 0.3:  # a chronic patient: what they bought, and when
+            purchased += rng.choice(chronic, size=int(rng.integers(1, 3))).tolist()
         prescribed = rng.choice(rx_items, size=int(rng.integers(1, 3))).tolist() if rng.random() < 0.2 else []
-        requests.append({"session": session, "cart": cart, "purchased": purchased, "prescribed": prescribed})
+        requests.append({"session": session, "cart": cart, "purchased": purchased, "prescribed": prescribed,
+                         "days_ago": rng.integers(0, 60, size=len(purchased)).tolist()})
     for q, query in zip(requests, search_queries(world, rng, len(requests)), strict=True):
         q["query"] = query
     return requests
@@ -213,6 +218,7 @@ def serve_requests(server, requests: list[dict], placement: str, checker: Checke
                                     purchased=[q["purchased"] for q in chunk],
                                     prescribed=[q["prescribed"] for q in chunk], placement=placement,
                                     query=[q["query"] for q in chunk] if placement == "search" else None,
+                                    purchased_days_ago=[q["days_ago"] for q in chunk],
                                     url=server.url, model_name=model, timeout_s=60)
         for q, answer in zip(chunk, answers, strict=True):
             checker.check(q, answer, placement)
@@ -232,7 +238,8 @@ def test_ten_thousand_served_lists_per_placement_break_no_pharmacy_rule(served, 
     assert set(checker.removed) == {"restricted", "unavailable", "rx_without_record", "interacts", "duplicate_molecule"}
     assert checker.rx_shown > 0, "a record of the molecule must let prescription-only products through"
     assert checker.codes >= {"product": {"substitutes", "personal"}, "cart": {"complements", "personal"},
-                             "home": {"personal", "complements"}, "search": {"matches"}}[placement], checker.codes
+                             "home": {"refills", "personal", "complements"}, "search": {"matches"}}[placement], \
+        checker.codes
 
 
 def test_the_checker_finds_what_a_recommend_without_the_policy_shows(served, world):
@@ -338,5 +345,52 @@ def test_a_bad_query_is_refused_and_says_what_is_wrong(served, query, placement,
     inputs = session_inputs([[1]], placement=placement)
     if query is not None:
         inputs["query"] = np.array([[query]], dtype=np.object_)
+    with pytest.raises(InferenceServerException, match=said):
+        _infer("recommend_policy", inputs, ["item_ids"], url=served.url, protocol="http", timeout_s=10)
+
+
+def pack_days(pack: str) -> int:
+    """The test's own reading of a pack: 'strip of 10 tablets' lasts 10 days at one a day."""
+    match = re.search(r"(\d+) (tablets|capsules)", pack)
+    return int(match[1]) if match else 0
+
+
+def test_home_offers_a_chronic_refill_when_its_pack_runs_out_and_not_before_or_long_after(served, world):
+    """A patient who bought a chronic medicine (prescription-only ones too: the purchase is the record; nothing
+    restricted or out of stock, so the policy has no say): three days before the pack runs out it is the first
+    item on home, saying so; bought today (every pack lasts 10 days or more), or two months after it ran out,
+    it is not offered at all."""
+    catalogue = world.catalogue
+    chronic = catalogue[catalogue["therapeutic_class"].isin(CHRONIC_CLASSES)
+                        & ~catalogue["restricted"].fillna(False).astype(bool)
+                        & catalogue["in_stock"].fillna(True).astype(bool)]
+    chronic = chronic[chronic["pack_size"].map(pack_days) > 0]
+    assert len(chronic) > 5
+    items, days = chronic["item_id"].tolist(), chronic["pack_size"].map(pack_days).tolist()
+    assert min(days) >= 10
+    for ages, expect in (([d - 3 for d in days], "refill due in 3 days"), ([0 for _ in days], None),
+                         ([d + 60 for d in days], None)):
+        answers = recommend_session([[] for _ in items], purchased=[[i] for i in items],
+                                    purchased_days_ago=[[a] for a in ages], placement="home", url=served.url,
+                                    model_name="recommend_policy")
+        for item, answer in zip(items, answers, strict=True):
+            if expect:
+                assert answer.item_ids[0] == item and answer.reason_codes[0] == "refills", answer
+                assert answer.reasons[0] == expect
+            else:
+                assert "refills" not in answer.reason_codes and item not in answer.item_ids, answer
+
+
+@pytest.mark.parametrize(("days", "said"), [
+    ([[-2]], r"purchased_days_ago row 0 contains -2 days; a purchase lies in the past"),
+    ([[3, 4]], r"purchased_days_ago must have the shape of purchased_ids \[1, 1\]"),
+])
+def test_bad_purchase_ages_are_refused(served, days, said):
+    from tritonclient.utils import InferenceServerException
+
+    from pipelines.serve.client import _infer, session_inputs
+
+    inputs = session_inputs([[1]], purchased=[[2]])
+    inputs["purchased_days_ago"] = np.array(days, dtype=np.int64)
     with pytest.raises(InferenceServerException, match=said):
         _infer("recommend_policy", inputs, ["item_ids"], url=served.url, protocol="http", timeout_s=10)

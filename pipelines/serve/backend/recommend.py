@@ -24,6 +24,10 @@ Inputs (batch dimension first; 0 is padding everywhere):
   placement      bytes [batch, 1]    optional: home (default), product (the viewed product is the
                                      session's latest item), cart or search; each blends its own sources
                                      (config parameters placement_<name>, from params.yaml placements)
+  purchased_days_ago int64 [batch, n] optional, shape of purchased_ids: days since each purchase (>= 0);
+                                     with them the home page offers refills of chronic medicines whose
+                                     last pack runs out soon (placements.npz supply_days; config
+                                     parameters refill_due_within_days, refill_overdue_days)
   query          bytes [batch, 1]    the search placement's free text (UTF-8, at most max_query_bytes,
                                      with a letter or digit); b"" on the rows of other placements
 Outputs:
@@ -37,7 +41,7 @@ Outputs:
                                  in the order of rxrec_pharmacy.REASONS (restricted, unavailable,
                                  rx_without_record, interacts, duplicate_molecule)
   short_reason bytes [batch, 1]  b"" for a full list; why it is shorter than k otherwise
-  reason_codes bytes [batch, k]  per item the source that placed it: personal, complements,
+  reason_codes bytes [batch, k]  per item the source that placed it: refills, personal, complements,
                                  substitutes, matches or popular (b"" on padding)
   reasons      bytes [batch, k]  per item, why in words: "bought together with X", "same
                                  composition as X, 38% cheaper, generic", ...
@@ -84,8 +88,10 @@ from rxrec_pharmacy import (
     SafetyPolicy,
     SafetyTables,
     ServedList,
+    due_refills,
     fill_blend,
     parse_blend,
+    refill_reason,
     substitute_reason,
 )
 from rxrec_search import SEARCH_FILE, SearchIndex, query_problem
@@ -94,6 +100,7 @@ SESSION_INPUT = "session_ids"
 PURCHASED_INPUT = "purchased_ids"
 CART_INPUT = "cart_ids"
 PRESCRIBED_INPUT = "prescribed_ids"
+PURCHASED_DAYS_INPUT = "purchased_days_ago"
 POPULAR_CHUNK = 64  # popularity is walked in chunks from this long, doubling, until the list is full
 MAX_EVENT_KIND = 4  # purchase; config parameter "event_kinds" overrides
 KINDS_RETRY_S = 60.0  # after gpt4rec refused event_types, ask without them this long
@@ -124,6 +131,8 @@ def _ids(request: object, name: str, required: bool) -> tuple[np.ndarray | None,
         row = int(np.argwhere(x < 0)[0][0])
         if name == EVENT_TYPES_INPUT:
             return None, f"{name} row {row} contains kind {int(x.min())}; kinds are >= 0 (0 unknown)"
+        if name == PURCHASED_DAYS_INPUT:
+            return None, f"{name} row {row} contains {int(x.min())} days; a purchase lies in the past (>= 0)"
         return None, f"{name} row {row} contains negative id {int(x.min())}: item ids are >= 1 and 0 is padding"
     return x, None
 
@@ -131,7 +140,8 @@ def _ids(request: object, name: str, required: bool) -> tuple[np.ndarray | None,
 class _Row(ServedList):
     """One session being answered: what is known about it, and the list being built (ServedList)."""
 
-    __slots__ = ("cart", "kinds", "known", "model_items", "personal", "placement", "query", "unknown", "warm")
+    __slots__ = ("bought", "bought_days", "cart", "kinds", "known", "model_items", "personal", "placement", "query",
+                 "unknown", "warm")
 
     def __init__(self, known: np.ndarray, unknown: np.ndarray, exclude: np.ndarray,
                  kinds: np.ndarray | None = None, policy: SafetyPolicy | None = None, context: object = None,
@@ -139,6 +149,7 @@ class _Row(ServedList):
         super().__init__(exclude, policy, context)
         self.known, self.unknown = known, unknown
         self.query = query  # the search placement's text ("" elsewhere)
+        self.bought = self.bought_days = np.zeros(0, np.int64)  # purchases and their days ago (refills)
         self.kinds = kinds  # event kind of each known item (None: the caller sent none)
         self.placement = placement
         self.cart = np.zeros(0, np.int64) if cart is None else cart  # known cart items, in the order sent
@@ -168,6 +179,8 @@ class TritonPythonModel:
         self.search_candidates = param("search_candidates", int, 50)
         self.search_personal_weight = param("search_personal_weight", float, 0.5)
         self.max_query_bytes = param("max_query_bytes", int, 256)
+        self.refill_due_within = param("refill_due_within_days", int, 7)
+        self.refill_overdue = param("refill_overdue_days", int, 30)
         try:  # unset: every check (a pharmacy keeps them all on)
             self.rules_of_policy = PolicyRules.from_checks(param("policy_checks", str, PolicyRules().checks()))
         except ValueError as exc:
@@ -297,6 +310,18 @@ class TritonPythonModel:
         row.take(ids[order], final[order].astype(np.float32), "search", self.k, limit=limit, texts=texts,
                  code="matches")
 
+    def _refills(self, row: _Row, limit: int | None) -> None:
+        """The request's chronic medicines whose latest pack runs out soon, most overdue first: a product already
+        bought, so only what is in the session or the cart is excluded."""
+        if len(row.bought_days) == 0:
+            return
+        ids, due_in = due_refills(self.placement_tables, row.bought, row.bought_days, self.refill_due_within,
+                                  self.refill_overdue)
+        if len(ids):
+            row.take(ids, due_in.astype(np.float32), "refills", self.k, limit=limit,
+                     texts=[refill_reason(d) for d in due_in.tolist()], code="refills",
+                     exclude=np.union1d(row.known, row.cart))
+
     def _personal(self, row: _Row, limit: int | None) -> None:
         if row.personal is not None:
             ids, scores = row.personal
@@ -306,7 +331,7 @@ class TritonPythonModel:
         """Each source of the row's placement up to its slots, then each again without limit, then popularity."""
         fill_blend(row, self.blends[row.placement], {
             "personal": self._personal, "complements": self._complements, "substitutes": self._substitutes,
-            "matches": self._matches, "popular": self._popularity})
+            "matches": self._matches, "refills": self._refills, "popular": self._popularity})
 
     def _popularity(self, row: _Row, limit: int | None) -> None:
         """Top up from the most popular products, walking on while the policy or exclusions refuse them."""
@@ -383,7 +408,8 @@ class TritonPythonModel:
 
     def _rows(self, sessions: np.ndarray, purchased: np.ndarray | None, kinds: np.ndarray | None = None,
               cart: np.ndarray | None = None, prescribed: np.ndarray | None = None,
-              placements: list[str] | None = None, queries: list[str] | None = None) -> list[_Row]:
+              placements: list[str] | None = None, queries: list[str] | None = None,
+              days_ago: np.ndarray | None = None) -> list[_Row]:
         rows = []
         for r, session in enumerate(sessions):
             present = session > 0
@@ -406,6 +432,8 @@ class TritonPythonModel:
             context = self.policy.context(session=known, cart=cart_items, records=records)
             row = _Row(known, items[unknown_mask], exclude, known_kinds, self.policy, context, placement, cart_items,
                        queries[r] if queries else "")
+            if days_ago is not None and purchased is not None:
+                row.bought, row.bought_days = purchased[r][purchased[r] > 0], days_ago[r][purchased[r] > 0]
             row.warm = bool(len(row.model_items)) and bool((self.interactions[row.model_items] >= self.warm_min).any())
             rows.append(row)
         return rows
@@ -507,7 +535,12 @@ class TritonPythonModel:
             prescribed, problem5 = _ids(request, PRESCRIBED_INPUT, required=False)
             placements, problem6 = self._placements(request, None if sessions is None else sessions.shape[0])
             queries, problem7 = (None, None) if problem6 else self._queries(request, placements)
-            problem = problem or problem2 or problem3 or problem4 or problem5 or problem6 or problem7
+            days_ago, problem8 = _ids(request, PURCHASED_DAYS_INPUT, required=False)
+            problem = problem or problem2 or problem3 or problem4 or problem5 or problem6 or problem7 or problem8
+            if problem is None and days_ago is not None and (purchased is None or days_ago.shape != purchased.shape):
+                problem = (f"{PURCHASED_DAYS_INPUT} must have the shape of {PURCHASED_INPUT} "
+                           f"{None if purchased is None else list(purchased.shape)} (one age per purchase), got "
+                           f"{list(days_ago.shape)}")
             for name, extra in ((CART_INPUT, cart), (PRESCRIBED_INPUT, prescribed)):
                 if problem is None and extra is not None and extra.shape[0] != sessions.shape[0]:
                     problem = (f"{name} has {extra.shape[0]} rows but {SESSION_INPUT} has {sessions.shape[0]}: "
@@ -524,7 +557,7 @@ class TritonPythonModel:
             if problem is not None:
                 responses[i] = refusal(problem)
                 continue
-            per_request[i] = self._rows(sessions, purchased, kinds, cart, prescribed, placements, queries)
+            per_request[i] = self._rows(sessions, purchased, kinds, cart, prescribed, placements, queries, days_ago)
         all_rows = [row for rows in per_request.values() for row in rows]
         self._gpt4rec([row for row in all_rows if row.warm and any(
             source in ("personal", "matches") for source, _ in self.blends[row.placement])])
