@@ -243,6 +243,8 @@ def recommend(
                                            "(params.yaml placements)")] = "home",
     query: Annotated[str, typer.Option(help="what the search placement looks for, e.g. 'metformin 500'; "
                                        "typos are tolerated")] = "",
+    location: Annotated[str, typer.Option(help="delivery postcode, e.g. 110017: products that do not ship there "
+                                          "are dropped")] = "",
     events: Annotated[str, typer.Option(help="comma-separated event kind per session item, e.g. "
                                         "view,add_to_cart,purchase (view|click|add_to_cart|purchase|0-4)")] = "",
     model: Annotated[str, typer.Option(help="recommend (entry point with fallbacks) or gpt4rec (raw model)")] = (
@@ -270,7 +272,8 @@ def recommend(
         (answer,) = _ask_server(lambda: recommend_session(
             [items], purchased=[bought] if bought else None, kinds=kinds, cart=[in_cart] if in_cart else None,
             prescribed=[rx] if rx else None, placement=placement, query=query if placement == "search" else None,
-            purchased_days_ago=[days] if purchased_days else None, url=endpoint, protocol=protocol), model)
+            purchased_days_ago=[days] if purchased_days else None, location=location or None, url=endpoint,
+            protocol=protocol), model)
         ids, scores = answer.item_ids, answer.scores
         typer.echo(f"source: {answer.source}" + (f"  (dropped unknown ids {answer.unknown_ids})"
                                                  if answer.unknown_ids else ""))
@@ -279,9 +282,10 @@ def recommend(
         if answer.short_reason:
             typer.echo(f"short list: {answer.short_reason}")
     else:
-        if protocol != "http" or bought or in_cart or rx or placement != "home" or query or days:
+        if protocol != "http" or bought or in_cart or rx or placement != "home" or query or days or location:
             _fail("--model gpt4rec is the raw model, asked over HTTP without --purchased, --cart, --prescribed, "
-                  "--placement or --query and without the safety policy; use the recommend entry point for those")
+                  "--placement, --query or --location and without the safety policy; use the recommend entry point "
+                  "for those")
         ((ids, scores),) = _ask_server(lambda: ask_gpt4rec([items], url=endpoint, model_name=model, kinds=kinds),
                                        model)
     why = answer.reasons if model == "recommend" else []

@@ -45,6 +45,8 @@ FLAGS_STREAM = 7
 P_RESTRICTED = 0.01
 P_OUT_OF_STOCK = 0.03
 P_STOCK_KNOWN = 0.25
+P_LOCAL_DELIVERY = 0.03  # products shipped to a few regions only (cold chain, local licences)
+DELIVERY_REGIONS = ("11", "40", "56", "60", "70", "50")  # pincode prefixes: Delhi, Mumbai, Bengaluru, Chennai, ...
 P_REFILL_FIRST = 0.6  # a chronic session opens on the user's regular product
 P_CART = 0.22
 P_CART_REGULAR = 0.7
@@ -239,6 +241,11 @@ def _catalogue_table(p: _Products, s: DataSettings, rng: np.random.Generator) ->
     table["restricted"] = pd.array(np.where(restricted < P_RESTRICTED, True, None), dtype="boolean")
     table["in_stock"] = pd.array(np.where(stock < P_OUT_OF_STOCK, False, np.where(stock < P_STOCK_KNOWN, True, None)),
                                  dtype="boolean")
+    local, regions = flags.random(n), flags.permuted(np.tile(np.arange(len(DELIVERY_REGIONS)), (n, 1)), axis=1)
+    counts = flags.integers(1, 4, size=n)
+    table["deliverable_to"] = pd.array(
+        ["|".join(DELIVERY_REGIONS[j] for j in sorted(regions[i, :counts[i]])) if local[i] < P_LOCAL_DELIVERY else None
+         for i in range(n)], dtype="str")
     return table
 
 

@@ -32,6 +32,9 @@ CATALOGUE_REQUIRED = ("item_id", "name", "price", "launch_ts")
 CATALOGUE_OPTIONAL: dict[str, str] = {
     "restricted": "bool",  # never recommended (e.g. scheduled or narcotic products)
     "in_stock": "bool",  # false: out of stock, dropped from every list
+    # Pipe-separated postcode prefixes the product ships to ("110|400": Delhi and Mumbai pincodes, e.g. a
+    # cold-chain product); dropped for a request whose location matches none. Absent: ships everywhere.
+    "deliverable_to": "str",
 }
 # Fields a product's meta-info is read from (Meta-Prod2Vec, cold start, GPT4Rec features).
 META_FIELDS = ("manufacturer", "composition", "therapeutic_class", "uses", "form", "tags")

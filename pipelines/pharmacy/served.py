@@ -8,7 +8,8 @@ run.
 The safety policy removes a candidate item with the first reason that applies (codes are REASONS'
 order + 1):
   restricted               the catalogue marks the product restricted (never recommended)
-  unavailable              out of stock, or not deliverable (catalogue fields; absent = allowed)
+  unavailable              out of stock, or not deliverable to the request's location (catalogue fields
+                           in_stock and deliverable_to; absent = allowed)
   rx_without_record        prescription-only, and the request holds no purchase or prescription
                            record for every one of its molecules (an rx product whose molecules
                            are unknown needs a record of the product itself)
@@ -118,6 +119,10 @@ class SafetyTables(NpzTables):
     molecule_indices: np.ndarray  # int64: molecule ids 0..n_molecules - 1
     molecule_names: np.ndarray  # str [n_molecules]
     interacting_pairs: np.ndarray  # int64 [p, 2]: molecule ids that must not be combined
+    delivery_limited: np.ndarray  # bool [n + 1]: ships only to the regions that list it
+    region_codes: np.ndarray  # str [r], sorted: postcode prefixes ("110", "40")
+    region_indptr: np.ndarray  # int64 [r + 1]: region j ships region_items[indptr[j]:indptr[j + 1]]
+    region_items: np.ndarray  # int64 item ids
 
     @property
     def n_items(self) -> int:
@@ -132,12 +137,13 @@ class SafetyTables(NpzTables):
         """Tables that know nothing (no catalogue): every check passes. Say so wherever it is used."""
         none = np.zeros(n_items + 1, dtype=bool)
         return cls(none, none.copy(), none.copy(), np.zeros(n_items + 2, dtype=np.int64), np.zeros(0, np.int64),
-                   np.zeros(0, dtype="<U1"), np.zeros((0, 2), dtype=np.int64))
+                   np.zeros(0, dtype="<U1"), np.zeros((0, 2), dtype=np.int64), none.copy(), np.zeros(0, dtype="<U1"),
+                   np.zeros(1, np.int64), np.zeros(0, np.int64))
 
     def check(self) -> None:
         """Shapes and ranges the policy relies on; ValueError naming the table that is wrong."""
         n = len(self.rx_required)
-        for name in ("restricted", "unavailable"):
+        for name in ("restricted", "unavailable", "delivery_limited"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"policy table {name} has {len(getattr(self, name))} rows, rx_required has {n}")
         if len(self.molecule_indptr) != n + 1 or int(self.molecule_indptr[-1]) != len(self.molecule_indices):
@@ -145,6 +151,40 @@ class SafetyTables(NpzTables):
         for name, ids in (("molecule_indices", self.molecule_indices), ("interacting_pairs", self.interacting_pairs)):
             if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self.n_molecules):
                 raise ValueError(f"policy {name} names a molecule outside 0..{self.n_molecules - 1}")
+        if len(self.region_indptr) != len(self.region_codes) + 1 or int(self.region_indptr[-1]) != len(self.region_items):
+            raise ValueError(f"policy region_indptr must have {len(self.region_codes) + 1} entries ending at "
+                             f"{len(self.region_items)}")
+        if self.region_items.size and (int(self.region_items.min()) < 1 or int(self.region_items.max()) >= n):
+            raise ValueError(f"policy region_items names an item outside 1..{n - 1}")
+
+    def deliverable(self, location: str) -> np.ndarray:
+        """bool [n + 1]: the items that ship to `location` (a postcode: a region is any prefix of it)."""
+        out = ~self.delivery_limited
+        code = normalise_location(location)
+        if not code or not len(self.region_codes):
+            return out
+        prefixes = np.array([code[:i] for i in range(1, len(code) + 1)], dtype=self.region_codes.dtype)
+        at = np.minimum(np.searchsorted(self.region_codes, prefixes), len(self.region_codes) - 1)
+        for j in at[self.region_codes[at] == prefixes].tolist():
+            out[self.region_items[self.region_indptr[j]:self.region_indptr[j + 1]]] = True
+        return out
+
+
+MAX_LOCATION_CHARS = 16
+
+
+def normalise_location(text: str) -> str:
+    """"110 017" -> "110017": a postcode with its spaces and dashes dropped, upper case."""
+    return "".join(ch for ch in text.upper() if ch not in " -")
+
+
+def location_problem(text: str) -> str | None:
+    """Why a request's location is not a postcode, or None ("" = unknown location: nothing is dropped for it)."""
+    code = normalise_location(text)
+    if code and (len(code) > MAX_LOCATION_CHARS or not (code.isascii() and code.isalnum())):
+        return (f"is {text[:40]!r}: a location is a postcode of at most {MAX_LOCATION_CHARS} letters or digits "
+                "(spaces and dashes allowed), or empty when unknown")
+    return None
 
 
 
@@ -156,6 +196,7 @@ class RequestContext:
     in_cart: np.ndarray  # bool [n_molecules]
     on_record: np.ndarray  # bool [n_molecules]: purchased or prescribed
     record_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # purchased or prescribed ids
+    undeliverable: np.ndarray | None = None  # bool [n + 1]: does not ship to the request's location (None: unknown)
 
 
 class SafetyPolicy:
@@ -197,12 +238,17 @@ class SafetyPolicy:
         return mask
 
     def context(self, session: np.ndarray | None = None, cart: np.ndarray | None = None,
-                records: np.ndarray | None = None) -> RequestContext:
-        """Masks of one request: its session and cart items, and the items it holds a record for."""
+                records: np.ndarray | None = None, location: str = "") -> RequestContext:
+        """Masks of one request: its session and cart items, the items it holds a record for, and what does not
+        ship to its location (a postcode; "" when unknown: then nothing is dropped for delivery)."""
         session_items, cart_items, record_items = self._valid(session), self._valid(cart), self._valid(records)
         seen = self._mask(np.union1d(session_items, cart_items))
         interacting = self.interacts[seen].any(axis=0) if seen.any() else np.zeros_like(seen)
-        return RequestContext(interacting, self._mask(cart_items), self._mask(record_items), record_items)
+        undeliverable = None
+        if location and self.tables.delivery_limited.any():
+            undeliverable = ~self.tables.deliverable(location)
+        return RequestContext(interacting, self._mask(cart_items), self._mask(record_items), record_items,
+                              undeliverable)
 
     def reasons(self, candidates: np.ndarray, ctx: RequestContext) -> np.ndarray:
         """uint8 per candidate: ALLOWED, or the code of the first reason it is removed for."""
@@ -213,6 +259,8 @@ class SafetyPolicy:
         if not len(items):
             return out
         codes = self.static[items].copy()
+        if self.rules.drop_unavailable and ctx.undeliverable is not None:
+            codes[(codes == ALLOWED) & ctx.undeliverable[items]] = REASONS.index("unavailable") + 1
         molecules, owner = self._molecules(items)
         n = len(items)
         if self.rules.rx_requires_record:

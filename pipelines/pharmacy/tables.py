@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.data.text import field_values
-from pipelines.pharmacy.served import SafetyTables, csr_rows
+from pipelines.data.text import field_values, is_missing
+from pipelines.pharmacy.served import SafetyTables, csr_rows, normalise_location
 
 #: The interaction table shipped for the generated world's molecules (real, well-known pairs).
 DEFAULT_INTERACTIONS = Path(__file__).with_name("interactions.csv")
@@ -29,6 +29,7 @@ INTERACTION_COLUMNS = ("molecule_a", "molecule_b", "severity", "source")
 SEVERITIES = ("major", "moderate", "minor")
 #: Catalogue columns the policy reads; each may be absent (then nothing is flagged by it).
 RX_COLUMN, RESTRICTED_COLUMN, IN_STOCK_COLUMN = "rx_required", "restricted", "in_stock"
+DELIVERABLE_COLUMN = "deliverable_to"
 
 
 class InteractionTableError(ValueError):
@@ -90,6 +91,26 @@ def _flag(catalogue: pd.DataFrame, column: str, n_items: int, true_means_flagged
     return out
 
 
+def _delivery(catalogue: pd.DataFrame, n_items: int) -> dict[str, np.ndarray]:
+    """The delivery tables from the sparse `deliverable_to` (pipe-separated postcode prefixes; absent: everywhere)."""
+    limited = np.zeros(n_items + 1, dtype=bool)
+    regions: dict[str, set[int]] = {}
+    if DELIVERABLE_COLUMN in catalogue.columns:
+        for item, value in zip(catalogue["item_id"].to_numpy(dtype=np.int64),
+                               catalogue[DELIVERABLE_COLUMN].to_numpy(dtype=object), strict=True):
+            codes = [] if is_missing(value) else [normalise_location(c) for c in str(value).split("|")]
+            codes = [c for c in codes if c]
+            if codes and 1 <= item <= n_items:
+                limited[item] = True
+                for code in codes:
+                    regions.setdefault(code, set()).add(int(item))
+    names = sorted(regions)
+    lengths = np.array([len(regions[c]) for c in names], dtype=np.int64)
+    return {"delivery_limited": limited, "region_codes": np.array(names, dtype=str) if names else np.zeros(0, "<U1"),
+            "region_indptr": np.concatenate(([0], np.cumsum(lengths))).astype(np.int64),
+            "region_items": np.array([i for c in names for i in sorted(regions[c])], dtype=np.int64)}
+
+
 def build_safety_tables(catalogue: pd.DataFrame, n_items: int, interactions: list[tuple[str, str]]) -> SafetyTables:
     """Tables over item ids 0..n_items from the catalogue's composition and flags and the blocked pairs."""
     ids = catalogue["item_id"].to_numpy(dtype=np.int64)
@@ -106,6 +127,6 @@ def build_safety_tables(catalogue: pd.DataFrame, n_items: int, interactions: lis
         rx_required=_flag(catalogue, RX_COLUMN, n_items), restricted=_flag(catalogue, RESTRICTED_COLUMN, n_items),
         unavailable=_flag(catalogue, IN_STOCK_COLUMN, n_items, true_means_flagged=False),
         molecule_indptr=indptr, molecule_indices=indices, molecule_names=np.array(names, dtype=str),
-        interacting_pairs=pairs)
+        interacting_pairs=pairs, **_delivery(catalogue, n_items))
     tables.check()
     return tables

@@ -81,6 +81,7 @@ PRESCRIBED_INPUT = "prescribed_ids"  # optional int64 [batch, n]: products the u
 PLACEMENT_INPUT = "placement"  # optional BYTES [batch, 1]: home (default), product, cart, search
 QUERY_INPUT = "query"  # optional BYTES [batch, 1]: the search placement's free text
 PURCHASED_DAYS_INPUT = "purchased_days_ago"  # optional int64, shape of purchased_ids: days since each purchase
+LOCATION_INPUT = "location"  # optional BYTES [batch, 1]: the delivery postcode
 EVENT_TYPES_INPUT = "event_types"  # optional int64, shape of session_ids: event kind codes, 0 = unknown
 OUTPUT_IDS = "item_ids"
 OUTPUT_SCORES = "scores"
@@ -242,7 +243,8 @@ def write_recommend_config(
                 _tensor(PRESCRIBED_INPUT, "TYPE_INT64", "-1", optional=True),
                 _tensor(PLACEMENT_INPUT, "TYPE_STRING", "1", optional=True),
                 _tensor(QUERY_INPUT, "TYPE_STRING", "1", optional=True),
-                _tensor(PURCHASED_DAYS_INPUT, "TYPE_INT64", "-1", optional=True)],
+                _tensor(PURCHASED_DAYS_INPUT, "TYPE_INT64", "-1", optional=True),
+                _tensor(LOCATION_INPUT, "TYPE_STRING", "1", optional=True)],
         outputs=[_tensor(OUTPUT_IDS, "TYPE_INT64", str(top_k)), _tensor(OUTPUT_SCORES, "TYPE_FP32", str(top_k)),
                  _tensor(OUTPUT_SOURCE, "TYPE_STRING", "1"), _tensor(OUTPUT_UNKNOWN, "TYPE_INT64", "-1"),
                  _tensor(OUTPUT_REMOVED, "TYPE_INT64", str(len(served.REASONS))),

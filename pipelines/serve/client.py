@@ -270,8 +270,8 @@ class Recommendation:
 def session_inputs(sessions: list[list[int]], *, purchased: list[list[int]] | None = None,
                    kinds: list[list[EventKind]] | None = None, cart: list[list[int]] | None = None,
                    prescribed: list[list[int]] | None = None, placement: str | list[str] | None = None,
-                   query: str | list[str] | None = None,
-                   purchased_days_ago: list[list[int]] | None = None) -> dict[str, np.ndarray]:
+                   query: str | list[str] | None = None, purchased_days_ago: list[list[int]] | None = None,
+                   location: str | list[str] | None = None) -> dict[str, np.ndarray]:
     """The inputs of the `recommend` entry point; ValueError (saying what to change) for caller bugs."""
     batch = _ids_matrix(sessions, "session")
     inputs = {"session_ids": batch}
@@ -292,6 +292,11 @@ def session_inputs(sessions: list[list[int]], *, purchased: list[list[int]] | No
         inputs["purchased_days_ago"] = np.zeros_like(inputs["purchased_ids"])
         for r, days in enumerate(purchased_days_ago):
             inputs["purchased_days_ago"][r, inputs["purchased_ids"].shape[1] - len(days):] = days
+    if location is not None:  # the server checks each postcode and names the row of a bad one
+        codes = [location] * len(batch) if isinstance(location, str) else list(location)
+        if len(codes) != len(batch) or not all(isinstance(c, str) for c in codes):
+            raise ValueError(f"location must be one postcode or one per session ({len(batch)}), got {location!r}")
+        inputs["location"] = np.array([[c.encode()] for c in codes], dtype=np.object_)
     if placement is not None:
         names = [placement] * len(batch) if isinstance(placement, str) else list(placement)
         if len(names) != len(batch) or not all(isinstance(n, str) for n in names):
@@ -321,6 +326,7 @@ def recommend_session(
     placement: str | list[str] | None = None,
     query: str | list[str] | None = None,
     purchased_days_ago: list[list[int]] | None = None,
+    location: str | list[str] | None = None,
     url: str | None = None,
     protocol: Protocol = "http",
     model_name: str = "recommend",
@@ -336,10 +342,12 @@ def recommend_session(
     per session): home (default), product (the viewed product is the session's latest item), cart or
     search, whose free text is `query` (one for all, or one per session; ignored off search).
     `purchased_days_ago` (one list per session, one age in days per purchased item) lets the home page offer
-    refills of chronic medicines whose last pack runs out soon.
+    refills of chronic medicines whose last pack runs out soon. `location` (a delivery postcode, one for all or
+    one per session; "" unknown) drops products that do not ship there.
     """
     inputs = session_inputs(sessions, purchased=purchased, kinds=kinds, cart=cart, prescribed=prescribed,
-                            placement=placement, query=query, purchased_days_ago=purchased_days_ago)
+                            placement=placement, query=query, purchased_days_ago=purchased_days_ago,
+                            location=location)
     batch = inputs["session_ids"]
     out = _infer(model_name, inputs, ["item_ids", "scores", "source", "unknown_ids", "policy_removed", "short_reason",
                                      "reason_codes", "reasons"],

@@ -132,6 +132,23 @@ def test_sparse_availability_flags_are_kept_and_a_bad_one_is_named(tmp_path: Pat
         read_tables(events_path, catalogue_path, columns={**MAPPING, "in_stock": "stock"}, event_types=TYPES)
 
 
+def test_delivery_regions_are_kept_as_codes_and_a_bad_one_is_named_by_row(tmp_path: Path) -> None:
+    """deliverable_to (postcode prefixes the product ships to) survives the adapter trimmed and upper-cased;
+    blank stays blank (ships everywhere); a code with other characters stops it, naming the product."""
+    events_path, catalogue_path = _tiny_tables(tmp_path)
+    pd.read_csv(events_path).rename(columns={"product": "sku"}).to_csv(events_path, index=False)
+    catalogue = pd.read_parquet(catalogue_path)
+    catalogue["deliverable_to"] = [" 110 | 400", None, "sw1"]
+    catalogue.to_parquet(catalogue_path)
+    world = read_tables(events_path, catalogue_path, columns=MAPPING, event_types=TYPES)
+    assert world.catalogue["deliverable_to"].tolist()[::2] == ["110|400", "SW1"]
+    assert pd.isna(world.catalogue["deliverable_to"].tolist()[1])
+    catalogue["deliverable_to"] = ["110", "40;0", None]
+    catalogue.to_parquet(catalogue_path)
+    with pytest.raises(SourceError, match=r"deliverable_to: product 'B' holds '40;0', not a region code"):
+        read_tables(events_path, catalogue_path, columns=MAPPING, event_types=TYPES)
+
+
 def test_unmapped_event_label_is_left_for_the_gate(tmp_path: Path) -> None:
     events_path, catalogue_path = _tiny_tables(tmp_path)
     pd.read_csv(events_path).rename(columns={"product": "sku"}).to_csv(events_path, index=False)

@@ -21,6 +21,9 @@ def test_tables_follow_the_schema():
     world = generate_world(SMALL, progress=False)
     assert list(world.catalogue.columns) == [*CATALOGUE_COLUMNS, *CATALOGUE_OPTIONAL]
     assert world.catalogue["restricted"].isna().mean() > 0.9, "flags are sparse: absent means allowed"
+    local = world.catalogue["deliverable_to"].dropna()
+    assert 0 < len(local) < 0.1 * len(world.catalogue), "a few products ship to a few regions only"
+    assert all(all(code.isdigit() for code in value.split("|")) for value in local)
     assert list(world.events.columns) == list(EVENTS_COLUMNS)
     assert world.catalogue["item_id"].tolist() == list(range(1, SMALL.n_products + 1))
     assert set(world.events["event_type"]) <= set(EVENT_TYPES)

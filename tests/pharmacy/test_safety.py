@@ -7,11 +7,19 @@ import io
 import numpy as np
 import pytest
 
-from pipelines.pharmacy.served import ALLOWED, REASONS, PolicyRules, SafetyPolicy, SafetyTables
+from pipelines.pharmacy.served import (
+    ALLOWED,
+    REASONS,
+    PolicyRules,
+    SafetyPolicy,
+    SafetyTables,
+    location_problem,
+)
 
 # molecules: 0 metformin, 1 ciprofloxacin, 2 calcium carbonate, 3 paracetamol
 # items: 1 metformin (rx), 2 metformin (rx, other maker), 3 ciprofloxacin (rx), 4 calcium carbonate,
-#        5 paracetamol, 6 paracetamol (restricted), 7 calcium carbonate (out of stock), 8 rx of unknown composition
+#        5 paracetamol (ships to pincodes 11xxxx and 400xxx only), 6 paracetamol (restricted), 7 calcium carbonate
+#        (out of stock), 8 rx of unknown composition
 MOLECULES = {1: [0], 2: [0], 3: [1], 4: [2], 5: [3], 6: [3], 7: [2], 8: []}
 N = 8
 
@@ -24,10 +32,13 @@ def tables() -> SafetyTables:
     rx[[1, 2, 3, 8]] = True
     restricted[6] = True
     unavailable[7] = True
+    limited = flag.copy()
+    limited[5] = True
     return SafetyTables(rx, restricted, unavailable, indptr,
                         np.array([m for i in range(1, N + 1) for m in MOLECULES[i]], dtype=np.int64),
                         np.array(["metformin", "ciprofloxacin", "calcium carbonate", "paracetamol"]),
-                        np.array([[1, 2]], dtype=np.int64))
+                        np.array([[1, 2]], dtype=np.int64), limited, np.array(["11", "400"]),
+                        np.array([0, 1, 2], dtype=np.int64), np.array([5, 5], dtype=np.int64))
 
 
 ALL = np.arange(1, N + 1)
@@ -101,3 +112,22 @@ def test_tables_round_trip_and_bad_tables_are_named(tmp_path):
     path.write_bytes(buffer.getvalue())
     with pytest.raises(ValueError, match="policy tables lack"):
         SafetyTables.load(path)
+
+
+@pytest.mark.parametrize(("location", "ships"), [
+    ("110017", True), ("400 001", True), ("401-101", False), ("560001", False), ("", True),
+])
+def test_a_product_shipped_to_some_regions_is_dropped_elsewhere_and_kept_when_the_location_is_unknown(location, ships):
+    policy = SafetyPolicy(tables())
+    codes = named(policy.reasons(ALL, policy.context(location=location)))
+    assert ("unavailable" != codes.get(5)) == ships, codes
+    assert codes.get(4) is None, "a product without delivery limits ships everywhere"
+    off = SafetyPolicy(tables(), PolicyRules(drop_unavailable=False))
+    assert 5 not in named(off.reasons(ALL, off.context(location=location)))
+
+
+@pytest.mark.parametrize(("text", "bad"), [
+    ("110017", False), ("SW1A 1AA", False), ("", False), ("11;0", True), ("1" * 17, True), ("११००", True),
+])
+def test_a_location_is_a_postcode_or_empty(text, bad):
+    assert (location_problem(text) is not None) == bad

@@ -1,16 +1,17 @@
 """Placements and the safety policy as served: 10,000 simulated requests per placement through `recommend`.
 
-A generated world's catalogue (rx flags, restricted and out-of-stock products, compositions with their
-spelling variants) and the shipped interaction table, a real GPT4Rec export (untrained: it proposes
-prescription-only and interacting products freely, which is what the policy must stop), association
-rules and popularity from the world's events, on the real tritonserver. Requests are the world's own
-sessions with random carts and purchase or prescription records. Every answer is checked by an
-independent reading of the catalogue text and the CSV (not the policy's code): no prescription-only
-product without a record of its molecules (on a product page, the viewed product's molecules count),
-no interacting pair with the session or cart, nothing restricted or out of stock, no molecule twice in
-the cart, every list full or saying why not, every item with a reason. Substitutes are checked against
-the world's ground truth (same molecules and strengths), cheapest first. Search queries are the world's
-brands (some with a typo), molecules and uses: the same rules hold, and a misspelt brand finds its product.
+A generated world's catalogue (rx flags, restricted, out-of-stock and regionally shipped products,
+compositions with their spelling variants) and the shipped interaction table, a real GPT4Rec export
+(untrained: it proposes prescription-only and interacting products freely, which is what the policy must
+stop), association rules and popularity from the world's events, on the real tritonserver. Requests are the
+world's own sessions with random carts, purchase (with ages) or prescription records and delivery
+postcodes. Every answer is checked by an independent reading of the catalogue text and the CSV (not the
+policy's code): no prescription-only product without a record of its molecules (on a product page, the
+viewed product's molecules count), no interacting pair with the session or cart, nothing restricted, out
+of stock or not shipping to the request's postcode, no molecule twice in the cart, every list full or
+saying why not, every item with a reason. Substitutes are checked against the world's ground truth (same
+molecules and strengths), cheapest first. Search queries are the world's brands (some with a typo),
+molecules and uses: the same rules hold, and a misspelt brand finds its product.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ torch = pytest.importorskip("torch")
 
 K, N_REQUESTS, BATCH = 10, 10_000, 100
 CHRONIC_CLASSES = ("Antidiabetic", "Antihypertensive", "Lipid lowering", "Thyroid")  # params.yaml refills
+POSTCODES = ("110017", "400 001", "560034", "600-001", "302001", "")  # "" = location unknown
 _STRENGTH = re.compile(r"^\d[\d.,]*(mg|mcg|µg|iu|%|ml|gm|g)?$", re.IGNORECASE)
 
 
@@ -149,7 +151,8 @@ def simulated_requests(world, rng: np.random.Generator) -> list[dict]:
             purchased += rng.choice(chronic, size=int(rng.integers(1, 3))).tolist()
         prescribed = rng.choice(rx_items, size=int(rng.integers(1, 3))).tolist() if rng.random() < 0.2 else []
         requests.append({"session": session, "cart": cart, "purchased": purchased, "prescribed": prescribed,
-                         "days_ago": rng.integers(0, 60, size=len(purchased)).tolist()})
+                         "days_ago": rng.integers(0, 60, size=len(purchased)).tolist(),
+                         "location": POSTCODES[int(rng.integers(0, len(POSTCODES)))]})
     for q, query in zip(requests, search_queries(world, rng, len(requests)), strict=True):
         q["query"] = query
     return requests
@@ -164,9 +167,10 @@ class Checker:
         self.rx = catalogue["rx_required"].to_dict()
         self.restricted = catalogue["restricted"].fillna(False).astype(bool).to_dict()
         self.out_of_stock = (~catalogue["in_stock"].fillna(True).astype(bool)).to_dict()
+        self.ships_to = {int(i): v.split("|") for i, v in catalogue["deliverable_to"].dropna().items()}
         self.pairs = interacting_pairs()
         self.violations: dict[str, list] = {k: [] for k in (
-            "rx", "interacts", "restricted", "out_of_stock", "duplicate_molecule", "short_without_reason",
+            "rx", "interacts", "restricted", "out_of_stock", "undeliverable", "duplicate_molecule", "short_without_reason",
             "repeated_or_in_cart", "without_reason")}
         self.codes: set[str] = set()
         self.removed: dict[str, int] = {}
@@ -202,6 +206,9 @@ class Checker:
                 found["restricted"].append((q, item))
             if self.out_of_stock[item]:
                 found["out_of_stock"].append((q, item))
+            postcode = q["location"].replace(" ", "").replace("-", "")
+            if postcode and item in self.ships_to and not any(postcode.startswith(c) for c in self.ships_to[item]):
+                found["undeliverable"].append((q, item))
             if ms & in_cart:
                 found["duplicate_molecule"].append((q, item))
 
@@ -219,6 +226,7 @@ def serve_requests(server, requests: list[dict], placement: str, checker: Checke
                                     prescribed=[q["prescribed"] for q in chunk], placement=placement,
                                     query=[q["query"] for q in chunk] if placement == "search" else None,
                                     purchased_days_ago=[q["days_ago"] for q in chunk],
+                                    location=[q["location"] for q in chunk],
                                     url=server.url, model_name=model, timeout_s=60)
         for q, answer in zip(chunk, answers, strict=True):
             checker.check(q, answer, placement)
@@ -248,7 +256,8 @@ def test_the_checker_finds_what_a_recommend_without_the_policy_shows(served, wor
     serve_requests(served, simulated_requests(world, np.random.default_rng(11))[:1000], "cart", checker, "recommend_open")
     counts = checker.counts()
     print(f"policy off, 1,000 cart requests: {counts}")
-    assert all(counts[k] > 0 for k in ("rx", "interacts", "restricted", "out_of_stock", "duplicate_molecule")), counts
+    assert all(counts[k] > 0 for k in ("rx", "interacts", "restricted", "out_of_stock", "undeliverable",
+                                       "duplicate_molecule")), counts
 
 
 def test_product_page_substitutes_match_the_ground_truth_and_the_cheapest_comes_first(served, world):
@@ -379,6 +388,13 @@ def test_home_offers_a_chronic_refill_when_its_pack_runs_out_and_not_before_or_l
                 assert answer.reasons[0] == expect
             else:
                 assert "refills" not in answer.reason_codes and item not in answer.item_ids, answer
+
+
+def test_a_bad_location_is_refused_and_says_what_a_location_is(served):
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException, match=r"location row 1 is '11;0': a location is a postcode"):
+        recommend_session([[1], [2]], location=["110017", "11;0"], url=served.url, model_name="recommend_policy")
 
 
 @pytest.mark.parametrize(("days", "said"), [

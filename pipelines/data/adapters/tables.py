@@ -12,6 +12,7 @@ appear only in the events (ids after the catalogue's, so the gate sees them as u
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -221,12 +222,32 @@ def read_tables(events_path: Path, catalogue_path: Path | None = None, *, column
     }
     optional = [col for col in CATALOGUE_OPTIONAL if col in catalogue.columns]
     for col in optional:
-        catalogue[col] = _optional_flag(catalogue[col], f"{catalogue_path} {col}")
+        where = f"{catalogue_path} {col}"
+        catalogue[col] = (_optional_flag(catalogue[col], where) if CATALOGUE_OPTIONAL[col] == "bool"
+                          else _optional_codes(catalogue[col], where, catalogue["source_item_id"]))
     return World(catalogue=catalogue[[*CATALOGUE_COLUMNS, *optional]], events=events[list(EVENTS_COLUMNS)],
                  source=source)
 
 
 _TRUE, _FALSE = frozenset({"true", "1", "yes", "y", "t"}), frozenset({"false", "0", "no", "n", "f"})
+_CODE = re.compile(r"^[0-9A-Za-z]{1,10}$")
+
+
+def _optional_codes(values: pd.Series, where: str, products: pd.Series) -> pd.Series:
+    """A sparse pipe-separated list of region codes ("110|400"): blank stays null (everywhere); a code that is
+    not 1-10 letters or digits is refused, naming the product (its id in the source)."""
+    from pipelines.data.adapters import SourceError
+
+    out = []
+    for product, value in zip(products.tolist(), values.tolist(), strict=True):
+        text = "" if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)) else str(value)
+        codes = [c.strip().upper() for c in text.split("|") if c.strip()]
+        bad = [c for c in codes if not _CODE.match(c)]
+        if bad:
+            raise SourceError(f"{where}: product {str(product)[:40]!r} holds {bad[0][:40]!r}, not a region code "
+                              "(1-10 letters or digits, pipe-separated: 110|400)")
+        out.append("|".join(codes) if codes else None)
+    return pd.Series(out, index=values.index, dtype="str")
 
 
 def _optional_flag(values: pd.Series, where: str) -> pd.Series:

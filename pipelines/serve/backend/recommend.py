@@ -28,6 +28,8 @@ Inputs (batch dimension first; 0 is padding everywhere):
                                      with them the home page offers refills of chronic medicines whose
                                      last pack runs out soon (placements.npz supply_days; config
                                      parameters refill_due_within_days, refill_overdue_days)
+  location       bytes [batch, 1]    optional: the delivery postcode ("110017"; b"" unknown): products whose
+                                     catalogue deliverable_to lists no prefix of it are dropped (unavailable)
   query          bytes [batch, 1]    the search placement's free text (UTF-8, at most max_query_bytes,
                                      with a letter or digit); b"" on the rows of other placements
 Outputs:
@@ -90,6 +92,7 @@ from rxrec_pharmacy import (
     ServedList,
     due_refills,
     fill_blend,
+    location_problem,
     parse_blend,
     refill_reason,
     substitute_reason,
@@ -112,6 +115,7 @@ OUTPUT_REASON_CODES = "reason_codes"
 OUTPUT_REASONS = "reasons"
 PLACEMENT_INPUT = "placement"
 QUERY_INPUT = "query"
+LOCATION_INPUT = "location"
 DEFAULT_PLACEMENT = "home"
 ADD_TO_CART_KIND = 3  # the event kind gpt4rec reads for cart items on the cart page
 PERSONAL_TEXT = "picked for this session by the personal model"
@@ -409,7 +413,7 @@ class TritonPythonModel:
     def _rows(self, sessions: np.ndarray, purchased: np.ndarray | None, kinds: np.ndarray | None = None,
               cart: np.ndarray | None = None, prescribed: np.ndarray | None = None,
               placements: list[str] | None = None, queries: list[str] | None = None,
-              days_ago: np.ndarray | None = None) -> list[_Row]:
+              days_ago: np.ndarray | None = None, locations: list[str] | None = None) -> list[_Row]:
         rows = []
         for r, session in enumerate(sessions):
             present = session > 0
@@ -429,7 +433,8 @@ class TritonPythonModel:
                 exclude = np.union1d(exclude, bought)
             if placement == "product" and len(known):  # the product page of an rx medicine: its molecules count
                 records = np.union1d(records, known[-1:])  # (substitutes may show; other rx products may not)
-            context = self.policy.context(session=known, cart=cart_items, records=records)
+            context = self.policy.context(session=known, cart=cart_items, records=records,
+                                          location=locations[r] if locations else "")
             row = _Row(known, items[unknown_mask], exclude, known_kinds, self.policy, context, placement, cart_items,
                        queries[r] if queries else "")
             if days_ago is not None and purchased is not None:
@@ -497,6 +502,22 @@ class TritonPythonModel:
             return None, f"{PLACEMENT_INPUT} {bad[0][:40]!r} is not a placement; placements are {list(PLACEMENTS)}"
         return names, None
 
+    @staticmethod
+    def _locations(request: object, batch: int | None) -> tuple[list[str] | None, str | None]:
+        """(postcode per row, problem): the optional BYTES [batch, 1] input; b"" is an unknown location."""
+        x = input_array(request, LOCATION_INPUT)
+        if x is None or batch is None:
+            return None, None
+        if x.ndim != 2 or x.shape[0] != batch or x.shape[1] != 1:
+            return None, f"{LOCATION_INPUT} must be [batch, 1] with one postcode per session, got {list(x.shape)}"
+        out = []
+        for r, raw in enumerate(x[:, 0]):
+            text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+            if (problem := location_problem(text)) is not None:
+                return None, f"{LOCATION_INPUT} row {r} {problem}"
+            out.append(text)
+        return out, None
+
     def _queries(self, request: object, placements: list[str] | None) -> tuple[list[str] | None, str | None]:
         """(query per row, problem): the search rows each need a query, the other rows send none (b"")."""
         x = input_array(request, QUERY_INPUT)
@@ -536,7 +557,9 @@ class TritonPythonModel:
             placements, problem6 = self._placements(request, None if sessions is None else sessions.shape[0])
             queries, problem7 = (None, None) if problem6 else self._queries(request, placements)
             days_ago, problem8 = _ids(request, PURCHASED_DAYS_INPUT, required=False)
-            problem = problem or problem2 or problem3 or problem4 or problem5 or problem6 or problem7 or problem8
+            locations, problem9 = self._locations(request, None if sessions is None else sessions.shape[0])
+            problem = (problem or problem2 or problem3 or problem4 or problem5 or problem6 or problem7 or problem8
+                       or problem9)
             if problem is None and days_ago is not None and (purchased is None or days_ago.shape != purchased.shape):
                 problem = (f"{PURCHASED_DAYS_INPUT} must have the shape of {PURCHASED_INPUT} "
                            f"{None if purchased is None else list(purchased.shape)} (one age per purchase), got "
@@ -557,7 +580,8 @@ class TritonPythonModel:
             if problem is not None:
                 responses[i] = refusal(problem)
                 continue
-            per_request[i] = self._rows(sessions, purchased, kinds, cart, prescribed, placements, queries, days_ago)
+            per_request[i] = self._rows(sessions, purchased, kinds, cart, prescribed, placements, queries, days_ago,
+                                        locations)
         all_rows = [row for rows in per_request.values() for row in rows]
         self._gpt4rec([row for row in all_rows if row.warm and any(
             source in ("personal", "matches") for source, _ in self.blends[row.placement])])
