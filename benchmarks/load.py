@@ -114,18 +114,25 @@ class WorkerRecord:
 
 
 # ---------------------------------------------------------------------------------------- requests
-def build_infer_request(model_name: str, session: np.ndarray, request_id: str = "") -> bytes:
-    """A serialised ModelInferRequest for one left-padded session (int64 [1, length])."""
+def build_infer_request(model_name: str, session: np.ndarray, request_id: str = "", *,
+                        input_name: str = INPUT_NAME, extras: dict[str, np.ndarray] | None = None) -> bytes:
+    """A serialised ModelInferRequest for one left-padded session (int64 [1, length]) under `input_name`, plus
+    `extras`: more inputs of one row each (int64, or an object array of bytes sent as BYTES)."""
     from tritonclient.grpc import service_pb2
 
-    x = np.ascontiguousarray(np.asarray(session, dtype=np.int64).reshape(1, -1))
     request = service_pb2.ModelInferRequest(model_name=model_name, id=request_id)
-    tensor = request.inputs.add()
-    tensor.name, tensor.datatype = INPUT_NAME, "INT64"
-    tensor.shape.extend(x.shape)
+    for name, value in {input_name: np.asarray(session, dtype=np.int64).reshape(1, -1), **(extras or {})}.items():
+        tensor = request.inputs.add()
+        x = np.asarray(value)
+        tensor.name, tensor.datatype = name, "BYTES" if x.dtype == object else "INT64"
+        tensor.shape.extend(x.shape)
+        if x.dtype == object:  # BYTES: each element as a 4-byte little-endian length and its bytes
+            raw = b"".join(len(v).to_bytes(4, "little") + v for v in (bytes(e) for e in x.ravel()))
+        else:
+            raw = np.ascontiguousarray(x, dtype=np.int64).tobytes()
+        request.raw_input_contents.append(raw)
     for name in (OUTPUT_IDS, OUTPUT_SCORES):
         request.outputs.add().name = name
-    request.raw_input_contents.append(x.tobytes())
     return request.SerializeToString()
 
 
@@ -513,13 +520,14 @@ class LoadGenerator:
         self.stop()
 
     def _dispatch(self, model_name: str, sessions: Sequence[np.ndarray], level: LoadLevel,
-                  **job: Any) -> tuple[float, int]:
-        """Send every worker its share of one level (plus `job` extras); returns (start time, clients per worker)."""
+                  payloads: Sequence[bytes] | None = None, **job: Any) -> tuple[float, int]:
+        """Send every worker its share of one level (plus `job` extras); returns (start time, clients per worker).
+        `payloads` (serialised requests, build_infer_request) replace the plain sessions when given."""
         if not self._procs:
             raise RuntimeError("LoadGenerator is not started: use it as a context manager or call start()")
-        if not sessions:
+        if not sessions and not payloads:
             raise ValueError("sessions must not be empty")
-        payloads = [build_infer_request(model_name, s) for s in sessions]
+        payloads = list(payloads) if payloads else [build_infer_request(model_name, s) for s in sessions]
         clients = max(1, level.concurrency // self.workers)
         start = time.monotonic() + self.start_delay_s
         for index, (_, conn) in enumerate(self._procs):
@@ -529,9 +537,10 @@ class LoadGenerator:
             })
         return start, clients
 
-    def run(self, model_name: str, sessions: Sequence[np.ndarray], level: LoadLevel) -> LoadResult:
-        """Drive one load level against model_name and return its statistics."""
-        start, clients = self._dispatch(model_name, sessions, level)
+    def run(self, model_name: str, sessions: Sequence[np.ndarray], level: LoadLevel,
+            payloads: Sequence[bytes] | None = None) -> LoadResult:
+        """Drive one load level against model_name and return its statistics (`payloads`: prepared requests)."""
+        start, clients = self._dispatch(model_name, sessions, level, payloads)
         limit = self.start_delay_s + level.warmup_s + level.duration_s + level.timeout_s + 60
         records: list[WorkerRecord] = []
         for proc, conn in self._procs:

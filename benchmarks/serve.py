@@ -410,6 +410,10 @@ def register(bench: typer.Typer) -> None:
         max_queue_delay_us: int = typer.Option(2000, help="dynamic batcher's wait for a fuller batch"),
         preferred_batch_sizes: str = typer.Option("", help="comma-separated, empty: none"),
         quick: bool = typer.Option(False, help="seconds-long smoke run: one level per length, no probe"),
+        entry: str = typer.Option("gpt4rec", help="gpt4rec (the model alone, reports/serve) or recommend (what "
+                                  "the pharmacy layer adds to the entry point's p50: reports/serve-recommend)"),
+        rate: float = typer.Option(100.0, help="--entry recommend: open-loop requests/s per variant"),
+        rounds: int = typer.Option(3, help="--entry recommend: rounds of every variant"),
         out_dir: str = typer.Option("", help="where serve.json/.md go (default: reports/)"),
         overrides: Annotated[list[str] | None, typer.Option("--set", "-s", help="param override section.key=value")] = None,
     ) -> None:
@@ -418,6 +422,20 @@ def register(bench: typer.Typer) -> None:
         from pipelines.core.config import load_settings
 
         settings = load_settings(overrides=overrides or [])
+        if entry not in ("gpt4rec", "recommend"):
+            raise typer.BadParameter(f"--entry must be gpt4rec or recommend, got {entry!r}")
+        if entry == "recommend":
+            from benchmarks import serve_recommend
+
+            if quick:
+                duration, warmup, rounds = min(duration, 3.0), min(warmup, 1.0), 1
+            payload = serve_recommend.run_recommend(rate=rate, duration_s=duration, warmup_s=warmup, rounds=rounds,
+                                                    workers=workers, settings=settings, work_dir=WORK_DIR)
+            text = serve_recommend.markdown(payload)
+            path = write_report("serve-recommend", payload, text, Path(out_dir) if out_dir else REPORTS)
+            typer.echo(text)
+            typer.echo(f"written: {path} and {path.with_suffix('.md')}")
+            return
         try:
             lengths = [int(v) for v in seq_lens.split(",") if v.strip()]
             preferred = tuple(int(v) for v in preferred_batch_sizes.split(",") if v.strip())
