@@ -63,37 +63,46 @@ def _shape(request: dict[str, Any], placement: str) -> tuple[Any, Any]:
 
 
 class _Sources:
-    """One request's candidate sources, offline, as fill_blend takes them (row, limit)."""
+    """One request's candidate sources, offline, as fill_blend takes them."""
 
     def __init__(self, scored: dict, covers: dict, i: int, popular_order: Any, tables: Any, k: int,
                  viewed: int | None) -> None:
         self.scored, self.covers, self.i, self.popular_order = scored, covers, i, popular_order
         self.tables, self.k, self.viewed = tables, k, viewed
 
-    def _take(self, row: Any, ids: Any, source: str, code: str, limit: int | None) -> None:
+    @staticmethod
+    def _offer(ids: Any, source: str, code: str) -> Any:
         import numpy as np
 
-        row.take(ids, np.zeros(len(ids), np.float32), source, self.k, limit=limit, code=code)
+        from pipelines.pharmacy.served import Candidates
+
+        return Candidates(ids, np.zeros(len(ids), np.float32), source, code)
 
     def family(self, row: Any, family: str) -> None:
-        self._take(row, self.scored[family][self.i], family, family, None)
+        row.offer(self._offer(self.scored[family][self.i], family, family), self.k)
 
-    def personal(self, row: Any, limit: int | None) -> None:
+    def personal(self, row: Any) -> Any:
         if self.covers["gpt4rec"][self.i]:  # served: GPT4Rec is asked for warm sessions only
-            self._take(row, self.scored["gpt4rec"][self.i], "gpt4rec", "personal", limit)
+            return self._offer(self.scored["gpt4rec"][self.i], "gpt4rec", "personal")
+        return None
 
-    def complements(self, row: Any, limit: int | None) -> None:
-        self._take(row, self.scored["rules"][self.i], "rules", "complements", limit)
+    def complements(self, row: Any) -> Any:
+        return self._offer(self.scored["rules"][self.i], "rules", "complements")
 
-    def substitutes(self, row: Any, limit: int | None) -> None:
-        if self.viewed is not None:
-            self._take(row, self.tables.substitutes(self.viewed), "substitutes", "substitutes", limit)
+    def substitutes(self, row: Any) -> Any:
+        if self.viewed is None:
+            return None
+        return self._offer(self.tables.substitutes(self.viewed), "substitutes", "substitutes")
 
     def popular(self, row: Any, limit: int | None) -> None:
-        self._take(row, self.popular_order, "popularity", "popular", limit)
+        row.offer(self._offer(self.popular_order, "popularity", "popular"), self.k, limit)
 
-    def refills(self, row: Any, limit: int | None) -> None:
+    def refills(self, row: Any) -> None:
         """Nothing: a refill needs purchase dates, which the simulated histories do not model (module note)."""
+
+    def offers(self) -> dict[str, Any]:
+        return {"personal": self.personal, "complements": self.complements, "substitutes": self.substitutes,
+                "refills": self.refills}
 
 
 def run_placements(users: int, overrides: list[str], out_dir: Path | None = None) -> Path:
@@ -168,9 +177,7 @@ def run_placements(users: int, overrides: list[str], out_dir: Path | None = None
                 sources.popular(row, None)
                 lists[f][q["user"]] = row.ids
             row = ServedList(exclude, policy, context)
-            fill_blend(row, blends[placement], {"personal": sources.personal, "complements": sources.complements,
-                                                "substitutes": sources.substitutes, "popular": sources.popular,
-                                                "refills": sources.refills})
+            fill_blend(row, blends[placement], sources.offers(), sources.popular, k)
             covered[BLENDED] += sum(code != "popular" for code in row.codes) >= k // 2
             lists[BLENDED][q["user"]] = row.ids
         timings[placement] = time.perf_counter() - started

@@ -95,13 +95,26 @@ def placements(reports: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-RENDERERS: dict[str, Callable[[Path], str]] = {"serve": serve, "reliability": reliability, "placements": placements}
+def serve_recommend(reports: Path) -> str:
+    report = _read(reports, "serve-recommend", "serve --entry recommend")
+    worst = report["worst_added_p50_ms"]
+    plain = max(lv["p50_ms"] for lv in report["variants"]["plain (no policy, personal only)"])
+    added = ", ".join(f"{placement} {ms:+.2f} ms" for placement, ms in worst.items())
+    return (f"Last run ([reports/serve-recommend.md](reports/serve-recommend.md), {_measured(report)}; "
+            f"{report['n_items']:,} products, sessions of {report['length']}, open loop at {report['rate_per_s']:g} "
+            f"requests/s through Triton, worst of {report['rounds']} rounds): the entry point without the pharmacy "
+            f"layer answers at p50 {plain:.1f} ms; the policy and each placement add {added} "
+            f"(target <= {report['target_added_p50_ms']:g} ms: {'PASS' if report['passed'] else 'FAIL'}).\n")
 
 
-def _read(reports: Path, name: str) -> dict[str, Any]:
+RENDERERS: dict[str, Callable[[Path], str]] = {"serve": serve, "reliability": reliability, "placements": placements,
+                                               "serve_recommend": serve_recommend}
+
+
+def _read(reports: Path, name: str, command: str = "") -> dict[str, Any]:
     path = reports / f"{name}.json"
     if not path.is_file():
-        raise ReadmeFiguresError(f"the README quotes {path}, which does not exist: run `rxrec bench {name}`")
+        raise ReadmeFiguresError(f"the README quotes {path}, which does not exist: run `rxrec bench {command or name}`")
     return json.loads(path.read_text())
 
 

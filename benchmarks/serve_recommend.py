@@ -13,8 +13,8 @@ Requests are full-length sessions of the world's products (the most work for gpt
 placement reads: home carries purchases with their ages (refills) and a postcode; product views the
 session's latest item; cart holds two products; search types a brand, half of them misspelt. The plain
 version gets the home requests. Each is sent open loop at a moderate rate (the issue bounds the p50 added,
-not the capacity), every variant once per round, three rounds; the figure is the worst round's
-p50(placement) - p50(plain) of the same round.
+not the capacity), every variant once per round (each round starting one variant later), three rounds;
+the figure is the worst round's p50(placement) - p50(plain) of the same round.
 """
 
 from __future__ import annotations
@@ -127,8 +127,10 @@ def run_recommend(*, rate: float, duration_s: float, warmup_s: float, rounds: in
                 triton.load(name, timeout_s=180)
             for name, (target, payloads) in variants.items():  # warm every path once
                 generator.run(target, [], LoadLevel(rate, duration_s=1.0, warmup_s=0.5), payloads=payloads)
-            for _ in range(rounds):
-                for name, (target, payloads) in variants.items():
+            names = list(variants)
+            for r in range(rounds):  # each round starts one variant later: a drift favours none of them
+                for name in names[r % len(names):] + names[:r % len(names)]:
+                    target, payloads = variants[name]
                     busy0 = machine_busy_s()
                     result = generator.run(target, [], LoadLevel(rate, duration_s, warmup_s=warmup_s),
                                            payloads=payloads)

@@ -27,6 +27,7 @@ popularity.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -210,6 +211,7 @@ class SafetyPolicy:
         if len(pairs):
             self.interacts[pairs[:, 0], pairs[:, 1]] = True
             self.interacts[pairs[:, 1], pairs[:, 0]] = True
+        self.molecule_counts = np.diff(tables.molecule_indptr)[:tables.n_items + 1]  # molecules per item
         # The per-item reason that needs no request: restricted first, then unavailable.
         self.static = np.zeros(tables.n_items + 1, dtype=np.uint8)
         if self.rules.drop_unavailable:
@@ -261,18 +263,25 @@ class SafetyPolicy:
         codes = self.static[items].copy()
         if self.rules.drop_unavailable and ctx.undeliverable is not None:
             codes[(codes == ALLOWED) & ctx.undeliverable[items]] = REASONS.index("unavailable") + 1
-        molecules, owner = self._molecules(items)
         n = len(items)
-        if self.rules.rx_requires_record:
-            rx = self.tables.rx_required[items]
-            unknown = np.bincount(owner, minlength=n) == 0
-            missing = np.bincount(owner, weights=~ctx.on_record[molecules], minlength=n) > 0
-            no_record = np.where(unknown, ~np.isin(items, ctx.record_items), missing)
-            codes[(codes == ALLOWED) & rx & no_record] = REASONS.index("rx_without_record") + 1
-        if self.rules.interactions and ctx.interacting.any():
+        rx = self.tables.rx_required[items] & (codes == ALLOWED) if self.rules.rx_requires_record else None
+        check_rx = rx is not None and bool(rx.any())
+        check_interactions = self.rules.interactions and bool(ctx.interacting.any())
+        check_cart = self.rules.duplicate_molecules_in_cart and bool(ctx.in_cart.any())
+        if not (check_rx or check_interactions or check_cart):  # nothing needs the molecules of this request
+            out[valid] = codes
+            return out
+        molecules, owner = self._molecules(items)
+        if check_rx:
+            no_record = np.bincount(owner, weights=~ctx.on_record[molecules], minlength=n) > 0
+            unknown = rx & (self.molecule_counts[items] == 0)  # an rx product of unknown composition
+            if unknown.any():
+                no_record[unknown] = ~np.isin(items[unknown], ctx.record_items)
+            codes[rx & no_record] = REASONS.index("rx_without_record") + 1
+        if check_interactions:
             hit = np.bincount(owner, weights=ctx.interacting[molecules], minlength=n) > 0
             codes[(codes == ALLOWED) & hit] = REASONS.index("interacts") + 1
-        if self.rules.duplicate_molecules_in_cart and ctx.in_cart.any():
+        if check_cart:
             dup = np.bincount(owner, weights=ctx.in_cart[molecules], minlength=n) > 0
             codes[(codes == ALLOWED) & dup] = REASONS.index("duplicate_molecule") + 1
         out[valid] = codes
@@ -376,10 +385,27 @@ def substitute_reason(tables: PlacementTables, item: int, viewed: int) -> str:
     return text + (", generic" if tables.generic[item] else "")
 
 
+class Candidates:
+    """One source's offer to one list, best first. Built once per list and taken from in slices (fill_blend);
+    the policy's verdict on each candidate is computed on the first take and kept."""
+
+    __slots__ = ("code", "exclude", "ids", "reason_codes", "scores", "source", "text")
+
+    def __init__(self, ids: np.ndarray, scores: np.ndarray, source: str, code: str = "",
+                 text: str | Callable[[int], str] = "", exclude: np.ndarray | None = None) -> None:
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.scores = np.asarray(scores, dtype=np.float32)
+        self.source, self.code = source, code or source  # who answered; the reason code shown
+        self.text = text  # one reason for all, or candidate index -> reason (built for the chosen only)
+        self.exclude = exclude  # replaces the list's exclusions (a refill is a product already bought)
+        self.reason_codes: np.ndarray | None = None
+
+
 class ServedList:
     """One request's list as it is built: what it excludes, the policy and its masks, what was chosen and why."""
 
-    __slots__ = ("codes", "context", "exclude", "ids", "policy", "removed", "scores", "source", "texts")
+    __slots__ = ("_chosen", "_excluded", "codes", "context", "exclude", "ids", "policy", "removed", "scores",
+                 "source", "texts")
 
     def __init__(self, exclude: np.ndarray, policy: SafetyPolicy | None = None,
                  context: RequestContext | None = None) -> None:
@@ -391,45 +417,85 @@ class ServedList:
         self.codes: list[str] = []  # per chosen item: the placement source that put it there
         self.texts: list[str] = []  # per chosen item: why, in words
         self.source = ""  # who placed the first item
+        exclude = np.asarray(exclude, dtype=np.int64)
+        # By item id: excluded, chosen (an id lookup per candidate instead of a set operation per take), sized
+        # for the catalogue when the policy knows it.
+        size = max(int(exclude.max()) + 1 if len(exclude) else 1, policy.tables.n_items + 1 if policy else 0)
+        self._excluded = np.zeros(size, dtype=bool)
+        self._excluded[exclude[exclude >= 0]] = True
+        self._chosen = np.zeros_like(self._excluded)
+
+    def _cover(self, top: int) -> None:
+        """Grow the id masks to hold id `top`."""
+        if top >= len(self._excluded):
+            extra = max(top + 1, 2 * len(self._excluded)) - len(self._excluded)
+            self._excluded, self._chosen = np.pad(self._excluded, (0, extra)), np.pad(self._chosen, (0, extra))
+
+    def offer(self, candidates: Candidates, k: int, limit: int | None = None) -> None:
+        """Append candidates that are not excluded, already chosen or refused by the policy, up to k in all and
+        `limit` from this call; count what the policy refused ahead of the last one taken."""
+        if limit is not None:
+            k = min(k, len(self.ids) + limit)
+        need, ids = k - len(self.ids), candidates.ids
+        if need <= 0 or len(ids) == 0:
+            return
+        self._cover(int(ids.max()))
+        positive = ids > 0
+        safe = np.where(positive, ids, 0)
+        if candidates.exclude is None:
+            keep = positive & ~self._excluded[safe] & ~self._chosen[safe]
+        else:
+            keep = positive & ~np.isin(ids, candidates.exclude) & ~self._chosen[safe]
+        refused = None
+        if self.policy is not None:
+            if candidates.reason_codes is None:
+                candidates.reason_codes = self.policy.reasons(ids, self.context)
+            codes = candidates.reason_codes
+            refused = keep & (codes != ALLOWED)
+            keep &= codes == ALLOWED
+        chosen = np.flatnonzero(keep)[:need]
+        if refused is not None and refused.any():  # count what the policy took out of the part actually used
+            used = chosen[-1] + 1 if len(chosen) == need else len(ids)
+            hit = np.flatnonzero(refused[:used])
+            for item, reason in zip(ids[hit].tolist(), candidates.reason_codes[hit].tolist(), strict=True):
+                self.removed.setdefault(item, reason)
+        if not len(chosen):
+            return
+        if not self.source:
+            self.source = candidates.source
+        self._chosen[ids[chosen]] = True
+        self.ids.extend(ids[chosen].tolist())
+        self.scores.extend(candidates.scores[chosen].tolist())
+        self.codes.extend([candidates.code] * len(chosen))
+        text = candidates.text
+        self.texts.extend([text] * len(chosen) if isinstance(text, str) else [text(i) for i in chosen.tolist()])
 
     def take(self, ids: np.ndarray, scores: np.ndarray, source: str, k: int, *, limit: int | None = None,
              texts: list[str] | str = "", code: str = "", exclude: np.ndarray | None = None) -> None:
-        """Append candidates (best first) that are not excluded, already chosen or refused by the policy, up to
-        k in all and `limit` from this call; `texts` is the reason of each candidate (or one for all).
-        `exclude` replaces the list's own exclusions for this call (a refill is a product already bought)."""
-        if limit is not None:
-            k = min(k, len(self.ids) + limit)
-        if len(self.ids) >= k or len(ids) == 0:
-            return
-        keep = ~np.isin(ids, self.exclude if exclude is None else exclude) & (ids > 0)
-        if self.ids:
-            keep &= ~np.isin(ids, np.asarray(self.ids, dtype=np.int64))
-        codes = None
-        if self.policy is not None and keep.any():
-            codes = np.zeros(len(ids), dtype=np.uint8)
-            codes[keep] = self.policy.reasons(ids[keep], self.context)
-            keep &= codes == 0
-        chosen = np.flatnonzero(keep)[: k - len(self.ids)]
-        if codes is not None:  # count what the policy took out of the part of the list actually used
-            used = chosen[-1] + 1 if len(chosen) == k - len(self.ids) else len(ids)
-            hit = np.flatnonzero(codes[:used])
-            for item, reason in zip(ids[hit].tolist(), codes[hit].tolist(), strict=True):
-                self.removed.setdefault(item, reason)
-        if len(chosen) and not self.source:
-            self.source = source
-        self.ids.extend(int(i) for i in ids[chosen])
-        self.scores.extend(float(s) for s in scores[chosen])
-        self.codes.extend([code or source] * len(chosen))
-        self.texts.extend([texts] * len(chosen) if isinstance(texts, str) else [texts[i] for i in chosen])
+        """offer() of a one-off candidate list; `texts` is the reason of each candidate (or one for all)."""
+        text = texts if isinstance(texts, str) else texts.__getitem__
+        self.offer(Candidates(ids, scores, source, code, text, exclude), k, limit)
 
 
-def fill_blend(row: ServedList, blend: list[tuple[str, int]], fill: dict) -> None:
+def fill_blend(row: ServedList, blend: list[tuple[str, int]], offers: dict[str, Callable[[ServedList], Candidates | None]],
+               popular: Callable[[ServedList, int | None], None], k: int) -> None:
     """Each source of the blend up to its slots, then each again without a limit, then popularity.
 
-    `fill[source](row, limit)` takes from one source (`limit` None: as many as fit); "popular" must be there.
+    `offers[source](row)` builds a source's candidates (once per list; None: it has nothing for this request);
+    `popular(row, limit)` walks the popularity list itself (it may be long: taken in chunks).
     """
-    for source, slots in blend:
-        fill[source](row, slots)
-    for source, _ in blend:
-        fill[source](row, None)
-    fill["popular"](row, None)
+    made: dict[str, Candidates | None] = {}
+    for limited in (True, False):
+        for source, slots in blend:
+            if len(row.ids) >= k:
+                return
+            limit = slots if limited else None
+            if source == "popular":
+                popular(row, limit)
+                continue
+            if source not in made:
+                made[source] = offers[source](row)
+            if made[source] is not None:
+                row.offer(made[source], k, limit)
+    if len(row.ids) < k:
+        popular(row, None)

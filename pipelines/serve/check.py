@@ -30,7 +30,15 @@ from pipelines.core.contract import MODEL_FILE, disagreeing_rows
 from pipelines.data.schema import CATALOGUE_FILE
 from pipelines.data.sequences import load_sequences
 from pipelines.export.onnx import onnx_session, onnx_top_k
-from pipelines.pharmacy.served import POLICY_FILE, PolicyRules, SafetyPolicy, SafetyTables
+from pipelines.pharmacy.served import (
+    PLACEMENTS,
+    PLACEMENTS_FILE,
+    POLICY_FILE,
+    PlacementTables,
+    PolicyRules,
+    SafetyPolicy,
+    SafetyTables,
+)
 from pipelines.repository.metadata import read_model_metadata
 from pipelines.repository.models import RECOMMEND, SIMILAR_ITEMS
 from pipelines.serve.client import pad_sessions, recommend, recommend_session, similar_items
@@ -125,7 +133,29 @@ def check_recommend(url: str, version_dir: Path, sessions: list[list[int]],
         raise RuntimeError(f"an empty session got {cold.item_ids} from {cold.source!r}, expected the popularity "
                            f"list {want_cold}")
     return {"sources": [a.source for a in answers], "purchased_filtered": bought,
-            "cold_session": {"source": cold.source, "item_ids": cold.item_ids}}
+            "cold_session": {"source": cold.source, "item_ids": cold.item_ids},
+            "placements": check_placements(url, version_dir, sessions[0], k)}
+
+
+def check_placements(url: str, version_dir: Path, session: list[int], k: int) -> dict[str, list[str]]:
+    """Every placement answers one session with a full list (or says why not), a reason per item, and nothing its
+    version's policy removes; search looks for the name of the session's latest product. {placement: codes}."""
+    policy = served_policy(version_dir)
+    names = PlacementTables.load(version_dir / PLACEMENTS_FILE).names
+    query = str(names[session[-1]]) if session and session[-1] < len(names) and names[session[-1]] else "tablet"
+    codes = {}
+    for placement in PLACEMENTS:
+        (answer,) = recommend_session([session], placement=placement, query=query if placement == "search" else None,
+                                      url=url)
+        shown = np.array([i for i in answer.item_ids if i > 0], dtype=np.int64)
+        records = np.array(session[-1:] if placement == "product" else [], dtype=np.int64)
+        allowed = policy.allowed(shown, policy.context(session=np.array(session), records=records))
+        if not allowed.all() or (len(shown) < k and not answer.short_reason) or len(answer.reasons) != len(shown):
+            raise RuntimeError(f"recommend on {placement!r} answered {answer.item_ids} (reasons {answer.reason_codes}, "
+                               f"short: {answer.short_reason!r}): a removed item, or a short list or an item "
+                               "without its reason")
+        codes[placement] = answer.reason_codes
+    return codes
 
 
 def _server(s: Settings, p: Paths, endpoint: TritonEndpoint) -> contextlib.AbstractContextManager[

@@ -26,7 +26,8 @@ README_TEXT = "intro\n<!-- figures: serve -->\nold text\n<!-- /figures -->\noutr
 
 def test_the_readme_quotes_what_the_reports_say_now():
     text = README.read_text()
-    assert set(passages(text)) == {"serve", "reliability", "placements"}, "the README lost a figures passage"
+    assert set(passages(text)) == {"serve", "reliability", "placements", "serve_recommend"}, \
+        "the README lost a figures passage"
     rendered = passages(render(text, REPORTS))
     stale = [n for n, body in passages(text).items() if rendered[n] != body]
     assert not stale, f"README figures differ from reports/ in {stale}: run `rxrec bench readme`"

@@ -9,6 +9,7 @@ import pytest
 from pipelines.core.config import RefillSettings
 from pipelines.pharmacy.catalogue import build_placement_tables, pack_doses
 from pipelines.pharmacy.served import (
+    Candidates,
     ServedList,
     due_refills,
     fill_blend,
@@ -44,18 +45,26 @@ def test_substitutes_share_molecules_and_strengths_come_from_another_maker_and_c
 def test_a_blend_fills_each_source_up_to_its_slots_then_without_limits_then_popularity():
     row = ServedList(exclude=np.array([7]))
     a, b = np.array([1, 2, 3, 4]), np.array([5, 6, 7])
-    take = {
-        "personal": lambda r, limit: r.take(a, np.zeros(4), "gpt4rec", 8, limit=limit, code="personal"),
-        "complements": lambda r, limit: r.take(b, np.zeros(3), "rules", 8, limit=limit, texts=["x", "y", "z"],
-                                               code="complements"),
-        "popular": lambda r, limit: r.take(np.arange(10, 20), np.zeros(10), "popularity", 8, code="popular"),
-    }
-    fill_blend(row, parse_blend("personal:2,complements:1"), take)
+    built: list[str] = []
+
+    def offer(source: str, candidates: Candidates):
+        def build(_row):
+            built.append(source)
+            return candidates
+        return build
+
+    offers = {"personal": offer("personal", Candidates(a, np.zeros(4), "gpt4rec", "personal")),
+              "complements": offer("complements", Candidates(b, np.zeros(3), "rules", "complements",
+                                                             ["x", "y", "z"].__getitem__))}
+    fill_blend(row, parse_blend("personal:2,complements:1"), offers,
+               lambda r, limit: r.take(np.arange(10, 20), np.zeros(10), "popularity", 8, limit=limit, code="popular"),
+               8)
     assert row.ids == [1, 2, 5, 3, 4, 6, 10, 11]
     assert row.codes == ["personal", "personal", "complements", "personal", "personal", "complements", "popular",
                          "popular"]
     assert row.texts[2] == "x" and row.texts[5] == "y", "each item keeps its own reason; 7 is excluded"
     assert row.source == "gpt4rec"
+    assert built == ["personal", "complements"], "each source builds its candidates once per list"
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -85,6 +85,7 @@ from rxrec_pharmacy import (
     PLACEMENTS_FILE,
     POLICY_FILE,
     REASONS,
+    Candidates,
     PlacementTables,
     PolicyRules,
     SafetyPolicy,
@@ -253,12 +254,12 @@ class TritonPythonModel:
 
     # ------------------------------------------------------------------ sources
 
-    def _complements(self, row: _Row, limit: int | None) -> None:
+    def _complements(self, row: _Row) -> Candidates | None:
         """Rules fired by the cart (cart placement) or the latest known items, newest weighted most; each item
         says which of them it is bought together with (the one that contributed most)."""
         fired_by = row.cart if row.placement == "cart" and len(row.cart) else row.known
-        if self.rules is None or len(fired_by) == 0 or len(row.ids) >= self.k:
-            return
+        if self.rules is None or len(fired_by) == 0:
+            return None
         indptr, indices, data = self.rules
         cols, vals, firing = [], [], []
         for age, item in enumerate(fired_by[-self.recent:][::-1]):
@@ -268,7 +269,7 @@ class TritonPythonModel:
             firing.append(np.full(hi - lo, item, dtype=np.int64))
         cols_all = np.concatenate(cols)
         if len(cols_all) == 0:
-            return
+            return None
         vals_all, firing_all = np.concatenate(vals), np.concatenate(firing)
         ids, inverse = np.unique(cols_all, return_inverse=True)
         scores = np.bincount(inverse, weights=vals_all).astype(np.float32)
@@ -278,29 +279,30 @@ class TritonPythonModel:
         ok = (scores > 0) & self.catalogue[ids]
         ids, scores, source_of = ids[ok], scores[ok], source_of[ok]
         order = np.lexsort((ids, -scores))
-        names = self.placement_tables.names
-        texts = [f"bought together with {names[i] or f'item {i}'}" for i in source_of[order].tolist()]
-        row.take(ids[order], scores[order], "rules", self.k, limit=limit, texts=texts, code="complements")
+        names, source_of = self.placement_tables.names, source_of[order]
+        return Candidates(ids[order], scores[order], "rules", "complements",
+                          lambda j: f"bought together with {names[source_of[j]] or f'item {source_of[j]}'}")
 
-    def _substitutes(self, row: _Row, limit: int | None) -> None:
+    def _substitutes(self, row: _Row) -> Candidates | None:
         """The viewed product's (the session's latest item) substitutes, cheapest first."""
         if row.placement != "product" or len(row.known) == 0:
-            return
+            return None
         viewed = int(row.known[-1])
         ids = self.placement_tables.substitutes(viewed)
-        if len(ids):
-            texts = [substitute_reason(self.placement_tables, int(i), viewed) for i in ids]
-            prices = self.placement_tables.price[ids].astype(np.float32)
-            row.take(ids, prices, "substitutes", self.k, limit=limit, texts=texts, code="substitutes")
+        if not len(ids):
+            return None
+        tables = self.placement_tables
+        return Candidates(ids, tables.price[ids], "substitutes", "substitutes",
+                          lambda j: substitute_reason(tables, int(ids[j]), viewed))
 
-    def _matches(self, row: _Row, limit: int | None) -> None:
+    def _matches(self, row: _Row) -> Candidates | None:
         """The search query's products, re-ranked: relevance (the best match is 1) plus a bonus for those the
         personal model picks for this session, larger the higher it ranks them."""
         if row.placement != "search" or not row.query:
-            return
+            return None
         ids, scores = self.search.search(row.query, self.search_candidates)
         if len(ids) == 0:
-            return
+            return None
         rank = np.zeros(len(ids))
         if row.personal is not None and len(row.personal[0]) and self.search_personal_weight > 0:
             picks = row.personal[0]
@@ -308,34 +310,33 @@ class TritonPythonModel:
             rank = np.array([1.0 - position[i] / len(picks) if i in position else 0.0 for i in ids.tolist()])
         final = scores / scores[0] + self.search_personal_weight * rank
         order = np.lexsort((ids, -final))
-        said = row.query.strip()[:40]
-        texts = [f"matches \"{said}\"" + (", and the personal model picks it for this session" if rank[i] else "")
-                 for i in order]
-        row.take(ids[order], final[order].astype(np.float32), "search", self.k, limit=limit, texts=texts,
-                 code="matches")
+        said, picked = f'matches "{row.query.strip()[:40]}"', rank[order] > 0
+        return Candidates(ids[order], final[order], "search", "matches",
+                          lambda j: said + (", and the personal model picks it for this session" if picked[j] else ""))
 
-    def _refills(self, row: _Row, limit: int | None) -> None:
+    def _refills(self, row: _Row) -> Candidates | None:
         """The request's chronic medicines whose latest pack runs out soon, most overdue first: a product already
         bought, so only what is in the session or the cart is excluded."""
         if len(row.bought_days) == 0:
-            return
+            return None
         ids, due_in = due_refills(self.placement_tables, row.bought, row.bought_days, self.refill_due_within,
                                   self.refill_overdue)
-        if len(ids):
-            row.take(ids, due_in.astype(np.float32), "refills", self.k, limit=limit,
-                     texts=[refill_reason(d) for d in due_in.tolist()], code="refills",
-                     exclude=np.union1d(row.known, row.cart))
+        if not len(ids):
+            return None
+        return Candidates(ids, due_in, "refills", "refills", lambda j: refill_reason(float(due_in[j])),
+                          exclude=np.union1d(row.known, row.cart))
 
-    def _personal(self, row: _Row, limit: int | None) -> None:
-        if row.personal is not None:
-            ids, scores = row.personal
-            row.take(ids, scores, "gpt4rec", self.k, limit=limit, texts=PERSONAL_TEXT, code="personal")
+    def _personal(self, row: _Row) -> Candidates | None:
+        if row.personal is None:
+            return None
+        ids, scores = row.personal
+        return Candidates(ids, scores, "gpt4rec", "personal", PERSONAL_TEXT)
 
     def _blend(self, row: _Row) -> None:
         """Each source of the row's placement up to its slots, then each again without limit, then popularity."""
         fill_blend(row, self.blends[row.placement], {
             "personal": self._personal, "complements": self._complements, "substitutes": self._substitutes,
-            "matches": self._matches, "refills": self._refills, "popular": self._popularity})
+            "matches": self._matches, "refills": self._refills}, self._popularity, self.k)
 
     def _popularity(self, row: _Row, limit: int | None) -> None:
         """Top up from the most popular products, walking on while the policy or exclusions refuse them."""
