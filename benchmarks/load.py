@@ -111,6 +111,7 @@ class WorkerRecord:
     versions: list[str]
     first_items: np.ndarray  # the top item of each answer (-1 on error)
     errors: Counter[str]
+    payload_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # which payload each was
 
 
 # ---------------------------------------------------------------------------------------- requests
@@ -163,7 +164,7 @@ async def _run_job(job: dict[str, Any]) -> WorkerRecord:
 
     payloads: list[bytes] = job["payloads"]
     level: LoadLevel = job["level"]
-    samples: list[tuple[float, float, float, bool, str, int]] = []
+    samples: list[tuple[float, float, float, bool, str, int, int]] = []
     errors: Counter[str] = Counter()
     options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
     async with grpc.aio.insecure_channel(job["url"], options=options) as channel:
@@ -175,12 +176,12 @@ async def _run_job(job: dict[str, Any]) -> WorkerRecord:
             try:
                 raw = await call(payloads[k % len(payloads)], timeout=level.timeout_s)
                 version, first = _parse_answer(raw)
-                samples.append((due, sent, time.monotonic(), True, version, first))
+                samples.append((due, sent, time.monotonic(), True, version, first, k % len(payloads)))
             except grpc.aio.AioRpcError as exc:
-                samples.append((due, sent, time.monotonic(), False, "", -1))
+                samples.append((due, sent, time.monotonic(), False, "", -1, k % len(payloads)))
                 errors[f"{exc.code().name}: {exc.details()}"] += 1
             except ValueError as exc:
-                samples.append((due, sent, time.monotonic(), False, "", -1))
+                samples.append((due, sent, time.monotonic(), False, "", -1, k % len(payloads)))
                 errors[f"bad answer: {exc}"] += 1
 
         start, end = job["start"], job["start"] + level.warmup_s + level.duration_s
@@ -222,11 +223,11 @@ async def _run_job(job: dict[str, Any]) -> WorkerRecord:
     return _record(samples, errors)
 
 
-def _record(samples: list[tuple[float, float, float, bool, str, int]], errors: Counter[str]) -> WorkerRecord:
+def _record(samples: list[tuple[float, float, float, bool, str, int, int]], errors: Counter[str]) -> WorkerRecord:
     if samples:
-        due_a, sent_a, done_a, ok_a, versions, first = zip(*samples, strict=True)
+        due_a, sent_a, done_a, ok_a, versions, first, index = zip(*samples, strict=True)
     else:
-        due_a = sent_a = done_a = ok_a = first = ()
+        due_a = sent_a = done_a = ok_a = first = index = ()
         versions = ()
     return WorkerRecord(
         due=np.asarray(due_a, dtype=np.float64),
@@ -236,6 +237,7 @@ def _record(samples: list[tuple[float, float, float, bool, str, int]], errors: C
         versions=list(versions),
         first_items=np.asarray(first, dtype=np.int64),
         errors=errors,
+        payload_index=np.asarray(index, dtype=np.int64),
     )
 
 
@@ -251,7 +253,7 @@ def _run_job_threads(job: dict[str, Any], emit: Callable[[float, WorkerRecord], 
 
     payloads: list[bytes] = job["payloads"]
     level: LoadLevel = job["level"]
-    samples: list[tuple[float, float, float, bool, str, int]] = []
+    samples: list[tuple[float, float, float, bool, str, int, int]] = []
     errors: Counter[str] = Counter()
     lock = threading.Lock()  # answers are recorded on gRPC's threads while the flusher takes them
 
@@ -305,7 +307,7 @@ def _run_job_threads(job: dict[str, Any], emit: Callable[[float, WorkerRecord], 
             except ValueError as exc:
                 version, first, error = "", -1, f"bad answer: {exc}"
             with lock:
-                samples.append((due, sent, done, not error, version, first))
+                samples.append((due, sent, done, not error, version, first, k % len(payloads)))
                 if error:
                     errors[error] += 1
             if closed and (now := time.monotonic()) < end:

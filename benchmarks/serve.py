@@ -412,7 +412,8 @@ def register(bench: typer.Typer) -> None:
         quick: bool = typer.Option(False, help="seconds-long smoke run: one level per length, no probe"),
         entry: str = typer.Option("gpt4rec", help="gpt4rec (the model alone, reports/serve) or recommend (what "
                                   "the pharmacy layer adds to the entry point's p50: reports/serve-recommend)"),
-        rate: float = typer.Option(100.0, help="--entry recommend: open-loop requests/s per variant"),
+        rate: float = typer.Option(60.0, help="--entry recommend: open-loop requests/s of the one stream that "
+                                   "holds every variant interleaved"),
         rounds: int = typer.Option(3, help="--entry recommend: rounds of every variant"),
         out_dir: str = typer.Option("", help="where serve.json/.md go (default: reports/)"),
         overrides: Annotated[list[str] | None, typer.Option("--set", "-s", help="param override section.key=value")] = None,
