@@ -193,9 +193,10 @@ def location_problem(text: str) -> str | None:
 class RequestContext:
     """One request's molecule masks: what it may interact with, what is in its cart, what it holds a record for."""
 
-    interacting: np.ndarray  # bool [n_molecules]: interacts with a session or cart molecule
-    in_cart: np.ndarray  # bool [n_molecules]
-    on_record: np.ndarray  # bool [n_molecules]: purchased or prescribed
+    # bool [n_molecules + 1] each; the last entry is the padding molecule (SafetyPolicy.item_molecules)
+    interacting: np.ndarray  # interacts with a session or cart molecule
+    in_cart: np.ndarray
+    on_record: np.ndarray  # purchased or prescribed (the padding entry is True: it never lacks a record)
     record_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # purchased or prescribed ids
     undeliverable: np.ndarray | None = None  # bool [n + 1]: does not ship to the request's location (None: unknown)
 
@@ -211,7 +212,14 @@ class SafetyPolicy:
         if len(pairs):
             self.interacts[pairs[:, 0], pairs[:, 1]] = True
             self.interacts[pairs[:, 1], pairs[:, 0]] = True
-        self.molecule_counts = np.diff(tables.molecule_indptr)[:tables.n_items + 1]  # molecules per item
+        # Each item's molecules as one padded row (the pad is molecule id m, whose mask entries are set so that
+        # it never counts): a request's masks are looked up for a whole candidate array in one indexing.
+        indptr = tables.molecule_indptr[:tables.n_items + 2]
+        self.molecule_counts = np.diff(indptr)  # molecules per item
+        width = max(1, int(self.molecule_counts.max()) if len(self.molecule_counts) else 1)
+        self.item_molecules = np.full((tables.n_items + 1, width), m, dtype=np.int64)
+        rows = np.repeat(np.arange(tables.n_items + 1), self.molecule_counts)
+        self.item_molecules[rows, np.arange(len(rows)) - indptr[rows]] = tables.molecule_indices[:len(rows)]
         # The per-item reason that needs no request: restricted first, then unavailable.
         self.static = np.zeros(tables.n_items + 1, dtype=np.uint8)
         if self.rules.drop_unavailable:
@@ -225,18 +233,11 @@ class SafetyPolicy:
         ids = np.asarray(ids, dtype=np.int64).ravel()
         return np.unique(ids[(ids > 0) & (ids <= self.tables.n_items)])
 
-    def _molecules(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(molecule ids, index of the owning item in `items`) of every item's molecules."""
-        indptr = self.tables.molecule_indptr
-        starts, ends = indptr[items], indptr[items + 1]
-        lengths = ends - starts
-        owner = np.repeat(np.arange(len(items)), lengths)
-        offsets = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
-        return self.tables.molecule_indices[offsets + np.arange(int(lengths.sum()))], owner
-
-    def _mask(self, items: np.ndarray) -> np.ndarray:
-        mask = np.zeros(self.tables.n_molecules, dtype=bool)
-        mask[self._molecules(items)[0]] = True
+    def _mask(self, items: np.ndarray, pad: bool = False) -> np.ndarray:
+        """bool [n_molecules + 1]: the molecules of these items; the padding entry set to `pad`."""
+        mask = np.zeros(self.tables.n_molecules + 1, dtype=bool)
+        mask[self.item_molecules[items].ravel()] = True
+        mask[-1] = pad
         return mask
 
     def context(self, session: np.ndarray | None = None, cart: np.ndarray | None = None,
@@ -244,12 +245,14 @@ class SafetyPolicy:
         """Masks of one request: its session and cart items, the items it holds a record for, and what does not
         ship to its location (a postcode; "" when unknown: then nothing is dropped for delivery)."""
         session_items, cart_items, record_items = self._valid(session), self._valid(cart), self._valid(records)
-        seen = self._mask(np.union1d(session_items, cart_items))
-        interacting = self.interacts[seen].any(axis=0) if seen.any() else np.zeros_like(seen)
+        seen = self._mask(np.union1d(session_items, cart_items))[:-1]
+        interacting = np.zeros(len(seen) + 1, dtype=bool)
+        if seen.any():
+            interacting[:-1] = self.interacts[seen].any(axis=0)
         undeliverable = None
         if location and self.tables.delivery_limited.any():
             undeliverable = ~self.tables.deliverable(location)
-        return RequestContext(interacting, self._mask(cart_items), self._mask(record_items), record_items,
+        return RequestContext(interacting, self._mask(cart_items), self._mask(record_items, pad=True), record_items,
                               undeliverable)
 
     def reasons(self, candidates: np.ndarray, ctx: RequestContext) -> np.ndarray:
@@ -263,7 +266,6 @@ class SafetyPolicy:
         codes = self.static[items].copy()
         if self.rules.drop_unavailable and ctx.undeliverable is not None:
             codes[(codes == ALLOWED) & ctx.undeliverable[items]] = REASONS.index("unavailable") + 1
-        n = len(items)
         rx = self.tables.rx_required[items] & (codes == ALLOWED) if self.rules.rx_requires_record else None
         check_rx = rx is not None and bool(rx.any())
         check_interactions = self.rules.interactions and bool(ctx.interacting.any())
@@ -271,18 +273,18 @@ class SafetyPolicy:
         if not (check_rx or check_interactions or check_cart):  # nothing needs the molecules of this request
             out[valid] = codes
             return out
-        molecules, owner = self._molecules(items)
+        molecules = self.item_molecules[items]  # [n, width], padded
         if check_rx:
-            no_record = np.bincount(owner, weights=~ctx.on_record[molecules], minlength=n) > 0
+            no_record = (~ctx.on_record[molecules]).any(axis=1)
             unknown = rx & (self.molecule_counts[items] == 0)  # an rx product of unknown composition
             if unknown.any():
                 no_record[unknown] = ~np.isin(items[unknown], ctx.record_items)
             codes[rx & no_record] = REASONS.index("rx_without_record") + 1
         if check_interactions:
-            hit = np.bincount(owner, weights=ctx.interacting[molecules], minlength=n) > 0
+            hit = ctx.interacting[molecules].any(axis=1)
             codes[(codes == ALLOWED) & hit] = REASONS.index("interacts") + 1
         if check_cart:
-            dup = np.bincount(owner, weights=ctx.in_cart[molecules], minlength=n) > 0
+            dup = ctx.in_cart[molecules].any(axis=1)
             codes[(codes == ALLOWED) & dup] = REASONS.index("duplicate_molecule") + 1
         out[valid] = codes
         return out
