@@ -421,10 +421,16 @@ class ServedList:
         self.source = ""  # who placed the first item
         exclude = np.asarray(exclude, dtype=np.int64)
         # By item id: excluded, chosen (an id lookup per candidate instead of a set operation per take), sized
-        # for the catalogue when the policy knows it.
-        size = max(int(exclude.max()) + 1 if len(exclude) else 1, policy.tables.n_items + 1 if policy else 0)
+        # for the catalogue when the policy knows it: a caller's id beyond it (a purchase of 2**62) can never be
+        # a candidate, and must not size the mask.
+        if policy is not None:
+            size = policy.tables.n_items + 1
+            exclude = exclude[(exclude >= 0) & (exclude < size)]
+        else:
+            exclude = exclude[exclude >= 0]
+            size = int(exclude.max()) + 1 if len(exclude) else 1
         self._excluded = np.zeros(size, dtype=bool)
-        self._excluded[exclude[exclude >= 0]] = True
+        self._excluded[exclude] = True
         self._chosen = np.zeros_like(self._excluded)
 
     def _cover(self, top: int) -> None:
@@ -441,8 +447,9 @@ class ServedList:
         need, ids = k - len(self.ids), candidates.ids
         if need <= 0 or len(ids) == 0:
             return
-        self._cover(int(ids.max()))
-        positive = ids > 0
+        if self.policy is None:
+            self._cover(int(ids.max()))
+        positive = (ids > 0) & (ids < len(self._excluded))  # with a policy: a catalogue id, nothing else
         safe = np.where(positive, ids, 0)
         if candidates.exclude is None:
             keep = positive & ~self._excluded[safe] & ~self._chosen[safe]

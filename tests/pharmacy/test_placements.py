@@ -10,6 +10,8 @@ from pipelines.core.config import RefillSettings
 from pipelines.pharmacy.catalogue import build_placement_tables, pack_doses
 from pipelines.pharmacy.served import (
     Candidates,
+    SafetyPolicy,
+    SafetyTables,
     ServedList,
     due_refills,
     fill_blend,
@@ -113,3 +115,12 @@ def test_a_take_may_replace_the_exclusions_for_a_refill():
     assert row.ids == [1, 3]
     row.take(np.array([1, 2, 4]), np.zeros(3), "gpt4rec", 5)
     assert row.ids == [1, 3, 4], "the list's own exclusions hold for the other sources"
+
+
+def test_a_callers_huge_id_neither_sizes_the_list_nor_is_ever_offered():
+    """A purchase of 2**62 (a caller bug the server drops) must not size the id masks; with a policy, only
+    catalogue ids can be taken."""
+    policy = SafetyPolicy(SafetyTables.permissive(6))
+    row = ServedList(exclude=np.array([2, 2**62]), policy=policy, context=policy.context())
+    row.take(np.array([2**62, 9, 1, 2, 3]), np.zeros(5), "gpt4rec", 5)
+    assert row.ids == [1, 3]
