@@ -142,6 +142,11 @@ def _ids(request: object, name: str, required: bool) -> tuple[np.ndarray | None,
     return x, None
 
 
+def _text(value: object) -> str:
+    """A BYTES element as text (undecodable bytes replaced: the caller's check then names it)."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
 class _Row(ServedList):
     """One session being answered: what is known about it, and the list being built (ServedList)."""
 
@@ -439,7 +444,7 @@ class TritonPythonModel:
             row = _Row(known, items[unknown_mask], exclude, known_kinds, self.policy, context, placement, cart_items,
                        queries[r] if queries else "")
             if days_ago is not None and purchased is not None:
-                row.bought, row.bought_days = purchased[r][purchased[r] > 0], days_ago[r][purchased[r] > 0]
+                row.bought, row.bought_days = bought, days_ago[r][purchased[r] > 0]
             row.warm = bool(len(row.model_items)) and bool((self.interactions[row.model_items] >= self.warm_min).any())
             rows.append(row)
         return rows
@@ -490,50 +495,52 @@ class TritonPythonModel:
                     "(0 unknown, 1 view, 2 click, 3 add_to_cart, 4 purchase)")
         return None
 
-    def _placements(self, request: object, batch: int | None) -> tuple[list[str] | None, str | None]:
-        """(placement per row, problem): the optional BYTES [batch, 1] input; absent means every row is home."""
-        x = input_array(request, PLACEMENT_INPUT)
+    @staticmethod
+    def _column(request: object, name: str, batch: int | None, each: str) -> tuple[np.ndarray | None, str | None]:
+        """(one raw value per row, problem) of an optional BYTES [batch, 1] input; (None, None) when absent."""
+        x = input_array(request, name)
         if x is None or batch is None:
             return None, None
         if x.ndim != 2 or x.shape[0] != batch or x.shape[1] != 1:
-            return None, f"{PLACEMENT_INPUT} must be [batch, 1] with one placement per session, got {list(x.shape)}"
-        names = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in x[:, 0]]
+            return None, f"{name} must be [batch, 1] with one {each} per session, got {list(x.shape)}"
+        return x[:, 0], None
+
+    def _placements(self, request: object, batch: int | None) -> tuple[list[str] | None, str | None]:
+        """(placement per row, problem): absent means every row is home."""
+        values, problem = self._column(request, PLACEMENT_INPUT, batch, "placement")
+        if values is None:
+            return None, problem
+        names = [_text(v) for v in values]
         bad = [n for n in names if n not in PLACEMENTS]
         if bad:
             return None, f"{PLACEMENT_INPUT} {bad[0][:40]!r} is not a placement; placements are {list(PLACEMENTS)}"
         return names, None
 
-    @staticmethod
-    def _locations(request: object, batch: int | None) -> tuple[list[str] | None, str | None]:
-        """(postcode per row, problem): the optional BYTES [batch, 1] input; b"" is an unknown location."""
-        x = input_array(request, LOCATION_INPUT)
-        if x is None or batch is None:
-            return None, None
-        if x.ndim != 2 or x.shape[0] != batch or x.shape[1] != 1:
-            return None, f"{LOCATION_INPUT} must be [batch, 1] with one postcode per session, got {list(x.shape)}"
-        out = []
-        for r, raw in enumerate(x[:, 0]):
-            text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-            if (problem := location_problem(text)) is not None:
+    def _locations(self, request: object, batch: int | None) -> tuple[list[str] | None, str | None]:
+        """(postcode per row, problem): b"" is an unknown location."""
+        values, problem = self._column(request, LOCATION_INPUT, batch, "postcode")
+        if values is None:
+            return None, problem
+        codes = [_text(v) for v in values]
+        for r, code in enumerate(codes):
+            if (problem := location_problem(code)) is not None:
                 return None, f"{LOCATION_INPUT} row {r} {problem}"
-            out.append(text)
-        return out, None
+        return codes, None
 
     def _queries(self, request: object, placements: list[str] | None) -> tuple[list[str] | None, str | None]:
         """(query per row, problem): the search rows each need a query, the other rows send none (b"")."""
-        x = input_array(request, QUERY_INPUT)
         rows = placements or []
-        searching = [r for r, name in enumerate(rows) if name == "search"]
-        if x is None:
+        if input_array(request, QUERY_INPUT) is None:
+            searching = [r for r, name in enumerate(rows) if name == "search"]
             if searching:
                 return None, (f"row {searching[0]} asks the search placement but the request has no {QUERY_INPUT!r} "
                               "input: send the query text as BYTES [batch, 1]")
             return None, None
-        if x.ndim != 2 or x.shape[0] != len(rows) or x.shape[1] != 1:
-            return None, (f"{QUERY_INPUT} must be [batch, 1] with one query per session (b\"\" off the search "
-                          f"placement) and a {PLACEMENT_INPUT} input, got {list(x.shape)}")
+        values, problem = self._column(request, QUERY_INPUT, len(rows), 'query (b"" off the search placement)')
+        if values is None:
+            return None, problem
         queries = []
-        for r, (raw, name) in enumerate(zip(x[:, 0], rows, strict=True)):
+        for r, (raw, name) in enumerate(zip(values, rows, strict=True)):
             if name != "search":
                 if len(raw if isinstance(raw, bytes) else str(raw)):
                     return None, f"{QUERY_INPUT} row {r} is read by the search placement only; row {r} is {name!r}"
