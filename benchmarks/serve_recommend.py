@@ -7,10 +7,14 @@ rules, safety and placement tables, search index, built by the code deploy runs)
 
   recommend_plain  every policy check off and one source (personal: the BLS call to gpt4rec, topped up by
                    popularity): the entry point without the pharmacy layer;
-  recommend        params.yaml `policy`, `placements`, `search` and `refills`, as deployed.
+  recommend        params.yaml `policy`, `placements`, `search`, `refills` and `users`, as deployed.
+
+The stored user vectors are random, one per world user, as wide as params.yaml's GPT4Rec: what a lookup and
+an exact top-N cost depends on their count and width, not on their values (their values are checked through
+the server in tests/serve/test_recommend_placements.py).
 
 Requests are full-length sessions of the world's products (the most work for gpt4rec) with what each
-placement reads: home carries purchases with their ages (refills) and a postcode; product views the
+placement reads: home carries a known user's id, purchases with their ages (refills) and a postcode; product views the
 session's latest item; cart holds two products; search types a brand, half of them misspelt. The plain
 version gets the home requests. All five variants go out shuffled into one open-loop stream, so they share
 every moment of the run and whatever else the machine is doing at it:
@@ -53,8 +57,18 @@ def _world_tables(settings: Any) -> tuple[Any, Any, int]:
     tables = FallbackTables(counts, counts.astype(np.int64), np.r_[False, np.ones(n, bool)], rules,
                             safety_tables(settings.policy, Paths(), world.catalogue, n),
                             build_placement_tables(world.catalogue, n, settings.refills),
-                            build_search(world.catalogue, n))
+                            build_search(world.catalogue, n), _random_users(settings, n))
     return world, tables, n
+
+
+def _random_users(settings: Any, n_items: int) -> Any:
+    """One stored vector per world user, random, as wide as params.yaml's GPT4Rec (see the module docstring)."""
+    from pipelines.models.user_vectors import UserVectors
+
+    rng = np.random.default_rng(settings.data.seed)
+    dim, n_users = settings.gpt4rec.dim, settings.data.n_users
+    return UserVectors.build(np.arange(1, n_users + 1), rng.normal(size=(n_users, dim)).astype(np.float32),
+                             rng.normal(size=(n_items + 1, dim)).astype(np.float32))
 
 
 def _payloads(model: str, placement: str, world: Any, tables: Any, n: int, rng: np.random.Generator) -> list[bytes]:
@@ -73,6 +87,7 @@ def _payloads(model: str, placement: str, world: Any, tables: Any, n: int, rng: 
             extras["purchased_days_ago"] = np.array([[int(tables.placements.supply_days[bought[0]]) - 2, 3]],
                                                     dtype=np.int64).clip(0)
             extras["location"] = np.array([[POSTCODES[int(rng.integers(0, len(POSTCODES)))].encode()]], dtype=object)
+            extras["user_id"] = np.array([[int(rng.integers(1, len(tables.users.user_ids) + 1))]], dtype=np.int64)
         elif placement == "cart":
             extras["cart_ids"] = rng.integers(1, n + 1, size=(1, 2), dtype=np.int64)
         elif placement == "search":
@@ -113,7 +128,8 @@ def run_recommend(*, rate: float, duration_s: float, warmup_s: float, rounds: in
                                search_personal_weight=settings.search.personal_weight,
                                max_query_bytes=settings.search.max_query_bytes,
                                refill_due_within_days=settings.refills.due_within_days,
-                               refill_overdue_days=settings.refills.overdue_days, model_name="recommend")
+                               refill_overdue_days=settings.refills.overdue_days, users=settings.users,
+                               model_name="recommend")
         write_recommend_version(repo, tables, metadata={"benchmark": "serve-recommend"}, model_name="recommend")
         write_recommend_config(repo, **common, policy=PolicyRules(False, False, False, False, False),
                                blends=dict.fromkeys(PLACEMENTS, "personal:10"), model_name="recommend_plain")
@@ -149,6 +165,8 @@ def run_recommend(*, rate: float, duration_s: float, warmup_s: float, rounds: in
         "entry": "recommend", "length": LENGTH, "n_items": n, "rate_per_s": rate, "duration_s": duration_s,
         "warmup_s": warmup_s, "rounds": rounds, "workers": workers, "gpt4rec": model["source"],
         "world": {"products": n, "users": settings.data.n_users, "seed": settings.data.seed},
+        "user_vectors": {"users": len(tables.users.user_ids), "dim": tables.users.dim, "values": "random",
+                         "retrieval": "exact" if n < settings.users.faiss_above_items else "faiss HNSW"},
         "blends": settings.placements.blends(), "policy": policy_rules(settings.policy).checks(),
         "target_added_p50_ms": PLACEMENT_TARGET_MS, "variants": measured, "added_p50_ms": added,
         "worst_added_p50_ms": {p: max(v) for p, v in added.items()},
@@ -176,7 +194,9 @@ def markdown(payload: dict[str, Any]) -> str:
         (f"tritonserver, one instance each: gpt4rec ({payload['gpt4rec']}), `recommend` with params.yaml policy "
          f"({payload['policy']}) and placements {payload['blends']}, and `recommend_plain` (no checks, personal "
          f"only). {payload['n_items']:,} products (generated world seed {payload['world']['seed']}), sessions of "
-         f"{payload['length']} items. One open-loop gRPC stream at {payload['rate_per_s']:g} requests/s holding all "
+         f"{payload['length']} items; home requests name one of {payload['user_vectors']['users']:,} users with "
+         f"stored vectors (random, dim {payload['user_vectors']['dim']}, {payload['user_vectors']['retrieval']} "
+         "retrieval). One open-loop gRPC stream at {payload['rate_per_s']:g} requests/s holding all "
          f"{len(payload['variants'])} variants shuffled together, "
          f"{payload['duration_s']:g} s per round after {payload['warmup_s']:g} s warm-up, {payload['rounds']} "
          "rounds. Target: the policy and placements add "

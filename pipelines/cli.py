@@ -245,6 +245,8 @@ def recommend(
                                        "typos are tolerated")] = "",
     location: Annotated[str, typer.Option(help="delivery postcode, e.g. 110017: products that do not ship there "
                                           "are dropped")] = "",
+    user: Annotated[int, typer.Option(min=0, help="the user's id (0 = anonymous): a user the champion stored a "
+                                      "vector for gets their best items on home (reason code history)")] = 0,
     events: Annotated[str, typer.Option(help="comma-separated event kind per session item, e.g. "
                                         "view,add_to_cart,purchase (view|click|add_to_cart|purchase|0-4)")] = "",
     model: Annotated[str, typer.Option(help="recommend (entry point with fallbacks) or gpt4rec (raw model)")] = (
@@ -272,8 +274,8 @@ def recommend(
         (answer,) = _ask_server(lambda: recommend_session(
             [items], purchased=[bought] if bought else None, kinds=kinds, cart=[in_cart] if in_cart else None,
             prescribed=[rx] if rx else None, placement=placement, query=query if placement == "search" else None,
-            purchased_days_ago=[days] if purchased_days else None, location=location or None, url=endpoint,
-            protocol=protocol), model)
+            purchased_days_ago=[days] if purchased_days else None, location=location or None, user=user or None,
+            url=endpoint, protocol=protocol), model)
         ids, scores = answer.item_ids, answer.scores
         typer.echo(f"source: {answer.source}" + (f"  (dropped unknown ids {answer.unknown_ids})"
                                                  if answer.unknown_ids else ""))
@@ -282,10 +284,10 @@ def recommend(
         if answer.short_reason:
             typer.echo(f"short list: {answer.short_reason}")
     else:
-        if protocol != "http" or bought or in_cart or rx or placement != "home" or query or days or location:
+        if protocol != "http" or bought or in_cart or rx or placement != "home" or query or days or location or user:
             _fail("--model gpt4rec is the raw model, asked over HTTP without --purchased, --cart, --prescribed, "
-                  "--placement, --query or --location and without the safety policy; use the recommend entry point "
-                  "for those")
+                  "--placement, --query, --location or --user and without the safety policy; use the recommend entry "
+                  "point for those")
         ((ids, scores),) = _ask_server(lambda: ask_gpt4rec([items], url=endpoint, model_name=model, kinds=kinds),
                                        model)
     why = answer.reasons if model == "recommend" else []

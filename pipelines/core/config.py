@@ -166,13 +166,14 @@ class PolicySettings(ParamsSection):
     max_cart_items: int = Field(500, ge=1)
 
 
-PlacementSource = Literal["refills", "personal", "complements", "substitutes", "matches", "popular"]
+PlacementSource = Literal["refills", "personal", "history", "complements", "substitutes", "matches", "popular"]
 
 
 class PlacementsSettings(ParamsSection):
     """Which sources each placement blends, in order, with the most slots each may fill (docs/pharmacy.md)."""
 
-    home: dict[PlacementSource, Annotated[int, Field(ge=1)]] = {"refills": 3, "personal": 10, "complements": 10}
+    home: dict[PlacementSource, Annotated[int, Field(ge=1)]] = {"refills": 3, "personal": 10, "history": 10,
+                                                               "complements": 10}
     product: dict[PlacementSource, Annotated[int, Field(ge=1)]] = {"substitutes": 4, "personal": 6}
     cart: dict[PlacementSource, Annotated[int, Field(ge=1)]] = {"complements": 6, "personal": 4}
     search: dict[PlacementSource, Annotated[int, Field(ge=1)]] = {"matches": 10, "personal": 10}
@@ -200,6 +201,16 @@ class SearchSettings(ParamsSection):
     candidates: int = Field(50, ge=1)  # best text matches the re-rank reads
     personal_weight: float = Field(0.5, ge=0)  # bonus of the personal model's top pick (relevance is 0..1)
     max_query_bytes: int = Field(256, ge=16, le=4096)  # a longer query is refused
+
+
+class UsersSettings(ParamsSection):
+    """The served home page's stored user vectors (pipelines/models/user_vectors.py): how many of a user's best
+    items are read, and from which catalogue size the exact product gives way to a faiss HNSW search."""
+
+    candidates: int = Field(100, ge=1)  # best items per user the blend and the search re-rank read
+    faiss_above_items: int = Field(50000, ge=1)  # catalogue items from which retrieval is approximate
+    hnsw_m: int = Field(32, ge=4)
+    hnsw_ef_search: int = Field(128, ge=8)
 
 
 class GateSettings(ParamsSection):
@@ -303,6 +314,7 @@ class Settings(ParamsSection):
     placements: PlacementsSettings = PlacementsSettings()
     search: SearchSettings = SearchSettings()
     refills: RefillSettings = RefillSettings()
+    users: UsersSettings = UsersSettings()
     gate: GateSettings = GateSettings()
     gpu: GpuSettings = GpuSettings()
     service_retries: ServiceRetrySettings = ServiceRetrySettings()

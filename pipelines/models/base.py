@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Self, TypeVar, runtime_checkable
 
 import numpy as np
 from pydantic import Field
@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # torch is imported where a neural family runs, not where fam
     import torch
 
     from pipelines.embed.prod2vec import ItemEmbeddings
+    from pipelines.models.user_vectors import UserVectors
 
 
 class FitInput(StrEnum):
@@ -52,6 +53,14 @@ class FitContext:
     item_tokens: np.ndarray | None = None
     # Called with each epoch's row (epoch, loss, valid metrics) as soon as it is known: live tracking.
     on_epoch: Callable[[dict[str, float]], None] | None = None
+
+
+@runtime_checkable
+class EmbedsUsers(Protocol):
+    """A family whose state after a history scores every item as a dot product: that state is the user's vector,
+    stored per user after training (users.npz) for the served home page (pipelines/models/user_vectors.py)."""
+
+    def user_embeddings(self, seqs: Sequences, progress: bool = False) -> UserVectors: ...
 
 
 class Family(ABC):

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
+from tqdm import tqdm
 
 from pipelines.core.contract import left_pad
 from pipelines.data.sequences import N_EVENT_KINDS, Sequences
@@ -35,6 +36,7 @@ from pipelines.models.base import (
     save_torch,
     training_examples,
 )
+from pipelines.models.user_vectors import UserVectors
 
 
 class GPT4RecSettings(SequenceModelSettings):
@@ -281,6 +283,29 @@ class GPT4Rec(nn.Module, Family):
                 batch_kinds = torch.from_numpy(padded).to(device)
             out.append(self(batch, batch_kinds).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.config.n_items + 1), np.float32)
+
+    @torch.no_grad()
+    def user_embeddings(self, seqs: Sequences, progress: bool = False) -> UserVectors:
+        """Each user's state after their whole history (kinds too, if the model reads them), with the item
+        table it scores against: state @ item_vectors.T are the scores `score` gives that history."""
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        kinds = seqs.kinds if self.uses_event_kinds else None
+        states = []
+        for i in tqdm(range(0, len(seqs.items), self.score_batch_size), desc="user vectors", unit="batch",
+                      disable=not progress, mininterval=2.0):
+            chunk = seqs.items[i:i + self.score_batch_size]
+            batch = torch.from_numpy(left_pad(chunk, self.config.max_len)).to(device)
+            batch_kinds = None
+            if kinds is not None:
+                padded = left_pad(kinds[i:i + self.score_batch_size], self.config.max_len, width=batch.shape[1])
+                batch_kinds = torch.from_numpy(padded).to(device)
+            states.append(self.hidden(batch, batch_kinds, last_only=True)[:, -1].float().cpu().numpy())
+        self.train(was_training)
+        dim = self.config.dim
+        vectors = np.concatenate(states) if states else np.zeros((0, dim), np.float32)
+        return UserVectors.build(seqs.user_ids, vectors, self.item_vectors().float().cpu().numpy())
 
     def save(self, out_dir: Path) -> None:
         save_torch(self, asdict(self.config), out_dir)

@@ -298,8 +298,9 @@ PLACEMENTS_FILE = "placements.npz"
 PLACEMENTS = ("home", "product", "cart", "search")
 #: The sources a placement can blend (params.yaml `placements`; the items' reason codes). `matches` are the
 #: search query's products (rxrec_search, pipelines/pharmacy/search.py), re-ranked by the personal model;
-#: `refills` the request's chronic medicines whose last pack runs out soon (`due_refills`).
-SOURCES = ("refills", "personal", "complements", "substitutes", "matches", "popular")
+#: `refills` the request's chronic medicines whose last pack runs out soon (`due_refills`); `history` the best
+#: items for the request's user by their stored vector (pipelines/models/user_vectors.py).
+SOURCES = ("refills", "personal", "history", "complements", "substitutes", "matches", "popular")
 MAX_SUBSTITUTES = 20  # per product, cheapest first
 
 

@@ -9,7 +9,8 @@ which sizes both models by that gpt4rec version (its n_items, top_k, max_len) an
   popularity), the training interactions per item (data/features), the catalogue ids and the
   safety policy's tables (data/validated: composition, rx_required, restricted, in_stock; plus
   the interaction table of params.yaml `policy.interactions_table`), the placements' tables and
-  the search index (names, compositions, makers, classes and uses of the validated catalogue).
+  the search index (names, compositions, makers, classes and uses of the validated catalogue) and the
+  champion's stored user vectors (users.npz of its MLflow training run; without them home has no `history`).
 
 A model whose inputs are missing is skipped with the reason in the summary, never half-written.
 """
@@ -26,6 +27,7 @@ import scipy.sparse as sp
 from pipelines.core.config import Paths, PolicySettings, RefillSettings, Settings
 from pipelines.core.contract import MODEL_FILE, ModelMetadata
 from pipelines.data.schema import CATALOGUE_FILE
+from pipelines.models.user_vectors import UserVectors
 from pipelines.pharmacy.catalogue import build_placement_tables, build_search
 from pipelines.pharmacy.served import CHECK_REASONS, PolicyRules, SafetyTables
 from pipelines.pharmacy.tables import DEFAULT_INTERACTIONS, build_safety_tables, read_interactions
@@ -72,7 +74,7 @@ def policy_rules(policy: PolicySettings) -> PolicyRules:
 
 
 def fallback_tables(p: Paths, n_items: int, policy: PolicySettings | None = None,
-                    refills: RefillSettings | None = None) -> FallbackTables:
+                    refills: RefillSettings | None = None, users: UserVectors | None = None) -> FallbackTables:
     """The recommend tables over item ids 0..n_items; FileNotFoundError if popularity is missing."""
     from pipelines.data.sequences import load_sequences
     from pipelines.evaluate.slices import training_interactions
@@ -101,7 +103,7 @@ def fallback_tables(p: Paths, n_items: int, policy: PolicySettings | None = None
     placements = None if frame is None else build_placement_tables(frame, n_items, refills)
     search = None if frame is None else build_search(frame, n_items)
     safety = safety_tables(policy or PolicySettings(), p, frame, n_items)
-    tables = FallbackTables(popularity, interactions, catalogue, rules, safety, placements, search)
+    tables = FallbackTables(popularity, interactions, catalogue, rules, safety, placements, search, users)
     tables.check()
     return tables
 
@@ -139,10 +141,23 @@ def deploy_similar_items(s: Settings, p: Paths, repo: Path, n_items: int) -> dic
     return _summary(written, config, old, mode=graph.mode, method=s.similar.method)
 
 
-def deploy_recommend(s: Settings, p: Paths, repo: Path, gpt4rec: ModelMetadata) -> dict[str, Any]:
+def champion_users(users_file: Path | None, n_items: int) -> tuple[UserVectors | None, str]:
+    """(the champion's user vectors, what was found): None when its run stored none or they do not fit."""
+    if users_file is None:
+        return None, "the champion's training run stored no user vectors: home serves without `history`"
+    users = UserVectors.load(users_file)
+    if users.n_items != n_items:
+        raise ValueError(f"{users_file} scores {users.n_items} items but the served gpt4rec {n_items}: "
+                         "they must come from the same training run")
+    return users, f"{len(users.user_ids)} users, dim {users.dim}"
+
+
+def deploy_recommend(s: Settings, p: Paths, repo: Path, gpt4rec: ModelMetadata,
+                     users_file: Path | None = None) -> dict[str, Any]:
     """recommend over the deployed gpt4rec; {"skipped": why} when the popularity list is missing."""
+    users, users_note = champion_users(users_file, gpt4rec.n_items)
     try:
-        tables = fallback_tables(p, gpt4rec.n_items, s.policy, s.refills)
+        tables = fallback_tables(p, gpt4rec.n_items, s.policy, s.refills, users)
     except FileNotFoundError as exc:
         return {"skipped": str(exc)}
     rules = policy_rules(s.policy)
@@ -156,7 +171,7 @@ def deploy_recommend(s: Settings, p: Paths, repo: Path, gpt4rec: ModelMetadata) 
         max_cart_items=s.policy.max_cart_items, blends=s.placements.blends(), search_candidates=s.search.candidates,
         search_personal_weight=s.search.personal_weight, max_query_bytes=s.search.max_query_bytes,
         refill_due_within_days=s.refills.due_within_days, refill_overdue_days=s.refills.overdue_days,
-        instance_count=s.serve.instance_count)
+        users=s.users, instance_count=s.serve.instance_count)
     written = write_recommend_version(repo, tables, metadata={
         "gpt4rec_model": s.serve.model_name, "n_items": gpt4rec.n_items, "top_k": gpt4rec.top_k,
         "rules": tables.rules is not None, "n_rules": int(tables.rules.nnz) if tables.rules is not None else 0,
@@ -168,14 +183,16 @@ def deploy_recommend(s: Settings, p: Paths, repo: Path, gpt4rec: ModelMetadata) 
                    "interactions_table": str(interactions_table(s.policy, p))},
         "placements": s.placements.blends(), "search": s.search.model_dump(), "refills": s.refills.model_dump(),
         "refillable_products": 0 if tables.placements is None else int((tables.placements.supply_days > 0).sum()),
-        "search_words": 0 if tables.search is None else len(tables.search.words),
+        "search_words": 0 if tables.search is None else len(tables.search.words), "users": users_note,
         "products_with_substitutes": 0 if tables.placements is None else int(
             (np.diff(tables.placements.substitute_indptr) > 0).sum())})
-    return _summary(written, config, old, rules=tables.rules is not None, policy=rules.checks())
+    return _summary(written, config, old, rules=tables.rules is not None, policy=rules.checks(), users=users_note)
 
 
-def deploy_companions(s: Settings, p: Paths, repo: Path, gpt4rec_dir: Path) -> dict[str, dict[str, Any]]:
-    """Write similar_items and recommend sized by the gpt4rec version in `gpt4rec_dir`."""
+def deploy_companions(s: Settings, p: Paths, repo: Path, gpt4rec_dir: Path,
+                      users_file: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Write similar_items and recommend sized by the gpt4rec version in `gpt4rec_dir` (and its run's
+    stored user vectors, `users_file`)."""
     gpt4rec = read_model_metadata(gpt4rec_dir / MODEL_FILE)
     return {SIMILAR_ITEMS: deploy_similar_items(s, p, repo, gpt4rec.n_items),
-            RECOMMEND: deploy_recommend(s, p, repo, gpt4rec)}
+            RECOMMEND: deploy_recommend(s, p, repo, gpt4rec, users_file)}

@@ -14,6 +14,8 @@ Beside `gpt4rec` (pipelines/repository/versions.py) the repository holds::
     repo/recommend/<n>/placements.npz       names, prices, generics, substitutes (pipelines/pharmacy/catalogue.py)
     repo/recommend/<n>/search.npz           the search placement's word and spelling index
     repo/recommend/<n>/rxrec_search.py      its query code (a copy of pipelines/pharmacy/search.py)
+    repo/recommend/<n>/users.npz            the champion's stored user vectors and item table, when its run has them
+    repo/recommend/<n>/rxrec_users.py       their retrieval (a copy of pipelines/models/user_vectors.py)
     repo/<model>/<n>/rxrec_backend.py       helpers every backend imports (pipelines/serve/backend/)
 
 Version folders follow the same rules as gpt4rec's: assembled in a hidden temp folder and renamed
@@ -38,8 +40,10 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from pipelines.core.config import PlacementsSettings
+from pipelines.core.config import PlacementsSettings, UsersSettings
 from pipelines.core.files import atomic_write_text
+from pipelines.models import user_vectors
+from pipelines.models.user_vectors import USERS_FILE, UserVectors
 from pipelines.pharmacy import search, served
 from pipelines.pharmacy.search import MAX_QUERY_BYTES, SEARCH_FILE, SearchIndex
 from pipelines.pharmacy.served import (
@@ -71,6 +75,9 @@ PHARMACY_PY = Path(served.__file__)  # copied as rxrec_pharmacy.py: the backend 
 PHARMACY_MODULE_FILE = "rxrec_pharmacy.py"
 SEARCH_PY = Path(search.__file__)  # copied as rxrec_search.py (it imports rxrec_pharmacy beside it)
 SEARCH_MODULE_FILE = "rxrec_search.py"
+USERS_PY = Path(user_vectors.__file__)  # copied as rxrec_users.py (it imports rxrec_pharmacy beside it)
+USERS_MODULE_FILE = "rxrec_users.py"
+USER_INPUT = "user_id"  # optional int64 [batch, 1]: the request's user, 0 = anonymous
 
 # Tensor names (the backends repeat them: they run in Triton's environment, not this package's).
 SIMILAR_INPUT = "item_id"  # int64 [batch, 1]
@@ -200,6 +207,7 @@ def write_recommend_config(
     max_query_bytes: int = MAX_QUERY_BYTES,
     refill_due_within_days: int = 7,
     refill_overdue_days: int = 30,
+    users: UsersSettings | None = None,
     instance_count: int = 1,
     max_queue_delay_us: int = 500,
     model_name: str = RECOMMEND,
@@ -211,7 +219,7 @@ def write_recommend_config(
     filtered out, when a session counts as cold, how rules are fired (as in params.yaml `rules`) and
     which safety checks apply (params.yaml `policy`; all of them by default), what each placement
     blends (params.yaml `placements`, as "source:slots,..."), how search re-ranks (params.yaml `search`) and
-    when a refill is offered (params.yaml `refills`).
+    when a refill is offered (params.yaml `refills`) and how a user's stored vector is searched (params.yaml `users`).
     """
     blends = dict(blends or PlacementsSettings().blends())
     for name, text in blends.items():
@@ -244,7 +252,8 @@ def write_recommend_config(
                 _tensor(PLACEMENT_INPUT, "TYPE_STRING", "1", optional=True),
                 _tensor(QUERY_INPUT, "TYPE_STRING", "1", optional=True),
                 _tensor(PURCHASED_DAYS_INPUT, "TYPE_INT64", "-1", optional=True),
-                _tensor(LOCATION_INPUT, "TYPE_STRING", "1", optional=True)],
+                _tensor(LOCATION_INPUT, "TYPE_STRING", "1", optional=True),
+                _tensor(USER_INPUT, "TYPE_INT64", "1", optional=True)],
         outputs=[_tensor(OUTPUT_IDS, "TYPE_INT64", str(top_k)), _tensor(OUTPUT_SCORES, "TYPE_FP32", str(top_k)),
                  _tensor(OUTPUT_SOURCE, "TYPE_STRING", "1"), _tensor(OUTPUT_UNKNOWN, "TYPE_INT64", "-1"),
                  _tensor(OUTPUT_REMOVED, "TYPE_INT64", str(len(served.REASONS))),
@@ -258,6 +267,7 @@ def write_recommend_config(
                 "policy_checks": (policy or PolicyRules()).checks(), "search_candidates": search_candidates,
                 "search_personal_weight": search_personal_weight, "max_query_bytes": max_query_bytes,
                 "refill_due_within_days": refill_due_within_days, "refill_overdue_days": refill_overdue_days,
+                **{f"users_{key}": value for key, value in (users or UsersSettings()).model_dump().items()},
                 **{f"placement_{name}": text for name, text in blends.items()}},
     )
     path = Path(repo) / model_name / "config.pbtxt"
@@ -384,6 +394,7 @@ class FallbackTables:
     policy: SafetyTables | None = None  # None: permissive tables (no catalogue flags; say so where it happens)
     placements: PlacementTables | None = None  # None: no names, prices or substitutes (no catalogue)
     search: SearchIndex | None = None  # None: nothing to search (no catalogue)
+    users: UserVectors | None = None  # None: the champion stored no user vectors (home without `history`)
 
     @property
     def n_items(self) -> int:
@@ -405,10 +416,12 @@ class FallbackTables:
             raise ValueError(f"placement tables cover {len(self.placements.names) - 1} items, popularity {n - 1}")
         if self.search is not None and int(self.search.n_items) != n - 1:
             raise ValueError(f"search index covers {int(self.search.n_items)} items, popularity {n - 1}")
+        if self.users is not None and self.users.n_items != n - 1:
+            raise ValueError(f"user vectors score {self.users.n_items} items, popularity {n - 1}")
 
     def files(self) -> dict[str, bytes]:
         """The version-folder files: popularity.npy, interactions.npy, catalogue.npy, policy.npz, placements.npz,
-        search.npz and (with rules) rules.npz."""
+        search.npz, (with rules) rules.npz and (with stored user vectors) users.npz."""
         self.check()
         policy = self.policy if self.policy is not None else SafetyTables.permissive(self.n_items)
         placements = self.placements if self.placements is not None else PlacementTables.empty(self.n_items)
@@ -422,6 +435,8 @@ class FallbackTables:
             rules.sort_indices()
             out["rules.npz"] = _npz(indptr=rules.indptr.astype(np.int64), indices=rules.indices.astype(np.int64),
                                     data=rules.data.astype(np.float32))
+        if self.users is not None:
+            out[USERS_FILE] = self.users.to_bytes()
         return out
 
 
@@ -431,5 +446,6 @@ def write_recommend_version(
     """A recommend version: the BLS backend as model.py and the fallback tables."""
     files: dict[str, FileContent] = {"model.py": RECOMMEND_BACKEND_PY, BACKEND_COMMON_PY.name: BACKEND_COMMON_PY,
                                      PHARMACY_MODULE_FILE: PHARMACY_PY, SEARCH_MODULE_FILE: SEARCH_PY,
+                                     USERS_MODULE_FILE: USERS_PY,
                                      **tables.files()}
     return write_model_version(repo, model_name, files, metadata=metadata)

@@ -271,7 +271,7 @@ def session_inputs(sessions: list[list[int]], *, purchased: list[list[int]] | No
                    kinds: list[list[EventKind]] | None = None, cart: list[list[int]] | None = None,
                    prescribed: list[list[int]] | None = None, placement: str | list[str] | None = None,
                    query: str | list[str] | None = None, purchased_days_ago: list[list[int]] | None = None,
-                   location: str | list[str] | None = None) -> dict[str, np.ndarray]:
+                   location: str | list[str] | None = None, user: int | list[int] | None = None) -> dict[str, np.ndarray]:
     """The inputs of the `recommend` entry point; ValueError (saying what to change) for caller bugs."""
     batch = _ids_matrix(sessions, "session")
     inputs = {"session_ids": batch}
@@ -297,6 +297,11 @@ def session_inputs(sessions: list[list[int]], *, purchased: list[list[int]] | No
         if len(codes) != len(batch) or not all(isinstance(c, str) for c in codes):
             raise ValueError(f"location must be one postcode or one per session ({len(batch)}), got {location!r}")
         inputs["location"] = np.array([[c.encode()] for c in codes], dtype=np.object_)
+    if user is not None:  # the server says which row holds a negative id
+        ids = [user] * len(batch) if isinstance(user, int) else list(user)
+        if len(ids) != len(batch) or not all(isinstance(u, int) and not isinstance(u, bool) for u in ids):
+            raise ValueError(f"user must be one user id or one per session ({len(batch)}; 0 = anonymous), got {user!r}")
+        inputs["user_id"] = np.array(ids, dtype=np.int64).reshape(-1, 1)
     if placement is not None:
         names = [placement] * len(batch) if isinstance(placement, str) else list(placement)
         if len(names) != len(batch) or not all(isinstance(n, str) for n in names):
@@ -327,6 +332,7 @@ def recommend_session(
     query: str | list[str] | None = None,
     purchased_days_ago: list[list[int]] | None = None,
     location: str | list[str] | None = None,
+    user: int | list[int] | None = None,
     url: str | None = None,
     protocol: Protocol = "http",
     model_name: str = "recommend",
@@ -343,11 +349,12 @@ def recommend_session(
     search, whose free text is `query` (one for all, or one per session; ignored off search).
     `purchased_days_ago` (one list per session, one age in days per purchased item) lets the home page offer
     refills of chronic medicines whose last pack runs out soon. `location` (a delivery postcode, one for all or
-    one per session; "" unknown) drops products that do not ship there.
+    one per session; "" unknown) drops products that do not ship there. `user` (one id for all or one per session;
+    0 anonymous) lets home add that user's best items by the vector stored for them at training (`history`).
     """
     inputs = session_inputs(sessions, purchased=purchased, kinds=kinds, cart=cart, prescribed=prescribed,
                             placement=placement, query=query, purchased_days_ago=purchased_days_ago,
-                            location=location)
+                            location=location, user=user)
     batch = inputs["session_ids"]
     out = _infer(model_name, inputs, ["item_ids", "scores", "source", "unknown_ids", "policy_removed", "short_reason",
                                      "reason_codes", "reasons"],

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.core.config import Paths, Settings
 from pipelines.core.files import fresh_dir, published_dir, write_json_atomic
+
+if TYPE_CHECKING:
+    from pipelines.track.service import MlflowService
 
 
 def export_onnx(s: Settings, p: Paths) -> dict[str, Any]:
@@ -85,6 +88,7 @@ def deploy(s: Settings, p: Paths) -> dict[str, Any]:
     if champion is None:
         raise RuntimeError(f"model {name!r} in {uri} has no {CHAMPION!r} alias: nothing to deploy")
     version_id = str(champion.version)
+    users = _champion_users(registry, champion.run_id, p)
     repo = p.triton_repo
     model_dir = repo / s.serve.model_name
     versions = list_versions(repo, s.serve.model_name)
@@ -94,7 +98,8 @@ def deploy(s: Settings, p: Paths) -> dict[str, Any]:
         if served.get("registered_model") == name and str(served.get("model_version")) == version_id \
                 and served.get("tracking_uri") == uri:
             return _finish_deploy(s, p, {"version_path": str(model_dir / str(versions[-1])),
-                                         "triton_version": versions[-1], "model_version": version_id, "new": False})
+                                         "triton_version": versions[-1], "model_version": version_id, "new": False},
+                                  users)
     staging = fresh_dir(p.var / "deploy" / "download")
     onnx_path = registry.download_model(f"models:/{name}/{version_id}", staging)
     write_model_config(repo, s.serve.model_name, read_model_metadata(onnx_path), max_batch_size=s.serve.max_batch_size,
@@ -104,17 +109,26 @@ def deploy(s: Settings, p: Paths) -> dict[str, Any]:
         "run_id": champion.run_id, "tracking_uri": uri, **champion.tags,
     })
     return _finish_deploy(s, p, {"version_path": str(path), "triton_version": int(path.name),
-                                 "model_version": version_id, "new": True})
+                                 "model_version": version_id, "new": True}, users)
 
 
-def _finish_deploy(s: Settings, p: Paths, summary: dict[str, Any]) -> dict[str, Any]:
+def _champion_users(registry: MlflowService, run_id: str | None, p: Paths) -> Path | None:
+    """The champion's stored user vectors (model/users.npz of its training run), None for a model without them."""
+    from pipelines.models.user_vectors import USERS_FILE
+
+    if not run_id:
+        return None
+    return registry.download_run_file(run_id, f"model/{USERS_FILE}", fresh_dir(p.var / "deploy" / "users"))
+
+
+def _finish_deploy(s: Settings, p: Paths, summary: dict[str, Any], users: Path | None) -> dict[str, Any]:
     """Write similar_items and recommend beside gpt4rec, have the profile's Triton load what changed, report."""
     from pipelines.repository.companions import deploy_companions
     from pipelines.serve.remote import load_deployed
 
     models: dict[str, dict[str, Any]] = {s.serve.model_name: {
         "version_path": summary["version_path"], "triton_version": summary["triton_version"], "new": summary["new"]}}
-    models |= deploy_companions(s, p, p.triton_repo, Path(summary["version_path"]))
+    models |= deploy_companions(s, p, p.triton_repo, Path(summary["version_path"]), users)
     summary |= {"models": models, **load_deployed(s, models)}
     write_json_atomic(p.reports / "deploy.json", summary)
     return summary

@@ -8,8 +8,9 @@ from typing import Any
 
 from pipelines.core.config import Paths, Settings
 from pipelines.core.files import published_dir, read_json, write_json_atomic
-from pipelines.models.base import FitInput
+from pipelines.models.base import EmbedsUsers, FitInput
 from pipelines.models.families import family_names
+from pipelines.models.user_vectors import USERS_FILE
 
 # Where the training stage finds each extra input a family may ask for (dvc.yaml lists the same paths).
 INPUT_DEPS: dict[FitInput, str] = {
@@ -57,6 +58,10 @@ def train_family(name: str, s: Settings, p: Paths) -> dict[str, Any]:
         model, info = fit_family(name, seqs, s, ctx)
         with published_dir(p.models / name) as out:
             model.save(out)
+            if isinstance(model, EmbedsUsers):  # the home page's stored user vectors, versioned with the model
+                users = model.user_embeddings(seqs, progress=ctx.progress)
+                (out / USERS_FILE).write_bytes(users.to_bytes())
+                info["users_stored"] = len(users.user_ids)
             write_json_atomic(out / "train.json", info)
             if "history" in info:
                 plot_training_history(info["history"], out / "training.png", title=f"{name} training")

@@ -342,6 +342,15 @@ class MlflowService:
             raise FileNotFoundError(f"no .onnx file in the artifacts of {model_uri}")
         return found[0]
 
+    @_retried
+    def download_run_file(self, run_id: str, artifact_path: str, dst: Path) -> Path | None:
+        """One file of a run's artifacts (e.g. model/users.npz) into dst; None when the run holds no such file."""
+        folder, _, name = artifact_path.rpartition("/")
+        if name not in {Path(f.path).name for f in self.client.list_artifacts(run_id, folder or None)}:
+            return None
+        dst.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, artifact_path, str(dst)))
+
     # ------------------------------------------------------------------ aliases and registered-model tags
 
     @_retried

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipelines.cli import app
+from pipelines.data.sequences import load_sequences
 from pipelines.serve.triton_server import default_venv, find_free_port
 from pipelines.stages import run_stage
 
@@ -35,6 +36,8 @@ def test_deploy_serve_promote_and_check(trained_workdir, tmp_path, tiny_override
     assert list(models) == ["gpt4rec", "similar_items", "recommend"]
     assert all(m["new"] and m["triton_version"] == 1 for m in models.values())
     assert models["similar_items"]["mode"] == "exact" and models["recommend"]["rules"] is True
+    stored = load_sequences(root / "data" / "features").user_ids  # the champion's run stored a vector for each
+    assert models["recommend"]["users"].startswith(f"{len(stored)} users, dim ")
     assert not any(m["new"] for m in run_stage("deploy", overrides, workdir=root)["models"].values())
 
     cli = CliRunner()
@@ -62,6 +65,12 @@ def test_deploy_serve_promote_and_check(trained_workdir, tmp_path, tiny_override
         history = [h["item_id"] for h in checked["sessions"][0]["history"]]
         answer = cli.invoke(app, ["recommend", "--session", ",".join(map(str, history)), "--url", f"127.0.0.1:{http}"])
         assert answer.exit_code == 0 and "source: " in answer.output and " 1. item " in answer.output
+        known = cli.invoke(app, ["recommend", "--session", "", "--user", str(stored[0]), "--url", f"127.0.0.1:{http}"])
+        assert known.exit_code == 0 and " 1. item " in known.output, known.output
+        assert "[history] picked for you from your history with us" in known.output
+        stranger = cli.invoke(app, ["recommend", "--session", "", "--user", str(int(stored.max()) + 1),
+                                    "--url", f"127.0.0.1:{http}"])
+        assert stranger.exit_code == 0 and "[history]" not in stranger.output and "[popular]" in stranger.output
         similar = cli.invoke(app, ["similar", "--item", str(history[-1]), "--url", f"127.0.0.1:{http}"])
         assert similar.exit_code == 0 and "cosine" in similar.output
         unknown = cli.invoke(app, ["similar", "--item", "999999", "--url", f"127.0.0.1:{http}"])

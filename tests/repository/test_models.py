@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import scipy.sparse as sp
 
 from pipelines.core.config import Paths
+from pipelines.models.user_vectors import UserVectors
 from pipelines.pharmacy.search import SearchIndex
 from pipelines.pharmacy.served import SafetyTables
 from pipelines.repository.models import (
@@ -18,6 +20,7 @@ from pipelines.repository.models import (
     RECOMMEND_BACKEND_PY,
     SEARCH_PY,
     SIMILAR_BACKEND_PY,
+    USERS_PY,
     FallbackTables,
     fingerprint,
     write_model_version,
@@ -125,7 +128,7 @@ def test_recommend_version_holds_backend_and_pickle_free_tables(tmp_path: Path) 
     names = sorted(p.name for p in written.path.iterdir())
     assert names == ["catalogue.npy", "interactions.npy", "lineage.json", "model.py", "placements.npz", "policy.npz",
                      "popularity.npy", "rules.npz", "rxrec_backend.py", "rxrec_pharmacy.py", "rxrec_search.py",
-                     "search.npz"]
+                     "rxrec_users.py", "search.npz"]  # no users.npz: these tables hold no stored user vectors
     assert (written.path / "model.py").read_bytes() == RECOMMEND_BACKEND_PY.read_bytes()
     assert (written.path / "rxrec_pharmacy.py").read_bytes() == PHARMACY_PY.read_bytes()
     assert (written.path / "rxrec_search.py").read_bytes() == SEARCH_PY.read_bytes()
@@ -138,6 +141,27 @@ def test_recommend_version_holds_backend_and_pickle_free_tables(tmp_path: Path) 
     # the same tables again (fresh bytes, same content) are recognised: no new folder
     assert not write_recommend_version(tmp_path, _tables(), metadata={}).new
     assert write_recommend_version(tmp_path, _tables(rules=False), metadata={}).version == 2
+
+
+def test_stored_user_vectors_travel_into_the_version_and_must_score_its_items(tmp_path: Path) -> None:
+    users = UserVectors.build(np.array([4, 2]), np.ones((2, 3), np.float32), np.ones((7, 3), np.float32))
+    written = write_recommend_version(tmp_path, dataclasses.replace(_tables(), users=users), metadata={})
+    assert UserVectors.load(written.path / "users.npz").user_ids.tolist() == [2, 4]
+    assert (written.path / "rxrec_users.py").read_bytes() == USERS_PY.read_bytes()
+    other = UserVectors.build(np.array([1]), np.ones((1, 3), np.float32), np.ones((9, 3), np.float32))
+    with pytest.raises(ValueError, match="user vectors score 8 items, popularity 6"):
+        dataclasses.replace(_tables(), users=other).check()
+
+
+def test_the_champions_user_vectors_must_come_from_the_served_model(tmp_path: Path) -> None:
+    from pipelines.repository.companions import champion_users
+
+    assert champion_users(None, 6)[0] is None and "stored no user vectors" in champion_users(None, 6)[1]
+    path = tmp_path / "users.npz"
+    path.write_bytes(UserVectors.build(np.array([1]), np.ones((1, 3), np.float32), np.ones((9, 3), np.float32)).to_bytes())
+    assert champion_users(path, 8)[1] == "1 users, dim 3"
+    with pytest.raises(ValueError, match="scores 8 items but the served gpt4rec 6"):
+        champion_users(path, 6)
 
 
 def test_fallback_tables_must_agree_on_size() -> None:

@@ -23,8 +23,9 @@ import time
 import numpy as np
 import pytest
 
-from pipelines.core.config import DataSettings
+from pipelines.core.config import DataSettings, UsersSettings
 from pipelines.data.generate import generate_world
+from pipelines.data.sequences import build_sequences
 from pipelines.models.rules import AssociationRules, RulesSettings
 from pipelines.pharmacy.catalogue import build_placement_tables, build_search
 from pipelines.pharmacy.served import PolicyRules
@@ -42,7 +43,7 @@ pytestmark = [
 ]
 torch = pytest.importorskip("torch")
 
-K, N_REQUESTS, BATCH = 10, 10_000, 100
+K, N_REQUESTS, BATCH, N_USERS = 10, 10_000, 100, 400
 CHRONIC_CLASSES = ("Antidiabetic", "Antihypertensive", "Lipid lowering", "Thyroid")  # params.yaml refills
 POSTCODES = ("110017", "400 001", "560034", "600-001", "302001", "")  # "" = location unknown
 _STRENGTH = re.compile(r"^\d[\d.,]*(mg|mcg|µg|iu|%|ml|gm|g)?$", re.IGNORECASE)
@@ -72,17 +73,31 @@ def interacting_pairs() -> set[frozenset[str]]:
 
 @pytest.fixture(scope="module")
 def world():
-    return generate_world(DataSettings(seed=5, n_products=400, n_users=400), progress=False)
+    return generate_world(DataSettings(seed=5, n_products=400, n_users=N_USERS), progress=False)
 
 
 @pytest.fixture(scope="module")
-def served(triton: TritonServer, world, tmp_path_factory):
-    from pipelines.export.onnx import export_onnx
+def policy_model(world):
+    """An untrained GPT4Rec: it proposes prescription-only and interacting products freely."""
     from pipelines.models.gpt4rec import GPT4Rec, GPT4RecConfig
 
-    n = len(world.catalogue)
     torch.manual_seed(0)
-    model = GPT4Rec(GPT4RecConfig(n_items=n, dim=16, layers=1, heads=2, max_len=20, dropout=0.0)).eval()
+    return GPT4Rec(GPT4RecConfig(n_items=len(world.catalogue), dim=16, layers=1, heads=2, max_len=20,
+                                 dropout=0.0)).eval()
+
+
+@pytest.fixture(scope="module")
+def stored_users(policy_model, world):
+    """The stored user vectors, as the train stage writes them."""
+    return policy_model.user_embeddings(build_sequences(world.events, len(world.catalogue)))
+
+
+@pytest.fixture(scope="module")
+def served(triton: TritonServer, world, policy_model, stored_users, tmp_path_factory):
+    from pipelines.export.onnx import export_onnx
+
+    n = len(world.catalogue)
+    model = policy_model
     onnx_path = export_onnx(model, tmp_path_factory.mktemp("policy_gpt4rec"), k=K, opset=18)
     repo = triton.repo
     write_config(repo, "gpt4rec_policy", max_batch_size=BATCH, top_k=K, n_items=n)
@@ -92,7 +107,7 @@ def served(triton: TritonServer, world, tmp_path_factory):
     rules = AssociationRules.from_histories(histories, n, RulesSettings()).rules
     tables = FallbackTables(counts.astype(np.float32), counts.astype(np.int64), np.r_[False, np.ones(n, bool)], rules,
                             build_safety_tables(world.catalogue, n, read_interactions(DEFAULT_INTERACTIONS)),
-                            build_placement_tables(world.catalogue, n), build_search(world.catalogue, n))
+                            build_placement_tables(world.catalogue, n), build_search(world.catalogue, n), stored_users)
     write_recommend_config(repo, top_k=K, n_items=n, max_batch_size=BATCH, gpt4rec_model="gpt4rec_policy",
                            gpt4rec_max_len=20, gpt4rec_max_batch_size=BATCH, model_name="recommend_policy")
     write_recommend_version(repo, tables, metadata={}, model_name="recommend_policy")
@@ -100,7 +115,11 @@ def served(triton: TritonServer, world, tmp_path_factory):
                            gpt4rec_max_len=20, gpt4rec_max_batch_size=BATCH, model_name="recommend_open",
                            policy=PolicyRules(False, False, False, False, False))
     write_recommend_version(repo, tables, metadata={}, model_name="recommend_open")
-    with loaded(triton, "gpt4rec_policy", "recommend_policy", "recommend_open") as server:
+    write_recommend_config(repo, top_k=K, n_items=n, max_batch_size=BATCH, gpt4rec_model="gpt4rec_policy",
+                           gpt4rec_max_len=20, gpt4rec_max_batch_size=BATCH, model_name="recommend_faiss",
+                           users=UsersSettings(faiss_above_items=1))  # a "large" catalogue: faiss HNSW in the server
+    write_recommend_version(repo, tables, metadata={}, model_name="recommend_faiss")
+    with loaded(triton, "gpt4rec_policy", "recommend_policy", "recommend_open", "recommend_faiss") as server:
         yield server
 
 
@@ -150,7 +169,8 @@ def simulated_requests(world, rng: np.random.Generator) -> list[dict]:
         if rng.random() < 0.3:  # a chronic patient: what they bought, and when
             purchased += rng.choice(chronic, size=int(rng.integers(1, 3))).tolist()
         prescribed = rng.choice(rx_items, size=int(rng.integers(1, 3))).tolist() if rng.random() < 0.2 else []
-        requests.append({"session": session, "cart": cart, "purchased": purchased, "prescribed": prescribed,
+        user = int(rng.integers(1, N_USERS + 1)) if rng.random() < 0.6 else int(rng.choice([0, 10**9]))  # or not held
+        requests.append({"session": session, "cart": cart, "purchased": purchased, "prescribed": prescribed, "user": user,
                          "days_ago": rng.integers(0, 60, size=len(purchased)).tolist(),
                          "location": POSTCODES[int(rng.integers(0, len(POSTCODES)))]})
     for q, query in zip(requests, search_queries(world, rng, len(requests)), strict=True):
@@ -226,7 +246,7 @@ def serve_requests(server, requests: list[dict], placement: str, checker: Checke
                                     prescribed=[q["prescribed"] for q in chunk], placement=placement,
                                     query=[q["query"] for q in chunk] if placement == "search" else None,
                                     purchased_days_ago=[q["days_ago"] for q in chunk],
-                                    location=[q["location"] for q in chunk],
+                                    location=[q["location"] for q in chunk], user=[q["user"] for q in chunk],
                                     url=server.url, model_name=model, timeout_s=60)
         for q, answer in zip(chunk, answers, strict=True):
             checker.check(q, answer, placement)
@@ -246,7 +266,7 @@ def test_ten_thousand_served_lists_per_placement_break_no_pharmacy_rule(served, 
     assert set(checker.removed) == {"restricted", "unavailable", "rx_without_record", "interacts", "duplicate_molecule"}
     assert checker.rx_shown > 0, "a record of the molecule must let prescription-only products through"
     assert checker.codes >= {"product": {"substitutes", "personal"}, "cart": {"complements", "personal"},
-                             "home": {"refills", "personal", "complements"}, "search": {"matches"}}[placement], \
+                             "home": {"refills", "personal", "history", "complements"}, "search": {"matches"}}[placement], \
         checker.codes
 
 
@@ -408,5 +428,75 @@ def test_bad_purchase_ages_are_refused(served, days, said):
 
     inputs = session_inputs([[1]], purchased=[[2]])
     inputs["purchased_days_ago"] = np.array(days, dtype=np.int64)
+    with pytest.raises(InferenceServerException, match=said):
+        _infer("recommend_policy", inputs, ["item_ids"], url=served.url, protocol="http", timeout_s=10)
+
+
+def test_a_known_user_gets_their_stored_vectors_best_items_on_home_and_a_stranger_gets_popular(served, world,
+                                                                                               stored_users):
+    """An empty session on home: a user the stored vectors hold is led by their best items (reason code history),
+    best first by the vector's own scores, each among their users.candidates best; a user id they do not hold
+    (signed up since training) and an anonymous request get the popular list; nothing the policy forbids shows."""
+    n = len(world.catalogue)
+    users = build_sequences(world.events, n).user_ids[:60].tolist()
+    table = stored_users
+    answers = recommend_session([[] for _ in users], user=users, placement="home", url=served.url,
+                                model_name="recommend_policy")
+    led = 0
+    for user, answer in zip(users, answers, strict=True):
+        picked = [i for i, code in zip(answer.item_ids, answer.reason_codes, strict=False) if code == "history"]
+        assert picked, answer
+        led += answer.reason_codes[0] == "history"
+        row = int(table.rows(np.array([user]))[0])
+        scores = table.item_vectors @ table.vectors[row]
+        scores[0] = -np.inf
+        best = set(np.argsort(-scores, kind="stable")[:100].tolist())
+        assert set(picked) <= best and [scores[i] for i in picked] == sorted((scores[i] for i in picked), reverse=True)
+        assert all(r == "picked for you from your history with us"
+                   for r, c in zip(answer.reasons, answer.reason_codes, strict=True) if c == "history")
+    assert led == len(users)  # nothing comes before them: no session, no purchases
+    strangers = recommend_session([[], []], user=[10**9, 0], placement="home", url=served.url,
+                                  model_name="recommend_policy")
+    plain = recommend_session([[]], placement="home", url=served.url, model_name="recommend_policy")[0]
+    for answer in strangers:
+        assert set(answer.reason_codes) == {"popular"} and answer.item_ids == plain.item_ids
+
+
+def test_the_faiss_index_a_large_catalogue_takes_serves_the_exact_lists(served, world):
+    """The same users' home pages from a recommend whose retrieval is faiss HNSW (users.faiss_above_items=1):
+    the serving venv's faiss answers, and on this catalogue the approximate index finds the exact lists."""
+    users = build_sequences(world.events, len(world.catalogue)).user_ids[:60].tolist()
+    exact, approximate = (recommend_session([[] for _ in users], user=users, url=served.url, model_name=name)
+                          for name in ("recommend_policy", "recommend_faiss"))
+    same = sum(a.item_ids == b.item_ids for a, b in zip(exact, approximate, strict=True))
+    assert all("history" in a.reason_codes for a in approximate)
+    assert same >= 0.95 * len(users), f"{same} of {len(users)} home lists equal"
+
+
+def test_a_search_without_a_session_is_reranked_by_the_users_stored_vector(served, world):
+    """Same query, no session: a known user's list is the query's products re-ranked by their vector (some say
+    so); an anonymous request gets them by text relevance alone."""
+    user = int(build_sequences(world.events, len(world.catalogue)).user_ids[3])
+    query = "tablet"
+    mine, anyone = recommend_session([[], []], user=[user, 0], placement="search", query=query, url=served.url,
+                                     model_name="recommend_policy")
+    assert set(mine.reason_codes) <= {"matches", "popular"} and set(anyone.reason_codes) <= {"matches", "popular"}
+    assert any("suits your history" in r for r in mine.reasons)
+    assert not any("suits your history" in r for r in anyone.reasons)
+    assert mine.item_ids != anyone.item_ids
+
+
+@pytest.mark.parametrize(("user", "said"), [
+    (np.array([[3], [-4]], dtype=np.int64), r"user_id row 1 is -4: user ids are >= 1, and 0 is an anonymous user"),
+    (np.array([[3, 4], [5, 6]], dtype=np.int64), r"unexpected shape for input 'user_id'.*Expected \[-1,1\], got \[2,2\]"),
+    (np.array([[3]], dtype=np.int64), r"input 'session_ids' batch size does not match other inputs"),  # Triton's check
+])
+def test_a_bad_user_id_is_refused_and_says_what_a_user_id_is(served, user, said):
+    from tritonclient.utils import InferenceServerException
+
+    from pipelines.serve.client import _infer, session_inputs
+
+    inputs = session_inputs([[1], [2]])
+    inputs["user_id"] = user
     with pytest.raises(InferenceServerException, match=said):
         _infer("recommend_policy", inputs, ["item_ids"], url=served.url, protocol="http", timeout_s=10)

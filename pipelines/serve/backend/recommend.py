@@ -3,9 +3,11 @@
 Copied as model.py into every recommend version folder (pipelines/repository/models.py) beside
 its fallback tables: popularity.npy, interactions.npy, catalogue.npy, the safety policy's tables
 policy.npz and placements.npz (read by rxrec_pharmacy.py, a copy of pipelines/pharmacy/served.py), the search
-index search.npz (read by rxrec_search.py, a copy of pipelines/pharmacy/search.py) and, when association
-rules were trained, rules.npz (CSR arrays indptr/indices/data). Runs inside Triton's Python-backend
-stub in the serving venv: only the standard library, numpy and triton_python_backend_utils.
+index search.npz (read by rxrec_search.py, a copy of pipelines/pharmacy/search.py), when association
+rules were trained rules.npz (CSR arrays indptr/indices/data) and, when the champion's training run stored
+them, the user vectors users.npz (read by rxrec_users.py, a copy of pipelines/models/user_vectors.py).
+Runs inside Triton's Python-backend stub in the serving venv: only the standard library, numpy,
+triton_python_backend_utils and (for user retrieval above users_faiss_above_items items) faiss.
 
 Inputs (batch dimension first; 0 is padding everywhere):
   session_ids    int64 [batch, seq]  the session's item ids, oldest first. An empty session is
@@ -32,10 +34,16 @@ Inputs (batch dimension first; 0 is padding everywhere):
                                      catalogue deliverable_to lists no prefix of it are dropped (unavailable)
   query          bytes [batch, 1]    the search placement's free text (UTF-8, at most max_query_bytes,
                                      with a letter or digit); b"" on the rows of other placements
+  user_id        int64 [batch, 1]    optional: the request's user (0 = anonymous). A user the stored vectors
+                                     hold gets their best items as the `history` source (exact, or faiss HNSW
+                                     from users_faiss_above_items catalogue items on), and on search, without
+                                     a session to re-rank by, the query's products re-ranked by that vector;
+                                     a user they do not hold (new since training) is served as anonymous
 Outputs:
   item_ids    int64 [batch, k]   best first; -1 pads when fewer than k items can be offered
   scores      float32 [batch, k] the answering source's own score (comparable within a source)
-  source      bytes [batch, 1]   b"gpt4rec" | b"rules" | b"popularity": who answered
+  source      bytes [batch, 1]   who placed the first item: b"gpt4rec", b"user_vectors", b"rules", b"search",
+                                 b"substitutes", b"refills" or b"popularity"
   unknown_ids int64 [batch, m]   session ids dropped as unknown (> n_items or not in the
                                  catalogue), 0-padded; [0] when none were dropped
   policy_removed int64 [batch, 5] distinct candidates the safety policy removed ahead of the last
@@ -43,7 +51,7 @@ Outputs:
                                  in the order of rxrec_pharmacy.REASONS (restricted, unavailable,
                                  rx_without_record, interacts, duplicate_molecule)
   short_reason bytes [batch, 1]  b"" for a full list; why it is shorter than k otherwise
-  reason_codes bytes [batch, k]  per item the source that placed it: refills, personal, complements,
+  reason_codes bytes [batch, k]  per item the source that placed it: refills, personal, history, complements,
                                  substitutes, matches or popular (b"" on padding)
   reasons      bytes [batch, k]  per item, why in words: "bought together with X", "same
                                  composition as X, 38% cheaper, generic", ...
@@ -99,12 +107,14 @@ from rxrec_pharmacy import (
     substitute_reason,
 )
 from rxrec_search import SEARCH_FILE, SearchIndex, query_problem
+from rxrec_users import USERS_FILE, UserRetrieval, UserVectors
 
 SESSION_INPUT = "session_ids"
 PURCHASED_INPUT = "purchased_ids"
 CART_INPUT = "cart_ids"
 PRESCRIBED_INPUT = "prescribed_ids"
 PURCHASED_DAYS_INPUT = "purchased_days_ago"
+USER_INPUT = "user_id"
 POPULAR_CHUNK = 64  # popularity is walked in chunks from this long, doubling, until the list is full
 MAX_EVENT_KIND = 4  # purchase; config parameter "event_kinds" overrides
 KINDS_RETRY_S = 60.0  # after gpt4rec refused event_types, ask without them this long
@@ -120,6 +130,7 @@ LOCATION_INPUT = "location"
 DEFAULT_PLACEMENT = "home"
 ADD_TO_CART_KIND = 3  # the event kind gpt4rec reads for cart items on the cart page
 PERSONAL_TEXT = "picked for this session by the personal model"
+HISTORY_TEXT = "picked for you from your history with us"
 POPULAR_TEXT = "popular now"
 
 
@@ -150,8 +161,8 @@ def _text(value: object) -> str:
 class _Row(ServedList):
     """One session being answered: what is known about it, and the list being built (ServedList)."""
 
-    __slots__ = ("bought", "bought_days", "cart", "kinds", "known", "model_items", "personal", "placement", "query",
-                 "unknown", "warm")
+    __slots__ = ("bought", "bought_days", "cart", "history", "kinds", "known", "model_items", "personal", "placement",
+                 "query", "unknown", "user_row", "warm")
 
     def __init__(self, known: np.ndarray, unknown: np.ndarray, exclude: np.ndarray,
                  kinds: np.ndarray | None = None, policy: SafetyPolicy | None = None, context: object = None,
@@ -167,6 +178,8 @@ class _Row(ServedList):
         self.model_items = np.concatenate([known, self.cart]) if placement == "cart" else known
         self.personal: tuple[np.ndarray, np.ndarray] | None = None  # gpt4rec's offerable top-k, once asked
         self.warm = False  # gpt4rec has learned at least one of model_items (set by the model, which knows)
+        self.user_row = -1  # the request's user in the stored vectors (-1: anonymous, or not held)
+        self.history: tuple[np.ndarray, np.ndarray] | None = None  # that user's best items, once retrieved
 
 
 class TritonPythonModel:
@@ -191,6 +204,7 @@ class TritonPythonModel:
         self.max_query_bytes = param("max_query_bytes", int, 256)
         self.refill_due_within = param("refill_due_within_days", int, 7)
         self.refill_overdue = param("refill_overdue_days", int, 30)
+        self.user_candidates = param("users_candidates", int, 100)
         try:  # unset: every check (a pharmacy keeps them all on)
             self.rules_of_policy = PolicyRules.from_checks(param("policy_checks", str, PolicyRules().checks()))
         except ValueError as exc:
@@ -247,6 +261,14 @@ class TritonPythonModel:
         if int(self.search.n_items) != self.n_items:
             raise pb_utils.TritonModelException(
                 f"{self.name}: {SEARCH_FILE} covers {int(self.search.n_items)} items, not {self.n_items}")
+        self.users, self.user_retrieval = None, None
+        if (folder / USERS_FILE).is_file():
+            self.users = table(USERS_FILE, UserVectors.load)
+            if self.users.n_items != self.n_items:
+                raise pb_utils.TritonModelException(
+                    f"{self.name}: {USERS_FILE} scores {self.users.n_items} items, not {self.n_items}")
+            self.user_retrieval = UserRetrieval(self.users, self.catalogue, param("users_faiss_above_items", int, 50000),
+                                                param("users_hnsw_m", int, 32), param("users_hnsw_ef_search", int, 128))
         items = np.flatnonzero(self.catalogue)
         self.popular_order = items[np.lexsort((items, -self.popularity[items]))]
         pb_utils.Logger.log_info(
@@ -254,7 +276,9 @@ class TritonPythonModel:
             f"{self.max_len} items, rules={'yes' if self.rules is not None else 'no'}, "
             f"filter_purchased={self.filter_purchased}, warm_min_interactions={self.warm_min}, policy: "
             f"{self.rules_of_policy}, {tables.n_molecules} molecules, {len(tables.interacting_pairs)} interacting pairs, "
-            f"blends {self.blends}, search over {len(self.search.words)} words)"
+            f"blends {self.blends}, search over {len(self.search.words)} words, "
+            + ("no stored user vectors)" if self.users is None else f"{len(self.users.user_ids)} stored user vectors, "
+               f"{'faiss HNSW' if self.user_retrieval.approximate else 'exact'} retrieval)")
         )
 
     # ------------------------------------------------------------------ sources
@@ -308,16 +332,21 @@ class TritonPythonModel:
         ids, scores = self.search.search(row.query, self.search_candidates)
         if len(ids) == 0:
             return None
-        rank = np.zeros(len(ids))
-        if row.personal is not None and len(row.personal[0]) and self.search_personal_weight > 0:
+        picks, why = None, ", and the personal model picks it for this session"
+        if self.search_personal_weight > 0 and row.personal is not None and len(row.personal[0]):
             picks = row.personal[0]
+        elif self.search_personal_weight > 0 and row.user_row >= 0:  # no session to go by: the user's vector
+            picks = ids[np.argsort(-self.users.scores(row.user_row, ids), kind="stable")][:self.k]
+            why = ", and it suits your history with us"
+        rank = np.zeros(len(ids))
+        if picks is not None:
             position = {int(item): p for p, item in enumerate(picks.tolist())}
             rank = np.array([1.0 - position[i] / len(picks) if i in position else 0.0 for i in ids.tolist()])
         final = scores / scores[0] + self.search_personal_weight * rank
         order = np.lexsort((ids, -final))
         said, picked = f'matches "{row.query.strip()[:40]}"', rank[order] > 0
         return Candidates(ids[order], final[order], "search", "matches",
-                          lambda j: said + (", and the personal model picks it for this session" if picked[j] else ""))
+                          lambda j: said + (why if picked[j] else ""))
 
     def _refills(self, row: _Row) -> Candidates | None:
         """The request's chronic medicines whose latest pack runs out soon, most overdue first: a product already
@@ -331,6 +360,12 @@ class TritonPythonModel:
         return Candidates(ids, due_in, "refills", "refills", lambda j: refill_reason(float(due_in[j])),
                           exclude=np.union1d(row.known, row.cart))
 
+    def _history(self, row: _Row) -> Candidates | None:
+        """A known user's best items by their stored vector (retrieved for the batch in _user_histories)."""
+        if row.history is None:
+            return None
+        return Candidates(row.history[0], row.history[1], "user_vectors", "history", HISTORY_TEXT)
+
     def _personal(self, row: _Row) -> Candidates | None:
         if row.personal is None:
             return None
@@ -340,8 +375,9 @@ class TritonPythonModel:
     def _blend(self, row: _Row) -> None:
         """Each source of the row's placement up to its slots, then each again without limit, then popularity."""
         fill_blend(row, self.blends[row.placement], {
-            "personal": self._personal, "complements": self._complements, "substitutes": self._substitutes,
-            "matches": self._matches, "refills": self._refills}, self._popularity, self.k)
+            "personal": self._personal, "history": self._history, "complements": self._complements,
+            "substitutes": self._substitutes, "matches": self._matches, "refills": self._refills},
+            self._popularity, self.k)
 
     def _popularity(self, row: _Row, limit: int | None) -> None:
         """Top up from the most popular products, walking on while the policy or exclusions refuse them."""
@@ -375,6 +411,16 @@ class TritonPythonModel:
             offerable[offerable] = self.catalogue[ids[offerable]]  # never a product no longer sold
             for r, row in enumerate(chunk):
                 row.personal = (ids[r][offerable[r]], scores[r][offerable[r]])
+
+    def _user_histories(self, rows: list[_Row]) -> None:
+        """Each known user's best catalogue items, one retrieval (matrix product or faiss search) for the batch."""
+        if not rows:
+            return
+        vectors = self.users.vectors[np.array([row.user_row for row in rows], dtype=np.int64)]
+        ids, scores = self.user_retrieval.top(vectors, self.user_candidates)
+        for r, row in enumerate(rows):
+            keep = ids[r] > 0
+            row.history = (ids[r][keep], scores[r][keep])
 
     @staticmethod
     def _model_kinds(row: _Row) -> np.ndarray:
@@ -419,8 +465,10 @@ class TritonPythonModel:
     def _rows(self, sessions: np.ndarray, purchased: np.ndarray | None, kinds: np.ndarray | None = None,
               cart: np.ndarray | None = None, prescribed: np.ndarray | None = None,
               placements: list[str] | None = None, queries: list[str] | None = None,
-              days_ago: np.ndarray | None = None, locations: list[str] | None = None) -> list[_Row]:
+              days_ago: np.ndarray | None = None, locations: list[str] | None = None,
+              users: np.ndarray | None = None) -> list[_Row]:
         rows = []
+        user_rows = self.users.rows(users[:, 0]) if users is not None and self.users is not None else None
         for r, session in enumerate(sessions):
             present = session > 0
             items = session[present]
@@ -445,6 +493,8 @@ class TritonPythonModel:
                        queries[r] if queries else "")
             if days_ago is not None and purchased is not None:
                 row.bought, row.bought_days = bought, days_ago[r][purchased[r] > 0]
+            if user_rows is not None:
+                row.user_row = int(user_rows[r])
             row.warm = bool(len(row.model_items)) and bool((self.interactions[row.model_items] >= self.warm_min).any())
             rows.append(row)
         return rows
@@ -494,6 +544,21 @@ class TritonPythonModel:
             return (f"{EVENT_TYPES_INPUT} contains kind {int(kinds.max())}; kinds are 0..{self.max_kind} "
                     "(0 unknown, 1 view, 2 click, 3 add_to_cart, 4 purchase)")
         return None
+
+    @staticmethod
+    def _users(request: object, batch: int | None) -> tuple[np.ndarray | None, str | None]:
+        """(user id per row as [batch, 1], problem): absent means every row is anonymous."""
+        x = input_array(request, USER_INPUT)
+        if x is None or batch is None:
+            return None, None
+        if (problem := not_int64(x, USER_INPUT)) is not None:
+            return None, problem
+        if x.shape != (batch, 1):
+            return None, f"{USER_INPUT} must be [batch, 1] with one user id per session, got {list(x.shape)}"
+        if int(x.min()) < 0:
+            row = int(np.argmin(x[:, 0]))
+            return None, f"{USER_INPUT} row {row} is {int(x[row, 0])}: user ids are >= 1, and 0 is an anonymous user"
+        return x, None
 
     @staticmethod
     def _column(request: object, name: str, batch: int | None, each: str) -> tuple[np.ndarray | None, str | None]:
@@ -566,8 +631,9 @@ class TritonPythonModel:
             queries, problem7 = (None, None) if problem6 else self._queries(request, placements)
             days_ago, problem8 = _ids(request, PURCHASED_DAYS_INPUT, required=False)
             locations, problem9 = self._locations(request, None if sessions is None else sessions.shape[0])
+            users, problem10 = self._users(request, None if sessions is None else sessions.shape[0])
             problem = (problem or problem2 or problem3 or problem4 or problem5 or problem6 or problem7 or problem8
-                       or problem9)
+                       or problem9 or problem10)
             if problem is None and days_ago is not None and (purchased is None or days_ago.shape != purchased.shape):
                 problem = (f"{PURCHASED_DAYS_INPUT} must have the shape of {PURCHASED_INPUT} "
                            f"{None if purchased is None else list(purchased.shape)} (one age per purchase), got "
@@ -589,10 +655,12 @@ class TritonPythonModel:
                 responses[i] = refusal(problem)
                 continue
             per_request[i] = self._rows(sessions, purchased, kinds, cart, prescribed, placements, queries, days_ago,
-                                        locations)
+                                        locations, users)
         all_rows = [row for rows in per_request.values() for row in rows]
         self._gpt4rec([row for row in all_rows if row.warm and any(
             source in ("personal", "matches") for source, _ in self.blends[row.placement])])
+        self._user_histories([row for row in all_rows if row.user_row >= 0 and any(
+            source == "history" for source, _ in self.blends[row.placement])])
         for row in all_rows:
             self._blend(row)
             if len(row.unknown):
