@@ -19,6 +19,10 @@ The search placement is not simulated: the world's users browse and buy but type
 retrieval is measured in tests/pharmacy/test_search.py and through the server). Nor are refills: the
 simulated users' purchases carry no pack-by-pack timing, so the home blend's `refills` source offers
 nothing here (it is checked through the server, tests/serve/test_recommend_placements.py).
+The home blend's `history` (a known user's best items by their stored vector) is GPT4Rec's state after the
+user's history before the test target, which train would store; here the request already holds that whole
+history, so it is the personal list without the served warm-session gate (a returning user with an empty
+session, where it matters most, is checked through the server).
 """
 
 from __future__ import annotations
@@ -86,6 +90,10 @@ class _Sources:
             return self._offer(self.scored["gpt4rec"][self.i], "gpt4rec", "personal")
         return None
 
+    def history(self, row: Any) -> Any:
+        """The user's stored vector's list: GPT4Rec after the same history, asked for every user (module note)."""
+        return self._offer(self.scored["gpt4rec"][self.i], "user_vectors", "history")
+
     def complements(self, row: Any) -> Any:
         return self._offer(self.scored["rules"][self.i], "rules", "complements")
 
@@ -101,8 +109,8 @@ class _Sources:
         """Nothing: a refill needs purchase dates, which the simulated histories do not model (module note)."""
 
     def offers(self) -> dict[str, Any]:
-        return {"personal": self.personal, "complements": self.complements, "substitutes": self.substitutes,
-                "refills": self.refills}
+        return {"personal": self.personal, "history": self.history, "complements": self.complements,
+                "substitutes": self.substitutes, "refills": self.refills}
 
 
 def run_placements(users: int, overrides: list[str], out_dir: Path | None = None) -> Path:

@@ -211,6 +211,9 @@ class UsersSettings(ParamsSection):
     faiss_above_items: int = Field(50000, ge=1)  # catalogue items from which retrieval is approximate
     hnsw_m: int = Field(32, ge=4)
     hnsw_ef_search: int = Field(128, ge=8)
+    # A user_id the stored vectors do not hold: refused (INVALID_ARG naming the row; the caller sends 0 for a user
+    # the model has not seen, who gets the popular, safe lists) or served as that anonymous user.
+    unknown: Literal["refuse", "anonymous"] = "refuse"
 
 
 class GateSettings(ParamsSection):

@@ -117,7 +117,7 @@ def served(triton: TritonServer, world, policy_model, stored_users, tmp_path_fac
     write_recommend_version(repo, tables, metadata={}, model_name="recommend_open")
     write_recommend_config(repo, top_k=K, n_items=n, max_batch_size=BATCH, gpt4rec_model="gpt4rec_policy",
                            gpt4rec_max_len=20, gpt4rec_max_batch_size=BATCH, model_name="recommend_faiss",
-                           users=UsersSettings(faiss_above_items=1))  # a "large" catalogue: faiss HNSW in the server
+                           users=UsersSettings(faiss_above_items=1, unknown="anonymous"))  # faiss HNSW in the server
     write_recommend_version(repo, tables, metadata={}, model_name="recommend_faiss")
     with loaded(triton, "gpt4rec_policy", "recommend_policy", "recommend_open", "recommend_faiss") as server:
         yield server
@@ -169,7 +169,7 @@ def simulated_requests(world, rng: np.random.Generator) -> list[dict]:
         if rng.random() < 0.3:  # a chronic patient: what they bought, and when
             purchased += rng.choice(chronic, size=int(rng.integers(1, 3))).tolist()
         prescribed = rng.choice(rx_items, size=int(rng.integers(1, 3))).tolist() if rng.random() < 0.2 else []
-        user = int(rng.integers(1, N_USERS + 1)) if rng.random() < 0.6 else int(rng.choice([0, 10**9]))  # or not held
+        user = int(rng.integers(1, N_USERS + 1)) if rng.random() < 0.6 else 0  # a known user, or anonymous
         requests.append({"session": session, "cart": cart, "purchased": purchased, "prescribed": prescribed, "user": user,
                          "days_ago": rng.integers(0, 60, size=len(purchased)).tolist(),
                          "location": POSTCODES[int(rng.integers(0, len(POSTCODES)))]})
@@ -435,8 +435,9 @@ def test_bad_purchase_ages_are_refused(served, days, said):
 def test_a_known_user_gets_their_stored_vectors_best_items_on_home_and_a_stranger_gets_popular(served, world,
                                                                                                stored_users):
     """An empty session on home: a user the stored vectors hold is led by their best items (reason code history),
-    best first by the vector's own scores, each among their users.candidates best; a user id they do not hold
-    (signed up since training) and an anonymous request get the popular list; nothing the policy forbids shows."""
+    best first by the vector's own scores, each among their users.candidates best. An anonymous request gets the
+    popular list; a user id the vectors do not hold is refused by default (users.unknown: refuse) and gets the
+    popular list where the deployment says users.unknown: anonymous."""
     n = len(world.catalogue)
     users = build_sequences(world.events, n).user_ids[:60].tolist()
     table = stored_users
@@ -455,11 +456,16 @@ def test_a_known_user_gets_their_stored_vectors_best_items_on_home_and_a_strange
         assert all(r == "picked for you from your history with us"
                    for r, c in zip(answer.reasons, answer.reason_codes, strict=True) if c == "history")
     assert led == len(users)  # nothing comes before them: no session, no purchases
-    strangers = recommend_session([[], []], user=[10**9, 0], placement="home", url=served.url,
-                                  model_name="recommend_policy")
+    from tritonclient.utils import InferenceServerException
+
     plain = recommend_session([[]], placement="home", url=served.url, model_name="recommend_policy")[0]
-    for answer in strangers:
+    anonymous = recommend_session([[]], user=0, url=served.url, model_name="recommend_policy")[0]
+    strangers = recommend_session([[], []], user=[10**9, 0], url=served.url, model_name="recommend_faiss")
+    for answer in [anonymous, *strangers]:
         assert set(answer.reason_codes) == {"popular"} and answer.item_ids == plain.item_ids
+    with pytest.raises(InferenceServerException, match=r"user_id row 1 is user 1000000000, who has no stored vector "
+                                                       r"\(the served model holds \d+ users\); send 0 for a user"):
+        recommend_session([[], []], user=[users[0], 10**9], url=served.url, model_name="recommend_policy")
 
 
 def test_the_faiss_index_a_large_catalogue_takes_serves_the_exact_lists(served, world):

@@ -34,11 +34,13 @@ Inputs (batch dimension first; 0 is padding everywhere):
                                      catalogue deliverable_to lists no prefix of it are dropped (unavailable)
   query          bytes [batch, 1]    the search placement's free text (UTF-8, at most max_query_bytes,
                                      with a letter or digit); b"" on the rows of other placements
-  user_id        int64 [batch, 1]    optional: the request's user (0 = anonymous). A user the stored vectors
-                                     hold gets their best items as the `history` source (exact, or faiss HNSW
-                                     from users_faiss_above_items catalogue items on), and on search, without
-                                     a session to re-rank by, the query's products re-ranked by that vector;
-                                     a user they do not hold (new since training) is served as anonymous
+  user_id        int64 [batch, 1]    optional: the request's user (0 = anonymous: popular and safe). A user the
+                                     stored vectors hold gets their best items as the `history` source (exact,
+                                     or faiss HNSW from users_faiss_above_items catalogue items on), and on
+                                     search, without a session to re-rank by, the query's products re-ranked
+                                     by that vector. A user they do not hold (new since training, or an id
+                                     from another system) is refused when users_unknown is "refuse" (the
+                                     default: send 0 for them) and served as anonymous when "anonymous"
 Outputs:
   item_ids    int64 [batch, k]   best first; -1 pads when fewer than k items can be offered
   scores      float32 [batch, k] the answering source's own score (comparable within a source)
@@ -205,6 +207,7 @@ class TritonPythonModel:
         self.refill_due_within = param("refill_due_within_days", int, 7)
         self.refill_overdue = param("refill_overdue_days", int, 30)
         self.user_candidates = param("users_candidates", int, 100)
+        self.refuse_unknown_users = param("users_unknown", str, "refuse") == "refuse"
         try:  # unset: every check (a pharmacy keeps them all on)
             self.rules_of_policy = PolicyRules.from_checks(param("policy_checks", str, PolicyRules().checks()))
         except ValueError as exc:
@@ -466,9 +469,8 @@ class TritonPythonModel:
               cart: np.ndarray | None = None, prescribed: np.ndarray | None = None,
               placements: list[str] | None = None, queries: list[str] | None = None,
               days_ago: np.ndarray | None = None, locations: list[str] | None = None,
-              users: np.ndarray | None = None) -> list[_Row]:
+              user_rows: np.ndarray | None = None) -> list[_Row]:
         rows = []
-        user_rows = self.users.rows(users[:, 0]) if users is not None and self.users is not None else None
         for r, session in enumerate(sessions):
             present = session > 0
             items = session[present]
@@ -545,9 +547,9 @@ class TritonPythonModel:
                     "(0 unknown, 1 view, 2 click, 3 add_to_cart, 4 purchase)")
         return None
 
-    @staticmethod
-    def _users(request: object, batch: int | None) -> tuple[np.ndarray | None, str | None]:
-        """(user id per row as [batch, 1], problem): absent means every row is anonymous."""
+    def _users(self, request: object, batch: int | None) -> tuple[np.ndarray | None, str | None]:
+        """(each row's user in the stored vectors, -1 for none; problem): absent means every row is anonymous.
+        Without stored vectors (a champion that stored none) the ids are read and not used."""
         x = input_array(request, USER_INPUT)
         if x is None or batch is None:
             return None, None
@@ -558,7 +560,16 @@ class TritonPythonModel:
         if int(x.min()) < 0:
             row = int(np.argmin(x[:, 0]))
             return None, f"{USER_INPUT} row {row} is {int(x[row, 0])}: user ids are >= 1, and 0 is an anonymous user"
-        return x, None
+        if self.users is None:
+            return None, None
+        rows = self.users.rows(x[:, 0])
+        unknown = np.flatnonzero((rows < 0) & (x[:, 0] > 0))
+        if len(unknown) and self.refuse_unknown_users:
+            r = int(unknown[0])
+            return None, (f"{USER_INPUT} row {r} is user {int(x[r, 0])}, who has no stored vector (the served model "
+                          f"holds {len(self.users.user_ids)} users); send 0 for a user the model has not seen, who gets "
+                          "the popular, safe lists (or deploy with users.unknown: anonymous)")
+        return rows, None
 
     @staticmethod
     def _column(request: object, name: str, batch: int | None, each: str) -> tuple[np.ndarray | None, str | None]:
@@ -631,7 +642,7 @@ class TritonPythonModel:
             queries, problem7 = (None, None) if problem6 else self._queries(request, placements)
             days_ago, problem8 = _ids(request, PURCHASED_DAYS_INPUT, required=False)
             locations, problem9 = self._locations(request, None if sessions is None else sessions.shape[0])
-            users, problem10 = self._users(request, None if sessions is None else sessions.shape[0])
+            user_rows, problem10 = self._users(request, None if sessions is None else sessions.shape[0])
             problem = (problem or problem2 or problem3 or problem4 or problem5 or problem6 or problem7 or problem8
                        or problem9 or problem10)
             if problem is None and days_ago is not None and (purchased is None or days_ago.shape != purchased.shape):
@@ -655,7 +666,7 @@ class TritonPythonModel:
                 responses[i] = refusal(problem)
                 continue
             per_request[i] = self._rows(sessions, purchased, kinds, cart, prescribed, placements, queries, days_ago,
-                                        locations, users)
+                                        locations, user_rows)
         all_rows = [row for rows in per_request.values() for row in rows]
         self._gpt4rec([row for row in all_rows if row.warm and any(
             source in ("personal", "matches") for source, _ in self.blends[row.placement])])
