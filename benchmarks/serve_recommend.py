@@ -196,7 +196,7 @@ def markdown(payload: dict[str, Any]) -> str:
          f"only). {payload['n_items']:,} products (generated world seed {payload['world']['seed']}), sessions of "
          f"{payload['length']} items; home requests name one of {payload['user_vectors']['users']:,} users with "
          f"stored vectors (random, dim {payload['user_vectors']['dim']}, {payload['user_vectors']['retrieval']} "
-         "retrieval). One open-loop gRPC stream at {payload['rate_per_s']:g} requests/s holding all "
+         f"retrieval). One open-loop gRPC stream at {payload['rate_per_s']:g} requests/s holding all "
          f"{len(payload['variants'])} variants shuffled together, "
          f"{payload['duration_s']:g} s per round after {payload['warmup_s']:g} s warm-up, {payload['rounds']} "
          "rounds. Target: the policy and placements add "
