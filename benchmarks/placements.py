@@ -202,11 +202,12 @@ def run_placements(users: int, overrides: list[str], out_dir: Path | None = None
                 "coverage": covered[f] / len(requests), "lists": b["lists"]}
         typer.echo(f"  {placement}: {len(requests)} requests, {timings[placement]:.1f}s")
     out_dir = out_dir or REPORTS
-    _plot(rows, out_dir / "placements.png")
     payload = {"dataset": name, "users": len(requests), "k": k, "candidates_per_family": CANDIDATES,
                "blends": {p: b for p, b in settings.placements.blends().items() if p in SIMULATED_PLACEMENTS}, "policy": policy.rules.checks(),
                "seconds_per_placement": timings, "placements": rows}
-    return write_report("placements", payload, _markdown(payload), out_dir)
+    path = write_report("placements", payload, _markdown(payload), out_dir)
+    _plot(rows, out_dir / "placements.png")  # after the report: it records the commit of a clean tree
+    return path
 
 
 def _markdown(payload: dict[str, Any]) -> str:
