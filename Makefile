@@ -33,8 +33,8 @@ demo: setup  ## run data → validation → embeddings → GPT4Rec → MLflow �
 test: lint browser-deps audit  ## lint, then every test, the slow end-to-end ones included (what CI runs)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: setup  ## skip the slow end-to-end tests (real Airflow DAG run, real Triton)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+test-fast: setup  ## skip the slow end-to-end tests (real Airflow, real Triton), two workers (a module stays on one)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow" -n 2 --dist loadfile $(PYTEST_ARGS)
 
 audit: setup  ## dependency audit (pip-audit + the index): reports/audit.{json,md}; fails on an untriaged vulnerability
 	$(BIN)/python -m pipelines.audit

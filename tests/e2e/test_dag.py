@@ -160,6 +160,7 @@ def airflow_dag_structure(tmp_path_factory) -> dict:
     return _marked(text, "STRUCTURE")
 
 
+@pytest.mark.slow  # imports the DAG in a real Airflow (a subprocess, ~10 s)
 def test_dag_imports_and_mirrors_dvc_yaml(airflow_dag_structure):
     s = airflow_dag_structure
     assert s["import_errors"] == {}
@@ -175,6 +176,7 @@ def test_dag_imports_and_mirrors_dvc_yaml(airflow_dag_structure):
     assert s["upstream"]["generate"] == [PREPARE]
 
 
+@pytest.mark.slow
 def test_dag_settings_and_run_form(airflow_dag_structure):
     s = airflow_dag_structure
     assert s["tags"] == ["rxrec"] and s["catchup"] is False and s["has_doc"]

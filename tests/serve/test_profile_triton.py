@@ -29,6 +29,8 @@ from pipelines.serve.remote import RemoteTriton, load_deployed
 from pipelines.serve.triton_server import TritonModelLoadError, find_free_port
 from tests.serve.toy_triton import MAX_SEQ_LEN, N_ITEMS, TOP_K, export_toy_onnx, toy_top_item
 
+pytestmark = pytest.mark.slow  # a real tritonserver (the session's), as the Makefile defines slow
+
 MODEL = "gpt4rec_profile"  # its own name in the session's shared Triton
 SESSION = [3, 9, 27]
 
