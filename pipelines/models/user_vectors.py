@@ -2,8 +2,8 @@
 
 GPT4Rec scores the next item as the dot product of its last hidden state with that item's vector. The
 state after a user's whole history is therefore the user's embedding: stored per user after training
-(users.npz in artifacts/models/gpt4rec, logged with the model to its MLflow run, copied from the
-champion's run into every `recommend` version at deploy), it lets the home page personalise for a
+(users.npz in artifacts/models/gpt4rec, logged beside the registered model to its MLflow run as
+user_vectors/users.npz, copied from the champion's run into every `recommend` version at deploy), it lets the home page personalise for a
 returning user whose current session is empty or short, with a lookup and a top-N over the item table
 and no model call.
 
@@ -28,6 +28,9 @@ except ImportError:  # in the package
     from pipelines.pharmacy.served import NpzTables
 
 USERS_FILE = "users.npz"
+# The artifact path of the registered GPT4Rec run that holds them. Not under `model/`: MLflow 3 reads a run path
+# named like a logged model ("model") as that model's own artifacts.
+USERS_ARTIFACT = "user_vectors"
 FAISS_ABOVE_ITEMS = 50_000  # params.yaml users.faiss_above_items
 HNSW_M, HNSW_EF_SEARCH = 32, 128
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from pipelines.core.config import EvaluateSettings, Paths, Settings
 from pipelines.core.files import fresh_dir, read_json, write_json_atomic
 from pipelines.data.sequences import META_FILE, Sequences, load_sequences
+from pipelines.models.user_vectors import USERS_ARTIFACT, USERS_FILE
 from pipelines.promotion import aliases
 from pipelines.promotion.gate import (
     DECISION_SPLIT,
@@ -192,8 +193,10 @@ def log_runs(service: MlflowService, p: Paths, source: Lineage, params: dict[str
 
 def register_challenger(service: MlflowService, name: str, run_id: str, onnx_path: Path, p: Paths,
                         tags: dict[str, str]) -> str:
-    """The ONNX model logged to the GPT4Rec run, registered (or found by fingerprint), aliased `challenger`."""
-    service.log_artifacts(run_id, {"embeddings/prod2vec": p.embeddings / "prod2vec" / "meta.json"})
+    """The ONNX model logged to the GPT4Rec run, registered (or found by fingerprint), aliased `challenger`; its
+    stored user vectors beside it under their own artifact path (deploy reads the champion's from there)."""
+    service.log_artifacts(run_id, {"embeddings/prod2vec": p.embeddings / "prod2vec" / "meta.json",
+                                   USERS_ARTIFACT: p.models / "gpt4rec" / USERS_FILE})
     version = service.log_onnx_model(run_id, onnx_path, name, tags)
     aliases.mark_challenger(service, name, version)
     return version

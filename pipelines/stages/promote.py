@@ -113,12 +113,12 @@ def deploy(s: Settings, p: Paths) -> dict[str, Any]:
 
 
 def _champion_users(registry: MlflowService, run_id: str | None, p: Paths) -> Path | None:
-    """The champion's stored user vectors (model/users.npz of its training run), None for a model without them."""
-    from pipelines.models.user_vectors import USERS_FILE
+    """The champion's stored user vectors (user_vectors/users.npz of its run), None for a model without them."""
+    from pipelines.models.user_vectors import USERS_ARTIFACT, USERS_FILE
 
     if not run_id:
         return None
-    return registry.download_run_file(run_id, f"model/{USERS_FILE}", fresh_dir(p.var / "deploy" / "users"))
+    return registry.download_run_file(run_id, f"{USERS_ARTIFACT}/{USERS_FILE}", fresh_dir(p.var / "deploy" / "users"))
 
 
 def _finish_deploy(s: Settings, p: Paths, summary: dict[str, Any], users: Path | None) -> dict[str, Any]:

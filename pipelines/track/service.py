@@ -344,8 +344,9 @@ class MlflowService:
 
     @_retried
     def download_run_file(self, run_id: str, artifact_path: str, dst: Path) -> Path | None:
-        """One file of a run's artifacts (e.g. model/users.npz) into dst; None when the run holds no such file."""
+        """One file of a run's artifacts (e.g. user_vectors/users.npz) into dst; None when the run holds no such file."""
         folder, _, name = artifact_path.rpartition("/")
+        self._point_fluent_api()  # artifact repositories a run path resolves to may read the process-wide URI
         if name not in {Path(f.path).name for f in self.client.list_artifacts(run_id, folder or None)}:
             return None
         dst.mkdir(parents=True, exist_ok=True)

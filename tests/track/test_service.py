@@ -117,6 +117,20 @@ def test_lineage_follows_alias_or_version_to_runs_and_tags(service, tmp_path):
         service.lineage(name)
 
 
+def test_a_file_beside_the_registered_model_comes_back_and_a_missing_one_is_none(service, tmp_path):
+    """What deploy reads for the champion's user vectors: a run holding a logged model named "model" (MLflow 3 reads
+    the run path `model/` as that model's artifacts) and a file under its own path."""
+    run = service.pipeline_run("", "retrain local", {})
+    service.log_onnx_model(run, _tiny_onnx(tmp_path / "model.onnx"), f"model-{service.experiment}", {})
+    stored = tmp_path / "users.npz"
+    stored.write_bytes(b"vectors")
+    service.log_artifacts(run, {"user_vectors": stored, "missing": tmp_path / "absent.npz"})
+    got = service.download_run_file(run, "user_vectors/users.npz", tmp_path / "down")
+    assert got is not None and got.read_bytes() == b"vectors"
+    assert service.download_run_file(run, "user_vectors/other.npz", tmp_path / "down") is None
+    assert service.download_run_file(run, "nothing/users.npz", tmp_path / "down") is None
+
+
 def test_registry_tags_and_aliases(service):
     name = f"model-{service.experiment}"
     service.client.create_registered_model(name)
