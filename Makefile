@@ -30,8 +30,8 @@ setup: $(BIN)/.installed  ## create both environments (main, Triton serving); qu
 demo: setup  ## run data → validation → embeddings → GPT4Rec → MLflow → ONNX → real Triton
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/rxrec demo
 
-test: lint browser-deps audit  ## lint, then every test, the slow end-to-end ones included (what CI runs)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+test: lint browser-deps audit  ## lint, then every test, the slow end-to-end ones included (what CI runs), two workers
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 test-fast: setup  ## skip the slow end-to-end tests (real Airflow, real Triton), two workers (a module stays on one)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow" -n 2 --dist loadfile $(PYTEST_ARGS)

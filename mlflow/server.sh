@@ -55,6 +55,10 @@ case "${RXREC_MLFLOW_AUTH:-none}" in
     exit 2
     ;;
 esac
+# MLflow 3's job runner (huey consumers for GenAI scorers, prompt optimisation and trace roll-ups) is off:
+# rxrec uses none of it, and on a 2-core box its seven extra Python processes cost seconds of CPU at every
+# start and can outlive a SIGTERM by minutes. MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true turns it back on.
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 echo "MLflow UI: http://$host:$port  (store: $store; login: $login)"
 exec mlflow server --backend-store-uri "$store" --artifacts-destination "$artifacts" \
   --host "$host" --port "$port" --workers 1 "${extra[@]}"

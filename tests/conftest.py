@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,55 @@ def trained_workdir(tmp_path_factory, tiny_overrides) -> Path:
 @pytest.fixture(scope="session")
 def trained_paths(trained_workdir) -> Paths:
     return Paths(trained_workdir)
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_http_environment() -> Iterator[None]:
+    """Each test starts from the MLflow HTTP settings the session had: MlflowService writes its retry
+    policy's timeout into the process environment (MLflow reads it nowhere else), and a test's 2 s policy
+    must not become the next test's, on whichever worker it runs."""
+    names = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    saved = {name: os.environ.get(name) for name in names}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+# ---------------------------------------------------------------- two workers (`make test`, `make test-fast`)
+# pytest-xdist's --dist loadfile keeps a test module on one worker (its module fixtures are built once). Two
+# refinements, made here because the controller sees only test ids: the folder of tests that share the
+# session's real Airflow (tests/e2e/airflow/) is one unit of work, so one Airflow and one pair of retrain runs
+# serve them all; and the longest units start first (that folder, then the other end-to-end modules, then by
+# test count), so neither worker is left with a long tail.
+SHARED_AIRFLOW = "tests/e2e/airflow/"
+
+
+def _unit(nodeid: str) -> str:
+    return SHARED_AIRFLOW if nodeid.startswith(SHARED_AIRFLOW) else nodeid.split("::", 1)[0]
+
+
+def _rank(unit: str) -> int:
+    return 0 if unit == SHARED_AIRFLOW else 1 if unit.startswith("tests/e2e/") else 2
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedAirflowLongestFirst(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+        def _assign_work_unit(self, node) -> None:
+            first = min(self.workqueue, key=_rank)  # the queue is by test count; the first of the lowest rank
+            self.workqueue.move_to_end(first, last=False)
+            super()._assign_work_unit(node)
+
+    return SharedAirflowLongestFirst(config, log)
 
 
 # The reliability ledger (tests/ledger.py): the `ledger` fixture and the hooks that write records.

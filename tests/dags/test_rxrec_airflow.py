@@ -1,7 +1,7 @@
 """The Airflow side of the loop, without a running Airflow: the notifier, the MLflow links, the approval wiring.
 
 Airflow reads its configuration once, at import, and configures logging for the whole process, so the
-checks run in a fresh interpreter with a private AIRFLOW_HOME (as tests/e2e/test_dag.py does) and report
+checks run in a fresh interpreter with a private AIRFLOW_HOME (as tests/e2e/airflow/test_dag.py does) and report
 JSON back; this process never imports airflow. Real pieces: Airflow's notifier and connection classes, a
 local MLflow store with the runs the stages create (pipelines.track.service), a webhook on 127.0.0.1.
 """

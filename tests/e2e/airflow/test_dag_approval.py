@@ -1,7 +1,7 @@
 """A person rejects a challenger in the real Airflow: nothing changes, one notice, and every task links to MLflow.
 
 Real components: the session's Airflow 3 (with the triggerer and the rxrec plugin) and MLflow tracking
-server (tests/e2e/conftest.py `airflow_server`). `retrain_and_promote` is triggered through the REST API
+server (tests/e2e/airflow/conftest.py `airflow_server`). `retrain_and_promote` is triggered through the REST API
 with `require_approval` on and the session's tiny world, registering under a model name of its own (so the
 gate has no champion to beat and always asks, whatever other tests promoted). The test waits until
 `approve_promotion` asks (state awaiting_input, body = the gate's decision on validation), answers

@@ -3,7 +3,7 @@
 The shape is read by parsing the dags folder the way Airflow does: Airflow reads its configuration
 (AIRFLOW_HOME, the metadata DB) once, at import, and writes under AIRFLOW_HOME, so that runs in a fresh
 interpreter with its own temporary AIRFLOW_HOME and this test process never imports airflow. The runs are
-real runs of the session's Airflow (tests/e2e/conftest.py: `airflow_server`, `retrain_runs`).
+real runs of the session's Airflow (tests/e2e/airflow/conftest.py: `airflow_server`, `retrain_runs`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DAGS = REPO / "dags"
 DAG_ID = "retrain_and_promote"
 

@@ -40,7 +40,7 @@ from pipelines.serve.triton_server import default_venv, find_free_port
 from pipelines.stages.dvc_run import RunWorkspace, remove_workspace, snapshot_commit
 from tests.scripts import load_script
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SHOTS = REPO / "reports" / "screenshots"
 DAG_ID = "retrain_and_promote"
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")

@@ -1,6 +1,6 @@
 """Two runs of retrain_and_promote through the real Airflow execute their stages through DVC.
 
-The runs are the session's (tests/e2e/conftest.py `retrain_runs`): the first from the UI's form with promotion
+The runs are the session's (tests/e2e/airflow/conftest.py `retrain_runs`): the first from the UI's form with promotion
 on, the second through the REST API right after it, with one model family's param changed (gpt4rec_epochs).
 Real components: Airflow 3 with the LocalExecutor, DVC in each run's workspace (pipelines/stages/dvc_run.py),
 git refs of this repository. The second run skips every stage that does not depend on the change (listed
@@ -20,7 +20,7 @@ import yaml
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.timeout(2900)]  # may start the session's services (420 s) and its two runs (1500 + 900 s)
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
 
 
