@@ -215,7 +215,7 @@ def airflow_server(tmp_path_factory) -> Iterator[AirflowServer]:
         launcher.stop(home)
         try:
             mlflow.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # its job consumers can outlive a SIGTERM by minutes; tmp state only
+        except subprocess.TimeoutExpired:  # a server that ignores SIGTERM (e.g. with MLflow 3 job consumers switched back on); tmp state only
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(mlflow.pid, signal.SIGKILL)
             mlflow.wait(timeout=30)
