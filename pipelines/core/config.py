@@ -444,11 +444,21 @@ def _problem(err: Any, file_name: str) -> str:
     return f"{dotted} {what}, got {got}: change it in {file_name} or --set {where}=..."
 
 
+RECIPES = "recipes"  # the params.yaml section of named override sets (not a section of Settings)
+
+
 def load_settings(
     params_file: Path | None = None,
     overrides: dict[str, dict[str, Any]] | list[str] | None = None,
+    recipe: str | None = None,
 ) -> Settings:
-    """Read params.yaml, apply overrides, validate; errors name the offending key."""
+    """Read params.yaml, apply a named recipe of its `recipes` section, then overrides, and validate;
+    errors name the offending key.
+
+    A recipe is a set of section.key values kept in params.yaml for a purpose other than the demo's
+    (for example `quality`: train each family to convergence, for leaderboards and real catalogues),
+    so a benchmark's settings are versioned with the code rather than typed as `--set`s.
+    """
     path = Path(params_file or os.environ.get("RXREC_PARAMS", PARAMS_FILE))
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -465,6 +475,10 @@ def load_settings(
             raise SettingsError(f"params file {path}: section {section!r} must be a mapping of key: value, "
                                 f"got {type(values).__name__} {values!r:.60}")
     merged = {str(section): dict(values or {}) for section, values in raw.items()}
+    recipes = merged.pop(RECIPES, {})
+    if recipe is not None:
+        for section, values in _recipe(recipes, recipe, path).items():
+            merged.setdefault(section, {}).update(values)
     if isinstance(overrides, list):
         parsed: dict[str, dict[str, Any]] = {}
         for text in overrides:
@@ -484,6 +498,29 @@ def load_settings(
     except ValidationError as exc:
         problems = "; ".join(_problem(err, path.name) for err in exc.errors())
         raise SettingsError(f"invalid settings from {path}: {problems}") from exc
+
+
+def _recipe(recipes: dict[str, Any], name: str, path: Path) -> dict[str, dict[str, Any]]:
+    """The sections of recipe `name` (a mapping of section -> key: value), or an error naming the choices."""
+    if name not in recipes:
+        known = ", ".join(sorted(map(str, recipes))) or "none"
+        raise SettingsError(f"params file {path} has no recipe {name!r} in its {RECIPES} section (it has: {known})")
+    sections = recipes[name] or {}
+    if not isinstance(sections, dict) or not all(isinstance(v, dict) for v in sections.values()):
+        raise SettingsError(f"params file {path}: {RECIPES}.{name} must map sections to key: value mappings, "
+                            f"e.g. gpt4rec: {{epochs: 200}}")
+    return {str(section): dict(values) for section, values in sections.items()}
+
+
+def recipe_names(params_file: Path | None = None) -> tuple[str, ...]:
+    """The recipes params.yaml names, in file order."""
+    path = Path(params_file or os.environ.get("RXREC_PARAMS", PARAMS_FILE))
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return ()
+    recipes = raw.get(RECIPES) if isinstance(raw, dict) else None
+    return tuple(map(str, recipes)) if isinstance(recipes, dict) else ()
 
 
 class Paths:

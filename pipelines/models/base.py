@@ -218,7 +218,8 @@ def fit_by_validation(model: Any, seqs: Sequences, s: EpochSettings, ctx: FitCon
     Each epoch visits the `n_examples` training rows in a new random order; `batch_loss(rows)` is the
     loss of one batch. After each epoch the validation split is ranked at `ctx.k`; training stops after
     `s.patience` epochs without a better NDCG or after the epoch that crosses `s.time_budget_s`.
-    Returns the best epoch, the epochs run and the epoch-by-epoch history; the model ends on the CPU.
+    Returns the best epoch, the epochs run, what stopped training (`stopped_by`: epochs, patience or
+    time_budget), the seconds it took and the epoch-by-epoch history; the model ends on the CPU.
     """
     import torch
 
@@ -226,6 +227,7 @@ def fit_by_validation(model: Any, seqs: Sequences, s: EpochSettings, ctx: FitCon
     hr_key, ndcg_key = f"valid_hr_at_{ctx.k}", f"valid_ndcg_at_{ctx.k}"
     history: list[dict[str, float]] = []
     best_score, best_state, best_epoch, stale = -1.0, None, 0, 0
+    stopped_by = "epochs"
     started = time.perf_counter()
     for epoch in range(1, s.epochs + 1):
         model.train()
@@ -245,7 +247,7 @@ def fit_by_validation(model: Any, seqs: Sequences, s: EpochSettings, ctx: FitCon
         model.eval()
         valid = evaluate(model, seqs, split="valid", k=ctx.k)
         row = {"epoch": epoch, "loss": total / batches, hr_key: valid[f"hr_at_{ctx.k}"],
-               ndcg_key: valid[f"ndcg_at_{ctx.k}"]}
+               ndcg_key: valid[f"ndcg_at_{ctx.k}"], "elapsed_s": round(time.perf_counter() - started, 2)}
         history.append(row)
         if ctx.on_epoch is not None:
             ctx.on_epoch(row)
@@ -257,12 +259,15 @@ def fit_by_validation(model: Any, seqs: Sequences, s: EpochSettings, ctx: FitCon
         else:
             stale += 1
             if stale >= s.patience:
+                stopped_by = "patience"
                 break
-        if s.time_budget_s and time.perf_counter() - started > s.time_budget_s:
+        if s.time_budget_s and time.perf_counter() - started > s.time_budget_s and epoch < s.epochs:
+            stopped_by = "time_budget"
             if ctx.progress:
                 print(f"  time budget of {s.time_budget_s:.0f}s reached after epoch {epoch}", flush=True)
             break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.to("cpu").eval()
-    return {"best_epoch": best_epoch, "epochs_run": len(history), "history": history}
+    return {"best_epoch": best_epoch, "epochs_run": len(history), "stopped_by": stopped_by,
+            "fit_seconds": round(time.perf_counter() - started, 2), "history": history}

@@ -45,3 +45,30 @@ def plot_metrics(models: dict[str, dict[str, float]], path: Path, keys: tuple[st
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_validation_curves(curves: dict[str, list[list[dict[str, float]]]], path: Path, title: str) -> Path:
+    """Validation NDCG@k by epoch: one panel per family, one line per seed (a history of the epoch loop each)."""
+    names = [name for name, runs in curves.items() if any(runs)]
+    if not names:
+        raise ValueError("no family has an epoch-by-epoch history to plot")
+    columns = min(3, len(names))
+    rows = -(-len(names) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 2.8 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        for seed, history in enumerate(curves[name]):
+            key = next(key for key in history[0] if key.startswith("valid_ndcg_at_"))
+            ax.plot([row["epoch"] for row in history], [row[key] for row in history], marker=".",
+                    label=f"seed {seed + 1}")
+            ax.set_ylabel(f"valid NDCG@{key.removeprefix('valid_ndcg_at_')}")
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize="small")
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from benchmarks.quality import FAMILIES, run_quality
 
 TINY = ["data.n_products=120", "data.n_users=400", "gpt4rec.epochs=1", "gpt4rec.dim=16", "prod2vec.dim=16",
@@ -21,3 +23,26 @@ def test_leaderboard_has_every_family_with_slices_and_business_view(tmp_path):
     assert report["models"]["popularity"]["business"]["ctr_lift"] == 0.0
     assert (tmp_path / "quality-synthetic.md").read_text().startswith("# Quality leaderboard")
     assert (tmp_path / "quality-synthetic.png").stat().st_size > 0
+
+
+def test_seeds_give_mean_and_spread_with_each_seeds_curve_and_the_settings_used(tmp_path):
+    """Two seeds of the `quality` recipe: the row is their mean, `spread` their sd, and each seed's run keeps
+    its validation curve and what stopped it; the report says which recipe and settings it trained with."""
+    families = ("popularity", "gru4rec")
+    overrides = [*TINY, "gru4rec.epochs=2"]
+    path = run_quality("synthetic", families, overrides, log_mlflow=False, out_dir=tmp_path, recipe="quality", seeds=2)
+    report = json.loads(path.read_text())
+    assert report["seeds"] == [42, 43] and report["recipe"] == "quality"
+    assert report["settings"]["gru4rec"]["lr"] == 0.001 and report["settings"]["gru4rec"]["epochs"] == 2
+    gru = report["models"]["gru4rec"]
+    assert [run["seed"] for run in gru["runs"]] == [42, 43]
+    hrs = [run["hr_at_10"] for run in gru["runs"]]
+    assert gru["hr_at_10"] == pytest.approx(sum(hrs) / 2) and gru["spread"]["hr_at_10"] >= 0
+    for run in gru["runs"]:
+        info = run["train_info"]
+        assert info["stopped_by"] == "epochs" and [row["epoch"] for row in info["history"]] == [1, 2]
+    assert report["models"]["popularity"]["spread"]["hr_at_10"] == 0.0  # no randomness in counting
+    markdown = (tmp_path / "quality-synthetic.md").read_text()
+    assert "mean ± sd over 2 seeds (42, 43)" in markdown and "recipe `quality`" in markdown
+    assert "| gru4rec | 2, 2 | " in markdown
+    assert (tmp_path / "quality-synthetic-curves.png").stat().st_size > 0

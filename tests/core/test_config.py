@@ -1,6 +1,14 @@
 import pytest
 
-from pipelines.core.config import PARAMS_FILE, Settings, SettingsError, load_settings, parse_override
+from pipelines.core.config import (
+    PARAMS_FILE,
+    RECIPES,
+    Settings,
+    SettingsError,
+    load_settings,
+    parse_override,
+    recipe_names,
+)
 
 
 def test_params_yaml_holds_every_setting_with_its_default():
@@ -8,6 +16,7 @@ def test_params_yaml_holds_every_setting_with_its_default():
     import yaml
 
     raw = yaml.safe_load(PARAMS_FILE.read_text())
+    raw.pop(RECIPES)  # named override sets, not settings (tests below)
     defaults = Settings().model_dump(by_alias=True)
     assert set(raw) == set(defaults)
     for section, values in defaults.items():
@@ -42,3 +51,31 @@ def test_override_syntax_error_says_how_to_write_it():
 def test_missing_params_file_is_a_clear_error(tmp_path):
     with pytest.raises(SettingsError, match="not found"):
         load_settings(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("recipe", recipe_names())
+def test_every_recipe_of_params_yaml_is_valid_settings(recipe):
+    assert load_settings(recipe=recipe) != load_settings()
+
+
+def test_a_recipe_applies_before_overrides(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(PARAMS_FILE.read_text() + "\n  long:\n    gpt4rec: {epochs: 50, patience: 7}\n")
+    s = load_settings(params, overrides=["gpt4rec.epochs=3"], recipe="long")
+    assert (s.gpt4rec.epochs, s.gpt4rec.patience) == (3, 7)
+    assert recipe_names(params)[-1] == "long"
+
+
+@pytest.mark.parametrize(
+    ("recipes", "recipe", "fragment"),
+    [
+        ("", "nope", r"no recipe 'nope' in its recipes section \(it has: quality\)"),
+        ("\n  typo:\n    gpt4rec: {epochz: 5}\n", "typo", r"gpt4rec\.epochz"),
+        ("\n  flat:\n    gpt4rec.epochs: 5\n", "flat", r"recipes\.flat must map sections"),
+    ],
+)
+def test_bad_recipes_are_clear_errors(tmp_path, recipes, recipe, fragment):
+    params = tmp_path / "params.yaml"
+    params.write_text(PARAMS_FILE.read_text() + recipes)
+    with pytest.raises(SettingsError, match=fragment):
+        load_settings(params, recipe=recipe)

@@ -211,4 +211,4 @@ def test_a_new_family_is_one_module_plus_its_params_section(tmp_path):
     row = out["leaderboard"]["itemknn"]
     assert list(out["leaderboard"]) == ["popularity", "itemknn"]
     assert all(0 <= row[key] <= 1 for key in ("hr_at_10", "ndcg_at_10", "mrr", "coverage_at_10"))
-    assert row["hr_at_10"] > 0 and row["train_info"]["n_pairs"] > 0
+    assert row["hr_at_10"] > 0 and row["runs"][0]["train_info"]["n_pairs"] > 0
