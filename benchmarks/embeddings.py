@@ -72,9 +72,19 @@ def run_embeddings_benchmark(seqs, catalogue, events, settings) -> dict[str, Any
                          "mask_seen": s.evaluate.mask_seen, **similarity_slices(s.evaluate.cold_max_interactions)},
             "data": {"users": len(seqs), "items": seqs.n_items,
                      "evaluated_users": int(methods["popularity"]["n_users"]),
+                     "warm_users": int(methods["popularity"]["n_warm_users"]),
                      "cold_users": int(methods["popularity"]["n_cold_users"]),
                      "unseen_users": int(methods["popularity"]["n_unseen_users"])},
             "methods": methods}
+
+
+def _meta_vs_prod2vec(methods: dict[str, dict[str, Any]], k: int) -> str:
+    """The verdict the seed's headline embedding is judged by: at least Prod2Vec on warm targets, above it on cold."""
+    meta, p2v = methods["meta_prod2vec"], methods["prod2vec"]
+    warm, cold = meta[f"warm_hr_at_{k}"] - p2v[f"warm_hr_at_{k}"], meta[f"cold_hr_at_{k}"] - p2v[f"cold_hr_at_{k}"]
+    verdict = "holds" if warm >= 0 and cold > 0 else "does NOT hold"
+    return (f"Meta-Prod2Vec against Prod2Vec: warm HR@{k} {warm:+.4f}, cold HR@{k} {cold:+.4f}; the target "
+            f"(warm >= 0, cold > 0) {verdict}.")
 
 
 def register(bench: typer.Typer) -> None:
@@ -101,14 +111,17 @@ def register(bench: typer.Typer) -> None:
         result["wall_s"] = round(time.perf_counter() - started, 1)
         k = settings.evaluate.k
         lines = [f"# Similar products on {name} (previous item -> next, cosine, all-item ranking)\n",
-                 f"| method | HR@{k} | NDCG@{k} | cold HR@{k} | unseen HR@{k} | train s |", "|---|---|---|---|---|---|"]
+                 f"| method | HR@{k} | NDCG@{k} | warm HR@{k} | cold HR@{k} | unseen HR@{k} | train s |",
+                 "|---|---|---|---|---|---|---|"]
         for method, m in result["methods"].items():
-            lines.append(f"| {method} | {m[f'hr_at_{k}']:.4f} | {m[f'ndcg_at_{k}']:.4f} | "
+            lines.append(f"| {method} | {m[f'hr_at_{k}']:.4f} | {m[f'ndcg_at_{k}']:.4f} | {m[f'warm_hr_at_{k}']:.4f} | "
                          f"{m[f'cold_hr_at_{k}']:.4f} | {m[f'unseen_hr_at_{k}']:.4f} | {m.get('train_s', 0):.1f} |")
         lines.append(f"\n{result['data']['evaluated_users']} users evaluated, "
+                     f"{result['data']['warm_users']} with a warm target, "
                      f"{result['data']['cold_users']} with a cold-start target "
                      f"(<= {settings.evaluate.cold_max_interactions} training interactions), "
                      f"{result['data']['unseen_users']} with an unseen one.")
+        lines += ["", _meta_vs_prod2vec(result["methods"], k)]
         path = write_report(f"embeddings-{name}", result, "\n".join(lines))
         typer.echo("\n".join(lines))
         typer.echo(f"wrote {path}")

@@ -65,9 +65,10 @@ def evaluate_similarity(
     model: Recommender, seqs: Sequences, *, cold_max_interactions: int, split: str = "test", k: int = 10,
     mask_seen: bool = True, batch_size: int = 1024, max_users: int | None = None,
 ) -> dict[str, float]:
-    """The protocol's hr/ndcg@k, MRR and coverage, plus cold_*/unseen_* hr/ndcg@k and their user counts."""
+    """The protocol's hr/ndcg@k, MRR and coverage, plus warm_*/cold_*/unseen_* hr/ndcg@k and their user counts."""
     _, targets, _ = seqs.evaluation(split)
-    slices = {"cold": cold_start_items(seqs, cold_max_interactions)[targets], "unseen": unseen_items(seqs)[targets]}
+    cold = cold_start_items(seqs, cold_max_interactions)[targets]
+    slices = {"warm": ~cold, "cold": cold, "unseen": unseen_items(seqs)[targets]}
     result = evaluate(model, seqs, split=split, k=k, mask_seen=mask_seen, batch_size=batch_size,
                       max_users=max_users, slices=slices)
     for name, values in result.pop("slices").items():
@@ -78,5 +79,6 @@ def evaluate_similarity(
 
 def similarity_slices(cold_max_interactions: int) -> dict[str, str]:
     """What the cold_* and unseen_* metrics mean, for the reports."""
-    return {"cold_slice": f"targets with at most {cold_max_interactions} training interactions (cold-start items)",
+    return {"warm_slice": f"targets with more than {cold_max_interactions} training interactions",
+            "cold_slice": f"targets with at most {cold_max_interactions} training interactions (cold-start items)",
             "unseen_slice": "targets absent from every training history"}

@@ -200,6 +200,7 @@ def run_similar_products(s: Settings, p: Paths) -> dict[str, Any]:
     p.reports.mkdir(parents=True, exist_ok=True)
     (p.reports / "embeddings.json").write_text(json.dumps(payload, indent=2))
     plot_metrics(table, p.reports / "embeddings.png",
-                 keys=(f"hr_at_{k}", f"ndcg_at_{k}", f"cold_hr_at_{k}", f"unseen_hr_at_{k}"))
-    return {m: {key: round(v, 4) for key, v in row.items() if key.startswith(("hr", "ndcg", "cold_hr", "unseen_hr"))}
+                 keys=(f"hr_at_{k}", f"ndcg_at_{k}", f"warm_hr_at_{k}", f"cold_hr_at_{k}", f"unseen_hr_at_{k}"))
+    return {m: {key: round(v, 4) for key, v in row.items()
+                if key.startswith(("hr", "ndcg", "warm_hr", "cold_hr", "unseen_hr"))}
             for m, row in table.items()}

@@ -166,17 +166,18 @@ class GPT4Rec(nn.Module, Family):
         return base + meta
 
     def hidden(self, input_ids: torch.Tensor, event_kinds: torch.Tensor | None = None,
-               last_only: bool = False) -> torch.Tensor:
+               last_only: bool = False, items: torch.Tensor | None = None) -> torch.Tensor:
         """(batch, length, dim) states; state t has seen items 0..t only (last_only: length 1).
 
         event_kinds: (batch, length) kind codes aligned with input_ids (0 = unknown); None = all
-        unknown. Ignored by a model trained without kinds.
+        unknown. Ignored by a model trained without kinds. items: `item_vectors()`, when the caller
+        already has it (training builds the table once per batch for the inputs and the logits).
         """
         length = input_ids.shape[1]
         positions = torch.arange(length - 1, -1, -1, device=input_ids.device).clamp(max=self.config.max_len - 1)
         # Gather rows of the all-item table (the logits need it anyway; constant in an exported graph)
         # instead of averaging each position's meta tokens again: same numbers, less work per request.
-        x = self.item_vectors()[input_ids]
+        x = (self.item_vectors() if items is None else items)[input_ids]
         if self.kind_emb is not None and event_kinds is not None:
             if event_kinds.shape != input_ids.shape:
                 raise ValueError(f"event_kinds has shape {tuple(event_kinds.shape)}, "
@@ -193,8 +194,8 @@ class GPT4Rec(nn.Module, Family):
             x = block(x, mask, last_only and i == len(self.blocks) - 1)
         return self.norm(x)
 
-    def logits(self, states: torch.Tensor) -> torch.Tensor:
-        return states @ self.item_vectors().T
+    def logits(self, states: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        return states @ (self.item_vectors() if items is None else items).T
 
     def forward(self, input_ids: torch.Tensor, event_kinds: torch.Tensor | None = None) -> torch.Tensor:
         """Next-item scores over all items (column 0 = padding) for the last position."""
@@ -248,16 +249,21 @@ class GPT4Rec(nn.Module, Family):
             raise ValueError("no user has two or more training items: nothing to learn from")
 
         def batch_loss(rows: np.ndarray) -> torch.Tensor:
-            x = torch.from_numpy(inputs[rows]).to(device)
-            y = torch.from_numpy(targets[rows]).to(device)
+            # Cut to the batch's longest history: positions count back from the end, so the left
+            # padding dropped here changes no state, only the work.
+            width = max(1, int((inputs[rows] != 0).sum(1).max()))
+            x = torch.from_numpy(inputs[rows, -width:]).to(device)
+            y = torch.from_numpy(targets[rows, -width:]).to(device)
             kinds = None
             if input_kinds is not None:
-                kinds = drop_kinds(torch.from_numpy(input_kinds[rows]).to(device), s.event_kind_dropout, generator)
-            states = model.hidden(x, kinds)
+                kinds = drop_kinds(torch.from_numpy(input_kinds[rows, -width:]).to(device), s.event_kind_dropout,
+                                   generator)
+            items = model.item_vectors()
+            states = model.hidden(x, kinds, items=items)
             keep = y != 0
             if sampler is not None:
-                return sampled_softmax_loss(model, states[keep], y[keep], sampler, generator)
-            return F.cross_entropy(model.logits(states[keep]), y[keep])
+                return sampled_softmax_loss(items, states[keep], y[keep], sampler, generator)
+            return F.cross_entropy(model.logits(states[keep], items), y[keep])
 
         info = fit_by_validation(model, seqs, s, ctx, len(inputs), batch_loss, rng)
         return model, {**info, "initialised_items": initialised, "event_kinds": model.config.event_kinds}
@@ -349,7 +355,7 @@ class NegativeSampler:
         return ids, torch.log(self.probs[ids] * self.count)
 
 
-def sampled_softmax_loss(model: GPT4Rec, states: torch.Tensor, targets: torch.Tensor, sampler: NegativeSampler,
+def sampled_softmax_loss(items: torch.Tensor, states: torch.Tensor, targets: torch.Tensor, sampler: NegativeSampler,
                          generator: torch.Generator) -> torch.Tensor:
     """Cross-entropy over the target and shared sampled negatives (log q corrected, accidental hits masked).
 
@@ -357,7 +363,6 @@ def sampled_softmax_loss(model: GPT4Rec, states: torch.Tensor, targets: torch.Te
     hundreds of thousands of products a few thousand shared negatives give nearly the same gradient.
     """
     negatives, log_q = sampler.draw(generator)
-    items = model.item_vectors()
     positive = (states * items[targets]).sum(-1, keepdim=True)
     negative = states @ items[negatives].T - log_q
     negative = negative.masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))

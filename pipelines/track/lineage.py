@@ -11,24 +11,30 @@ from typing import Any
 import yaml
 
 
-def git_commit(root: Path) -> str:
-    """HEAD commit of the repository holding `root`, with '-dirty' when it has local changes."""
+def git_commit(root: Path, ignore: tuple[str, ...] = ()) -> str:
+    """HEAD commit of the repository holding `root`, with '-dirty' when it has local changes outside the
+    folders in `ignore` (relative to `root`)."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, check=False,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        paths = ["--", ".", *(f":(exclude){folder}" for folder in ignore)] if ignore else []
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", *paths], cwd=root,
+                               check=False, capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{commit}-dirty" if dirty else commit
 
 
 def provenance(root: Path, command: str) -> dict[str, Any]:
-    """What a measured figure rests on: the code commit, the exact command and the params.yaml it read."""
+    """What a measured figure rests on: the code commit, the exact command and the params.yaml it read.
+
+    Changes under reports/ do not make the commit dirty: a benchmark rewrites its own plots there
+    before its report, and those are its outputs, not the code it measured.
+    """
     from pipelines.core.files import file_md5
 
     params = root / "params.yaml"
-    return {"git_commit": git_commit(root), "command": command,
+    return {"git_commit": git_commit(root, ignore=("reports",)), "command": command,
             "params_md5": file_md5(params) if params.is_file() else None}
 
 

@@ -92,6 +92,10 @@ def test_similarity_protocol_scores_cold_targets_only_with_a_vector():
     assert with_vec["n_unseen_users"] == 1 and with_vec["unseen_hr_at_1"] == 1.0 and without["unseen_hr_at_1"] == 0.0
     wider = evaluate_similarity(CosineSimilarity("v", vectors, known), seqs, k=1, cold_max_interactions=1)
     assert wider["n_cold_users"] == 2 and wider["n_unseen_users"] == 1
+    # warm is the rest: every evaluated user is warm or cold, and the slices add up to the whole
+    assert wider["n_warm_users"] + wider["n_cold_users"] == wider["n_users"]
+    assert wider["warm_hr_at_1"] * wider["n_warm_users"] + wider["cold_hr_at_1"] * wider["n_cold_users"] == \
+        pytest.approx(wider["hr_at_1"] * wider["n_users"])
 
 
 def test_text_encoder_embeds_offline_and_finetunes_on_pairs():

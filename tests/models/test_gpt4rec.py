@@ -21,6 +21,10 @@ def test_causal_and_padding_invariant():
         assert torch.allclose(states[:, :3], changed[:, :3], atol=1e-6)  # the future does not leak back
         padded = model(torch.tensor([[0, 0, 0, 3, 7, 9, 11]]))
         assert torch.allclose(model(x), padded, atol=1e-5)  # left padding does not change the answer
+        # nor any real position's state: training cuts each batch to its longest history on that ground
+        assert torch.allclose(model.hidden(torch.tensor([[0, 0, 0, 3, 7, 9, 11]]))[:, -4:], states, atol=1e-5)
+        items = model.item_vectors()  # the table training builds once per batch gives the same numbers
+        assert torch.equal(model.logits(model.hidden(x, items=items), items), model.logits(states))
 
 
 def test_training_examples_shift_by_one():

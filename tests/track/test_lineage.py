@@ -27,6 +27,24 @@ def test_commit_is_marked_dirty_by_a_tracked_change_only(tmp_path):
     assert git_commit(tmp_path) == f"{head}-dirty"
 
 
+def test_a_reports_own_outputs_do_not_make_its_code_dirty(tmp_path):
+    """A benchmark rewrites its tracked plot under reports/ before it records the commit it measured."""
+    from pipelines.track.lineage import provenance
+
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "quality.png").write_bytes(b"old")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-q", "-m", "first")
+    head = _git(tmp_path, "rev-parse", "HEAD")
+    (tmp_path / "reports" / "quality.png").write_bytes(b"new")
+    assert provenance(tmp_path, "rxrec bench quality")["git_commit"] == head
+    assert git_commit(tmp_path) == f"{head}-dirty"  # lineage of a model still counts every change
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert provenance(tmp_path, "rxrec bench quality")["git_commit"] == f"{head}-dirty"
+
+
 def test_commit_outside_a_repository_is_unknown(tmp_path):
     assert git_commit(tmp_path) == "unknown"
 
