@@ -107,8 +107,34 @@ def serve_recommend(reports: Path) -> str:
             f"(target <= {report['target_added_p50_ms']:g} ms: {'PASS' if report['passed'] else 'FAIL'}).\n")
 
 
+def _score(m: dict[str, Any], key: str) -> str:
+    spread = m.get("spread", {})
+    return f"{m[key]:.4f} ± {spread[key]:.4f}" if key in spread else f"{m[key]:.4f}"
+
+
+def quality(reports: Path) -> str:
+    """Each quality leaderboard that exists: its families' HR@10 / NDCG@10 (mean ± sd over seeds) and train time."""
+    lines = []
+    for path in sorted(reports.glob("quality-*.json")):
+        report = json.loads(path.read_text())
+        seeds = report.get("seeds") or [report.get("seed")]
+        recipe = report.get("recipe")
+        lines += [(f"[reports/{path.stem}.md](reports/{path.stem}.md) ({_measured(report)}; {report['dataset']}, "
+                   f"{report['protocol']['users']:,} test users, all-item ranking; {len(seeds)} "
+                   f"seed{'s' if len(seeds) > 1 else ''}; {f'recipe `{recipe}`' if recipe else 'no recipe'}"
+                   f"{_caveat(report)}):"), "",
+                  "| model | HR@10 | NDCG@10 | train s |", "|---|---|---|---|"]
+        lines += [f"| {family} | {_score(m, 'hr_at_10')} | {_score(m, 'ndcg_at_10')} | {m['train_seconds']:.0f} |"
+                  for family, m in report["models"].items()]
+        lines.append("")
+    if not lines:
+        raise ReadmeFiguresError(f"the README quotes the quality leaderboards, but {reports} has no quality-*.json: "
+                                 "run `rxrec bench quality`")
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {"serve": serve, "reliability": reliability, "placements": placements,
-                                               "serve_recommend": serve_recommend}
+                                               "serve_recommend": serve_recommend, "quality": quality}
 
 
 def _read(reports: Path, name: str, command: str = "") -> dict[str, Any]:

@@ -26,7 +26,7 @@ README_TEXT = "intro\n<!-- figures: serve -->\nold text\n<!-- /figures -->\noutr
 
 def test_the_readme_quotes_what_the_reports_say_now():
     text = README.read_text()
-    assert set(passages(text)) == {"serve", "reliability", "placements", "serve_recommend"}, \
+    assert set(passages(text)) == {"serve", "reliability", "placements", "serve_recommend", "quality"}, \
         "the README lost a figures passage"
     rendered = passages(render(text, REPORTS))
     stale = [n for n, body in passages(text).items() if rendered[n] != body]
@@ -47,6 +47,23 @@ def test_a_passage_is_the_reports_figures_at_the_judged_level(tmp_path):
     (tmp_path / "serve.json").write_text(json.dumps(older))
     body = passages(render(README_TEXT, tmp_path))["serve"]
     assert "commit not recorded" in body and body.endswith("overall PASS (Measured before X).\n")
+
+
+def test_the_quality_passage_quotes_every_leaderboard_with_its_seeds_spread(tmp_path):
+    row = {"hr_at_10": 0.40712, "ndcg_at_10": 0.26831, "train_seconds": 261.6,
+           "spread": {"hr_at_10": 0.00134, "ndcg_at_10": 0.0014}}
+    report = {"machine": {"measured_at": "2026-12-03T01:02:03+00:00"}, "dataset": "synthetic", "seeds": [42, 43, 44],
+              "recipe": "quality", "protocol": {"users": 11067}, "code": {"git_commit": "0123456789abcdef"},
+              "models": {"gpt4rec": row, "rules": {"hr_at_10": 0.3774, "ndcg_at_10": 0.2432, "train_seconds": 0.04}}}
+    (tmp_path / "quality-synthetic.json").write_text(json.dumps(report))
+    text = "<!-- figures: quality -->\n<!-- /figures -->\n"
+    body = passages(render(text, tmp_path))["quality"]
+    assert "commit 0123456789ab, 2026-12-03; synthetic, 11,067 test users, all-item ranking; 3 seeds; recipe `quality`" \
+        in body
+    assert "| gpt4rec | 0.4071 ± 0.0013 | 0.2683 ± 0.0014 | 262 |" in body and "| rules | 0.3774 | 0.2432 | 0 |" in body
+    (tmp_path / "quality-synthetic.json").unlink()
+    with pytest.raises(ReadmeFiguresError, match="no quality-"):
+        render(text, tmp_path)
 
 
 def test_a_missing_report_or_unknown_passage_is_one_clear_error(tmp_path):
