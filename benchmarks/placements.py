@@ -235,6 +235,8 @@ def _plot(rows: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from pipelines.track.plots import save_figure
+
     placements = list(rows)
     fig, axes = plt.subplots(1, len(placements), figsize=(5 * len(placements), 4), sharey=True)
     for ax, placement in zip(np.atleast_1d(axes), placements, strict=True):
@@ -247,10 +249,7 @@ def _plot(rows: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
         ax.set_title(placement)
     np.atleast_1d(axes)[0].set_ylabel("% vs the static list")
     np.atleast_1d(axes)[0].legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def register(bench: typer.Typer) -> None:

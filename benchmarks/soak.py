@@ -352,6 +352,8 @@ def plot(payload: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from pipelines.track.plots import save_figure
+
     windows, m = payload["windows"], payload["memory"]
     t = np.array([w["end_s"] for w in windows]) / 60
     fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
@@ -379,11 +381,7 @@ def plot(payload: dict[str, Any], path: Path) -> Path:
     axes[2].set_ylabel("MB")
     axes[2].set_xlabel("minutes")
     axes[2].legend(loc="center right", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 # ---------------------------------------------------------------------------------------- CLI

@@ -279,13 +279,18 @@ def _added_section_types() -> dict[str, type[ParamsSection]]:
 
 
 @functools.cache
-def params_file_sections(path: Path = PARAMS_FILE) -> tuple[str, ...]:
-    """The section names of the project's params.yaml, in file order (which orders the model families)."""
+def _params_mapping(path: Path) -> dict[str, Any]:
+    """params.yaml as read, or {} where it is missing or not a mapping (load_settings reports why)."""
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):
-        return ()
-    return tuple(str(name) for name in raw) if isinstance(raw, dict) else ()
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def params_file_sections(path: Path = PARAMS_FILE) -> tuple[str, ...]:
+    """The section names of the project's params.yaml, in file order (which orders the model families)."""
+    return tuple(str(name) for name in _params_mapping(path))
 
 
 def _init_details(errors: list[Any], prefix: tuple[str, ...] = ()) -> list[Any]:
@@ -514,12 +519,7 @@ def _recipe(recipes: dict[str, Any], name: str, path: Path) -> dict[str, dict[st
 
 def recipe_names(params_file: Path | None = None) -> tuple[str, ...]:
     """The recipes params.yaml names, in file order."""
-    path = Path(params_file or os.environ.get("RXREC_PARAMS", PARAMS_FILE))
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return ()
-    recipes = raw.get(RECIPES) if isinstance(raw, dict) else None
+    recipes = _params_mapping(Path(params_file or os.environ.get("RXREC_PARAMS", PARAMS_FILE))).get(RECIPES)
     return tuple(map(str, recipes)) if isinstance(recipes, dict) else ()
 
 

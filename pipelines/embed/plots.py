@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from pipelines.data.text import normalise_value
+from pipelines.track.plots import save_figure
 
 MAX_POINTS = 5000
 MAX_CLASSES = 10
@@ -51,11 +52,7 @@ def plot_embedding_map(vectors, known: np.ndarray, labels: pd.Series | None, pat
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_field_importance(importance: dict[str, float], path: Path, title: str = "Meta-Prod2Vec field importance"
@@ -67,8 +64,4 @@ def plot_field_importance(importance: dict[str, float], path: Path, title: str =
     ax.set_ylabel("mean softmax weight")
     ax.set_title(title)
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -10,6 +10,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 
+def save_figure(fig: plt.Figure, path: Path, dpi: int = 110) -> Path:
+    """Lay out, write `path` (its folder made if missing) and free the figure: how every rxrec plot ends."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_training_history(history: list[dict[str, float]], path: Path, title: str = "GPT4Rec training") -> Path:
     """Training loss and validation NDCG@k (the history's valid_ndcg_at_<k>) by epoch."""
     epochs = [row["epoch"] for row in history]
@@ -23,11 +32,7 @@ def plot_training_history(history: list[dict[str, float]], path: Path, title: st
     metric_ax.plot(epochs, [row[key] for row in history], marker="s", color="tab:orange", label=label)
     metric_ax.set_ylabel(label, color="tab:orange")
     fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_metrics(models: dict[str, dict[str, float]], path: Path, keys: tuple[str, ...] = ("hr_at_10", "ndcg_at_10")) -> Path:
@@ -40,11 +45,7 @@ def plot_metrics(models: dict[str, dict[str, float]], path: Path, keys: tuple[st
     ax.set_xticks([x + width * (len(keys) - 1) / 2 for x in range(len(names))], names)
     ax.set_ylabel("score (all-item ranking)")
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_validation_curves(curves: dict[str, list[list[dict[str, float]]]], path: Path, title: str) -> Path:
@@ -67,8 +68,4 @@ def plot_validation_curves(curves: dict[str, list[list[dict[str, float]]]], path
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
     fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
