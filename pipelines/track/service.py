@@ -72,6 +72,12 @@ def _retried(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _lost_insert_race(exc: BaseException) -> bool:
+    """The store refused a row that a concurrent request inserted first (SQLite or PostgreSQL wording)."""
+    text = str(exc).lower()
+    return "unique constraint failed" in text or "duplicate key value violates unique constraint" in text
+
+
 def _is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
@@ -235,13 +241,22 @@ class MlflowService:
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
+        from mlflow.exceptions import MlflowException
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
         with warnings.catch_warnings():  # a local path matches two equivalent local source types
             warnings.simplefilter("ignore", UserWarning)
             source = resolve_dataset_source(dataset.source)
         entity = MetaDataset(source, name=dataset.name, digest=dataset.digest)._to_mlflow_entity()
-        self.client.log_inputs(run_id, [DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+        inputs = [DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+        try:
+            self.client.log_inputs(run_id, inputs)
+        except MlflowException as exc:
+            # Parallel stages log the same dataset: the server looks for the row, then inserts it, so the one that
+            # inserts second is refused by the unique key. The row is there now, and the same call links it.
+            if not _lost_insert_race(exc):
+                raise
+            self.client.log_inputs(run_id, inputs)
 
     def run_url(self, run_id: str) -> str:
         """The run's page in the MLflow UI of a tracking server ('' for a local store, which has no UI URL)."""

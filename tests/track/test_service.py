@@ -216,6 +216,36 @@ def test_a_training_run_gets_the_dataset_as_an_input(service):
     assert {tag.key: tag.value for tag in dataset_input.tags}["mlflow.data.context"] == "training"
 
 
+def test_parallel_stages_logging_one_dataset_link_it_and_other_refusals_still_raise(service, monkeypatch):
+    """The server looks the dataset up, then inserts it: a stage that inserts second is refused by the unique key
+    (seen with the DAG's parallel training tasks). The row exists by then, so the same call links it."""
+    from mlflow.exceptions import MlflowException
+
+    ref = DatasetRef("synthetic", "00112233445566778899aabbccddeeff", "/tmp/data.dir")
+    real, calls = service.client.log_inputs, []
+
+    def lost_the_race_once(run_id, datasets):
+        calls.append(run_id)
+        if len(calls) == 1:
+            real(service.child_run(service.pipeline_run("dag-race", "p", {}), "other", {}), datasets)  # the racer
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                                  "datasets.name, datasets.digest", error_code="BAD_REQUEST")
+        return real(run_id, datasets)
+
+    monkeypatch.setattr(service.client, "log_inputs", lost_the_race_once)
+    run = service.child_run(service.pipeline_run("dag-race", "p", {}), "gpt4rec", {})
+    service.log_dataset(run, ref)
+    assert len(calls) == 2
+    assert [i.dataset.digest for i in service.client.get_run(run).inputs.dataset_inputs] == [ref.digest]
+
+    def refused(run_id, datasets):
+        raise MlflowException("Invalid dataset source", error_code="INVALID_PARAMETER_VALUE")
+
+    monkeypatch.setattr(service.client, "log_inputs", refused)
+    with pytest.raises(MlflowException, match="Invalid dataset source"):
+        service.log_dataset(run, ref)
+
+
 def test_the_logged_onnx_model_has_signature_example_linked_metrics_and_a_description(service, tmp_path):
     import mlflow
 

@@ -73,6 +73,7 @@ class DagRun:
     conf: dict[str, Any]
     states: dict[str, str]
     seconds: float
+    task_seconds: dict[str, float] = field(default_factory=dict)  # each task's duration as Airflow recorded it
 
     @property
     def failure(self) -> str:
@@ -117,8 +118,12 @@ class AirflowServer:
                 f"run {run_id} still {run['state']} after {timeout_s:.0f} s: {self.task_states(run_id)}; "
                 f"task logs under {self.home / 'logs'}")
             time.sleep(5)
-        return DagRun(run_id, run["state"], run["run_type"], run["conf"], self.task_states(run_id),
-                      round(time.monotonic() - started, 1))
+        tasks = self.api(f"dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]
+        done = DagRun(run_id, run["state"], run["run_type"], run["conf"], {t["task_id"]: t["state"] for t in tasks},
+                      round(time.monotonic() - started, 1),
+                      {t["task_id"]: round(t["duration"], 1) for t in tasks if t.get("duration") is not None})
+        print(f"\nrun {run_id}: {done.state} in {done.seconds} s; task seconds {done.task_seconds}", flush=True)
+        return done
 
     def trigger_and_wait(self, conf: dict[str, Any], timeout_s: float = FULL_RUN_S) -> DagRun:
         return self.wait(self.trigger(conf), timeout_s)
