@@ -5,7 +5,8 @@ DAG processor, triggerer) as separate processes, because that way every socket i
 standalone's scheduler and triggerer also open log servers on every interface, which a LocalExecutor
 on one machine does not need (`--skip-serve-logs`). The triggerer runs deferred tasks (deferrable
 operators and sensors; Human-in-the-loop approvals on Airflow < 3.3, which 3.3 parks in `awaiting_input`
-without one). Plugins come from infra/airflow/plugins (the "MLflow run" task link). SQLite metadata DB under $AIRFLOW_HOME by default
+without one). Plugins come from infra/airflow/plugins (the "MLflow run" task link); infra/airflow/config/airflow_local_settings.py
+preloads torch, pandas and mlflow in the components that fork tasks and DAG parses. SQLite metadata DB under $AIRFLOW_HOME by default
 (set AIRFLOW__DATABASE__SQL_ALCHEMY_CONN for Postgres), parallelism 2 for a 2-core machine,
 SimpleAuthManager with one admin user and no anonymous access (every REST call and UI page needs a
 login; `simple_auth_manager_all_admins` stays off): the password comes from RXREC_AIRFLOW_ADMIN_PASSWORD
@@ -45,6 +46,8 @@ COMPONENTS = {
     "triggerer": ["triggerer", "--skip-serve-logs"],
 }
 PLUGINS_FOLDER = PROJECT_ROOT / "infra" / "airflow" / "plugins"
+# airflow_local_settings.py: the components that fork tasks and DAG parses load the heavy libraries once.
+LOCAL_SETTINGS_FOLDER = PROJECT_ROOT / "infra" / "airflow" / "config"
 
 
 @dataclass
@@ -104,7 +107,8 @@ def environment(home: Path, port: int, extra: dict[str, str] | None = None) -> d
     for key, value in defaults.items():
         env.setdefault(key, value)
     env.update(extra or {})
-    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), str(LOCAL_SETTINGS_FOLDER),
+                                         *filter(None, [os.environ.get("PYTHONPATH")])])
     env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", "")])
     env["GIT_PYTHON_REFRESH"] = "quiet"
     return env

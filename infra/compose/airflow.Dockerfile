@@ -9,4 +9,4 @@ USER airflow
 WORKDIR /opt/rxrec
 RUN pip install --no-cache-dir torch==2.13.0 && pip install --no-cache-dir "apache-airflow==3.3.2" -e . \
     && pip install --no-cache-dir "apache-airflow-providers-cncf-kubernetes"
-ENV PYTHONPATH=/opt/rxrec RXREC_WORKDIR=/opt/rxrec/work
+ENV PYTHONPATH=/opt/rxrec:/opt/rxrec/infra/airflow/config RXREC_WORKDIR=/opt/rxrec/work

@@ -9,6 +9,7 @@ volumes and secrets are cross-checked between manifests, Helm values, docker-com
 from __future__ import annotations
 
 import ast
+import os
 import re
 import sys
 from pathlib import Path
@@ -447,3 +448,25 @@ def test_every_airflow_deployment_runs_a_triggerer_and_the_rxrec_plugins() -> No
     values = yaml.safe_load(HELM_VALUES.read_text())
     assert values["triggerer"]["enabled"] is True
     assert values["config"]["core"]["plugins_folder"] == in_image
+
+
+def test_the_components_that_fork_tasks_preload_the_heavy_libraries_and_export_nothing(monkeypatch) -> None:
+    """airflow_local_settings.py: the scheduler, the DAG processor and a Celery worker import torch, pandas and
+    mlflow once (their forks parse the DAG file and run tasks); the API server and a task pod do not; every
+    deployment puts the module on PYTHONPATH."""
+    settings = load_script("infra/airflow/config/airflow_local_settings.py", "rxrec_airflow_local_settings")
+    assert settings.__all__ == []  # Airflow copies the exported names into airflow.settings
+    imported: list[str] = []
+    monkeypatch.setattr(settings.importlib, "import_module", imported.append)
+    for argv, preloads in ((["airflow", "scheduler", "--skip-serve-logs"], True), (["airflow", "dag-processor"], True),
+                           (["airflow", "celery", "worker", "-q", "default"], True),
+                           (["airflow", "api-server", "--port", "8080"], False), (["airflow", "triggerer"], False),
+                           (["airflow", "tasks", "run", "retrain_and_promote", "worker"], False)):
+        imported.clear()
+        settings._preload(argv)
+        assert imported == (["torch", "pandas", "mlflow"] if preloads else []), argv
+    launcher = load_script("infra/airflow/launcher.py", "rxrec_launcher_for_local_settings")
+    folder = str(REPO / "infra" / "airflow" / "config")
+    assert folder in launcher.environment(REPO / "var" / "airflow", 8080)["PYTHONPATH"].split(os.pathsep)
+    assert "ENV PYTHONPATH=/opt/rxrec:/opt/rxrec/infra/airflow/config " in \
+        (COMPOSE.parent / "airflow.Dockerfile").read_text()
