@@ -8,7 +8,8 @@ adds is the run form (params -> ``section.key=value`` overrides, written to the 
 retries, the promotion gate, an optional person's approval before promotion, notifications, a link from
 every task to its MLflow run, and the UI. Parse time: yaml, pydantic and the model-family modules (they
 type their own params sections, which the run form's defaults and bounds come from; they bring torch,
-about 3 s on this machine); mlflow, dvc and the training code are imported inside the tasks.
+about 3 s on this machine, paid once: the forking components preload torch, pandas and mlflow through
+infra/airflow/config/airflow_local_settings.py); dvc and the training code are imported inside the tasks.
 """
 
 from __future__ import annotations
