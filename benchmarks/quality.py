@@ -57,13 +57,18 @@ def _markdown(name: str, rows: dict[str, dict[str, Any]], k: int, published: boo
     if trained:
         lines += ["", (f"Training of the neural families, per seed (validation NDCG@{k} by epoch: "
                   f"quality-{name}-curves.png; every epoch in the .json):"), "",
-                  "| model | epochs run | best epoch | stopped by | train s |", "|---|---|---|---|---|"]
+                  "| model | epochs run | best epoch | stopped by | refit epochs | train s |", "|---|---|---|---|---|---|"]
         for model, m in trained.items():
             infos = [run["train_info"] for run in m["runs"]]
             lines.append(f"| {model} | {', '.join(str(i.get('epochs_run', '')) for i in infos)} | "
                          f"{', '.join(str(i.get('best_epoch', '')) for i in infos)} | "
                          f"{', '.join(str(i.get('stopped_by', '')).replace('_', ' ') for i in infos)} | "
+                         f"{', '.join(str(i['refit']['epochs']) if 'refit' in i else 'none' for i in infos)} | "
                          f"{', '.join(format(run['train_seconds'], '.0f') for run in m['runs'])} |")
+        if any("refit" in i for m in trained.values() for i in (run["train_info"] for run in m["runs"])):
+            lines += ["", ("Refit: after the best epoch is chosen on validation, a fresh model trains that many "
+                           "epochs on the training histories plus each user's validation target, and the test "
+                           "split scores that model (train s includes both runs).")]
     if any("business" in m for m in rows.values()):
         lines += ["", "Business view (simulated users of the generated world, top-10 lists, relative to popularity):", "",
                   "| model | CTR | add-to-cart | purchase | CTR vs static | ATC vs static | purchase vs static |",
@@ -104,28 +109,38 @@ def fit_families(families: tuple[str, ...], seqs: Any, catalogue: Any, settings:
     """(family, trained model, info with train_seconds) for each family, in order, trained with `seed`
     (default data.seed); the inputs some families share (Prod2Vec vectors, item meta tokens) are built once
     and their time counts for each family using them."""
+    from pipelines.models.families import fit_family
+
+    seed = settings.data.seed if seed is None else seed
+    inputs: dict[Any, tuple[Any, float]] = {}
+    for family in families:
+        typer.secho(f"▶ {family} (seed {seed})", bold=True)
+        ctx, input_seconds = fit_context(family, seqs, catalogue, settings, seed, inputs)
+        model, info = fit_family(family, seqs, settings, ctx)
+        info["train_seconds"] += input_seconds
+        yield family, model, info
+
+
+def fit_context(family: str, seqs: Any, catalogue: Any, settings: Any, seed: int,
+                inputs: dict[Any, tuple[Any, float]] | None = None) -> tuple[Any, float]:
+    """The FitContext `family` trains with (Prod2Vec vectors, item meta tokens: built here unless `inputs`, a
+    cache shared by families, has them) and the seconds its Prod2Vec input took to train."""
     from pipelines.data.item_features import build_item_features
     from pipelines.embed.prod2vec import train_prod2vec
     from pipelines.models.base import FitContext, FitInput
     from pipelines.models.families import family as family_class
-    from pipelines.models.families import fit_family
 
-    seed = settings.data.seed if seed is None else seed
-    inputs: dict[FitInput, Any] = {}
-    input_seconds: dict[FitInput, float] = {}
-    for family in families:
-        typer.secho(f"▶ {family} (seed {seed})", bold=True)
-        wanted = family_class(family).inputs_for(getattr(settings, family))
-        for which in sorted(wanted - set(inputs)):
-            started = time.perf_counter()
-            inputs[which] = (
-                train_prod2vec(seqs.train(), seqs.n_items, settings.graph, settings.prod2vec, seed=seed)
-                if which is FitInput.PRETRAINED else build_item_features(catalogue, seqs.n_items).tokens)
-            input_seconds[which] = time.perf_counter() - started if which is FitInput.PRETRAINED else 0.0
-        ctx = FitContext(seed=seed, k=settings.evaluate.k, **{str(which): inputs[which] for which in wanted})
-        model, info = fit_family(family, seqs, settings, ctx)
-        info["train_seconds"] += sum(input_seconds[which] for which in wanted)
-        yield family, model, info
+    inputs = {} if inputs is None else inputs
+    wanted = family_class(family).inputs_for(getattr(settings, family))
+    for which in sorted(wanted - set(inputs)):
+        started = time.perf_counter()
+        if which is FitInput.PRETRAINED:
+            built = train_prod2vec(seqs.train(), seqs.n_items, settings.graph, settings.prod2vec, seed=seed)
+            inputs[which] = (built, time.perf_counter() - started)
+        else:
+            inputs[which] = (build_item_features(catalogue, seqs.n_items).tokens, 0.0)
+    ctx = FitContext(seed=seed, k=settings.evaluate.k, **{str(which): inputs[which][0] for which in wanted})
+    return ctx, sum(inputs[which][1] for which in wanted)
 
 
 def run_quality(dataset: str, families: tuple[str, ...], overrides: list[str], log_mlflow: bool = True,

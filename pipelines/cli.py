@@ -598,7 +598,7 @@ bench = typer.Typer(no_args_is_help=True, help="Quality and speed benchmarks (JS
 app.add_typer(bench, name="bench")
 # Benchmark commands live in benchmarks/<name>.py and are registered on `bench` there:
 # each module defines `register(bench: typer.Typer)`; list them here.
-BENCHMARK_MODULES: tuple[str, ...] = ("data", "quality", "placements", "embeddings", "walks", "serve", "soak",
+BENCHMARK_MODULES: tuple[str, ...] = ("data", "quality", "refit", "placements", "embeddings", "walks", "serve", "soak",
                                       "reliability", "readme")
 for _module in BENCHMARK_MODULES:
     __import__(f"benchmarks.{_module}", fromlist=["register"]).register(bench)

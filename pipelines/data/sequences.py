@@ -13,7 +13,7 @@ session knows at that point, so the kind never leaks anything from after the ite
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,23 +38,47 @@ class Sequences:
     times: list[np.ndarray]  # seconds since epoch, float64
     n_items: int
     kinds: list[np.ndarray] | None = None  # event kind code per token (EVENT_KIND_CODES); None: unknown
+    # True in the view a refit trains on (with_validation_in_training): validation targets are training data.
+    validation_in_training: bool = False
 
     def __len__(self) -> int:
         return len(self.items)
 
+    def with_validation_in_training(self) -> Sequences:
+        """The view a refit trains on: train() also holds each user's validation target; the validation
+        split is then training data, so evaluating on it raises (the test split is unchanged)."""
+        return replace(self, validation_in_training=True)
+
+    def one_step_earlier(self) -> Sequences:
+        """Each evaluated user's test target removed: the validation target becomes the test target and the
+        item before it the validation target. For checking a choice whose own validation needs the item
+        after the validation target (a refit trains on it): decide there, and the real test stays unread."""
+        def cut(rows: list[np.ndarray]) -> list[np.ndarray]:
+            return [r[:-1] if len(self.items[i]) >= MIN_EVALUATED_LENGTH else r for i, r in enumerate(rows)]
+
+        return replace(self, items=cut(self.items), times=cut(self.times),
+                       kinds=None if self.kinds is None else cut(self.kinds))
+
+    @property
+    def _held_out(self) -> int:
+        """Targets cut from the end of an evaluated user's history for training: validation and test, or test."""
+        return 1 if self.validation_in_training else 2
+
     def train(self) -> list[np.ndarray]:
         """Histories the models learn from: everything but the validation and test targets."""
-        return [s[:-2] if len(s) >= MIN_EVALUATED_LENGTH else s for s in self.items]
+        cut = self._held_out
+        return [s[:-cut] if len(s) >= MIN_EVALUATED_LENGTH else s for s in self.items]
 
     def train_kinds(self) -> list[np.ndarray] | None:
         """Event kinds aligned with train() (None when the data has no kinds)."""
         if self.kinds is None:
             return None
-        return [k[:-2] if len(k) >= MIN_EVALUATED_LENGTH else k for k in self.kinds]
+        cut = self._held_out
+        return [k[:-cut] if len(k) >= MIN_EVALUATED_LENGTH else k for k in self.kinds]
 
     def evaluation(self, split: str = "test") -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
         """(histories, targets, row index) for users long enough to be evaluated."""
-        cut = _cut(split)
+        cut = self._cut(split)
         rows = np.array([i for i, s in enumerate(self.items) if len(s) >= MIN_EVALUATED_LENGTH], dtype=np.int64)
         histories = [self.items[i][:-cut] for i in rows]
         targets = np.array([self.items[i][-cut] for i in rows], dtype=np.int64)
@@ -64,19 +88,21 @@ class Sequences:
         """Event kinds aligned with evaluation(split)'s histories (None when the data has no kinds)."""
         if self.kinds is None:
             return None
-        cut = _cut(split)
+        cut = self._cut(split)
         return [k[:-cut] for k in self.kinds if len(k) >= MIN_EVALUATED_LENGTH]
 
     def cutoff_time(self, split: str = "test") -> float:
         """Latest time a model may learn from when predicting `split` (for time-window baselines)."""
-        cut = 1 if split == "test" else 2
+        cut = self._cut(split)
         return max(float(t[:-cut].max()) for t in self.times if len(t) > cut)
 
-
-def _cut(split: str) -> int:
-    if split not in ("test", "valid"):
-        raise ValueError(f"split must be 'test' or 'valid', got {split!r}")
-    return 1 if split == "test" else 2
+    def _cut(self, split: str) -> int:
+        if split not in ("test", "valid"):
+            raise ValueError(f"split must be 'test' or 'valid', got {split!r}")
+        if split == "valid" and self.validation_in_training:
+            raise ValueError("these sequences train on the validation targets (a refit's view): "
+                             "the validation split is training data here and cannot score a model")
+        return 1 if split == "test" else 2
 
 
 def token_kinds(ordered: pd.DataFrame, first: pd.DataFrame) -> np.ndarray:

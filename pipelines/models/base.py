@@ -53,6 +53,8 @@ class FitContext:
     item_tokens: np.ndarray | None = None
     # Called with each epoch's row (epoch, loss, valid metrics) as soon as it is known: live tracking.
     on_epoch: Callable[[dict[str, float]], None] | None = None
+    # False for a refit: train exactly `epochs` epochs and keep the last (its data holds the validation targets).
+    validate: bool = True
 
 
 @runtime_checkable
@@ -174,6 +176,10 @@ class SequenceModelSettings(ParamsSection):
     layers: int = Field(2, ge=1)
     max_len: int = Field(50, ge=2, le=512)
     dropout: float = Field(0.2, ge=0, lt=1)
+    # After picking the best epoch on validation, train a fresh model that many epochs on the training
+    # histories plus each user's validation target, and use it: the most recent item is the most telling
+    # one, and the test split stays unread. The pipeline keeps it off: its gate compares validation figures.
+    refit: bool = False
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(0.003, gt=0)
@@ -192,6 +198,7 @@ class EpochSettings(Protocol):
     weight_decay: float
     patience: int
     time_budget_s: float
+    refit: bool
 
 
 def resolve_device(name: str, family: str) -> torch.device:
@@ -217,9 +224,11 @@ def fit_by_validation(model: Any, seqs: Sequences, s: EpochSettings, ctx: FitCon
 
     Each epoch visits the `n_examples` training rows in a new random order; `batch_loss(rows)` is the
     loss of one batch. After each epoch the validation split is ranked at `ctx.k`; training stops after
-    `s.patience` epochs without a better NDCG or after the epoch that crosses `s.time_budget_s`.
+    `s.patience` epochs without a better NDCG or after the epoch that crosses `s.time_budget_s` (with
+    `s.refit`, the budget also holds the refit: the best epoch so far times the mean epoch time).
     Returns the best epoch, the epochs run, what stopped training (`stopped_by`: epochs, patience or
     time_budget), the seconds it took and the epoch-by-epoch history; the model ends on the CPU.
+    With `ctx.validate` off (a refit) it trains exactly `s.epochs` epochs, evaluates nothing and keeps the last.
     """
     import torch
 
@@ -229,7 +238,9 @@ def fit_by_validation(model: Any, seqs: Sequences, s: EpochSettings, ctx: FitCon
     best_score, best_state, best_epoch, stale = -1.0, None, 0, 0
     stopped_by = "epochs"
     started = time.perf_counter()
+    train_seconds = 0.0  # epochs' training time without their validation: what a refit epoch costs
     for epoch in range(1, s.epochs + 1):
+        epoch_started = time.perf_counter()
         model.train()
         order = rng.permutation(n_examples)
         total, batches = 0.0, 0
@@ -245,6 +256,12 @@ def fit_by_validation(model: Any, seqs: Sequences, s: EpochSettings, ctx: FitCon
             batches += 1
             bar.set_postfix(loss=f"{total / batches:.3f}")
         model.eval()
+        train_seconds += time.perf_counter() - epoch_started
+        if not ctx.validate:
+            history.append({"epoch": epoch, "loss": total / batches,
+                            "elapsed_s": round(time.perf_counter() - started, 2)})
+            best_epoch = epoch
+            continue
         valid = evaluate(model, seqs, split="valid", k=ctx.k)
         row = {"epoch": epoch, "loss": total / batches, hr_key: valid[f"hr_at_{ctx.k}"],
                ndcg_key: valid[f"ndcg_at_{ctx.k}"], "elapsed_s": round(time.perf_counter() - started, 2)}
@@ -261,7 +278,8 @@ def fit_by_validation(model: Any, seqs: Sequences, s: EpochSettings, ctx: FitCon
             if stale >= s.patience:
                 stopped_by = "patience"
                 break
-        if s.time_budget_s and time.perf_counter() - started > s.time_budget_s and epoch < s.epochs:
+        reserved = best_epoch * train_seconds / epoch if s.refit else 0.0
+        if s.time_budget_s and time.perf_counter() - started + reserved > s.time_budget_s and epoch < s.epochs:
             stopped_by = "time_budget"
             if ctx.progress:
                 print(f"  time budget of {s.time_budget_s:.0f}s reached after epoch {epoch}", flush=True)

@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import inspect
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +60,30 @@ def fit_family(name: str, seqs: Sequences, settings: Settings, ctx: FitContext) 
     """Train one family on `seqs` with its params section; returns (model, info with train_seconds).
 
     The stages and the quality benchmark both train through here, so a family is trained the
-    same way wherever it appears on the leaderboard.
+    same way wherever it appears on the leaderboard. With `<name>.refit` the model returned is a fresh
+    one trained the chosen number of epochs on the training histories plus the validation targets;
+    `info` keeps the selection run's validation curve and best epoch, and adds `refit` (its epochs,
+    losses and seconds); train_seconds covers both.
     """
     started = time.perf_counter()
-    model, info = family(name).fit(seqs, getattr(settings, name), ctx)
+    section = getattr(settings, name)
+    model, info = family(name).fit(seqs, section, ctx)
+    if getattr(section, "refit", False) and info.get("best_epoch"):
+        model, info["refit"] = refit_family(name, seqs, section, ctx, info["best_epoch"])
     info["train_seconds"] = round(time.perf_counter() - started, 3)
     return model, info
+
+
+def refit_family(name: str, seqs: Sequences, section: ParamsSection, ctx: FitContext,
+                 epochs: int) -> tuple[Family, dict[str, Any]]:
+    """A fresh model of family `name` trained `epochs` epochs on the training histories plus each user's
+    validation target, reading no validation; returns it with its epochs, losses and seconds."""
+    refit_section = section.model_copy(update={"epochs": epochs, "time_budget_s": 0})
+    model, info = family(name).fit(seqs.with_validation_in_training(), refit_section,
+                                   replace(ctx, validate=False, on_epoch=None))
+    return model, {"epochs": info["epochs_run"], "fit_seconds": info["fit_seconds"],
+                   "losses": [row["loss"] for row in info["history"]],
+                   "data": "training histories + each user's validation target"}
 
 
 def load_recommenders(models_dir: Path) -> dict[str, Family]:

@@ -48,6 +48,10 @@ def train_family(name: str, s: Settings, p: Paths) -> dict[str, Any]:
     from pipelines.track.live import training_dataset, training_run
     from pipelines.track.plots import plot_training_history
 
+    if getattr(getattr(s, name), "refit", False):
+        raise ValueError(f"{name}.refit=true trains the model on the validation targets, and the promotion gate "
+                         f"decides on validation figures, so it could not judge this model honestly; the pipeline "
+                         f"trains with {name}.refit=false (the quality benchmark's recipe uses the refit)")
     wanted = family(name).inputs_for(getattr(s, name))
     sections = ("data", "evaluate", name, *(section for which in wanted for section in INPUT_SECTIONS.get(which, ())))
     params = {k: v for k, v in s.flat().items() if k.split(".", 1)[0] in sections}

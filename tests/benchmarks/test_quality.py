@@ -41,8 +41,9 @@ def test_seeds_give_mean_and_spread_with_each_seeds_curve_and_the_settings_used(
     for run in gru["runs"]:
         info = run["train_info"]
         assert info["stopped_by"] == "epochs" and [row["epoch"] for row in info["history"]] == [1, 2]
+        assert info["refit"]["epochs"] == info["best_epoch"]  # the recipe refits on train + validation
     assert report["models"]["popularity"]["spread"]["hr_at_10"] == 0.0  # no randomness in counting
     markdown = (tmp_path / "quality-synthetic.md").read_text()
     assert "mean ± sd over 2 seeds (42, 43)" in markdown and "recipe `quality`" in markdown
-    assert "| gru4rec | 2, 2 | " in markdown
+    assert "| gru4rec | 2, 2 | " in markdown and "Refit: after the best epoch" in markdown
     assert (tmp_path / "quality-synthetic-curves.png").stat().st_size > 0

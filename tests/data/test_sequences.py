@@ -1,5 +1,6 @@
 import numpy as np
 import pandas as pd
+import pytest
 
 from pipelines.data.sequences import build_sequences, load_sequences, save_sequences
 
@@ -61,3 +62,26 @@ def test_kinds_survive_save_and_load(tmp_path):
     save_sequences(seqs, tmp_path)
     loaded = load_sequences(tmp_path)
     assert [k.tolist() for k in loaded.kinds] == [[4, 1]]
+
+
+def test_the_refit_view_trains_on_the_validation_target_and_cannot_be_scored_on_it():
+    events = _events([(1, 1, item, "view", t) for t, item in enumerate((5, 3, 9, 2))] + [(2, 2, 4, "view", 1), (2, 2, 1, "view", 2)])
+    seqs = build_sequences(events, n_items=9)
+    refit = seqs.with_validation_in_training()
+    assert [t.tolist() for t in refit.train()] == [[5, 3, 9], [4, 1]]  # user 1's validation target is now data
+    assert [k.tolist() for k in refit.train_kinds()] == [seqs.kinds[0].tolist()[:3], seqs.kinds[1].tolist()]
+    histories, targets, _ = refit.evaluation("test")  # the test split is what it was
+    assert [h.tolist() for h in histories] == [[5, 3, 9]] and targets.tolist() == [2]
+    with pytest.raises(ValueError, match="validation split is training data"):
+        refit.evaluation("valid")
+    assert [t.tolist() for t in seqs.train()] == [[5, 3], [4, 1]]  # the original is untouched
+
+
+def test_one_step_earlier_makes_the_validation_target_the_test_target_and_drops_the_test_item():
+    events = _events([(1, 1, item, "view", t) for t, item in enumerate((5, 3, 9, 2))] + [(2, 2, 4, "view", 1), (2, 2, 1, "view", 2)])
+    earlier = build_sequences(events, n_items=9).one_step_earlier()
+    assert [t.tolist() for t in earlier.items] == [[5, 3, 9], [4, 1]]  # user 2 was never evaluated: kept whole
+    assert all(len(t) == len(i) == len(k) for t, i, k in zip(earlier.times, earlier.items, earlier.kinds))
+    histories, targets, _ = earlier.evaluation("test")
+    assert [h.tolist() for h in histories] == [[5, 3]] and targets.tolist() == [9]
+    assert 2 not in np.concatenate(earlier.items)  # the real test target is gone

@@ -17,6 +17,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from pipelines.core.config import PROJECT_ROOT
 
 ITEMKNN_MODULE = '''\
@@ -212,3 +214,37 @@ def test_a_new_family_is_one_module_plus_its_params_section(tmp_path):
     assert list(out["leaderboard"]) == ["popularity", "itemknn"]
     assert all(0 <= row[key] <= 1 for key in ("hr_at_10", "ndcg_at_10", "mrr", "coverage_at_10"))
     assert row["hr_at_10"] > 0 and row["runs"][0]["train_info"]["n_pairs"] > 0
+
+
+def test_a_refit_trains_the_chosen_epochs_on_train_plus_validation_and_keeps_the_selection_curve(cyclic_world,
+                                                                                                  monkeypatch):
+    from types import SimpleNamespace
+
+    from pipelines.models import base
+    from pipelines.models.base import FitContext
+    from pipelines.models.families import fit_family
+    from pipelines.models.gru4rec import GRU4RecSettings
+
+    seen: list[int] = []
+    real_examples = base.training_examples
+    monkeypatch.setattr("pipelines.models.gru4rec.training_examples",
+                        lambda histories, max_len: seen.append(sum(map(len, histories))) or real_examples(histories,
+                                                                                                        max_len))
+    section = GRU4RecSettings(dim=16, max_len=10, dropout=0.0, epochs=4, batch_size=64, lr=0.01, refit=True)
+    model, info = fit_family("gru4rec", cyclic_world, SimpleNamespace(gru4rec=section), FitContext(seed=0, progress=False))
+    assert info["refit"]["epochs"] == info["best_epoch"] == len(info["refit"]["losses"])
+    assert all("valid_ndcg_at_10" in row for row in info["history"])  # the selection run's curve, not the refit's
+    evaluated = sum(1 for s in cyclic_world.items if len(s) >= 3)
+    assert seen == [sum(map(len, cyclic_world.train())), sum(map(len, cyclic_world.train())) + evaluated]
+    assert not model.training
+
+
+def test_a_refit_epoch_loop_never_reads_the_validation_split(cyclic_world, monkeypatch):
+    from pipelines.models.base import FitContext
+    from pipelines.models.gru4rec import GRU4Rec, GRU4RecSettings
+
+    monkeypatch.setattr("pipelines.models.base.evaluate", lambda *a, **k: pytest.fail("validation was read"))
+    section = GRU4RecSettings(dim=16, max_len=10, dropout=0.0, epochs=3, batch_size=64, lr=0.01, patience=1)
+    _, info = GRU4Rec.fit(cyclic_world.with_validation_in_training(), section,
+                          FitContext(seed=0, progress=False, validate=False))
+    assert info["epochs_run"] == info["best_epoch"] == 3 and info["stopped_by"] == "epochs"

@@ -66,3 +66,9 @@ def test_a_retried_training_stage_logs_into_the_same_child_run(trained, tiny_ove
     paths, summaries = trained
     again = run_stage("train_popularity", [*tiny_overrides, *GRU], workdir=paths.root)
     assert again["mlflow_run_id"] == summaries["train_popularity"]["mlflow_run_id"]
+
+
+def test_the_pipeline_refuses_a_refit_its_gate_could_not_judge(trained):
+    paths, _ = trained
+    with pytest.raises(ValueError, match=r"gru4rec.refit=true trains the model on the validation targets"):
+        run_stage("train_gru4rec", ["gru4rec.refit=true"], workdir=paths.root)
