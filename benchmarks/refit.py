@@ -35,10 +35,10 @@ def run_refit_check(dataset: str, family: str, recipe: str | None, seed: int | N
     typer.secho(f"▶ {family}: refit for {info['best_epoch']} epochs on its train + validation", bold=True)
     refit, refit_info = refit_family(family, earlier, getattr(settings, family), ctx, info["best_epoch"])
     scores = {}
-    for name, model in (("selected", selected), ("refit", refit)):
+    for which, model in (("selected", selected), ("refit", refit)):
         m = evaluate(model, earlier, split="test", k=k, mask_seen=settings.evaluate.mask_seen)
-        scores[name] = {key: m[key] for key in (f"hr_at_{k}", f"ndcg_at_{k}", "mrr", "n_users")}
-        typer.echo(f"  {name:<8} HR@{k} {m[f'hr_at_{k}']:.4f}  NDCG@{k} {m[f'ndcg_at_{k}']:.4f}")
+        scores[which] = {key: m[key] for key in (f"hr_at_{k}", f"ndcg_at_{k}", "mrr", "n_users")}
+        typer.echo(f"  {which:<8} HR@{k} {m[f'hr_at_{k}']:.4f}  NDCG@{k} {m[f'ndcg_at_{k}']:.4f}")
     return {"dataset": name, "family": family, "seed": seed, "recipe": recipe, "overrides": overrides, "k": k,
             "settings": getattr(settings, family).model_dump(), "scores": scores,
             "selection": {key: info[key] for key in ("best_epoch", "epochs_run", "stopped_by", "fit_seconds")},
@@ -59,7 +59,7 @@ def _markdown(name: str, result: dict) -> str:
     lines.append(f"| refit on train + validation | {s['refit'][f'hr_at_{k}']:.4f} | {s['refit'][f'ndcg_at_{k}']:.4f} | "
                  f"{s['refit']['mrr']:.4f} | {ref['epochs']} | {ref['fit_seconds']:.0f} |")
     gain = s["refit"][f"ndcg_at_{k}"] / max(s["selected"][f"ndcg_at_{k}"], 1e-12) - 1
-    lines += ["", f"Refit against selected: NDCG@{k} {gain:+.1%} over {s['refit']['n_users']:,} users."]
+    lines += ["", f"Refit against selected: NDCG@{k} {gain:+.1%} over {int(s['refit']['n_users']):,} users."]
     return "\n".join(lines)
 
 
