@@ -248,3 +248,23 @@ def test_a_refit_epoch_loop_never_reads_the_validation_split(cyclic_world, monke
     _, info = GRU4Rec.fit(cyclic_world.with_validation_in_training(), section,
                           FitContext(seed=0, progress=False, validate=False))
     assert info["epochs_run"] == info["best_epoch"] == 3 and info["stopped_by"] == "epochs"
+
+
+def test_the_time_budget_holds_the_refit_too(cyclic_world, monkeypatch):
+    """On a fake clock (10 s a reading), a refitting family stops selecting earlier: the budget keeps room for the
+    refit (best epoch so far x mean epoch time), so selection plus refit stay within `time_budget_s`."""
+    from types import SimpleNamespace
+
+    from pipelines.models.base import FitContext
+    from pipelines.models.gru4rec import GRU4Rec, GRU4RecSettings
+
+    def epochs_run(refit: bool) -> dict:
+        ticks = iter(range(0, 10**6, 10))
+        monkeypatch.setattr("pipelines.models.base.time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+        section = GRU4RecSettings(dim=16, max_len=10, dropout=0.0, epochs=30, batch_size=64, lr=0.01, patience=30,
+                                  time_budget_s=300, refit=refit)
+        return GRU4Rec.fit(cyclic_world, section, FitContext(seed=0, progress=False))[1]
+
+    plain, refitting = epochs_run(False), epochs_run(True)
+    assert plain["stopped_by"] == refitting["stopped_by"] == "time_budget"
+    assert refitting["epochs_run"] < plain["epochs_run"]
