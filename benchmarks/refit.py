@@ -5,7 +5,7 @@ A refit trains on each user's validation target, so the validation split cannot 
 everything one step earlier (`Sequences.one_step_earlier`: each user's test item removed), picks the best
 epoch on that view's validation split, and scores two models on that view's test split, which is the real
 validation target: the selected model, and a fresh one refit for the chosen epochs on that view's train +
-validation. The real test split is never read. Writes reports/refit-<dataset>.json/.md.
+validation. The real test split is never read. Writes reports/refit-<dataset>-<family>.json/.md.
 """
 
 from __future__ import annotations
@@ -72,11 +72,11 @@ def register(bench: typer.Typer) -> None:
         seed: Annotated[int | None, typer.Option(help="default data.seed")] = None,
         set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="param override section.key=value")] = None,
     ) -> None:
-        """Selected vs refit model, decided one step earlier (no test read); writes reports/refit-<dataset>.*."""
+        """Selected vs refit model, decided one step earlier (no test read); writes reports/refit-<dataset>-<family>.*."""
         from benchmarks.common import write_report
 
         result = run_refit_check(dataset, model, None if recipe == "none" else recipe, seed, set_ or [])
         name = result["dataset"]
-        path = write_report(f"refit-{name}", result, _markdown(name, result))
+        path = write_report(f"refit-{name}-{model}", result, _markdown(name, result))
         typer.echo(path.with_suffix(".md").read_text())
 
