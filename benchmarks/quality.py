@@ -65,7 +65,7 @@ def _markdown(name: str, rows: dict[str, dict[str, Any]], k: int, published: boo
                          f"{', '.join(str(i.get('stopped_by', '')).replace('_', ' ') for i in infos)} | "
                          f"{', '.join(str(i['refit']['epochs']) if 'refit' in i else 'none' for i in infos)} | "
                          f"{', '.join(format(run['train_seconds'], '.0f') for run in m['runs'])} |")
-        if any("refit" in i for m in trained.values() for i in (run["train_info"] for run in m["runs"])):
+        if any("refit" in run["train_info"] for m in trained.values() for run in m["runs"]):
             lines += ["", ("Refit: after the best epoch is chosen on validation, a fresh model trains that many "
                            "epochs on the training histories plus each user's validation target, and the test "
                            "split scores that model (train s includes both runs).")]

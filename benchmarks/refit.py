@@ -45,9 +45,9 @@ def run_refit_check(dataset: str, family: str, recipe: str | None, seed: int | N
             "refit": {key: value for key, value in refit_info.items() if key != "losses"}}
 
 
-def _markdown(name: str, result: dict) -> str:
+def _markdown(result: dict) -> str:
     k, s = result["k"], result["scores"]
-    lines = [f"# Refit check: {result['family']} on {name}", "",
+    lines = [f"# Refit check: {result['family']} on {result['dataset']}", "",
              ("Each user's test item removed; best epoch chosen on that view's validation split; both models scored "
              f"on its test split, the real validation target (the real test split is never read). Seed "
              f"{result['seed']}, params.yaml recipe `{result['recipe']}`."), "",
@@ -76,7 +76,6 @@ def register(bench: typer.Typer) -> None:
         from benchmarks.common import write_report
 
         result = run_refit_check(dataset, model, None if recipe == "none" else recipe, seed, set_ or [])
-        name = result["dataset"]
-        path = write_report(f"refit-{name}-{model}", result, _markdown(name, result))
+        path = write_report(f"refit-{result['dataset']}-{model}", result, _markdown(result))
         typer.echo(path.with_suffix(".md").read_text())
 

@@ -13,5 +13,5 @@ def test_scores_the_selected_and_the_refit_model_on_the_validation_target_one_st
     selected, refit = result["scores"]["selected"], result["scores"]["refit"]
     assert selected["n_users"] == refit["n_users"] > 0
     assert 0 <= selected["hr_at_10"] <= 1 and 0 <= refit["hr_at_10"] <= 1 and selected != refit
-    markdown = _markdown(result["dataset"], result)
+    markdown = _markdown(result)
     assert "| refit on train + validation |" in markdown and "Refit against selected: NDCG@10" in markdown
