@@ -20,6 +20,7 @@ from typing import Annotated, Any
 import typer
 
 from pipelines.models.families import family_names
+from pipelines.track.lineage import provenance_line
 
 FAMILIES = family_names()  # every registered model family, in leaderboard order
 RECIPE = "quality"  # params.yaml recipe the benchmark trains with by default
@@ -78,6 +79,13 @@ def _markdown(name: str, rows: dict[str, dict[str, Any]], k: int, published: boo
             if b:
                 lines.append(f"| {model} | {b['ctr']:.4f} | {b['add_to_cart_rate']:.4f} | {b['purchase_rate']:.4f} | "
                              f"{b['ctr_lift']:+.0%} | {b['add_to_cart_lift']:+.0%} | {b['purchase_lift']:+.0%} |")
+    earlier = {model: m["measured"] for model, m in rows.items() if "measured" in m}
+    if earlier:
+        lines += ["", ("Rows kept from an earlier run of this leaderboard (`--add`; same dataset, seeds, recipe and "
+                       "overrides), each measured at its own commit:"), ""]
+        lines += [f"- {model}: {provenance_line(stamp.get('code'))} Measured {stamp.get('measured_at')}."
+                  for model, stamp in earlier.items()]
+        lines += ["- the other rows: the commit below."]
     if published:
         lines += ["", "Published on the same split (all-item ranking):", "", "| model | HR@10 | NDCG@10 |", "|---|---|---|"]
         lines += [f"| {m} | {hr:.4f} | {nd:.4f} |" for m, (hr, nd) in PUBLISHED_BEAUTY.items()]
@@ -143,10 +151,31 @@ def fit_context(family: str, seqs: Any, catalogue: Any, settings: Any, seed: int
     return ctx, sum(inputs[which][1] for which in wanted)
 
 
+def _earlier_rows(path: Path, families: tuple[str, ...], same: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The rows of the existing report at `path` for families other than `families` (each stamped with the
+    commit, command and date it was measured at), and its settings; refuses a report measured differently."""
+    import json
+
+    if not path.is_file():
+        raise ValueError(f"--add keeps the other rows of {path}, but there is no such report: run without --add first")
+    report = json.loads(path.read_text())
+    differ = {key: (report.get(key), value) for key, value in same.items() if report.get(key) != value}
+    if differ:
+        detail = "; ".join(f"{key}: report {old!r}, this run {new!r}" for key, (old, new) in differ.items())
+        raise ValueError(f"--add cannot put rows measured differently on one leaderboard ({path}): {detail}")
+    stamp = {"code": report.get("code"), "measured_at": report.get("machine", {}).get("measured_at")}
+    rows = {family: {"measured": stamp, **m} for family, m in report["models"].items() if family not in families}
+    return rows, report.get("settings", {})
+
+
 def run_quality(dataset: str, families: tuple[str, ...], overrides: list[str], log_mlflow: bool = True,
-                out_dir: Path | None = None, recipe: str | None = None, seeds: int = 1) -> Path:
+                out_dir: Path | None = None, recipe: str | None = None, seeds: int = 1, add: bool = False) -> Path:
     """Train and score `families` once per seed (data.seed, data.seed + 1, ...) on `dataset` with params.yaml,
-    its `recipe` and `overrides` (in that order); writes the leaderboard report and returns its .json."""
+    its `recipe` and `overrides` (in that order); writes the leaderboard report and returns its .json.
+
+    With `add`, the existing report's rows for other families stay on the leaderboard (same dataset, seeds,
+    recipe and overrides required), each keeping the commit it was measured at: a slow family can join a
+    leaderboard without retraining the others."""
     import numpy as np
 
     from benchmarks.common import REPORTS, load_dataset, write_report
@@ -164,6 +193,13 @@ def run_quality(dataset: str, families: tuple[str, ...], overrides: list[str], l
     k = settings.evaluate.k
     slices = standard_slices(seqs, "test", cold_max_interactions=settings.evaluate.cold_max_interactions)
     seed_list = [settings.data.seed + i for i in range(seeds)]
+    report_name = f"quality-{name}"
+    out_dir = out_dir or REPORTS
+    earlier: dict[str, Any] = {}
+    earlier_settings: dict[str, Any] = {}
+    if add:  # checked before training: an hour of training must not end in a refusal
+        same = {"dataset": name, "seeds": seed_list, "recipe": recipe, "overrides": overrides}
+        earlier, earlier_settings = _earlier_rows(out_dir / f"{report_name}.json", families, same)
     runs: dict[str, list[dict[str, Any]]] = {family: [] for family in families}
     for seed in seed_list:
         for family, model, info in fit_families(families, seqs, world.catalogue, settings, seed=seed):
@@ -178,6 +214,9 @@ def run_quality(dataset: str, families: tuple[str, ...], overrides: list[str], l
             typer.echo(f"  HR@{k} {m[f'hr_at_{k}']:.4f}  NDCG@{k} {m[f'ndcg_at_{k}']:.4f}  "
                        f"train {m['train_seconds']:.1f}s")
     rows = {family: {**_mean_over_seeds(family_runs), "runs": family_runs} for family, family_runs in runs.items()}
+    if add:
+        rows = {family: (rows[family] if family in rows else earlier[family])
+                for family in [*FAMILIES] if family in rows or family in earlier}
     if "popularity" in rows and "business" in rows["popularity"]:
         base = rows["popularity"]["business"]
         for m in rows.values():
@@ -185,15 +224,14 @@ def run_quality(dataset: str, families: tuple[str, ...], overrides: list[str], l
             for key, lift in (("ctr", "ctr_lift"), ("add_to_cart_rate", "add_to_cart_lift"),
                               ("purchase_rate", "purchase_lift")):
                 b[lift] = b[key] / base[key] - 1.0 if base[key] else 0.0
-    report_name = f"quality-{name}"
-    out_dir = out_dir or REPORTS
     plot_metrics(rows, out_dir / f"{report_name}.png")
     curves = {family: [run["train_info"]["history"] for run in m["runs"] if run["train_info"].get("history")]
               for family, m in rows.items()}
     if any(curves.values()):
         plot_validation_curves(curves, out_dir / f"{report_name}-curves.png",
                                title=f"{name}: validation by epoch (the best epoch is kept)")
-    used = {section: getattr(settings, section).model_dump() for section in (*SHARED_SECTIONS, *families)}
+    used = {**earlier_settings,
+            **{section: getattr(settings, section).model_dump() for section in (*SHARED_SECTIONS, *families)}}
     payload = {
         "dataset": name, "source": dataset, "recipe": recipe, "overrides": overrides, "seeds": seed_list,
         "settings": used,
@@ -207,7 +245,7 @@ def run_quality(dataset: str, families: tuple[str, ...], overrides: list[str], l
     }
     path = write_report(report_name, payload, _markdown(name, rows, k, name == "beauty", seed_list, recipe), out_dir)
     if log_mlflow:
-        _log_to_mlflow(report_name, rows, settings, Paths(), recipe)
+        _log_to_mlflow(report_name, {family: rows[family] for family in families}, settings, Paths(), recipe)
     return path
 
 
@@ -245,6 +283,8 @@ def register(bench: typer.Typer) -> None:
         seeds: Annotated[int, typer.Option(min=1, help="train and score each family this many times, with seeds "
                                                        "data.seed, data.seed + 1, ...; the report gives mean and sd")] = 3,
         mlflow_log: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="log one MLflow run per family and seed")] = True,
+        add: Annotated[bool, typer.Option("--add", help="keep the existing report's rows of the other families "
+                                                        "(each with the commit it was measured at)")] = False,
     ) -> None:
         """Train and score every family on one dataset; writes reports/quality-<dataset>.json/.md/.png/-curves.png."""
         chosen = tuple(m.strip() for m in models.split(",") if m.strip())
@@ -255,8 +295,8 @@ def register(bench: typer.Typer) -> None:
 
         try:
             path = run_quality(dataset, chosen, set_ or [], log_mlflow=mlflow_log,
-                               recipe=None if recipe == "none" else recipe, seeds=seeds)
-        except SettingsError as exc:
+                               recipe=None if recipe == "none" else recipe, seeds=seeds, add=add)
+        except (SettingsError, ValueError) as exc:
             raise typer.BadParameter(str(exc)) from exc
         typer.echo(path.with_suffix(".md").read_text())
         typer.echo(f"written: {path}")

@@ -112,6 +112,12 @@ def _score(m: dict[str, Any], key: str) -> str:
     return f"{m[key]:.4f} ± {spread[key]:.4f}" if key in spread else f"{m[key]:.4f}"
 
 
+def _row_stamp(report: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """A leaderboard row's provenance in a report's shape: its own (kept by `bench quality --add`) or the report's."""
+    stamp = row.get("measured")
+    return {"code": stamp["code"], "machine": {"measured_at": stamp["measured_at"]}} if stamp else report
+
+
 def quality(reports: Path) -> str:
     """Each quality leaderboard that exists: its families' HR@10 / NDCG@10 (mean ± sd over seeds) and train time."""
     lines = []
@@ -124,7 +130,11 @@ def quality(reports: Path) -> str:
                    f"seed{'s' if len(seeds) > 1 else ''}; {f'recipe `{recipe}`' if recipe else 'no recipe'}"
                    f"{_caveat(report)}):"), "",
                   "| model | HR@10 | NDCG@10 | train s |", "|---|---|---|---|"]
+        mixed = any("measured" in m for m in report["models"].values())
+        if mixed:  # rows kept by `bench quality --add` say where each was measured
+            lines[-2:] = ["| model | HR@10 | NDCG@10 | train s | measured at |", "|---|---|---|---|---|"]
         lines += [f"| {family} | {_score(m, 'hr_at_10')} | {_score(m, 'ndcg_at_10')} | {m['train_seconds']:.0f} |"
+                  + (f" {_measured(_row_stamp(report, m))} |" if mixed else "")
                   for family, m in report["models"].items()]
         lines.append("")
     if not lines:

@@ -47,3 +47,21 @@ def test_seeds_give_mean_and_spread_with_each_seeds_curve_and_the_settings_used(
     assert "mean ± sd over 2 seeds (42, 43)" in markdown and "recipe `quality`" in markdown
     assert "| gru4rec | 2, 2 | " in markdown and "Refit: after the best epoch" in markdown
     assert (tmp_path / "quality-synthetic-curves.png").stat().st_size > 0
+
+
+def test_add_keeps_the_other_rows_with_their_own_commit_and_refuses_a_different_protocol(tmp_path):
+    """`--add` puts a family on an existing leaderboard without retraining the others; the kept rows say
+    where they were measured, and rows measured with other seeds are never mixed in."""
+    first = json.loads(run_quality("synthetic", ("popularity",), TINY, log_mlflow=False, out_dir=tmp_path).read_text())
+    path = run_quality("synthetic", ("rules",), TINY, log_mlflow=False, out_dir=tmp_path, add=True)
+    report = json.loads(path.read_text())
+    assert list(report["models"]) == ["popularity", "rules"]
+    kept = report["models"]["popularity"]
+    assert kept["hr_at_10"] == first["models"]["popularity"]["hr_at_10"]
+    assert kept["measured"] == {"code": first["code"], "measured_at": first["machine"]["measured_at"]}
+    assert "measured" not in report["models"]["rules"]
+    assert "Rows kept from an earlier run" in (tmp_path / "quality-synthetic.md").read_text()
+    with pytest.raises(ValueError, match="seeds: report \\[42\\], this run \\[42, 43\\]"):
+        run_quality("synthetic", ("rules",), TINY, log_mlflow=False, out_dir=tmp_path, add=True, seeds=2)
+    with pytest.raises(ValueError, match="no such report"):
+        run_quality("synthetic", ("rules",), TINY, log_mlflow=False, out_dir=tmp_path / "empty", add=True)
