@@ -107,8 +107,9 @@ class MetaProd2VecSettings(ParamsSection):
     negative: int = Field(5, ge=1)
     lr: float = Field(0.025, gt=0)
     sample: float = Field(1e-3, ge=0)  # frequent-item subsampling threshold, as word2vec (0 = off)
-    logit_lr: float = Field(10.0, gt=0)  # step of the field-weight logits relative to lr
-    id_prior: float = 0.0  # initial logit of the item-id field (the meta fields start at 0)
+    meta_share: float = Field(0.5, gt=0, le=1)  # share of positions a walk's meta copy gives to a meta token
+    meta_confidence: float = Field(1.0, gt=0, le=1)  # cosine scale of the meta part of a vector (1 = off)
+    meta_prior: float = Field(0.0, ge=0)  # interactions at which a product's own vector and its meta weigh equally
     workers: int = Field(2, ge=1)
     # Meta fields whose embeddings are mixed with the item id's by a learned per-item softmax.
     fields: list[META_FIELD_CHOICES] = Field(

@@ -149,6 +149,7 @@ def run_text_encoder(s: Settings, p: Paths) -> dict[str, Any]:
 def run_meta_prod2vec(s: Settings, p: Paths) -> dict[str, Any]:
     from pipelines.embed.meta import item_fields
     from pipelines.embed.meta_prod2vec import train_meta_prod2vec
+    from pipelines.evaluate.slices import training_interactions
 
     started = time.perf_counter()
     with embedding_run(s, p, "meta_prod2vec", _section_params(s, "graph", "meta_prod2vec")) as run:
@@ -158,7 +159,8 @@ def run_meta_prod2vec(s: Settings, p: Paths) -> dict[str, Any]:
         walks = training_walks(s, p, seqs)
         fields = item_fields(catalogue, seqs.n_items, s.meta_prod2vec.fields, s.meta_prod2vec.text_vocab)
         prep_s = time.perf_counter() - t
-        emb = train_meta_prod2vec(walks.walks, fields, s.meta_prod2vec, seed=s.data.seed)
+        emb = train_meta_prod2vec(walks.walks, fields, s.meta_prod2vec, seed=s.data.seed,
+                                  interactions=training_interactions(seqs))
         emb.info.update({**{k: round(v, 3) for k, v in walks.timings.items()}, "fields_s": round(prep_s, 3),
                          "walks_sha256": walks_digest(walks.walks)})
         return finish("meta_prod2vec", emb, s, p, seqs, catalogue, run, started)

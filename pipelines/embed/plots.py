@@ -57,11 +57,11 @@ def plot_embedding_map(vectors, known: np.ndarray, labels: pd.Series | None, pat
 
 def plot_field_importance(importance: dict[str, float], path: Path, title: str = "Meta-Prod2Vec field importance"
                           ) -> Path:
-    """Bars of the average per-item softmax weight of each field, largest first."""
+    """Bars of each meta field's share of the importance (its agreement with the id vectors), largest first."""
     names = sorted(importance, key=importance.get, reverse=True)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.bar(names, [importance[n] for n in names], color="tab:blue")
-    ax.set_ylabel("mean softmax weight")
+    ax.set_ylabel("share of importance")
     ax.set_title(title)
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     return save_figure(fig, path)

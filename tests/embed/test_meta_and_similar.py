@@ -5,7 +5,7 @@ import pytest
 from pipelines.core.config import MetaProd2VecSettings, SimilarSettings, TfidfSettings
 from pipelines.embed.evaluate import CosineSimilarity, Popularity, evaluate_similarity
 from pipelines.embed.meta import item_fields, item_texts
-from pipelines.embed.meta_prod2vec import train_meta_prod2vec
+from pipelines.embed.meta_prod2vec import meta_sentences, train_meta_prod2vec
 from pipelines.embed.prod2vec import ItemEmbeddings
 from pipelines.embed.similar import SimilarProducts
 from pipelines.embed.text import train_tfidf
@@ -24,18 +24,66 @@ def test_meta_prod2vec_learns_classes_and_embeds_cold_items():
     walks = np.concatenate([rng.integers(1, 20, (300, 12)), rng.integers(21, 40, (300, 12))]).astype(np.int32)
     fields = item_fields(_catalogue(n), n, ["therapeutic_class", "form", "uses"])
     assert fields.fields == ["item_id", "therapeutic_class", "form"]  # "uses" is not a column: skipped
-    emb = train_meta_prod2vec(walks, fields, MetaProd2VecSettings(dim=16, epochs=3, workers=1), seed=0,
-                              progress=False)
+    settings = MetaProd2VecSettings(dim=16, epochs=3, workers=1)
+    emb = train_meta_prod2vec(walks, fields, settings, seed=0)
     assert emb.known[1:].all() and not emb.known[0]
-    assert emb.info["n_cold_items"] == 2
+    assert emb.info["n_meta_only_items"] == 2 and emb.info["n_warm_items"] == 38
     v = emb.vectors / np.linalg.norm(emb.vectors, axis=1, keepdims=True).clip(1e-9)
     assert v[20] @ v[1:20].mean(0) > v[20] @ v[21:40].mean(0)  # the cold alpha item sits with the alphas
     assert v[40] @ v[21:40].mean(0) > v[40] @ v[1:20].mean(0)
+    importance = emb.info["field_importance"]
+    assert importance["therapeutic_class"] > importance["form"]  # the class tells the walks apart, the form not
     weights = emb.extra["field_weights"]
-    assert np.allclose(weights[1:].sum(1), 1, atol=1e-4) and weights[20, 0] == 0  # a cold item has no id weight
-    again = train_meta_prod2vec(walks, fields, MetaProd2VecSettings(dim=16, epochs=3, workers=1), seed=0,
-                                progress=False)
-    assert np.array_equal(again.vectors, emb.vectors)  # one thread: fully reproducible
+    assert np.allclose(weights[1:].sum(1), 1, atol=1e-5)
+    assert weights[1, 0] == 1 and weights[20, 0] == 0  # an item with interactions is its id; a cold one its fields
+    again = train_meta_prod2vec(walks, fields, settings, seed=0)
+    assert np.array_equal(again.vectors, emb.vectors)  # one worker: fully reproducible
+
+
+def test_meta_only_products_are_held_back_by_their_confidence():
+    """A product known only by its meta scores `meta_confidence` times its cosine against any product
+    with interactions; products with interactions are untouched."""
+    n = 40
+    rng = np.random.default_rng(0)
+    walks = np.concatenate([rng.integers(1, 20, (300, 12)), rng.integers(21, 40, (300, 12))]).astype(np.int32)
+    fields = item_fields(_catalogue(n), n, ["therapeutic_class", "form"])
+    sure = train_meta_prod2vec(walks, fields, MetaProd2VecSettings(dim=16, epochs=2, workers=1), seed=0).vectors
+    held = train_meta_prod2vec(walks, fields, MetaProd2VecSettings(dim=16, epochs=2, workers=1,
+                                                                   meta_confidence=0.5), seed=0).vectors
+    assert np.allclose(np.linalg.norm(held[1:], axis=1), 1, atol=1e-5)
+    assert np.array_equal(held[1:20], sure[1:20])
+    assert held[20] @ held[1] == pytest.approx(0.5 * (sure[20] @ sure[1]), abs=1e-5)
+
+
+def test_meta_prior_moves_rare_products_toward_their_meta_and_needs_their_interactions():
+    n = 40
+    rng = np.random.default_rng(0)
+    walks = np.concatenate([rng.integers(1, 20, (300, 12)), rng.integers(21, 40, (300, 12))]).astype(np.int32)
+    fields = item_fields(_catalogue(n), n, ["therapeutic_class", "form"])
+    interactions = np.full(n + 1, 100)
+    interactions[[0, 5]] = [0, 1]  # item 5 is rare: one training interaction
+    settings = MetaProd2VecSettings(dim=16, epochs=2, workers=1, meta_prior=3.0)
+    emb = train_meta_prod2vec(walks, fields, settings, seed=0, interactions=interactions)
+    weights = emb.extra["field_weights"]
+    assert weights[5, 0] == pytest.approx(1 / 4) and weights[6, 0] == pytest.approx(100 / 103)
+    assert np.allclose(weights[1:].sum(1), 1, atol=1e-5)
+    own = train_meta_prod2vec(walks, fields, settings.model_copy(update={"meta_prior": 0.0}), seed=0).vectors
+    moved = 1 - np.einsum("id,id->i", emb.vectors, own)  # 1 - cosine to the product's own vector
+    assert moved[5] > 10 * moved[6] > 0  # the rare product leans on its meta, a frequent one barely
+    with pytest.raises(ValueError, match="meta_prior=3.0 needs each item's training interactions"):
+        train_meta_prod2vec(walks, fields, settings, seed=0)
+
+
+def test_meta_sentences_swap_a_share_of_items_for_their_own_meta_tokens():
+    fields = item_fields(_catalogue(10), 10, ["therapeutic_class"])
+    walks = np.tile(np.arange(1, 11), (200, 1))
+    sentences = meta_sentences(walks, fields, 0.5, np.random.default_rng(0))
+    flat = np.array(sentences, dtype=object)
+    swapped = np.char.startswith(flat.astype(str), "m:")
+    assert 0.45 < swapped.mean() < 0.55
+    assert set(flat[:, 0][swapped[:, 0]]) == {"m:therapeutic_class=alpha"}  # item 1 is an alpha
+    assert set(flat[:, 9][swapped[:, 9]]) == {"m:therapeutic_class=beta"}
+    assert (flat[~swapped] == walks.astype(str)[~swapped]).all()
 
 
 def test_meta_prod2vec_rejects_walks_outside_the_catalogue():

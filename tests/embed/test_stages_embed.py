@@ -41,11 +41,11 @@ def test_meta_prod2vec_shares_the_walks_and_reads_off_field_importance(embedded)
     paths, summaries = embedded
     assert summaries["meta_prod2vec"]["walks_sha256"] == summaries["prod2vec"]["walks_sha256"]
     importance = summaries["meta_prod2vec"]["field_importance"]
-    assert {"item_id", "therapeutic_class", "uses"} <= set(importance)
+    assert {"therapeutic_class", "uses"} <= set(importance) and "item_id" not in importance  # meta fields only
     assert abs(sum(importance.values()) - 1) < 1e-3
     assert (paths.embeddings / "meta_prod2vec" / "field_importance.png").exists()
     emb = ItemEmbeddings.load(paths.embeddings / "meta_prod2vec")
-    assert emb.extra["field_weights"].shape == (emb.n_items + 1, len(importance))
+    assert emb.extra["field_weights"].shape == (emb.n_items + 1, len(importance) + 1)  # column 0: the id's share
 
 
 def test_cold_items_get_meta_embeddings_but_not_prod2vec_ones(embedded):
