@@ -216,7 +216,7 @@ def run_quality(dataset: str, families: tuple[str, ...], overrides: list[str], l
     rows = {family: {**_mean_over_seeds(family_runs), "runs": family_runs} for family, family_runs in runs.items()}
     if add:
         rows = {family: (rows[family] if family in rows else earlier[family])
-                for family in [*FAMILIES] if family in rows or family in earlier}
+                for family in FAMILIES if family in rows or family in earlier}
     if "popularity" in rows and "business" in rows["popularity"]:
         base = rows["popularity"]["business"]
         for m in rows.values():

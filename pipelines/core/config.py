@@ -111,7 +111,7 @@ class MetaProd2VecSettings(ParamsSection):
     meta_confidence: float = Field(1.0, gt=0, le=1)  # cosine scale of the meta part of a vector (1 = off)
     meta_prior: float = Field(0.0, ge=0)  # interactions at which a product's own vector and its meta weigh equally
     workers: int = Field(2, ge=1)
-    # Meta fields whose embeddings are mixed with the item id's by a learned per-item softmax.
+    # Meta fields whose tokens join the walks' meta copies and whose vectors embed products by their meta.
     fields: list[META_FIELD_CHOICES] = Field(
         default_factory=lambda: ["therapeutic_class", "uses", "composition", "manufacturer", "form", "tags", "text"])
     text_vocab: int = Field(2000, ge=10)  # words of name + description kept for the "text" field

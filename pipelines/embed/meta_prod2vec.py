@@ -30,8 +30,9 @@ import time
 import numpy as np
 
 from pipelines.core.config import MetaProd2VecSettings
+from pipelines.embed.evaluate import normalise
 from pipelines.embed.meta import ItemFields
-from pipelines.embed.prod2vec import ItemEmbeddings
+from pipelines.embed.prod2vec import ItemEmbeddings, item_tokens, skipgram
 
 META_PREFIX = "m:"  # meta tokens are "m:<field>=<value>"; item tokens are the item id
 
@@ -45,11 +46,6 @@ def meta_sentences(walks: np.ndarray, fields: ItemFields, share: float, rng: np.
     out = item_tokens(fields.n_items)[walks]
     out[replace] = meta_tokens[fields.value_ids[pick[replace]]]
     return out.tolist()
-
-
-def item_tokens(n_items: int) -> np.ndarray:
-    """Item id -> its token, one shared string per item (a corpus of millions of words holds only pointers)."""
-    return np.array([str(i) for i in range(n_items + 1)], dtype=object)
 
 
 def _field_vectors(fields: ItemFields, value_vectors: np.ndarray, has_value: np.ndarray) -> np.ndarray:
@@ -68,13 +64,10 @@ def compose(ids: np.ndarray, meta: np.ndarray, id_share: np.ndarray, known: np.n
     """Each known item's unit vector: `id_share` of its id direction, the rest its meta direction, held back in
     proportion to the meta part (scaled by id_share + (1 - id_share) * confidence, the remainder on one shared
     extra axis, so a product known by its meta alone scores `confidence` times its cosine). (vectors, known)."""
-    def unit(x: np.ndarray) -> np.ndarray:
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
     known = known.copy()
     known[0] = False
     share = id_share[:, None]
-    direction = unit(share * unit(ids) + (1 - share) * unit(meta))
+    direction = normalise(share * normalise(ids) + (1 - share) * normalise(meta))
     scale = (id_share + (1 - id_share) * confidence)[:, None]
     vectors = np.concatenate([scale * direction, np.sqrt(np.maximum(1 - scale**2, 0))], axis=1).astype(np.float32)
     vectors[~known] = 0.0
@@ -91,8 +84,6 @@ def train_meta_prod2vec(walks: np.ndarray, fields: ItemFields, s: MetaProd2VecSe
     item's id share is n / (n + meta_prior), n its training `interactions` (then required): rare products
     lean on their meta.
     """
-    from gensim.models import Word2Vec
-
     n_items = fields.n_items
     if walks.ndim != 2 or walks.shape[1] < 2:
         raise ValueError(f"walks must be a (n_walks, length >= 2) array, got shape {walks.shape}")
@@ -101,9 +92,8 @@ def train_meta_prod2vec(walks: np.ndarray, fields: ItemFields, s: MetaProd2VecSe
     walks = np.ascontiguousarray(walks, dtype=np.int64)
     started = time.perf_counter()
     corpus = item_tokens(n_items)[walks].tolist() + meta_sentences(walks, fields, s.meta_share, np.random.default_rng(seed))
-    model = Word2Vec(vector_size=s.dim, window=s.window, sg=1, negative=s.negative, alpha=s.lr, sample=s.sample,
-                     min_count=1, workers=s.workers, seed=seed)
-    model.build_vocab(corpus)
+    model = skipgram(corpus, dim=s.dim, window=s.window, negative=s.negative, min_count=1, workers=s.workers,
+                     seed=seed, alpha=s.lr, sample=s.sample)
     model.train(corpus, total_examples=len(corpus), epochs=s.epochs)
     train_s = time.perf_counter() - started
 
@@ -123,7 +113,7 @@ def train_meta_prod2vec(walks: np.ndarray, fields: ItemFields, s: MetaProd2VecSe
 
     per_field = _field_vectors(fields, values, has_value)  # (items, fields, dim); field 0 (the id) stays 0
     present = np.linalg.norm(per_field, axis=2) > 0
-    unit_ids = ids / np.maximum(np.linalg.norm(ids, axis=1, keepdims=True), 1e-12)
+    unit_ids = normalise(ids)
     agreement = np.einsum("ifd,id->if", per_field[warm], unit_ids[warm])  # cosine of each field to the id
     used = present[warm]
     importance = np.zeros(len(fields.fields))

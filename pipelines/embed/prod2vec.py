@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -102,19 +103,32 @@ def make_walks(
     return Walks(walks=walks, graph=graph, sampler=sampler, timings=timings)
 
 
+def item_tokens(n_items: int) -> np.ndarray:
+    """Item id -> its word2vec token, one shared string per item (a corpus of millions of words holds pointers)."""
+    return np.array([str(i) for i in range(n_items + 1)], dtype=object)
+
+
+def skipgram(corpus: list[list[str]], *, dim: int, window: int, negative: int, min_count: int, workers: int,
+             seed: int, alpha: float = 0.025, sample: float = 1e-3) -> Any:
+    """A gensim skip-gram (negative sampling) with its vocabulary built from `corpus`, not yet trained."""
+    from gensim.models import Word2Vec
+
+    model = Word2Vec(vector_size=dim, window=window, sg=1, negative=negative, alpha=alpha, sample=sample,
+                     min_count=min_count, workers=workers, seed=seed)
+    model.build_vocab(corpus)
+    return model
+
+
 def word2vec_on_walks(walks: np.ndarray, n_items: int, w2v: Prod2VecSettings, seed: int) -> tuple[
         np.ndarray, np.ndarray, dict[str, float]]:
     """gensim skip-gram with negative sampling; (vectors, known, timings incl. words/s)."""
-    from gensim.models import Word2Vec
-
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    corpus = [[str(i) for i in w] for w in walks.tolist()]
+    corpus = item_tokens(n_items)[walks].tolist()
     timings["corpus_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    model = Word2Vec(vector_size=w2v.dim, window=w2v.window, sg=1, negative=w2v.negative,
-                     min_count=w2v.min_count, workers=w2v.workers, seed=seed)
-    model.build_vocab(corpus)
+    model = skipgram(corpus, dim=w2v.dim, window=w2v.window, negative=w2v.negative, min_count=w2v.min_count,
+                     workers=w2v.workers, seed=seed)
     timings["vocab_s"] = time.perf_counter() - t
     t = time.perf_counter()
     model.train(corpus, total_examples=len(corpus), epochs=w2v.epochs)
