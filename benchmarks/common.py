@@ -14,6 +14,18 @@ from pipelines.core.config import PROJECT_ROOT
 from pipelines.track.lineage import provenance, provenance_line
 
 REPORTS = PROJECT_ROOT / "reports"
+_STARTED: dict[str, Any] | None = None  # the code when this benchmark started (capture_start)
+
+
+def _command() -> str:
+    return " ".join(["rxrec", *sys.argv[1:]])
+
+
+def capture_start() -> None:
+    """Record the code a benchmark measures as it starts (`rxrec bench` calls this before any command):
+    a report then names the commit it ran on, not whatever the tree holds when it finishes an hour later."""
+    global _STARTED
+    _STARTED = provenance(PROJECT_ROOT, _command())
 
 
 def machine() -> dict[str, Any]:
@@ -28,8 +40,11 @@ def machine() -> dict[str, Any]:
 def write_report(name: str, payload: dict[str, Any], markdown: str, out_dir: Path = REPORTS) -> Path:
     """reports/<name>.json (payload + machine + command + code commit) and reports/<name>.md (ending in the same)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    command = " ".join(["rxrec", *sys.argv[1:]])
+    command = _command()
     code = provenance(PROJECT_ROOT, command)
+    if _STARTED is not None and _STARTED["git_commit"] != code["git_commit"]:
+        # The tree changed while it ran: the figures belong to the start's code; say what it was at the end.
+        code = {**_STARTED, "git_commit_at_write": code["git_commit"]}
     body = {"benchmark": name, "command": command, "code": code, "machine": machine(), **payload}
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps(body, indent=2, default=str))

@@ -48,6 +48,27 @@ def _top_open_level(result: dict[str, Any]) -> dict[str, Any]:
 
 def serve(reports: Path) -> str:
     report = _read(reports, "serve")
+    if isinstance(report["results"], dict):  # one catalogue, one window per level (reports before repeats)
+        return _serve_one_catalogue(report)
+    lines = [(f"Last run ([reports/serve.md](reports/serve.md), {_measured(report)}; {report['server']['triton']}; "
+              f"server and load generator on the same {report['machine']['cpu_count']} cores; each level "
+              f"{report['load_generator']['repeats']} times, {report['load_generator']['duration_s']:g} s each, the "
+              f"worst counts):"), "",
+             ("| catalogue | items | length | requests/min (worst) | p99 ms (worst; spread) | errors | target "
+             "| ORT floor p99 ms | model |"), "|---|---:|---:|---:|---|---:|---|---:|---|"]
+    for r in report["results"]:
+        _rate, worst = max(r["worst"].items(), key=lambda kv: float(kv[0]))
+        target = r["target"]
+        verdict = "-" if r["passed"] is None else ("pass" if r["passed"] else "FAIL")
+        lines.append(f"| {r['catalogue']} | {r['n_items']:,} | {r['length']} | {worst['requests_per_min']:,.0f} "
+                     f"| {worst['p99_ms']:.1f} ({worst['p99_ms_spread'][0]:.1f}–{worst['p99_ms_spread'][1]:.1f}) "
+                     f"| {worst['errors']} | p99 <= {target['p99_ms']:g} ms at {target['requests_per_min']:,.0f}/min: "
+                     f"{verdict} | {r['ort_floor']['batch1_p99_ms']:.2f} | {r['source']} |")
+    lines += ["", f"Overall {'PASS' if report['passed'] else 'FAIL'}{_caveat(report)}."]
+    return "\n".join(lines) + "\n"
+
+
+def _serve_one_catalogue(report: dict[str, Any]) -> str:
     parts, targets = [], []
     for length, result in sorted(report["results"].items(), key=lambda kv: int(kv[0])):
         level, target = _top_open_level(result), result["target"]
@@ -143,8 +164,30 @@ def quality(reports: Path) -> str:
     return "\n".join(lines)
 
 
+def scale(reports: Path) -> str:
+    """The chain's wall time and peak memory per world size, the target's verdict and the slowest stages."""
+    report = _read(reports, "scale")
+    lines = [(f"Last run ([reports/scale.md](reports/scale.md), {_measured(report)}; every stage as `rxrec stage`, "
+              f"{len(report['chain'])} stages, {report['chain'][0]} to {report['chain'][-1]}):"), "",
+             "| products | users | events | chain wall s | peak GB | slowest stages (s) |", "|---:|---:|---:|---:|---:|---|"]
+    for size in report["sizes"]:
+        slowest = sorted(size["stages"], key=lambda st: -st["wall_s"])[:3]
+        names = ", ".join(f"{st['stage']} {st['wall_s']:,.0f}" + ("" if st["status"] == "ok" else f" ({st['status']})")
+                          for st in slowest)
+        kept = f" (kept from {_measured(_row_stamp(report, size))})" if "measured" in size else ""
+        lines.append(f"| {size['products']:,} | {size['users']:,} | {size['events'] or 0:,} | {size['wall_s']:,.0f} "
+                     f"| {size['peak_rss_gb']:.2f} | {names}{kept} |")
+    v = report["verdict"]
+    worse = [stage for stage, g in report["growth"].items() if g["worse_than_nlogn"]]
+    lines += ["", (f"Target on the largest world measured ({v['world']}): the chain in <= {report['chain_limit_s']:,.0f} s "
+                   f"with <= {report['memory_limit_gb']:g} GB: {'met' if v['met'] else 'not met'}"
+                   + (f", stopped at {v['stopped_at']['stage']} ({v['stopped_at']['status']})" if v["stopped_at"] else "")
+                   + f". Stages growing worse than n log n: {', '.join(worse) if worse else 'none'}.")]
+    return "\n".join(lines) + "\n"
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {"serve": serve, "reliability": reliability, "placements": placements,
-                                               "serve_recommend": serve_recommend, "quality": quality}
+                                               "serve_recommend": serve_recommend, "quality": quality, "scale": scale}
 
 
 def _read(reports: Path, name: str, command: str = "") -> dict[str, Any]:

@@ -594,12 +594,18 @@ def data_push(
     typer.echo(f"pushed to {result.remote} ({result.url}) in {result.attempts} attempt(s), {result.elapsed_s} s")
 
 
-bench = typer.Typer(no_args_is_help=True, help="Quality and speed benchmarks (JSON + markdown under reports/).")
+def _bench_started() -> None:
+    """Every benchmark records the code it starts on (benchmarks.common.capture_start)."""
+    __import__("benchmarks.common", fromlist=["capture_start"]).capture_start()
+
+
+bench = typer.Typer(no_args_is_help=True, callback=_bench_started,
+                    help="Quality and speed benchmarks (JSON + markdown under reports/).")
 app.add_typer(bench, name="bench")
 # Benchmark commands live in benchmarks/<name>.py and are registered on `bench` there:
 # each module defines `register(bench: typer.Typer)`; list them here.
 BENCHMARK_MODULES: tuple[str, ...] = ("data", "quality", "refit", "placements", "embeddings", "walks", "serve", "soak",
-                                      "reliability", "readme")
+                                      "scale", "reliability", "readme")
 for _module in BENCHMARK_MODULES:
     __import__(f"benchmarks.{_module}", fromlist=["register"]).register(bench)
 

@@ -128,8 +128,10 @@ class WalkSampler:
         self.indices = graph.indices.astype(np.int32)
         weights = graph.data.astype(np.float64)
         self.degree = np.diff(self.indptr)
-        self.strength = np.add.reduceat(weights, self.indptr[:-1]) if len(weights) else np.zeros(len(self.degree))
-        self.strength[self.degree == 0] = 0.0
+        # Per-row sums; not np.add.reduceat, which fails when the last rows have no edges (a catalogue whose
+        # newest products were never bought together with anything).
+        self.strength = np.bincount(np.repeat(np.arange(len(self.degree)), self.degree), weights=weights,
+                                    minlength=len(self.degree))
         self.prob, self.alias = _build_alias(self.indptr, weights)
 
     @property

@@ -42,8 +42,11 @@ def provenance_line(code: dict[str, Any] | None) -> str:
     """One line for a report's markdown: the commit and command its figures come from."""
     if not code or not code.get("git_commit"):
         return f"Code: not recorded. {(code or {}).get('note', '')}".strip()
-    return (f"Code: commit `{code['git_commit']}`, command `{code['command']}`, params.yaml md5 "
+    line = (f"Code: commit `{code['git_commit']}`, command `{code['command']}`, params.yaml md5 "
             f"`{code.get('params_md5') or '-'}`.")
+    if code.get("git_commit_at_write"):
+        line += f" (The tree was at `{code['git_commit_at_write']}` when the report was written.)"
+    return line
 
 
 def content_hash(folder: Path) -> str:

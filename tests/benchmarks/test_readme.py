@@ -49,6 +49,41 @@ def test_a_passage_is_the_reports_figures_at_the_judged_level(tmp_path):
     assert "commit not recorded" in body and body.endswith("overall PASS (Measured before X).\n")
 
 
+def test_the_serve_passage_quotes_each_catalogue_at_its_worst_repeat(tmp_path):
+    worst = {"500": {"requests_per_min": 30_000.0, "p99_ms": 4.0, "p99_ms_spread": [3.0, 4.0], "errors": 0},
+             "1050": {"requests_per_min": 62_512.0, "p99_ms": 18.25, "p99_ms_spread": [9.5, 18.25], "errors": 0}}
+    result = {"catalogue": "synthetic-100000", "n_items": 100_000, "length": 50, "worst": worst, "passed": True,
+              "target": {"p99_ms": 20.0, "requests_per_min": 60000}, "ort_floor": {"batch1_p99_ms": 1.234},
+              "source": "GPT4Rec trained by the pipeline on synthetic-100000"}
+    report = {**SERVE, "results": [result], "server": {"triton": "tritonserver 2.51.0"},
+              "load_generator": {"repeats": 3, "duration_s": 30.0}}
+    (tmp_path / "serve.json").write_text(json.dumps(report))
+    body = passages(render(README_TEXT, tmp_path))["serve"]
+    assert "each level 3 times, 30 s each, the worst counts" in body and "tritonserver 2.51.0" in body
+    assert ("| synthetic-100000 | 100,000 | 50 | 62,512 | 18.2 (9.5–18.2) | 0 | p99 <= 20 ms at 60,000/min: pass "
+            "| 1.23 | GPT4Rec trained by the pipeline on synthetic-100000 |") in body  # the top rate, not 500/s
+    assert body.endswith("Overall PASS.\n")
+
+
+def test_the_scale_passage_quotes_every_world_and_the_target(tmp_path):
+    stage = {"stage": "generate", "status": "ok", "wall_s": 12.0, "cpu_s": 11.0, "peak_rss_gb": 0.5, "error": ""}
+    slow = {**stage, "stage": "train_gpt4rec", "wall_s": 3000.0, "status": "timed out"}
+    sizes = [{"products": 3000, "users": 12000, "events": 170_000, "wall_s": 12.0, "peak_rss_gb": 0.5,
+              "stages": [stage], "complete": True},
+             {"products": 100_000, "users": 1_200_000, "events": 20_000_000, "wall_s": 3012.0, "peak_rss_gb": 3.0,
+              "stages": [stage, slow], "complete": False,
+              "measured": {"code": {"git_commit": "fedcba9876543210"}, "measured_at": "2026-12-05T00:00:00"}}]
+    report = {**SERVE, "chain": ["generate", "train_gpt4rec"], "sizes": sizes, "chain_limit_s": 7200.0,
+              "memory_limit_gb": 12.0, "growth": {"generate": {"worse_than_nlogn": False}},
+              "verdict": {"world": "100,000 products, 1,200,000 users", "met": False,
+                          "stopped_at": {"stage": "train_gpt4rec", "status": "timed out"}}}
+    (tmp_path / "scale.json").write_text(json.dumps(report))
+    body = passages(render("<!-- figures: scale -->\n<!-- /figures -->\n", tmp_path))["scale"]
+    assert "| 3,000 | 12,000 | 170,000 | 12 | 0.50 | generate 12 |" in body
+    assert "train_gpt4rec 3,000 (timed out), generate 12 (kept from commit fedcba987654, 2026-12-05) |" in body
+    assert "not met, stopped at train_gpt4rec (timed out). Stages growing worse than n log n: none." in body
+
+
 def test_the_quality_passage_quotes_every_leaderboard_with_its_seeds_spread(tmp_path):
     row = {"hr_at_10": 0.40712, "ndcg_at_10": 0.26831, "train_seconds": 261.6,
            "spread": {"hr_at_10": 0.00134, "ndcg_at_10": 0.0014}}
@@ -84,6 +119,16 @@ def test_a_report_records_the_commit_command_and_params_it_ran_with(tmp_path, mo
     assert len(body["code"]["params_md5"]) == 32 and body["figure"] == 1
     markdown = (tmp_path / "demo.md").read_text()
     assert markdown.startswith("# Demo\n") and f"Code: commit `{body['code']['git_commit']}`" in markdown
+
+
+def test_a_report_names_the_code_it_started_on_when_the_tree_moved_while_it_ran(tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["rxrec", "bench", "scale"])
+    started = {"git_commit": "f" * 40, "command": "rxrec bench scale", "params_md5": "0" * 32}
+    monkeypatch.setattr("benchmarks.common._STARTED", started)
+    body = json.loads(write_report("demo", {}, "# Demo\n", tmp_path).read_text())
+    assert body["code"]["git_commit"] == "f" * 40 and body["code"]["params_md5"] == "0" * 32
+    assert body["code"]["git_commit_at_write"] not in ("", "f" * 40)
+    assert "when the report was written" in (tmp_path / "demo.md").read_text()
 
 
 @pytest.mark.parametrize("report", sorted(p.name for p in REPORTS.glob("*.json")))

@@ -39,6 +39,15 @@ def test_transition_frequencies_follow_weights():
     assert abs(share - 0.75) < 0.02
 
 
+def test_nodes_without_edges_at_the_end_of_the_catalogue_have_zero_strength():
+    # Items 4 and 5 (the newest products) were never seen with another one: the last rows are empty.
+    g = cooccurrence_graph([np.array([1, 2]), np.array([2, 3])], n_items=5, window=1)
+    sampler = WalkSampler(g)
+    assert sampler.strength.tolist() == [0.0, 1.0, 2.0, 1.0, 0.0, 0.0]
+    walks = sampler.walk(np.array([4, 5, 1]), 3, np.random.default_rng(0))
+    assert walks[0].tolist() == [4, 4, 4] and walks[2, 1] == 2  # an isolated start stays where it is
+
+
 def test_balanced_starts_cover_unpopular_nodes():
     g = cooccurrence_graph([np.array([1, 2])] * 50 + [np.array([3, 4])], n_items=4, window=1)
     sampler = WalkSampler(g)
