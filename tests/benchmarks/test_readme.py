@@ -26,7 +26,7 @@ README_TEXT = "intro\n<!-- figures: serve -->\nold text\n<!-- /figures -->\noutr
 
 def test_the_readme_quotes_what_the_reports_say_now():
     text = README.read_text()
-    assert set(passages(text)) == {"serve", "reliability", "placements", "serve_recommend", "quality"}, \
+    assert set(passages(text)) == {"serve", "reliability", "placements", "serve_recommend", "quality", "scale"}, \
         "the README lost a figures passage"
     rendered = passages(render(text, REPORTS))
     stale = [n for n, body in passages(text).items() if rendered[n] != body]
@@ -75,13 +75,17 @@ def test_the_scale_passage_quotes_every_world_and_the_target(tmp_path):
               "measured": {"code": {"git_commit": "fedcba9876543210"}, "measured_at": "2026-12-05T00:00:00"}}]
     report = {**SERVE, "chain": ["generate", "train_gpt4rec"], "sizes": sizes, "chain_limit_s": 7200.0,
               "memory_limit_gb": 12.0, "growth": {"generate": {"worse_than_nlogn": False}},
-              "verdict": {"world": "100,000 products, 1,200,000 users", "met": False,
+              "verdict": {"world": "100,000 products, 1,200,000 users", "met": False, "events": 20_000_000,
                           "stopped_at": {"stage": "train_gpt4rec", "status": "timed out"}}}
     (tmp_path / "scale.json").write_text(json.dumps(report))
     body = passages(render("<!-- figures: scale -->\n<!-- /figures -->\n", tmp_path))["scale"]
     assert "| 3,000 | 12,000 | 170,000 | 12 | 0.50 | generate 12 |" in body
     assert "train_gpt4rec 3,000 (timed out), generate 12 (kept from commit fedcba987654, 2026-12-05) |" in body
     assert "not met, stopped at train_gpt4rec (timed out). Stages growing worse than n log n: none." in body
+    report["verdict"] |= {"events": 518_014, "met": True, "stopped_at": None}  # a small world: not judged
+    (tmp_path / "scale.json").write_text(json.dumps(report))
+    body = passages(render("<!-- figures: scale -->\n<!-- /figures -->\n", tmp_path))["scale"]
+    assert "not judged yet (it is set for the ~100x world; the largest measured has 518,014 events)." in body
 
 
 def test_the_quality_passage_quotes_every_leaderboard_with_its_seeds_spread(tmp_path):

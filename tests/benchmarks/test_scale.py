@@ -42,14 +42,17 @@ def test_sizes_and_stages_are_parsed_in_order_and_bad_ones_named():
 
 def test_growth_flags_a_quadratic_stage_not_a_linear_one_nor_a_short_one():
     assert 1.0 < nlogn_exponent(1e5, 1e6) < 1.2
-    small = _run(100_000, {"linear": 20.0, "quadratic": 20.0, "startup": 2.0})
-    large = _run(1_000_000, {"linear": 200.0, "quadratic": 2000.0, "startup": 9.0})
+    small = _run(2_000_000, {"linear": 20.0, "quadratic": 20.0, "startup": 2.0})
+    large = _run(20_000_000, {"linear": 200.0, "quadratic": 2000.0, "startup": 9.0})
     g = growth([small, large])
     assert g["linear"]["exponent"] == pytest.approx(1.0) and not g["linear"]["worse_than_nlogn"]
     assert g["quadratic"]["exponent"] == pytest.approx(2.0) and g["quadratic"]["worse_than_nlogn"]
     assert not g["startup"]["judged"] and not g["startup"]["worse_than_nlogn"]  # under 10 s: start-up cost
     text = markdown(payload([small, large], ("linear", "quadratic", "startup"), [], 7200.0, 20.0), plot_name=None)
     assert "quadratic" in text.split("worse than n log n between")[1] and "**met**" in text
+    # The target is set for the ~100x world: a run that stops below 10M events is not judged on it.
+    text = markdown(payload([small], ("linear",), [], 7200.0, 20.0), plot_name=None)
+    assert "**not judged: the target is for a world of >= 10,000,000 events**" in text
 
 
 def test_a_failing_stage_stops_its_world_and_the_report_names_it(tmp_path):
