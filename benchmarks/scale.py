@@ -374,8 +374,7 @@ def markdown(data: dict[str, Any], plot_name: str | None = "scale.png") -> str:
                     else "" if g["judged"] else " (under 10 s: not judged)")
             gcell = f"{g['exponent']:.2f} ({g['nlogn_exponent']:.2f}){mark}"
         lines.append(f"| {stage} | " + " | ".join(cells) + f" | {gcell} |")
-    judged = (v["events"] or 0) >= TARGET_MIN_EVENTS
-    result = ("met" if v["met"] else "not met") if judged else \
+    result = ("met" if v["met"] else "not met") if v["judged"] else \
         f"not judged: the target is for a world of >= {TARGET_MIN_EVENTS:,} events"
     lines += ["", (f"Target on the largest world asked for ({v['world']}): chain <= {data['chain_limit_s']:,.0f} s, "
               f"peak <= {data['memory_limit_gb']:g} GB: **{result}**. "

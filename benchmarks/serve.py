@@ -327,6 +327,13 @@ def write_served_models(repo: Path, onnx: Path, seq_lens: list[int], server: Ser
     return models
 
 
+def random_export(length: int, n_items: int, settings: Any, work_dir: Path) -> tuple[Path, str]:
+    """(model.onnx, how the report names it) of an untrained GPT4Rec at this length and catalogue size."""
+    source = ("GPT4Rec with params.yaml's architecture, random weights (latency does not depend on "
+              f"them), n_items={n_items}, exported by pipelines/export/onnx.py")
+    return export_model(length, n_items, settings, work_dir / "models"), source
+
+
 def prepare_models(repo: Path, seq_lens: list[int], n_items: int, server: ServerConfig, settings: Any,
                    work_dir: Path, *, benchmark: str) -> dict[int, dict[str, Any]]:
     """Write gpt4rec_len<N> into a Triton repository per length: the demo's champion when it was
@@ -337,9 +344,7 @@ def prepare_models(repo: Path, seq_lens: list[int], n_items: int, server: Server
         if champion is not None:
             path, source = champion, f"the demo's trained champion ({champion.relative_to(PROJECT_ROOT)})"
         else:
-            path = export_model(length, n_items, settings, work_dir / "models")
-            source = ("GPT4Rec with params.yaml's architecture, random weights (latency does not depend on "
-                      f"them), n_items={n_items}, exported by pipelines/export/onnx.py")
+            path, source = random_export(length, n_items, settings, work_dir)
         models |= write_served_models(repo, path, [length], server, source=source, benchmark=benchmark)
     return models
 
@@ -377,9 +382,7 @@ def _serve_catalogue(model: dict[str, Any], seq_lens: list[int], rates: dict[int
     if model["onnx"] is None:  # random weights: one export per length at this catalogue size
         served = {}
         for length in seq_lens:
-            onnx = export_model(length, n_items, settings, work_dir / "models")
-            source = ("GPT4Rec with params.yaml's architecture, random weights, "
-                      f"n_items={n_items}, exported by pipelines/export/onnx.py")
+            onnx, source = random_export(length, n_items, settings, work_dir)
             served |= write_served_models(repo, onnx, [length], server, source=source, benchmark="serve")
     else:
         served = write_served_models(repo, Path(model["onnx"]), seq_lens, server, source=model["source"],
