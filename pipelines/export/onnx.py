@@ -45,12 +45,16 @@ class TopKRecommender(nn.Module):
         self.mask_seen = mask_seen
 
     def masked_logits(self, input_ids: torch.Tensor, event_types: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores with padding (column 0) and, with mask_seen, the session's items set to MASKED_SCORE.
+
+        The masked score is scattered into batch x (length + 1) cells rather than selected through a
+        batch x catalogue boolean mask: at 100k items that mask cost a quarter of the served graph.
+        """
         logits = self.model(input_ids, event_types)
-        is_padding = torch.arange(logits.shape[1], device=logits.device) == 0
-        masked = is_padding.unsqueeze(0).expand_as(logits)
+        columns = torch.zeros_like(input_ids[:, :1])
         if self.mask_seen:
-            masked = masked | torch.zeros_like(logits, dtype=torch.bool).scatter(1, input_ids, True)
-        return logits.masked_fill(masked, MASKED_SCORE)
+            columns = torch.cat([columns, input_ids], dim=1)
+        return logits.scatter(1, columns, MASKED_SCORE)
 
     def forward(self, input_ids: torch.Tensor,
                 event_types: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
