@@ -147,7 +147,7 @@ def fit_context(family: str, seqs: Any, catalogue: Any, settings: Any, seed: int
             inputs[which] = (built, time.perf_counter() - started)
         else:
             inputs[which] = (build_item_features(catalogue, seqs.n_items).tokens, 0.0)
-    ctx = FitContext(seed=seed, k=settings.evaluate.k, **{str(which): inputs[which][0] for which in wanted})
+    ctx = FitContext(seed=seed, k=settings.evaluate.k, max_users=settings.evaluate.max_users, **{str(which): inputs[which][0] for which in wanted})
     return ctx, sum(inputs[which][1] for which in wanted)
 
 
@@ -205,7 +205,7 @@ def run_quality(dataset: str, families: tuple[str, ...], overrides: list[str], l
         for family, model, info in fit_families(families, seqs, world.catalogue, settings, seed=seed):
             lists: dict[int, np.ndarray] = {}
             m = evaluate(model, seqs, split="test", k=k, mask_seen=settings.evaluate.mask_seen, slices=slices,
-                         top_lists=lists if truth is not None else None)
+                         max_users=settings.evaluate.max_users, top_lists=lists if truth is not None else None)
             m["seed"], m["train_seconds"], m["train_info"] = seed, info["train_seconds"], info
             if truth is not None:
                 users = {int(seqs.user_ids[row]): items for row, items in lists.items()}

@@ -36,7 +36,8 @@ def run_refit_check(dataset: str, family: str, recipe: str | None, seed: int | N
     refit, refit_info = refit_family(family, earlier, getattr(settings, family), ctx, info["best_epoch"])
     scores = {}
     for which, model in (("selected", selected), ("refit", refit)):
-        m = evaluate(model, earlier, split="test", k=k, mask_seen=settings.evaluate.mask_seen)
+        m = evaluate(model, earlier, split="test", k=k, mask_seen=settings.evaluate.mask_seen,
+                     max_users=settings.evaluate.max_users)
         scores[which] = {key: m[key] for key in (f"hr_at_{k}", f"ndcg_at_{k}", "mrr", "n_users")}
         typer.echo(f"  {which:<8} HR@{k} {m[f'hr_at_{k}']:.4f}  NDCG@{k} {m[f'ndcg_at_{k}']:.4f}")
     return {"dataset": name, "family": family, "seed": seed, "recipe": recipe, "overrides": overrides, "k": k,

@@ -130,6 +130,9 @@ class EvaluateSettings(ParamsSection):
     mask_seen: bool = True
     # A cold-start item has at most this many training interactions (pipelines/evaluate/slices.py).
     cold_max_interactions: int = Field(5, ge=0)
+    # Users ranked per split (leaderboard, validation epochs, gate): above this many, a fixed seeded sample
+    # of this many (pipelines/evaluate/protocol.py user_sample); 0 = every user.
+    max_users: int = Field(50_000, ge=0)
 
 
 class MlflowSettings(ParamsSection):

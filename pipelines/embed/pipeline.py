@@ -74,7 +74,8 @@ def finish(method: str, emb: ItemEmbeddings, s: Settings, p: Paths, seqs: Sequen
     t = time.perf_counter()
     metrics = evaluate_similarity(CosineSimilarity(method, emb.vectors, emb.known), seqs, split="test",
                                   k=s.evaluate.k, mask_seen=s.evaluate.mask_seen,
-                                  cold_max_interactions=s.evaluate.cold_max_interactions)
+                                  cold_max_interactions=s.evaluate.cold_max_interactions,
+                                  max_users=s.evaluate.max_users)
     timings["evaluate_s"] = time.perf_counter() - t
     out = _fresh(p.embeddings / method)
     t = time.perf_counter()
@@ -177,7 +178,8 @@ def run_similar_products(s: Settings, p: Paths) -> dict[str, Any]:
     table: dict[str, dict[str, float]] = {
         "popularity": evaluate_similarity(Popularity(seqs.train(), seqs.n_items), seqs, k=k,
                                           mask_seen=s.evaluate.mask_seen,
-                                          cold_max_interactions=s.evaluate.cold_max_interactions)}
+                                          cold_max_interactions=s.evaluate.cold_max_interactions,
+                                          max_users=s.evaluate.max_users)}
     for method in METHODS:
         metrics_file = p.embeddings / method / METRICS_FILE
         if not metrics_file.exists():

@@ -27,6 +27,7 @@ from pipelines.core.config import ParamsSection
 from pipelines.core.contract import left_pad
 from pipelines.data.sequences import Sequences
 from pipelines.evaluate.protocol import evaluate
+from pipelines.models.losses import LossKind
 
 if TYPE_CHECKING:  # torch is imported where a neural family runs, not where families are listed
     import torch
@@ -48,6 +49,7 @@ class FitContext:
 
     seed: int
     k: int = 10  # evaluate.k: the cut-off at which a neural family picks its best epoch
+    max_users: int | None = None  # evaluate.max_users: validation epochs rank a fixed sample of this many users
     progress: bool = True
     pretrained: ItemEmbeddings | None = None
     item_tokens: np.ndarray | None = None
@@ -187,6 +189,11 @@ class SequenceModelSettings(ParamsSection):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     patience: int = Field(3, ge=1)  # epochs without a better validation score before stopping
     time_budget_s: float = Field(0, ge=0)  # stop after the epoch that passes it; 0 = no budget
+    # The next-item loss (pipelines/models/losses.py): softmax over every item, or over `negatives` shared
+    # popularity-sampled items; auto = full up to `sampled_above_items` catalogue items, sampled above.
+    loss: LossKind = "auto"
+    negatives: int = Field(1024, ge=1)
+    sampled_above_items: int = Field(20_000, ge=1)
 
 
 class EpochSettings(Protocol):
@@ -262,7 +269,7 @@ def fit_by_validation(model: Any, seqs: Sequences, s: EpochSettings, ctx: FitCon
                             "elapsed_s": round(time.perf_counter() - started, 2)})
             best_epoch = epoch
             continue
-        valid = evaluate(model, seqs, split="valid", k=ctx.k)
+        valid = evaluate(model, seqs, split="valid", k=ctx.k, max_users=ctx.max_users)
         row = {"epoch": epoch, "loss": total / batches, hr_key: valid[f"hr_at_{ctx.k}"],
                ndcg_key: valid[f"ndcg_at_{ctx.k}"], "elapsed_s": round(time.perf_counter() - started, 2)}
         history.append(row)

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -26,6 +25,7 @@ from pipelines.models.base import (
     SequenceModelSettings,
     fit_by_validation,
 )
+from pipelines.models.losses import NextItemLoss
 
 
 class BERT4RecSettings(SequenceModelSettings):
@@ -78,6 +78,8 @@ class BERT4Rec(nn.Module, NextItemNetwork):
         if not len(sequences):
             raise ValueError("no user has two or more training items: nothing to learn from")
         generator = torch.Generator(device=device).manual_seed(ctx.seed)
+        next_item_loss = NextItemLoss(s.loss, s.negatives, s.sampled_above_items, seqs.train(), seqs.n_items, device,
+                                      torch.Generator(device=device).manual_seed(ctx.seed + 1))
 
         def batch_loss(rows: np.ndarray) -> torch.Tensor:
             items = torch.from_numpy(sequences[rows]).to(device)
@@ -86,9 +88,10 @@ class BERT4Rec(nn.Module, NextItemNetwork):
             masked = (torch.rand(items.shape, generator=generator, device=device) < s.mask_prob) & real
             masked[:, -1] |= ~masked.any(1)  # at least one per row: the last item (always real)
             states = model.hidden(items.masked_fill(masked, model.mask_id))
-            return F.cross_entropy(model.logits(states[masked]), items[masked])
+            return next_item_loss(model.item_emb.weight[: model.mask_id], states[masked], items[masked])
 
-        return model, fit_by_validation(model, seqs, s, ctx, len(sequences), batch_loss, rng)
+        info = fit_by_validation(model, seqs, s, ctx, len(sequences), batch_loss, rng)
+        return model, {**info, "softmax": next_item_loss.kind}
 
     def score(self, histories: list[np.ndarray], kinds: list[np.ndarray] | None = None) -> np.ndarray:
         keep = self.settings.max_len - 1  # and [MASK] last

@@ -5,8 +5,8 @@ of 3 items looks the same to the model whether it is padded to 50 or not padded 
 what lets the exported model take any length up to `max_len`. Output weights are tied to the
 item embeddings (the scores are dot products with every item).
 
-Training: next-item cross-entropy at every position, over every item (`loss: full`) or shared
-popularity-sampled negatives (`loss: sampled`); the best epoch on the validation split is kept, so
+Training: next-item cross-entropy at every position, over every item or shared popularity-sampled
+negatives (pipelines/models/losses.py: `loss: auto` samples above `sampled_above_items`); the best epoch on the validation split is kept, so
 the test split is never looked at. Same code on CPU and CUDA.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from pipelines.models.base import (
     save_torch,
     training_examples,
 )
+from pipelines.models.losses import NextItemLoss
 from pipelines.models.user_vectors import UserVectors
 
 
@@ -47,8 +48,6 @@ class GPT4RecSettings(SequenceModelSettings):
     use_meta: bool = True
     use_event_kinds: bool = True
     event_kind_dropout: float = Field(0.1, ge=0, lt=1)
-    loss: Literal["full", "sampled"] = "full"
-    negatives: int = Field(1024, ge=1)
 
 
 @dataclass(frozen=True)
@@ -243,8 +242,9 @@ class GPT4Rec(nn.Module, Family):
         model.to(device)
         inputs, targets = training_examples(seqs.train(), s.max_len)
         input_kinds = training_kinds(seqs.train(), train_kinds, s.max_len) if train_kinds is not None else None
-        sampler = NegativeSampler(seqs.train(), seqs.n_items, s.negatives, device) if s.loss == "sampled" else None
         generator = torch.Generator(device=device).manual_seed(ctx.seed)
+        next_item_loss = NextItemLoss(s.loss, s.negatives, s.sampled_above_items, seqs.train(), seqs.n_items, device,
+                                      generator)
         if not len(inputs):
             raise ValueError("no user has two or more training items: nothing to learn from")
 
@@ -261,12 +261,11 @@ class GPT4Rec(nn.Module, Family):
             items = model.item_vectors()
             states = model.hidden(x, kinds, items=items)
             keep = y != 0
-            if sampler is not None:
-                return sampled_softmax_loss(items, states[keep], y[keep], sampler, generator)
-            return F.cross_entropy(model.logits(states[keep], items), y[keep])
+            return next_item_loss(items, states[keep], y[keep])
 
         info = fit_by_validation(model, seqs, s, ctx, len(inputs), batch_loss, rng)
-        return model, {**info, "initialised_items": initialised, "event_kinds": model.config.event_kinds}
+        return model, {**info, "initialised_items": initialised, "event_kinds": model.config.event_kinds,
+                       "softmax": next_item_loss.kind}
 
     @torch.no_grad()
     def score(self, histories: list[np.ndarray], kinds: list[np.ndarray] | None = None) -> np.ndarray:
@@ -335,36 +334,3 @@ def drop_kinds(kinds: torch.Tensor, rate: float, generator: torch.Generator) -> 
         return kinds
     keep = torch.rand(kinds.shape, generator=generator, device=kinds.device) >= rate
     return kinds * keep
-
-
-class NegativeSampler:
-    """Shared negatives drawn in proportion to popularity^0.75 (word2vec's choice), with log q kept
-    for the correction that makes sampled softmax an unbiased estimate of the full one."""
-
-    def __init__(self, histories: list[np.ndarray], n_items: int, count: int, device: torch.device) -> None:
-        freq = np.bincount(np.concatenate(histories), minlength=n_items + 1).astype(np.float64) if histories else \
-            np.ones(n_items + 1)
-        freq[0] = 0.0
-        weights = (freq + 1.0) ** 0.75  # unseen items can still be drawn
-        weights[0] = 0.0
-        self.probs = torch.tensor(weights / weights.sum(), dtype=torch.float32, device=device)
-        self.count = count
-
-    def draw(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = torch.multinomial(self.probs, self.count, replacement=True, generator=generator)
-        return ids, torch.log(self.probs[ids] * self.count)
-
-
-def sampled_softmax_loss(items: torch.Tensor, states: torch.Tensor, targets: torch.Tensor, sampler: NegativeSampler,
-                         generator: torch.Generator) -> torch.Tensor:
-    """Cross-entropy over the target and shared sampled negatives (log q corrected, accidental hits masked).
-
-    Why: the full softmax costs one dot product per item per position; with catalogues of
-    hundreds of thousands of products a few thousand shared negatives give nearly the same gradient.
-    """
-    negatives, log_q = sampler.draw(generator)
-    positive = (states * items[targets]).sum(-1, keepdim=True)
-    negative = states @ items[negatives].T - log_q
-    negative = negative.masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
-    logits = torch.cat([positive, negative], dim=1)
-    return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=states.device))

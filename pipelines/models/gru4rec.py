@@ -14,7 +14,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -26,6 +25,7 @@ from pipelines.models.base import (
     fit_by_validation,
     training_examples,
 )
+from pipelines.models.losses import NextItemLoss
 
 
 class GRU4RecSettings(SequenceModelSettings):
@@ -70,6 +70,9 @@ class GRU4Rec(nn.Module, NextItemNetwork):
         if not len(inputs):
             raise ValueError("no user has two or more training items: nothing to learn from")
 
+        next_item_loss = NextItemLoss(s.loss, s.negatives, s.sampled_above_items, seqs.train(), seqs.n_items, device,
+                                      torch.Generator(device=device).manual_seed(ctx.seed))
+
         def batch_loss(rows: np.ndarray) -> torch.Tensor:
             x = torch.from_numpy(inputs[rows]).to(device)
             y = torch.from_numpy(targets[rows]).to(device)
@@ -77,9 +80,10 @@ class GRU4Rec(nn.Module, NextItemNetwork):
             x, y = x[:, -width:], y[:, -width:]
             states = model.hidden(x)
             keep = y != 0
-            return F.cross_entropy(model.logits(states[keep]), y[keep])
+            return next_item_loss(model.item_emb.weight, states[keep], y[keep])
 
-        return model, fit_by_validation(model, seqs, s, ctx, len(inputs), batch_loss, rng)
+        info = fit_by_validation(model, seqs, s, ctx, len(inputs), batch_loss, rng)
+        return model, {**info, "softmax": next_item_loss.kind}
 
     def score(self, histories: list[np.ndarray], kinds: list[np.ndarray] | None = None) -> np.ndarray:
         return self.score_last_state(histories, self.settings.max_len)

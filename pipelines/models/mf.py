@@ -8,6 +8,7 @@ are scored exactly like training users.
 
 from __future__ import annotations
 
+import bisect
 import json
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,14 @@ def interaction_matrix(histories: list[np.ndarray], n_items: int) -> sp.csr_matr
     return m
 
 
-def _solve_rows(matrix: sp.csr_matrix, other: np.ndarray, alpha: float, reg: float, chunk: int = 1024) -> np.ndarray:
+def _solve_rows(matrix: sp.csr_matrix, other: np.ndarray, alpha: float, reg: float,
+                max_cells: int = 2_000_000) -> np.ndarray:
     """Closed-form ALS update of every row of `matrix` against fixed factors `other`.
 
-    Rows are processed in chunks as zero-padded (rows, longest, f) blocks, so each row's Gram
-    matrix is one batched matmul rather than a sum of per-interaction outer products.
+    Rows go shortest first in chunks of zero-padded (rows, longest, f) blocks, so each row's Gram
+    matrix is one batched matmul rather than a sum of per-interaction outer products. A chunk holds
+    at most `max_cells` padded entries: a best-selling item with hundreds of thousands of buyers gets
+    a chunk of its own instead of padding a thousand rows to its length (memory stays bounded).
     """
     f = other.shape[1]
     padded_other = np.vstack([other, np.zeros((1, f), dtype=other.dtype)]).astype(np.float32)
@@ -45,20 +49,26 @@ def _solve_rows(matrix: sp.csr_matrix, other: np.ndarray, alpha: float, reg: flo
     gram = (other.T.astype(np.float64) @ other + reg * np.eye(f)).astype(np.float32)
     out = np.zeros((matrix.shape[0], f), dtype=np.float32)
     counts = np.diff(matrix.indptr)
-    for start in range(0, matrix.shape[0], chunk):
-        stop = min(start + chunk, matrix.shape[0])
-        rows = np.arange(start, stop)[counts[start:stop] > 0]
-        if not len(rows):
-            continue
-        width = int(counts[rows].max())
+    order = np.argsort(counts, kind="stable")
+    order = order[counts[order] > 0]
+    sorted_counts = counts[order]
+    start = 0
+    while start < len(order):
+        # Sorted by length, a chunk's width is its last row's count: the longest chunk whose rows x width fits.
+        stop = max(start + 1, bisect.bisect_right(range(start + 1, len(order) + 1), max_cells,
+                                                  key=lambda end: (end - start) * int(sorted_counts[end - 1])) + start)
+        rows = order[start:stop]
+        width = int(counts[rows[-1]])
+        lengths = counts[rows]
+        slot = np.repeat(np.arange(len(rows)), lengths)
+        offset = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         index = np.full((len(rows), width), pad, dtype=np.int64)
-        for r, row in enumerate(rows):
-            cols = matrix.indices[matrix.indptr[row]:matrix.indptr[row + 1]]
-            index[r, : len(cols)] = cols
+        index[slot, offset] = matrix.indices[np.repeat(matrix.indptr[rows], lengths) + offset]
         vecs = padded_other[index]  # (rows, width, f); padding rows are zero
         a = gram + alpha * np.matmul(vecs.transpose(0, 2, 1), vecs)
         b = (1.0 + alpha) * vecs.sum(axis=1)
         out[rows] = np.linalg.solve(a, b[..., None])[..., 0]
+        start = stop
     return out
 
 

@@ -125,13 +125,14 @@ def _fmt(value: float | None) -> str:
 
 
 def onnx_metrics(onnx_path: Path, seqs: Sequences, split: str, k: int, cold_max_interactions: int,
-                 batch_size: int = 512) -> dict[str, float]:
+                 batch_size: int = 512, max_users: int | None = None) -> dict[str, float]:
     """HR@k, NDCG@k, coverage@k and cold-start HR@k of an exported model on one split of `seqs`.
 
     Ranked by the one evaluation protocol on the model's own top-k output (masking and top-k are
     inside the ONNX graph), so it scores exactly what Triton would serve; a target outside the top-k
     is a miss, exact for HR@k and NDCG@k. Cold-start targets: pipelines/evaluate/slices.py (at most
-    `cold_max_interactions` training interactions, params.yaml `evaluate`).
+    `cold_max_interactions` training interactions, params.yaml `evaluate`); `max_users`: the protocol's
+    fixed user sample (`evaluate.max_users`), the same users for challenger and champion.
     """
     from pipelines.evaluate.protocol import TopKRanker, evaluate
     from pipelines.evaluate.slices import cold_start_users
@@ -154,7 +155,8 @@ def onnx_metrics(onnx_path: Path, seqs: Sequences, split: str, k: int, cold_max_
     k = min(k, meta.top_k)
     cold = cold_start_users(seqs, split, cold_max_interactions)
     ranker = TopKRanker(onnx_path.name, recommend, meta.top_k, uses_event_kinds=True)
-    result = evaluate(ranker, seqs, split=split, k=k, batch_size=batch_size, slices={"cold_start": cold})
+    result = evaluate(ranker, seqs, split=split, k=k, batch_size=batch_size, slices={"cold_start": cold},
+                      max_users=max_users)
     out = {key: result[key] for key in (f"hr_at_{k}", f"ndcg_at_{k}", f"coverage_at_{k}", "n_users")}
     cold_start = result["slices"]["cold_start"]
     if cold_start["n_users"] >= MIN_COLD_USERS:

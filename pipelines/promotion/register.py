@@ -241,7 +241,7 @@ def score(service: MlflowService, name: str, version: str, onnx_path: Path, p: P
     (another catalogue) is compared by its logged metrics.
     """
     k, cold = evaluation.k, evaluation.cold_max_interactions
-    challenger_metrics = onnx_metrics(onnx_path, valid, DECISION_SPLIT, k, cold)
+    challenger_metrics = onnx_metrics(onnx_path, valid, DECISION_SPLIT, k, cold, max_users=evaluation.max_users)
     champion = service.alias_version(name, CHAMPION)
     champion_metrics: dict[str, float] | None = None
     champion_onnx: Path | None = None
@@ -254,7 +254,7 @@ def score(service: MlflowService, name: str, version: str, onnx_path: Path, p: P
         try:
             staged = service.download_model(f"models:/{name}/{champion.version}",
                                             fresh_dir(p.var / "gate" / "champion"))
-            champion_metrics = onnx_metrics(staged, valid, DECISION_SPLIT, k, cold)
+            champion_metrics = onnx_metrics(staged, valid, DECISION_SPLIT, k, cold, max_users=evaluation.max_users)
             champion_onnx = staged
         except IncompatibleModel as exc:
             champion_metrics = service.run_metrics(champion.run_id)
@@ -300,9 +300,9 @@ def report_test(service: MlflowService, name: str, parent_id: str, report: GateR
                 onnx_path: Path, test: Sequences, p: Paths, evaluation: EvaluateSettings, content_md5: str) -> None:
     """After the decision: both models' test figures into gate.json, the log and the parent run (report only)."""
     k, cold = evaluation.k, evaluation.cold_max_interactions
-    report.test_challenger = onnx_metrics(onnx_path, test, "test", k, cold)
+    report.test_challenger = onnx_metrics(onnx_path, test, "test", k, cold, max_users=evaluation.max_users)
     if scores.champion_onnx is not None:
-        report.test_champion = onnx_metrics(scores.champion_onnx, test, "test", k, cold)
+        report.test_champion = onnx_metrics(scores.champion_onnx, test, "test", k, cold, max_users=evaluation.max_users)
     report.test_reported_on = f"test split of data {content_md5[:8]} (ONNX Runtime" + (
         ", both models)" if report.test_champion else ", challenger only)")
     report.save(p.reports / "gate.json")

@@ -57,7 +57,7 @@ def train_family(name: str, s: Settings, p: Paths) -> dict[str, Any]:
     params = {k: v for k, v in s.flat().items() if k.split(".", 1)[0] in sections}
     seqs = load_sequences(p.features)
     with training_run(s, p, name, kind="model", params=params, dataset=training_dataset(s, p)) as run:
-        ctx = FitContext(seed=s.data.seed, k=s.evaluate.k, on_epoch=run.log_epoch,
+        ctx = FitContext(seed=s.data.seed, k=s.evaluate.k, max_users=s.evaluate.max_users, on_epoch=run.log_epoch,
                          **{str(which): _load_input(which, p) for which in wanted})
         model, info = fit_family(name, seqs, s, ctx)
         with published_dir(p.models / name) as out:
@@ -74,7 +74,7 @@ def train_family(name: str, s: Settings, p: Paths) -> dict[str, Any]:
             best = info["history"][info["best_epoch"] - 1] if info["best_epoch"] else {}
         else:
             run.log_curve("loss", list(info.get("losses", [])))
-            valid = run_protocol(model, seqs, split="valid", k=s.evaluate.k)
+            valid = run_protocol(model, seqs, split="valid", k=s.evaluate.k, max_users=s.evaluate.max_users)
             best = {f"valid_{key}": value for key, value in valid.items() if key != "n_users"}
             final |= best
         final |= {f"best_{key}": value for key, value in best.items() if key.startswith("valid_")}
@@ -101,18 +101,21 @@ def evaluate(s: Settings, p: Paths) -> dict[str, Any]:
     models = load_recommenders(p.models)
     slices = standard_slices(seqs, "test", cold_max_interactions=s.evaluate.cold_max_interactions)
     results: dict[str, dict[str, float]] = {}
+    slice_users: dict[str, int] = {}  # in the ranked users (the fixed sample above evaluate.max_users)
     for name, model in models.items():
         metrics = run_protocol(model, seqs, split="test", k=s.evaluate.k, mask_seen=s.evaluate.mask_seen,
-                               slices=slices)
+                               slices=slices, max_users=s.evaluate.max_users)
         # Flat names ("cold_start.hr_at_10"), the same for every family, so MLflow can compare them.
         for slice_name, values in metrics.pop("slices").items():
+            slice_users[slice_name] = int(values["n_users"])
             metrics.update({f"{slice_name}.{key}": value for key, value in values.items() if key != "n_users"})
         metrics["train_seconds"] = read_json(p.models / name / "train.json")["train_seconds"]
         results[name] = metrics
     payload = {"protocol": {"split": "leave-one-out by time, last item", "ranking": "all items",
                             "mask_seen": s.evaluate.mask_seen, "k": s.evaluate.k,
                             "cold_max_interactions": s.evaluate.cold_max_interactions,
-                            "slice_users": {name: int(mask.sum()) for name, mask in slices.items()}},
+                            "max_users": s.evaluate.max_users,
+                            "slice_users": slice_users},
                "models": results}
     write_json_atomic(p.reports / "metrics.json", payload)
     plot_metrics(results, p.reports / "metrics.png")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from pipelines.data.sequences import Sequences
-from pipelines.evaluate.protocol import TopKRanker, evaluate
+from pipelines.evaluate.protocol import TopKRanker, evaluate, user_sample
 from pipelines.evaluate.slices import (
     cold_start_items,
     cold_start_users,
@@ -79,8 +79,10 @@ def test_slices_by_hand():
     m = evaluate(FixedScores(), seqs, k=3, slices=slices)["slices"]
     assert m["cold_start"] == {"hr_at_3": 1.0, "ndcg_at_3": pytest.approx((1 + 0.5) / 2), "n_users": 2}
     assert m["users_5_plus"] == {"hr_at_3": 0.0, "ndcg_at_3": 0.0, "n_users": 0}
-    first = evaluate(FixedScores(), seqs, k=2, slices=slices, max_users=1)["slices"]["cold_start"]
-    assert first == {"hr_at_2": 1.0, "ndcg_at_2": 1.0, "n_users": 1}  # masks cut to the evaluated users
+    for one in range(3):  # masks cut to the evaluated (sampled) users
+        sampled = {"cold_start": np.arange(3) == one}
+        m = evaluate(FixedScores(), seqs, k=3, slices=sampled, max_users=1)["slices"]["cold_start"]
+        assert m["n_users"] == int(user_sample(3, 1)[0] == one)
 
 
 def test_a_top_k_only_model_ranks_exactly_inside_its_list():
@@ -121,3 +123,30 @@ def test_event_kinds_reach_models_that_use_them():
 
     evaluate(TopKRanker("onnx", recommend_without_kinds, top_k=2), seqs, k=2)
     assert without == [None]
+
+
+def test_a_fixed_user_sample_above_max_users_ranks_the_same_users_every_time():
+    rng = np.random.default_rng(1)
+    items = [rng.choice(np.arange(1, 41), size=6, replace=False) for _ in range(200)]
+    seqs = Sequences(user_ids=np.arange(200), items=items, times=[np.arange(6, dtype=float)] * 200, n_items=40)
+    asked: list[list[int]] = []
+
+    class Recording:
+        name = "recording"
+
+        def score(self, histories):
+            asked.append([int(h[0]) for h in histories])
+            return np.tile(np.arange(41, dtype=np.float32), (len(histories), 1))
+
+    assert user_sample(200, None) is None and user_sample(200, 0) is None and user_sample(200, 200) is None
+    chosen = user_sample(200, 50)
+    assert len(chosen) == len(set(chosen.tolist())) == 50 and (np.diff(chosen) > 0).all()
+    assert chosen.tolist() != list(range(50))  # a sample, not the first users
+    odd = np.arange(200) % 2 == 1
+    result = evaluate(Recording(), seqs, max_users=50, slices={"odd": odd})
+    assert result["n_users"] == 50 and asked[0] == [int(items[i][0]) for i in chosen]
+    assert result["slices"]["odd"]["n_users"] == int(odd[chosen].sum())
+    asked.clear()
+    assert evaluate(Recording(), seqs, max_users=50) == {k: v for k, v in result.items() if k != "slices"}
+    assert asked[0] == [int(items[i][0]) for i in chosen]
+    assert evaluate(Recording(), seqs, max_users=0)["n_users"] == 200

@@ -58,3 +58,25 @@ def test_mf_fold_in_matches_a_training_user():
     assert interaction_matrix(histories, 5).shape == (3, 6)
     scores = model.score([np.array([1, 2])])
     assert scores.shape == (1, 6) and np.isfinite(scores).all()
+
+
+def test_mf_row_update_is_the_closed_form_whatever_the_chunking():
+    """Chunked by padded cells (a best-seller gets a chunk of its own): the same ridge solution per row."""
+    from pipelines.models.mf import _solve_rows
+
+    rng = np.random.default_rng(0)
+    histories = [rng.integers(1, 301, size=rng.integers(1, 30)) for _ in range(400)]
+    histories[7] = np.arange(1, 301)  # one row as long as the catalogue
+    histories[11] = np.array([], dtype=np.int64)  # and one empty row
+    matrix = interaction_matrix(histories, 300)
+    other = rng.standard_normal((301, 8)).astype(np.float32)
+    gram = other.T.astype(np.float64) @ other + 50.0 * np.eye(8)
+    expected = np.zeros((len(histories), 8))
+    for row in range(len(histories)):
+        cols = matrix.indices[matrix.indptr[row]:matrix.indptr[row + 1]]
+        if len(cols):
+            vecs = other[cols].astype(np.float64)
+            expected[row] = np.linalg.solve(gram + 40.0 * vecs.T @ vecs, 41.0 * vecs.sum(0))
+    for max_cells in (1, 500, 10**9):
+        np.testing.assert_allclose(_solve_rows(matrix, other, 40.0, 50.0, max_cells=max_cells), expected,
+                                   rtol=1e-4, atol=1e-5)
