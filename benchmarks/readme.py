@@ -54,16 +54,18 @@ def serve(reports: Path) -> str:
               f"server and load generator on the same {report['machine']['cpu_count']} cores; each level "
               f"{report['load_generator']['repeats']} times, {report['load_generator']['duration_s']:g} s each, the "
               f"worst counts):"), "",
-             ("| catalogue | items | length | requests/min (worst) | p99 ms (worst; spread) | errors | target "
-             "| ORT floor p99 ms | model |"), "|---|---:|---:|---:|---|---:|---|---:|---|"]
+             ("| catalogue | items | entry | length | requests/min (worst) | p99 ms (worst; spread) | errors | target "
+             "| ORT floor p99 ms | model |"), "|---|---:|---|---:|---:|---|---:|---|---:|---|"]
     for r in report["results"]:
         _rate, worst = max(r["worst"].items(), key=lambda kv: float(kv[0]))
         target = r["target"]
         verdict = "-" if r["passed"] is None else ("pass" if r["passed"] else "FAIL")
-        lines.append(f"| {r['catalogue']} | {r['n_items']:,} | {r['length']} | {worst['requests_per_min']:,.0f} "
+        floor = "-" if r["ort_floor"] is None else f"{r['ort_floor']['batch1_p99_ms']:.2f}"
+        lines.append(f"| {r['catalogue']} | {r['n_items']:,} | {r.get('entry', 'gpt4rec')} | {r['length']} "
+                     f"| {worst['requests_per_min']:,.0f} "
                      f"| {worst['p99_ms']:.1f} ({worst['p99_ms_spread'][0]:.1f}–{worst['p99_ms_spread'][1]:.1f}) "
                      f"| {worst['errors']} | p99 <= {target['p99_ms']:g} ms at {target['requests_per_min']:,.0f}/min: "
-                     f"{verdict} | {r['ort_floor']['batch1_p99_ms']:.2f} | {r['source']} |")
+                     f"{verdict} | {floor} | {r['source']} |")
     lines += ["", f"Overall {'PASS' if report['passed'] else 'FAIL'}{_caveat(report)}."]
     return "\n".join(lines) + "\n"
 

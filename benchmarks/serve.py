@@ -32,6 +32,10 @@ from pipelines.core.config import PROJECT_ROOT
 
 #: length -> (requests per minute at least, p99 ms at most)
 TARGETS: dict[int, tuple[float, float]] = {50: (60_000, 20.0), 512: (7_000, 150.0)}
+#: The `recommend` entry point (policy, placements, user vectors, BLS to gpt4rec) at length 50.
+RECOMMEND_LENGTH, RECOMMEND_TARGET = 50, (30_000, 25.0)
+DEFAULT_RECOMMEND_RATES = "500"  # requests/s: the target's 30,000/min
+RECOMMEND_SESSIONS_PER_PLACEMENT = 64
 DEFAULT_RATES = "50:500,1050;512:60,125"  # requests/s per length; the last one of each is above the target
 QUICK_RATES = "50:1050;512:125"
 # Length 50 is cheapest on one instance (one onnxruntime thread, the other core for gRPC and the client);
@@ -212,7 +216,8 @@ def machine_busy_s() -> float:
     return sum(t) - t.idle - getattr(t, "iowait", 0.0)
 
 
-def _measured(triton: Any, generator: Any, model: str, sessions: list[np.ndarray], level: Any) -> dict[str, Any]:
+def _measured(triton: Any, generator: Any, model: str, sessions: list[np.ndarray], level: Any,
+              payloads: list[bytes] | None = None) -> dict[str, Any]:
     """One load level plus where the CPU went: server (tritonserver + stubs), load generator, everyone else."""
     import time
 
@@ -221,7 +226,7 @@ def _measured(triton: Any, generator: Any, model: str, sessions: list[np.ndarray
     server_pids = [triton.pid, *(c.pid for c in psutil.Process(triton.pid).children(recursive=True))]
     counts0, server0, load0 = _batch_counts(triton, model), cpu_seconds(server_pids), cpu_seconds(generator.pids)
     machine0, t0 = machine_busy_s(), time.monotonic()
-    result = generator.run(model, sessions, level)
+    result = generator.run(model, sessions, level, payloads=payloads)
     seconds, machine1 = time.monotonic() - t0, machine_busy_s()
     counts1 = _batch_counts(triton, model)
     server_s, load_s = cpu_seconds(server_pids) - server0, cpu_seconds(generator.pids) - load0
@@ -252,13 +257,14 @@ def run(
     overrides: list[str],
     train_budget_s: float,
     random_weights: bool = False,
+    recommend_rates: Sequence[float] = (),
     work_dir: Path = WORK_DIR,
     engine: str = "threads",
     load_cpus: tuple[int, ...] = (),
     echo: Any = print,
 ) -> dict[str, Any]:
     """Per catalogue: its trained model (or random weights), served at every length and rate `repeats`
-    times; the report's payload."""
+    times, then (trained models) the `recommend` entry point at `recommend_rates`; the report's payload."""
     import onnxruntime
 
     from benchmarks.trained import trained_gpt4rec
@@ -279,7 +285,8 @@ def run(
             version, served = _serve_catalogue(model, seq_lens, rates, run_dir, repeats=repeats,
                                                duration_s=duration_s, warmup_s=warmup_s, workers=workers,
                                                capacity=capacity, server=server, settings=settings, engine=engine,
-                                               work_dir=work_dir, load_cpus=load_cpus, echo=echo)
+                                               work_dir=work_dir, load_cpus=load_cpus, echo=echo,
+                                               recommend_rates=list(recommend_rates))
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
         versions.add(version)
@@ -371,10 +378,43 @@ def meets(worst: dict[str, Any], target: tuple[float, float]) -> bool:
     return worst["errors"] == 0 and worst["requests_per_min"] >= min_rpm and worst["p99_ms"] <= max_p99
 
 
+def write_recommend(repo: Path, model: dict[str, Any], gpt4rec_model: str) -> dict[str, Any]:
+    """`recommend` as deploy writes it from the catalogue's training run (its popularity, rules, catalogue,
+    safety and placement tables, search index and the model's own user vectors) over `gpt4rec_model`;
+    {model, source, payloads}: the mixed placement requests (see serve_recommend) it is measured with."""
+    import pandas as pd
+
+    from benchmarks.serve_recommend import placement_payloads
+    from pipelines.core.config import Paths, load_settings
+    from pipelines.data.schema import CATALOGUE_FILE
+    from pipelines.models.user_vectors import USERS_FILE
+    from pipelines.pharmacy.served import PLACEMENTS
+    from pipelines.repository.companions import champion_users, deploy_recommend, fallback_tables
+    from pipelines.repository.metadata import read_model_metadata
+
+    s = load_settings(overrides=[*model["overrides"], f"serve.model_name={gpt4rec_model}"])
+    paths = Paths(Path(model["workdir"]))
+    users_file = paths.models / "gpt4rec" / USERS_FILE
+    meta = read_model_metadata(Path(model["onnx"]))
+    written = deploy_recommend(s, paths, repo, meta, users_file if users_file.is_file() else None)
+    if "skipped" in written:
+        raise RuntimeError(f"recommend for {model['catalogue']} cannot be written: {written['skipped']}")
+    users, users_note = champion_users(users_file if users_file.is_file() else None, meta.n_items)
+    tables = fallback_tables(paths, meta.n_items, s.policy, s.refills, users)
+    names = pd.read_parquet(paths.validated / CATALOGUE_FILE, columns=["name"])["name"].tolist()
+    rng = np.random.default_rng(s.data.seed)
+    payloads = [b for placement in PLACEMENTS for b in placement_payloads(
+        "recommend", placement, names, tables, meta.n_items, rng, count=RECOMMEND_SESSIONS_PER_PLACEMENT)]
+    payloads = [payloads[i] for i in rng.permutation(len(payloads))]
+    return {"model": "recommend", "payloads": payloads,
+            "source": (f"recommend as deployed (params.yaml policy, placements {', '.join(PLACEMENTS)} mixed, "
+                       f"user vectors: {users_note}) over {gpt4rec_model}")}
+
+
 def _serve_catalogue(model: dict[str, Any], seq_lens: list[int], rates: dict[int, list[float]], run_dir: Path, *,
                      repeats: int, duration_s: float, warmup_s: float, workers: int, capacity: bool,
                      server: ServerConfig, settings: Any, engine: str, work_dir: Path, load_cpus: tuple[int, ...],
-                     echo: Any) -> tuple[str, list[dict[str, Any]]]:
+                     echo: Any, recommend_rates: list[float] = ()) -> tuple[str, list[dict[str, Any]]]:
     from benchmarks.load import LoadGenerator, LoadLevel, ort_floor
     from pipelines.serve.triton_server import TritonServer, find_free_port
 
@@ -387,6 +427,10 @@ def _serve_catalogue(model: dict[str, Any], seq_lens: list[int], rates: dict[int
     else:
         served = write_served_models(repo, Path(model["onnx"]), seq_lens, server, source=model["source"],
                                      benchmark="serve")
+    entry = None
+    if recommend_rates and model.get("workdir") is not None and RECOMMEND_LENGTH in served:
+        echo(f"  {model['catalogue']}: writing recommend over {served[RECOMMEND_LENGTH]['model']} ...")
+        entry = write_recommend(repo, model, served[RECOMMEND_LENGTH]["model"])
     results = []
     triton = TritonServer(repo, http_port=find_free_port(), grpc_port=find_free_port(),
                           metrics_port=find_free_port(), log_dir=run_dir / "logs")
@@ -394,22 +438,16 @@ def _serve_catalogue(model: dict[str, Any], seq_lens: list[int], rates: dict[int
                                cpus=load_cpus) as generator:
         for length in seq_lens:
             triton.load(served[length]["model"], timeout_s=300)
+        if entry is not None:
+            triton.load(entry["model"], timeout_s=300)
         version = triton_version(triton)
         for length in seq_lens:
             name, sessions = served[length]["model"], full_sessions(length, n_items)
             floor = ort_floor(Path(served[length]["onnx"]), sessions, threads=server.intra_op_threads,
                               seconds=min(2.0, duration_s))
-            generator.run(name, sessions, LoadLevel(rates[length][0], duration_s=1.0, warmup_s=0.5))  # warm
-            levels, worst = [], {}
-            for rate in rates[length]:
-                runs = []
-                for repeat in range(repeats):
-                    level = _measured(triton, generator, name, sessions, LoadLevel(rate, duration_s, warmup_s=warmup_s))
-                    runs.append({**level, "repeat": repeat + 1})
-                    echo(f"  {model['catalogue']} length {length} at {rate:g}/s, repeat {repeat + 1}: "
-                         f"p99 {level['p99_ms']} ms, {level['requests_per_min']:,.0f}/min, {level['errors']} errors")
-                levels += runs
-                worst[f"{rate:g}"] = worst_of(runs)
+            levels, worst = _levels(triton, generator, name, sessions, None, rates[length], repeats=repeats,
+                                    duration_s=duration_s, warmup_s=warmup_s,
+                                    label=f"{model['catalogue']} length {length}", echo=echo)
             probe = None
             if capacity:
                 probe = _measured(triton, generator, name, sessions, LoadLevel(
@@ -425,7 +463,52 @@ def _serve_catalogue(model: dict[str, Any], seq_lens: list[int], rates: dict[int
                 "worst": worst,
                 "capacity_closed_loop": probe,
             })
+        if entry is not None:
+            results.append(_serve_recommend(triton, generator, entry, model, recommend_rates, repeats=repeats,
+                                            duration_s=duration_s, warmup_s=warmup_s, capacity=capacity, echo=echo))
     return version, results
+
+
+def _levels(triton: Any, generator: Any, name: str, sessions: list[np.ndarray], payloads: list[bytes] | None,
+            rates: list[float], *, repeats: int, duration_s: float, warmup_s: float, label: str,
+            echo: Any) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """(every repeat of every rate, the worst repeat per rate) after a short warm-up at the first rate."""
+    from benchmarks.load import LoadLevel
+
+    generator.run(name, sessions, LoadLevel(rates[0], duration_s=1.0, warmup_s=0.5), payloads=payloads)  # warm
+    levels, worst = [], {}
+    for rate in rates:
+        runs = []
+        for repeat in range(repeats):
+            level = _measured(triton, generator, name, sessions, LoadLevel(rate, duration_s, warmup_s=warmup_s),
+                              payloads=payloads)
+            runs.append({**level, "repeat": repeat + 1})
+            echo(f"  {label} at {rate:g}/s, repeat {repeat + 1}: p99 {level['p99_ms']} ms, "
+                 f"{level['requests_per_min']:,.0f}/min, {level['errors']} errors")
+        levels += runs
+        worst[f"{rate:g}"] = worst_of(runs)
+    return levels, worst
+
+
+def _serve_recommend(triton: Any, generator: Any, entry: dict[str, Any], model: dict[str, Any],
+                     rates: list[float], *, repeats: int, duration_s: float, warmup_s: float, capacity: bool,
+                     echo: Any) -> dict[str, Any]:
+    """The recommend entry's levels (the mixed placement stream), judged like the model's: worst of the repeats."""
+    from benchmarks.load import LoadLevel
+
+    name, payloads = entry["model"], entry["payloads"]
+    levels, worst = _levels(triton, generator, name, [], payloads, rates, repeats=repeats, duration_s=duration_s,
+                            warmup_s=warmup_s, label=f"{model['catalogue']} recommend", echo=echo)
+    probe = None
+    if capacity:
+        probe = _measured(triton, generator, name, [], LoadLevel(None, duration_s, warmup_s=warmup_s, concurrency=16),
+                          payloads=payloads)
+    return {"catalogue": model["catalogue"], "n_items": model["n_items"], "length": RECOMMEND_LENGTH,
+            "entry": "recommend", "model": name, "onnx": str(model["onnx"]), "source": entry["source"],
+            "training": model["training"],
+            "target": {"requests_per_min": RECOMMEND_TARGET[0], "p99_ms": RECOMMEND_TARGET[1]},
+            "passed": any(meets(w, RECOMMEND_TARGET) for w in worst.values()), "ort_floor": None,
+            "levels": levels, "worst": worst, "capacity_closed_loop": probe}
 
 
 def _note(results: list[dict[str, Any]]) -> str:
@@ -449,34 +532,37 @@ def markdown(payload: dict[str, Any]) -> str:
          f"perf_analyzer: {lg['perf_analyzer']['reason']}."),
         f"Overall: {'PASS' if payload['passed'] else 'FAIL'} (worst of {lg['repeats']} repeats). {payload['note']}.",
         "",
-        ("| catalogue | items | length | offered req/s | requests/min (worst) | p50 ms (worst) | p99 ms (worst) "
+        ("| catalogue | items | entry | length | offered req/s | requests/min (worst) | p50 ms (worst) | p99 ms (worst) "
          "| p99 ms per repeat | errors | mean batch | CPU cores: server / load gen / others |"),
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for r in payload["results"]:
+        entry = r.get("entry", "gpt4rec")
         for rate, w in r["worst"].items():
             runs = [lv for lv in r["levels"] if f"{lv['target_rps']:g}" == rate]
             p99s = ", ".join(f"{lv['p99_ms']}" for lv in runs)
             batch = max((lv["cpu"]["mean_batch"] or 0) for lv in runs)
             cpu = max(runs, key=lambda lv: lv["p99_ms"])["cpu"]
-            lines.append(f"| {r['catalogue']} | {r['n_items']:,} | {r['length']} | {rate} | {w['requests_per_min']:,.0f} "
+            lines.append(f"| {r['catalogue']} | {r['n_items']:,} | {entry} | {r['length']} | {rate} | {w['requests_per_min']:,.0f} "
                          f"| {w['p50_ms']} | {w['p99_ms']} | {p99s} | {w['errors']} | {batch} "
                          f"| {cpu['server_cores']} / {cpu['load_generator_cores']} / {cpu['others_cores']} |")
         probe = r["capacity_closed_loop"]
         if probe:
-            lines.append(f"| {r['catalogue']} | {r['n_items']:,} | {r['length']} | closed loop x{probe['concurrency']} "
+            lines.append(f"| {r['catalogue']} | {r['n_items']:,} | {entry} | {r['length']} | closed loop x{probe['concurrency']} "
                          f"| {probe['requests_per_min']:,.0f} | {probe['p50_ms']} | {probe['p99_ms']} | - "
                          f"| {probe['errors']} | {probe['cpu']['mean_batch']} | {probe['cpu']['server_cores']} / "
                          f"{probe['cpu']['load_generator_cores']} / {probe['cpu']['others_cores']} |")
-    lines += ["", ("| catalogue | length | target | result | ORT floor batch=1 p50 / p99 ms | ORT batch=1 req/s "
-              "| ORT batched sessions/s | model |"), "|---|---:|---|---|---:|---:|---|---|"]
+    lines += ["", ("| catalogue | entry | length | target | result | ORT floor batch=1 p50 / p99 ms | ORT batch=1 req/s "
+              "| ORT batched sessions/s | model |"), "|---|---|---:|---|---|---:|---:|---|---|"]
     for r in payload["results"]:
         t, f = r["target"], r["ort_floor"]
         target = f">= {t['requests_per_min']:,.0f}/min, p99 <= {t['p99_ms']:g} ms" if t else "-"
         verdict = "-" if r["passed"] is None else ("pass" if r["passed"] else "FAIL")
-        batched = ", ".join(f"b{k}: {v:,.0f}" for k, v in f["batched"].items())
-        lines.append(f"| {r['catalogue']} | {r['length']} | {target} | {verdict} | {f['batch1_p50_ms']} / "
-                     f"{f['batch1_p99_ms']} | {f['batch1_rps']:,.0f} | {batched} | {r['source']} |")
+        floor = ("- | - | -" if f is None else  # recommend: its model's floor is on the gpt4rec row
+                 f"{f['batch1_p50_ms']} / {f['batch1_p99_ms']} | {f['batch1_rps']:,.0f} | "
+                 + ", ".join(f"b{k}: {v:,.0f}" for k, v in f["batched"].items()))
+        lines.append(f"| {r['catalogue']} | {r.get('entry', 'gpt4rec')} | {r['length']} | {target} | {verdict} "
+                     f"| {floor} | {r['source']} |")
     errors = [m for r in payload["results"] for lv in r["levels"] for m in lv["error_messages"]]
     if errors:
         lines += ["", "First errors: " + "; ".join(errors[:5])]
@@ -502,6 +588,9 @@ def register(bench: typer.Typer) -> None:
                                    "futures; cheapest here) | asyncio (grpc.aio)"),
         load_cpus: str = typer.Option("", help="pin the load generator to these CPUs, e.g. '1' (empty: no pinning)"),
         capacity: bool = typer.Option(True, help="also a closed-loop capacity probe per length"),
+        recommend_rates: str = typer.Option(DEFAULT_RECOMMEND_RATES, help="open-loop requests/s of the `recommend` "
+                                            "entry point (length 50, placements mixed), comma-separated; empty: "
+                                            "the model alone"),
         instance_count: str = typer.Option(DEFAULT_INSTANCES, help="model instances: N, or per length "
                                            "'50:1;512:2' (lengths not named: params.yaml serve.instance_count)"),
         intra_op_threads: int = typer.Option(1, help="onnxruntime threads per instance"),
@@ -548,6 +637,13 @@ def register(bench: typer.Typer) -> None:
             duration, warmup, capacity, repeats = min(duration, 3.0), min(warmup, 1.0), False, 1
             if rates == DEFAULT_RATES:
                 rates = QUICK_RATES
+        try:
+            entry_rates = [float(v) for v in recommend_rates.split(",") if v.strip()]
+        except ValueError:
+            raise typer.BadParameter(f"--recommend-rates takes requests/s, comma-separated: {recommend_rates!r}") from None
+        if entry_rates and RECOMMEND_LENGTH not in lengths:
+            raise typer.BadParameter(f"--recommend-rates needs length {RECOMMEND_LENGTH} in --seq-lens "
+                                     "(recommend calls that model); pass --recommend-rates '' to skip it")
         config = ServerConfig(
             max_batch_size=max_batch_size or settings.serve.max_batch_size,
             instance_count=parse_instances(instance_count, lengths, settings.serve.instance_count),
@@ -562,7 +658,7 @@ def register(bench: typer.Typer) -> None:
         payload = run(parse_catalogues(catalogues), lengths, parse_rates(rates, lengths), repeats=repeats,
                       duration_s=duration, warmup_s=warmup, workers=workers, capacity=capacity, server=config,
                       settings=settings, overrides=overrides or [], train_budget_s=train_budget,
-                      random_weights=random_weights, engine=engine,
+                      random_weights=random_weights, recommend_rates=entry_rates, engine=engine,
                       load_cpus=tuple(int(c) for c in load_cpus.split(",") if c.strip()), echo=typer.echo)
         text = markdown(payload)
         path = write_report("serve", payload, text, Path(out_dir) if out_dir else REPORTS)

@@ -71,14 +71,14 @@ def _random_users(settings: Any, n_items: int) -> Any:
                              rng.normal(size=(n_items + 1, dim)).astype(np.float32))
 
 
-def _payloads(model: str, placement: str, world: Any, tables: Any, n: int, rng: np.random.Generator) -> list[bytes]:
-    """SESSIONS_PER_VARIANT serialised requests of one placement (see the module docstring)."""
+def placement_payloads(model: str, placement: str, names: list[str], tables: Any, n: int, rng: np.random.Generator,
+                       count: int = SESSIONS_PER_VARIANT) -> list[bytes]:
+    """`count` serialised requests of one placement (see the module docstring); `names`: the catalogue's."""
     from benchmarks.load import build_infer_request
 
     chronic = np.flatnonzero(tables.placements.supply_days > 0)
-    names = world.catalogue["name"].tolist()
     out = []
-    for _ in range(SESSIONS_PER_VARIANT):
+    for _ in range(count):
         session = rng.integers(1, n + 1, size=LENGTH, dtype=np.int64)
         extras: dict[str, np.ndarray] = {"placement": np.array([[placement.encode()]], dtype=object)}
         if placement == "home":
@@ -87,7 +87,9 @@ def _payloads(model: str, placement: str, world: Any, tables: Any, n: int, rng: 
             extras["purchased_days_ago"] = np.array([[int(tables.placements.supply_days[bought[0]]) - 2, 3]],
                                                     dtype=np.int64).clip(0)
             extras["location"] = np.array([[POSTCODES[int(rng.integers(0, len(POSTCODES)))].encode()]], dtype=object)
-            extras["user_id"] = np.array([[int(rng.integers(1, len(tables.users.user_ids) + 1))]], dtype=np.int64)
+            if tables.users is not None:
+                user = tables.users.user_ids[int(rng.integers(0, len(tables.users.user_ids)))]
+                extras["user_id"] = np.array([[int(user)]], dtype=np.int64)
         elif placement == "cart":
             extras["cart_ids"] = rng.integers(1, n + 1, size=(1, 2), dtype=np.int64)
         elif placement == "search":
@@ -135,16 +137,17 @@ def run_recommend(*, rate: float, duration_s: float, warmup_s: float, rounds: in
                                blends=dict.fromkeys(PLACEMENTS, "personal:10"), model_name="recommend_plain")
         write_recommend_version(repo, tables, metadata={"benchmark": "serve-recommend"}, model_name="recommend_plain")
         rng = np.random.default_rng(settings.data.seed)
-        variants = {PLAIN: _payloads("recommend_plain", "home", world, tables, n, rng)}
+        names = world.catalogue["name"].tolist()
+        variants = {PLAIN: placement_payloads("recommend_plain", "home", names, tables, n, rng)}
         for placement in PLACEMENTS:
-            variants[placement] = _payloads("recommend", placement, world, tables, n, rng)
-        names = list(variants)
+            variants[placement] = placement_payloads("recommend", placement, names, tables, n, rng)
+        labels = list(variants)
         # Shuffled, so no variant always follows another: requests queue behind the one before them.
-        order = rng.permutation(SESSIONS_PER_VARIANT * len(names))
-        mixed = [variants[names[i % len(names)]][i // len(names)] for i in order.tolist()]
+        order = rng.permutation(SESSIONS_PER_VARIANT * len(labels))
+        mixed = [variants[labels[i % len(labels)]][i // len(labels)] for i in order.tolist()]
         triton = TritonServer(repo, http_port=find_free_port(), grpc_port=find_free_port(),
                               metrics_port=find_free_port(), log_dir=run_dir / "logs")
-        measured: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        measured: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
         with triton, LoadGenerator(f"127.0.0.1:{triton.grpc_port}", workers=workers) as generator:
             for name in (model["model"], "recommend_plain", "recommend"):
                 triton.load(name, timeout_s=180)
@@ -154,9 +157,9 @@ def run_recommend(*, rate: float, duration_s: float, warmup_s: float, rounds: in
                 level = LoadLevel(rate, duration_s, warmup_s=warmup_s)
                 generator.run("recommend", [], level, payloads=mixed)
                 busy = round((machine_busy_s() - busy0) / (duration_s + warmup_s), 2)
-                for v, name in enumerate(names):
-                    measured[name].append({**per_variant(generator.last_records, generator.last_start + warmup_s,
-                                                         v, order % len(names)), "machine_busy_cores": busy})
+                for v, label in enumerate(labels):
+                    measured[label].append({**per_variant(generator.last_records, generator.last_start + warmup_s,
+                                                          v, order % len(labels)), "machine_busy_cores": busy})
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     added = {p: [round(measured[p][r]["p50_ms"] - measured[PLAIN][r]["p50_ms"], 3) for r in range(rounds)]

@@ -31,7 +31,9 @@ SERVED_MAX_LEN = 512
 TRAIN_BUDGET_S = 240.0
 #: Users of a generated catalogue: the demo's 4 per product, at most the 10x world's 120,000 (training time).
 USERS_PER_PRODUCT, MAX_USERS = 4, 120_000
-STAGES = ("generate", "validate", "sequences", "prod2vec", "train_gpt4rec", "export_onnx")
+#: train_popularity and train_rules: recommend's fallback tables (what deploy writes beside the model).
+STAGES = ("generate", "validate", "sequences", "prod2vec", "train_gpt4rec", "export_onnx", "train_popularity",
+          "train_rules")
 CODE = ("pipelines/models/gpt4rec.py", "pipelines/models/base.py", "pipelines/export/onnx.py",
         "pipelines/data/generate.py", "pipelines/stages/train.py", "pipelines/stages/promote.py")
 
@@ -83,7 +85,7 @@ def parse_catalogues(text: str) -> list[Catalogue]:
 
 
 def _key(catalogue: Catalogue, overrides: list[str]) -> str:
-    h = hashlib.sha256(json.dumps([catalogue.label, catalogue.overrides(), overrides]).encode())
+    h = hashlib.sha256(json.dumps([catalogue.label, catalogue.overrides(), overrides, STAGES]).encode())
     for rel in CODE:
         h.update((PROJECT_ROOT / rel).read_bytes())
     if catalogue.path is not None:
@@ -130,4 +132,4 @@ def trained_gpt4rec(catalogue: Catalogue, overrides: list[str], cache: Path, *, 
               f"{training['events']:,} events; {training['epochs']} epochs, {training['train_seconds']:.0f} s, "
               f"sampled softmax), max_len {meta.max_len}, exported by export_onnx")
     return {"onnx": onnx, "n_items": meta.n_items, "source": source, "training": training,
-            "catalogue": catalogue.label}
+            "catalogue": catalogue.label, "workdir": workdir, "overrides": every}

@@ -20,7 +20,8 @@ def test_bench_serve_trains_the_catalogue_model_and_judges_the_worst_repeat(tmp_
     if not (default_venv() / "bin" / "python").exists():
         pytest.skip("serving venv missing: run infra/triton/setup.sh")
     args = ["bench", "serve", "--catalogues", "synthetic:200", "--train-budget", "5", "--repeats", "2",
-            "--no-capacity", "--seq-lens", "20", "--rates", "20:100", "--duration", "1", "--warmup", "0.5",
+            "--no-capacity", "--seq-lens", "50", "--rates", "50:100", "--recommend-rates", "40", "--duration", "1",
+            "--warmup", "0.5",
             "--workers", "1", "--set", "gpt4rec.dim=16", "--set", "gpt4rec.layers=1", "--set", "gpt4rec.epochs=2",
             "--set", "prod2vec.dim=16", "--set", "prod2vec.epochs=1", "--set", "graph.walks_per_node=2",
             "--set", "gpt4rec.negatives=64", "--preferred-batch-sizes", "4,8", "--out-dir", str(tmp_path)]
@@ -32,11 +33,18 @@ def test_bench_serve_trains_the_catalogue_model_and_judges_the_worst_repeat(tmp_
     assert report["server"]["triton_version"] and report["server"]["triton_version"][0][0].isdigit()
     assert report["server"]["max_batch_size"] >= 1 and report["load_generator"]["perf_analyzer"]["reason"]
     assert report["server"]["preferred_batch_sizes"] == [4, 8]  # and Triton loaded a config with them
-    (run,) = report["results"]
-    assert run["catalogue"] == "synthetic-200" and run["n_items"] == 200 and run["length"] == 20
+    run, entry = report["results"]
+    assert run["catalogue"] == "synthetic-200" and run["n_items"] == 200 and run["length"] == 50
     assert "trained by the pipeline" in run["source"] and run["training"]["epochs"] >= 1
     assert run["training"]["events"] > 1000 and "gpt4rec.max_len=512" in run["training"]["overrides"]
-    assert run["target"] is None and run["passed"] is None  # no target for length 20
+    assert run["target"]["requests_per_min"] == 60_000 and run["passed"] is False  # 6,000/min offered
+    # The recommend entry point, written as deploy writes it from the same training run, over gpt4rec_len50.
+    assert entry["entry"] == "recommend" and entry["length"] == 50 and entry["ort_floor"] is None
+    assert "over gpt4rec_len50" in entry["source"] and "users" in entry["source"]
+    assert entry["target"] == {"requests_per_min": 30_000, "p99_ms": 25.0} and entry["passed"] is False
+    assert [lv["repeat"] for lv in entry["levels"]] == [1, 2]
+    for level in entry["levels"]:
+        assert level["target_rps"] == 40 and level["errors"] == 0 and level["requests"] == pytest.approx(40, abs=2)
     assert [lv["repeat"] for lv in run["levels"]] == [1, 2]
     for level in run["levels"]:
         assert LEVEL_KEYS <= set(level) and level["target_rps"] == 100
@@ -47,7 +55,8 @@ def test_bench_serve_trains_the_catalogue_model_and_judges_the_worst_repeat(tmp_
     assert worst["requests_per_min"] == min(lv["requests_per_min"] for lv in run["levels"])
     assert run["ort_floor"]["batch1_p50_ms"] > 0 and run["ort_floor"]["batched"]
     markdown = (tmp_path / "serve.md").read_text()
-    assert markdown.startswith("# Serving benchmark") and "| synthetic-200 | 200 | 20 | 100 |" in markdown
+    assert markdown.startswith("# Serving benchmark") and "| synthetic-200 | 200 | gpt4rec | 50 | 100 |" in markdown
+    assert "| synthetic-200 | 200 | recommend | 50 | 40 |" in markdown
 
 
 def test_the_worst_repeat_decides_the_target() -> None:
