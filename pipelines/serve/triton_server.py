@@ -9,7 +9,9 @@ with a Triton container on GPU nodes. What the binary needs:
   ``triton_python_backend_utils.py`` and the ``triton_python_backend_stub`` built for the serving
   venv's Python version (assembled here with symlinks);
 - the serving venv's ``bin`` first on PATH (the stub's embedded Python finds the venv from it);
-- LD_LIBRARY_PATH with that Python's LIBDIR (libpython) and the wheel's ``nvidia_pytriton.libs``.
+- LD_LIBRARY_PATH with that Python's LIBDIR (libpython) and the wheel's ``nvidia_pytriton.libs``;
+- OMP/OpenBLAS/MKL thread counts of 1 unless set (numpy's matrix products in `recommend` otherwise
+  start a spinning thread pool per stub on cores the whole server shares).
 
 A stub that cannot start leaves the server hanging in "loading", so every wait has a timeout and
 every error carries the tail of the server log. Control calls use plain urllib so this module
@@ -28,6 +30,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -49,6 +52,9 @@ class TritonStartError(TritonError):
 
 class TritonModelLoadError(TritonError):
     """A model failed to load or did not become ready in time."""
+
+
+BLAS_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def default_venv() -> Path:
@@ -116,6 +122,25 @@ print(json.dumps({
     "pytriton": spec.submodule_search_locations[0] if spec else None,
 }))
 """
+
+
+def server_environment(env_info: ServingEnv, base: Mapping[str, str]) -> dict[str, str]:
+    """The server's environment: `base` with the serving venv first and the main venv's Python kept out."""
+    env = dict(base)
+    for key in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"):  # keep the main venv out of the stub
+        env.pop(key, None)
+    env["VIRTUAL_ENV"] = str(env_info.venv)
+    env["PATH"] = f"{env_info.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    ld = [str(env_info.libdir), str(env_info.wheel_libs)]
+    if env.get("LD_LIBRARY_PATH"):
+        ld.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(ld)
+    # Numerical libraries in the backends' stubs on one thread each unless the caller says otherwise: every
+    # model sets its own threads (onnxruntime's intra_op_num_threads, faiss's), and a BLAS pool per stub
+    # would spin on the cores the server, the other stubs and their clients share.
+    for key in BLAS_THREAD_VARS:
+        env.setdefault(key, "1")
+    return env
 
 
 def probe_venv(venv: Path) -> ServingEnv:
@@ -291,15 +316,7 @@ class TritonServer:
 
         env_info = probe_venv(self.venv)
         backend_dir = prepare_backend_dir(env_info, self.backend_root)
-        env = dict(os.environ)
-        for key in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"):  # keep the main venv out of the stub
-            env.pop(key, None)
-        env["VIRTUAL_ENV"] = str(env_info.venv)
-        env["PATH"] = f"{env_info.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-        ld = [str(env_info.libdir), str(env_info.wheel_libs)]
-        if env.get("LD_LIBRARY_PATH"):
-            ld.append(env["LD_LIBRARY_PATH"])
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(ld)
+        env = server_environment(env_info, os.environ)
 
         cmd = [
             str(env_info.binary),
