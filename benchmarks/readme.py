@@ -97,8 +97,11 @@ def reliability(reports: Path) -> str:
         soak = json.loads(soak_path.read_text())
         k = soak["summary"]
         memory = "grew" if k["memory_growth"] else "flat"
-        text += (f" Beside it, the 10-minute soak ([reports/soak.md](reports/soak.md), {_measured(soak)}) at "
-                 f"{k['target_rate']:,.0f} req/s ({k['capacity_fraction']:.0%} of {k['capacity_rps']:,.0f} probed) "
+        rate = (f"{k['capacity_fraction']:.0%} of {k['capacity_rps']:,.0f} probed" if k.get("capacity_rps")
+                else "the rate asked for")
+        served = f" of the {soak['model']['catalogue']} model" if soak["model"].get("catalogue") else ""
+        text += (f" Beside it, the 10-minute soak{served} ([reports/soak.md](reports/soak.md), {_measured(soak)}) at "
+                 f"{k['target_rate']:,.0f} req/s ({rate}, length {k['seq_len']}) "
                  f"answered {k['requests']:,} requests with {k['errors']} errors, p99 {k['p99_ms']:.1f} ms over the "
                  f"whole run, server memory {memory} at {k['rss_end_mb']} MB; "
                  f"{'PASS' if k['passed'] else 'FAIL'}{_caveat(soak)}.")
