@@ -664,4 +664,5 @@ def register(bench: typer.Typer) -> None:
         path = write_report("serve", payload, text, Path(out_dir) if out_dir else REPORTS)
         typer.echo(text)
         typer.echo(f"written: {path} and {path.with_suffix('.md')}")
-        typer.echo(json.dumps({f"{r['catalogue']}/{r['length']}": r["passed"] for r in payload["results"]}))
+        typer.echo(json.dumps({f"{r['catalogue']}/{r.get('entry', 'gpt4rec')}/{r['length']}": r["passed"]
+                               for r in payload["results"]}))
