@@ -28,6 +28,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
+from benchmarks.trained import TRAIN_BUDGET_S
 from pipelines.core.config import PROJECT_ROOT
 
 #: length -> (requests per minute at least, p99 ms at most)
@@ -389,18 +390,15 @@ def write_recommend(repo: Path, model: dict[str, Any], gpt4rec_model: str) -> di
     from pipelines.data.schema import CATALOGUE_FILE
     from pipelines.models.user_vectors import USERS_FILE
     from pipelines.pharmacy.served import PLACEMENTS
-    from pipelines.repository.companions import champion_users, deploy_recommend, fallback_tables
+    from pipelines.repository.companions import deploy_recommend, recommend_tables
     from pipelines.repository.metadata import read_model_metadata
 
     s = load_settings(overrides=[*model["overrides"], f"serve.model_name={gpt4rec_model}"])
     paths = Paths(Path(model["workdir"]))
     users_file = paths.models / "gpt4rec" / USERS_FILE
     meta = read_model_metadata(Path(model["onnx"]))
-    written = deploy_recommend(s, paths, repo, meta, users_file if users_file.is_file() else None)
-    if "skipped" in written:
-        raise RuntimeError(f"recommend for {model['catalogue']} cannot be written: {written['skipped']}")
-    users, users_note = champion_users(users_file if users_file.is_file() else None, meta.n_items)
-    tables = fallback_tables(paths, meta.n_items, s.policy, s.refills, users)
+    tables, users_note = recommend_tables(s, paths, meta.n_items, users_file if users_file.is_file() else None)
+    deploy_recommend(s, paths, repo, meta, prepared=(tables, users_note))
     names = pd.read_parquet(paths.validated / CATALOGUE_FILE, columns=["name"])["name"].tolist()
     rng = np.random.default_rng(s.data.seed)
     payloads = [b for placement in PLACEMENTS for b in placement_payloads(
@@ -576,7 +574,7 @@ def register(bench: typer.Typer) -> None:
                                        "(a generated world of N products) or an S3-Rec file/folder; each gets a "
                                        "GPT4Rec trained by the pipeline (cached under var/bench/serve/trained/)"),
         repeats: int = typer.Option(3, help="times each load level runs; the report judges the worst"),
-        train_budget: float = typer.Option(240.0, help="seconds of GPT4Rec training per catalogue (time budget)"),
+        train_budget: float = typer.Option(TRAIN_BUDGET_S, help="seconds of GPT4Rec training per catalogue (time budget)"),
         random_weights: bool = typer.Option(False, "--random-weights", help="serve untrained exports instead "
                                             "(synthetic:N catalogues only; no training)"),
         seq_lens: str = typer.Option("50,512", help="sequence lengths to serve, comma-separated"),

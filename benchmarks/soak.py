@@ -34,6 +34,7 @@ import numpy as np
 import typer
 
 from benchmarks.serve import TARGETS
+from benchmarks.trained import TRAIN_BUDGET_S
 from pipelines.core.config import PROJECT_ROOT
 
 WORK_DIR = PROJECT_ROOT / "var" / "bench" / "soak"
@@ -149,7 +150,7 @@ class SoakConfig:
     seq_len: int
     workers: int
     catalogue: str = ""  # synthetic:N or an S3-Rec file: its trained model (benchmarks/trained.py); "": the demo's
-    train_budget_s: float = 240.0
+    train_budget_s: float = TRAIN_BUDGET_S
 
 
 def validate(config: SoakConfig) -> None:
@@ -426,7 +427,7 @@ def register(bench: typer.Typer) -> None:
         catalogue: str = typer.Option("synthetic:100000", help="whose trained GPT4Rec to serve: synthetic:N or an "
                                       "S3-Rec file, trained and cached as `bench serve` does; '': the demo's "
                                       "champion, else random weights at data.n_products"),
-        train_budget: float = typer.Option(240.0, help="seconds of GPT4Rec training if the catalogue's model is "
+        train_budget: float = typer.Option(TRAIN_BUDGET_S, help="seconds of GPT4Rec training if the catalogue's model is "
                                            "not cached yet"),
         window: float = typer.Option(10.0, help="seconds per reported window (and per server memory sample)"),
         warmup: float = typer.Option(10.0, help="seconds of load before the measured part (not counted)"),

@@ -108,9 +108,6 @@ class UserRetrieval:
         if self.approximate:
             import faiss
 
-            # One thread: a served batch holds a few users, and OpenMP's thread wake-ups cost more than they
-            # save on the cores the server shares with its other models (the Triton stub is its own process).
-            faiss.omp_set_num_threads(1)
             self.index = faiss.IndexHNSWFlat(users.dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
             self.index.hnsw.efSearch = max(hnsw_ef_search, 1)
             self.index.add(self.table)

@@ -152,12 +152,21 @@ def champion_users(users_file: Path | None, n_items: int) -> tuple[UserVectors |
     return users, f"{len(users.user_ids)} users, dim {users.dim}"
 
 
-def deploy_recommend(s: Settings, p: Paths, repo: Path, gpt4rec: ModelMetadata,
-                     users_file: Path | None = None) -> dict[str, Any]:
-    """recommend over the deployed gpt4rec; {"skipped": why} when the popularity list is missing."""
-    users, users_note = champion_users(users_file, gpt4rec.n_items)
+def recommend_tables(s: Settings, p: Paths, n_items: int, users_file: Path | None) -> tuple[FallbackTables, str]:
+    """(recommend's tables, what was found of the user vectors); FileNotFoundError if popularity is missing."""
+    users, users_note = champion_users(users_file, n_items)
+    return fallback_tables(p, n_items, s.policy, s.refills, users), users_note
+
+
+def deploy_recommend(s: Settings, p: Paths, repo: Path, gpt4rec: ModelMetadata, users_file: Path | None = None,
+                     *, prepared: tuple[FallbackTables, str] | None = None) -> dict[str, Any]:
+    """recommend over the deployed gpt4rec; {"skipped": why} when the popularity list is missing.
+
+    `prepared`: what `recommend_tables` returned, when the caller built the tables already (they are not built
+    twice).
+    """
     try:
-        tables = fallback_tables(p, gpt4rec.n_items, s.policy, s.refills, users)
+        tables, users_note = prepared or recommend_tables(s, p, gpt4rec.n_items, users_file)
     except FileNotFoundError as exc:
         return {"skipped": str(exc)}
     rules = policy_rules(s.policy)

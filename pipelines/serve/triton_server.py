@@ -135,8 +135,8 @@ def server_environment(env_info: ServingEnv, base: Mapping[str, str]) -> dict[st
     if env.get("LD_LIBRARY_PATH"):
         ld.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = os.pathsep.join(ld)
-    # Numerical libraries in the backends' stubs on one thread each unless the caller says otherwise: every
-    # model sets its own threads (onnxruntime's intra_op_num_threads, faiss's), and a BLAS pool per stub
+    # Numerical libraries in the backends' stubs (numpy's BLAS, faiss's OpenMP) on one thread each unless the
+    # caller says otherwise: onnxruntime's threads are set per model (intra_op_num_threads), and a pool per stub
     # would spin on the cores the server, the other stubs and their clients share.
     for key in BLAS_THREAD_VARS:
         env.setdefault(key, "1")
