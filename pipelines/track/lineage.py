@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +61,43 @@ def content_hash(folder: Path) -> str:
     return digest.hexdigest()
 
 
+class LockReadError(RuntimeError):
+    """dvc.lock never held still long enough to be read whole, or is not valid YAML."""
+
+
+def read_dvc_lock(root: Path, attempts: int = 50, pause_s: float = 0.05) -> str | None:
+    """dvc.lock's text read whole, or None when the pipeline did not run under DVC.
+
+    DVC rewrites dvc.lock in place (truncate, then write) each time a stage of the run finishes, and a
+    run's stages finish while others are still running and reading it. A read can land between the
+    two and see nothing or half a file, which parses as no stage or not at all. So the text counts
+    only once two reads `pause_s` apart agree and it parses.
+    """
+    lock = root / "dvc.lock"
+    previous: str | None = None
+    problem = "it changed between every two reads"
+    for _ in range(attempts):
+        if not lock.exists():
+            return None
+        text = lock.read_text()
+        if text == previous:
+            try:
+                yaml.safe_load(text)
+                return text
+            except yaml.YAMLError as exc:
+                problem = f"it is not valid YAML: {str(exc).splitlines()[0]}"
+        previous = text
+        time.sleep(pause_s)
+    raise LockReadError(f"could not read {lock} whole in {attempts} tries ({problem}); is another process "
+                        f"rewriting it, or is it damaged?")
+
+
 def dvc_locked_hash(root: Path, out: str) -> str | None:
     """The md5 DVC recorded in dvc.lock for the stage output `out`, if the pipeline ran under DVC."""
-    lock = root / "dvc.lock"
-    if not lock.exists():
+    text = read_dvc_lock(root)
+    if text is None:
         return None
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    stages = (yaml.safe_load(text) or {}).get("stages", {})
     for stage in stages.values():
         for item in stage.get("outs", []):
             if item.get("path") == out:
@@ -90,10 +122,10 @@ FACTS_FILE = "lineage.json"  # code commit, the DVC remote, the model's training
 def write_bundle(root: Path, out: Path, params: dict[str, dict[str, Any]], facts: dict[str, Any]) -> Path:
     """Fill `out` with what reproducing this run needs: its dvc.lock (when the pipeline ran under DVC),
     its params and the facts (`dvc_lock` says whether the lock was there)."""
-    lock = root / LOCK_FILE
-    if lock.exists():
-        (out / LOCK_FILE).write_text(lock.read_text())
+    lock = read_dvc_lock(root)
+    if lock is not None:
+        (out / LOCK_FILE).write_text(lock)
     (out / PARAMS_FILE).write_text(yaml.safe_dump(params, sort_keys=False))
-    facts = {**facts, "dvc_lock": lock.exists()}
+    facts = {**facts, "dvc_lock": lock is not None}
     (out / FACTS_FILE).write_text(json.dumps(facts, indent=2, sort_keys=True) + "\n")
     return out

@@ -5,9 +5,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
-from pipelines.track.lineage import content_hash, data_version, dvc_locked_hash, git_commit
+from pipelines.track.lineage import LockReadError, content_hash, data_version, dvc_locked_hash, git_commit
 
 
 def _git(root: Path, *args: str) -> str:
@@ -79,6 +80,23 @@ def test_dvc_hash_of_an_output_from_dvc_lock(tmp_path):
     assert dvc_locked_hash(tmp_path, "data/other") is None
     (tmp_path / "dvc.lock").write_text("")
     assert dvc_locked_hash(tmp_path, "data/raw") is None
+
+
+def test_a_lock_read_mid_rewrite_waits_for_the_whole_file(tmp_path, monkeypatch):
+    """DVC truncates then writes dvc.lock while a run's other stages read it: an empty or torn read must
+    not pass for 'no such stage' (which drops the data version) or stop the stage (as it once did)."""
+    _lock(tmp_path)
+    whole = (tmp_path / "dvc.lock").read_text()
+    reads = iter(["", whole[: len(whole) // 2] + '\n  x: "', whole, whole])
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: next(reads))
+    assert dvc_locked_hash(tmp_path, "data/features") == "def.dir"
+
+
+def test_a_damaged_lock_is_named_not_read_as_empty(tmp_path, monkeypatch):
+    monkeypatch.setattr("pipelines.track.lineage.time.sleep", lambda _s: None)
+    (tmp_path / "dvc.lock").write_text("stages:\n  a: [\n")
+    with pytest.raises(LockReadError, match="dvc.lock.*not valid YAML"):
+        dvc_locked_hash(tmp_path, "data/raw")
 
 
 def test_data_version_carries_both_hashes(tmp_path):
