@@ -155,6 +155,12 @@ class ServeSettings(ParamsSection):
     startup_timeout_s: float = Field(120, gt=0)
     max_batch_size: int = Field(64, ge=1)
     instance_count: int = Field(1, ge=1)
+    # recommend's Python instances: each one blocks on its call into gpt4rec, so with one the requests queue
+    # while the CPU idles (reports/serve.md); several keep gpt4rec's batcher fed.
+    recommend_instances: int = Field(3, ge=1)
+    # how long recommend's batcher waits for a fuller batch: a batch shares one gpt4rec call and one
+    # pass over the catalogue scores
+    recommend_queue_delay_us: int = Field(500, ge=0)
 
 
 class PolicySettings(ParamsSection):

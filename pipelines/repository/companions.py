@@ -180,7 +180,8 @@ def deploy_recommend(s: Settings, p: Paths, repo: Path, gpt4rec: ModelMetadata, 
         max_cart_items=s.policy.max_cart_items, blends=s.placements.blends(), search_candidates=s.search.candidates,
         search_personal_weight=s.search.personal_weight, max_query_bytes=s.search.max_query_bytes,
         refill_due_within_days=s.refills.due_within_days, refill_overdue_days=s.refills.overdue_days,
-        users=s.users, instance_count=s.serve.instance_count)
+        users=s.users, instance_count=s.serve.recommend_instances,
+        max_queue_delay_us=s.serve.recommend_queue_delay_us)
     written = write_recommend_version(repo, tables, metadata={
         "gpt4rec_model": s.serve.model_name, "n_items": gpt4rec.n_items, "top_k": gpt4rec.top_k,
         "rules": tables.rules is not None, "n_rules": int(tables.rules.nnz) if tables.rules is not None else 0,
