@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+import yaml
 
 from pipelines.core.config import PROJECT_ROOT
 
@@ -34,8 +35,11 @@ USERS_PER_PRODUCT, MAX_USERS = 4, 120_000
 #: train_popularity and train_rules: recommend's fallback tables (what deploy writes beside the model).
 STAGES = ("generate", "validate", "sequences", "prod2vec", "train_gpt4rec", "export_onnx", "train_popularity",
           "train_rules")
-CODE = ("pipelines/models/gpt4rec.py", "pipelines/models/base.py", "pipelines/export/onnx.py",
-        "pipelines/data/generate.py", "pipelines/stages/train.py", "pipelines/stages/promote.py")
+#: What a trained model rests on besides its overrides: the packages its stages run (every module in them) and
+#: params.yaml's defaults (its `serve` section aside). A change to any of them trains anew.
+CODE = ("pipelines/core", "pipelines/data", "pipelines/validate", "pipelines/embed",
+        "pipelines/graph", "pipelines/models", "pipelines/evaluate", "pipelines/export", "pipelines/stages")
+PARAMS = "params.yaml"
 
 
 @dataclass(frozen=True)
@@ -84,10 +88,18 @@ def parse_catalogues(text: str) -> list[Catalogue]:
     return out
 
 
+def code_files() -> list[Path]:
+    """Every module of the packages in CODE that exist, in a fixed order."""
+    return sorted(path for rel in CODE for path in (PROJECT_ROOT / rel).rglob("*.py"))
+
+
 def _key(catalogue: Catalogue, overrides: list[str]) -> str:
     h = hashlib.sha256(json.dumps([catalogue.label, catalogue.overrides(), overrides, STAGES]).encode())
-    for rel in CODE:
-        h.update((PROJECT_ROOT / rel).read_bytes())
+    for path in code_files():
+        h.update(str(path.relative_to(PROJECT_ROOT)).encode())
+        h.update(path.read_bytes())
+    params = yaml.safe_load((PROJECT_ROOT / PARAMS).read_text()) or {}
+    h.update(json.dumps({k: v for k, v in params.items() if k != "serve"}, sort_keys=True, default=str).encode())
     if catalogue.path is not None:
         h.update(str(catalogue.path.stat().st_mtime_ns).encode())
     return f"{catalogue.label}-{h.hexdigest()[:12]}"

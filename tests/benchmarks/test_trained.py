@@ -11,3 +11,23 @@ def test_serving_overrides_neither_train_nor_change_the_cached_model():
     catalogue = parse_catalogues("synthetic:300")[0]
     assert _key(catalogue, training_only(overrides)) == _key(catalogue, training_only(overrides[:1] + overrides[3:]))
     assert _key(catalogue, training_only(overrides)) != _key(catalogue, training_only(overrides[1:]))
+
+
+def test_the_cache_key_follows_the_code_and_the_training_params(tmp_path, monkeypatch):
+    """A cached model is reused only while the code of its stages and params.yaml's training sections are the
+    same; serving settings do not count."""
+    monkeypatch.setattr("benchmarks.trained.PROJECT_ROOT", tmp_path)
+    module = tmp_path / "pipelines" / "graph" / "walks.py"
+    module.parent.mkdir(parents=True)
+    module.write_text("WALKS = 10\n")
+    params = tmp_path / "params.yaml"
+    params.write_text("gpt4rec:\n  dim: 64\nserve:\n  recommend_instances: 3\n")
+    catalogue = parse_catalogues("synthetic:300")[0]
+    first = _key(catalogue, [])
+    params.write_text("gpt4rec:\n  dim: 64\nserve:\n  recommend_instances: 5\n")
+    assert _key(catalogue, []) == first
+    params.write_text("gpt4rec:\n  dim: 32\nserve:\n  recommend_instances: 5\n")
+    second = _key(catalogue, [])
+    assert second != first
+    module.write_text("WALKS = 20\n")
+    assert _key(catalogue, []) != second
