@@ -156,7 +156,7 @@ class ServeSettings(ParamsSection):
     max_batch_size: int = Field(64, ge=1)
     instance_count: int = Field(1, ge=1)
     # recommend's Python instances: each one blocks on its call into gpt4rec, so with one the requests queue
-    # while the CPU idles (reports/serve.md); several keep gpt4rec's batcher fed.
+    # while the CPU idles (reports/serve.md); with several, one computes while another waits.
     recommend_instances: int = Field(3, ge=1)
     # how long recommend's batcher waits for a fuller batch: a batch shares one gpt4rec call and one
     # pass over the catalogue scores

@@ -73,7 +73,7 @@ def read_dvc_lock(root: Path, attempts: int = 50, pause_s: float = 0.05) -> str 
     two and see nothing or half a file, which parses as no stage or not at all. So the text counts
     only once two reads `pause_s` apart agree and it parses.
     """
-    lock = root / "dvc.lock"
+    lock = root / LOCK_FILE
     previous: str | None = None
     problem = "it changed between every two reads"
     for _ in range(attempts):
