@@ -379,11 +379,12 @@ def meets(worst: dict[str, Any], target: tuple[float, float]) -> bool:
     return worst["errors"] == 0 and worst["requests_per_min"] >= min_rpm and worst["p99_ms"] <= max_p99
 
 
-def write_recommend(repo: Path, model: dict[str, Any], gpt4rec_model: str, overrides: Sequence[str] = ()
+def write_recommend(repo: Path, model: dict[str, Any], gpt4rec: dict[str, Any], overrides: Sequence[str] = ()
                     ) -> dict[str, Any]:
     """`recommend` as deploy writes it from the catalogue's training run (its popularity, rules, catalogue,
-    safety and placement tables, search index and the model's own user vectors) over `gpt4rec_model`;
-    {model, source, payloads}: the mixed placement requests (see serve_recommend) it is measured with."""
+    safety and placement tables, search index and the model's own user vectors) over the served `gpt4rec`
+    ({model, onnx}: scoring in process, recommend holds a copy of that file); {model, source, payloads}: the
+    mixed placement requests (see serve_recommend) it is measured with."""
     import pandas as pd
 
     from benchmarks.serve_recommend import placement_payloads
@@ -394,12 +395,13 @@ def write_recommend(repo: Path, model: dict[str, Any], gpt4rec_model: str, overr
     from pipelines.repository.companions import deploy_recommend, recommend_tables
     from pipelines.repository.metadata import read_model_metadata
 
+    gpt4rec_model = gpt4rec["model"]
     s = load_settings(overrides=[*model["overrides"], *overrides, f"serve.model_name={gpt4rec_model}"])
     paths = Paths(Path(model["workdir"]))
     users_file = paths.models / "gpt4rec" / USERS_FILE
-    meta = read_model_metadata(Path(model["onnx"]))
+    meta = read_model_metadata(Path(gpt4rec["onnx"]))
     tables, users_note = recommend_tables(s, paths, meta.n_items, users_file if users_file.is_file() else None)
-    deploy_recommend(s, paths, repo, meta, prepared=(tables, users_note))
+    deploy_recommend(s, paths, repo, Path(gpt4rec["onnx"]), prepared=(tables, users_note))
     names = pd.read_parquet(paths.validated / CATALOGUE_FILE, columns=["name"])["name"].tolist()
     rng = np.random.default_rng(s.data.seed)
     payloads = [b for placement in PLACEMENTS for b in placement_payloads(
@@ -407,7 +409,9 @@ def write_recommend(repo: Path, model: dict[str, Any], gpt4rec_model: str, overr
     payloads = [payloads[i] for i in rng.permutation(len(payloads))]
     return {"model": "recommend", "payloads": payloads,
             "source": (f"recommend as deployed (params.yaml policy, placements {', '.join(PLACEMENTS)} mixed, "
-                       f"user vectors: {users_note}) over {gpt4rec_model}")}
+                       f"user vectors: {users_note}) over {gpt4rec_model}, "
+                       + ("scored in process with its own copy of that model" if s.serve.recommend_scoring == "in_process"
+                          else "called by BLS"))}
 
 
 def _serve_catalogue(model: dict[str, Any], seq_lens: list[int], rates: dict[int, list[float]], run_dir: Path, *,
@@ -430,7 +434,7 @@ def _serve_catalogue(model: dict[str, Any], seq_lens: list[int], rates: dict[int
     entry = None
     if recommend_rates and model.get("workdir") is not None and RECOMMEND_LENGTH in served:
         echo(f"  {model['catalogue']}: writing recommend over {served[RECOMMEND_LENGTH]['model']} ...")
-        entry = write_recommend(repo, model, served[RECOMMEND_LENGTH]["model"], overrides)
+        entry = write_recommend(repo, model, served[RECOMMEND_LENGTH], overrides)
     results = []
     triton = TritonServer(repo, http_port=find_free_port(), grpc_port=find_free_port(),
                           metrics_port=find_free_port(), log_dir=run_dir / "logs")

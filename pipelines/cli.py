@@ -398,22 +398,31 @@ def serve_rollback(
     """Serve an earlier Triton version again: its files go to a new version folder, a running server loads it.
 
     No folder is overwritten. The registry is not changed: follow with `rxrec promote --rollback` so the
-    next deploy does not bring the rolled-back model back.
+    next deploy does not bring the rolled-back model back. When recommend scores with its own copy of the
+    model rolled back (serve.recommend_scoring: in_process), its version holding the restored model is served
+    again too.
     """
     from pipelines.repository.check import rollback as roll_back
+    from pipelines.repository.check import scorer_pairing
     from pipelines.serve.daemon import load_in_running_server
 
     settings, paths = load_settings(overrides=set_ or []), Paths()
     try:
-        done = roll_back(paths.triton_repo, model, to_version=to, reason=reason)
+        paired = scorer_pairing(paths.triton_repo, model, to)
+        done = [roll_back(paths.triton_repo, model, to_version=to, reason=reason)]
+        if paired is not None:
+            done.append(roll_back(paths.triton_repo, paired[0], to_version=paired[1],
+                                  reason=f"scores with the rolled-back {model}'s model: {reason}".rstrip(": ")))
     except ValueError as exc:
         _fail(str(exc))
-    typer.echo(f"{model}: version {done['rolled_back']} rolled back; version {done['restored_from']} "
-               f"copied to new version {done['new_version']} ({done['path']})")
-    loaded, errors = load_in_running_server(settings.serve.http_port, [model], changed=[model],
+    for step in done:
+        typer.echo(f"{step['model']}: version {step['rolled_back']} rolled back; version {step['restored_from']} "
+                   f"copied to new version {step['new_version']} ({step['path']})")
+    models = [step["model"] for step in done]
+    loaded, errors = load_in_running_server(settings.serve.http_port, models, changed=models,
                                             timeout_s=settings.serve.startup_timeout_s)
     if errors:
-        _fail(f"the running Triton could not load {model!r} (the previous version keeps serving): {errors[model]}")
+        _fail(f"the running Triton could not load {sorted(errors)} (the previous versions keep serving): {errors}")
     typer.echo("loaded into the running Triton" if loaded else "no Triton running: `rxrec serve start` serves it")
 
 

@@ -155,12 +155,17 @@ class ServeSettings(ParamsSection):
     startup_timeout_s: float = Field(120, gt=0)
     max_batch_size: int = Field(64, ge=1)
     instance_count: int = Field(1, ge=1)
-    # recommend's Python instances: each one blocks on its call into gpt4rec, so with one the requests queue
-    # while the CPU idles (reports/serve.md); with several, one computes while another waits.
-    recommend_instances: int = Field(3, ge=1)
+    # recommend's Python instances: one per core scoring in process (one alone is held to a core by its GIL,
+    # more contend: 1, 2 and 4 served 24,530, 41,122 and 28,944 requests/min at 100k products); calling
+    # gpt4rec by BLS, 3 (each blocks on its call, so one computes while another waits; reports/serve.md)
+    recommend_instances: int = Field(2, ge=1)
     # how long recommend's batcher waits for a fuller batch: a batch shares one gpt4rec call and one
     # pass over the catalogue scores
     recommend_queue_delay_us: int = Field(500, ge=0)
+    # how recommend gets gpt4rec's top-k: in_process runs the deployed model's own copy inside recommend (a
+    # CPU node: one Python hop per request instead of two, docs/serving.md); bls calls the gpt4rec model
+    # (a GPU node, where gpt4rec is a TensorRT engine)
+    recommend_scoring: Literal["in_process", "bls"] = "in_process"
 
 
 class PolicySettings(ParamsSection):

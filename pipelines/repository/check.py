@@ -175,6 +175,58 @@ def _content_key(version_dir: Path) -> dict[str, str]:
     return {name: sha256_file(path) for name, path in _served_files(version_dir).items()}
 
 
+def _rollback_target(repo: Path, model_name: str, to_version: int | None) -> tuple[int, int]:
+    """(the newest version, the version to serve again); ValueError when there is none to go back to."""
+    model_dir = repo / model_name
+    versions = list_versions(repo, model_name)
+    if len(versions) < 2:
+        raise ValueError(f"{model_dir}: {len(versions)} version folder(s), nothing earlier to roll back to")
+    current = versions[-1]
+    if to_version is not None:
+        if to_version not in versions[:-1]:
+            raise ValueError(f"{model_dir}: version {to_version} is not an earlier version; choose one of "
+                             f"{versions[:-1]}")
+        problems = version_problems(model_dir / str(to_version))
+        if problems:
+            raise ValueError(f"{model_dir / str(to_version)} fails the integrity check: {'; '.join(problems)}")
+        return current, to_version
+    current_key = _content_key(model_dir / str(current))
+    candidates = [v for v in reversed(versions[:-1]) if not version_problems(model_dir / str(v))
+                  and _content_key(model_dir / str(v)) != current_key]
+    if not candidates:
+        raise ValueError(f"{model_dir}: no earlier version is intact and different from version {current}; "
+                         "pass --to to choose one")
+    return current, candidates[0]
+
+
+def scorer_pairing(repo: Path, model_name: str, to_version: int | None) -> tuple[str, int] | None:
+    """When rolling `model_name` back to `to_version` must roll back an entry point that scores with its own copy
+    of that model (recommend with gpt4rec.onnx, serve.recommend_scoring: in_process): (that entry point, its
+    version holding the restored model). None when no entry point scores with a copy of it. ValueError, before
+    anything is written, when none of the entry point's versions holds the model to restore."""
+    from pipelines.repository.models import RECOMMEND, SCORER_FILE
+
+    repo = Path(repo)
+    entries = list_versions(repo, RECOMMEND)
+    if not entries or not (repo / RECOMMEND / str(entries[-1]) / SCORER_FILE).is_file():
+        return None
+    newest = sha256_file(repo / RECOMMEND / str(entries[-1]) / SCORER_FILE)
+    if newest != sha256_file(repo / model_name / str(list_versions(repo, model_name)[-1]) / "model.onnx"):
+        return None  # recommend's copy is not of this model's newest version: rolling this one back leaves it
+    _, target = _rollback_target(repo, model_name, to_version)
+    wanted = sha256_file(repo / model_name / str(target) / "model.onnx")
+    if wanted == newest:
+        return None
+    for version in reversed(entries):
+        folder = repo / RECOMMEND / str(version)
+        if (folder / SCORER_FILE).is_file() and sha256_file(folder / SCORER_FILE) == wanted \
+                and not version_problems(folder):
+            return RECOMMEND, version
+    raise ValueError(f"{repo / RECOMMEND} scores with its own copy of {model_name}'s model, and none of its "
+                     f"versions {entries} holds version {target}'s: nothing was rolled back. Move the registry "
+                     "back with `rxrec promote --rollback` (it redeploys both)")
+
+
 def rollback(repo: Path, model_name: str, *, to_version: int | None = None, reason: str = "") -> dict[str, Any]:
     """Serve an earlier version again: copy its files into a new version folder; return what was done.
 
@@ -188,26 +240,7 @@ def rollback(repo: Path, model_name: str, *, to_version: int | None = None, reas
 
     repo = Path(repo)
     model_dir = repo / model_name
-    versions = list_versions(repo, model_name)
-    if len(versions) < 2:
-        raise ValueError(f"{model_dir}: {len(versions)} version folder(s), nothing earlier to roll back to")
-    current = versions[-1]
-    current_key = _content_key(model_dir / str(current))
-    if to_version is not None:
-        if to_version not in versions[:-1]:
-            raise ValueError(f"{model_dir}: version {to_version} is not an earlier version; choose one of "
-                             f"{versions[:-1]}")
-        problems = version_problems(model_dir / str(to_version))
-        if problems:
-            raise ValueError(f"{model_dir / str(to_version)} fails the integrity check: {'; '.join(problems)}")
-        target = to_version
-    else:
-        candidates = [v for v in reversed(versions[:-1]) if not version_problems(model_dir / str(v))
-                      and _content_key(model_dir / str(v)) != current_key]
-        if not candidates:
-            raise ValueError(f"{model_dir}: no earlier version is intact and different from version {current}; "
-                             "pass --to to choose one")
-        target = candidates[0]
+    current, target = _rollback_target(repo, model_name, to_version)
     source = model_dir / str(target)
     lineage = json.loads((source / LINEAGE).read_text())
     files = _served_files(source)
@@ -218,5 +251,5 @@ def rollback(repo: Path, model_name: str, *, to_version: int | None = None, reas
             "path": str(written.path)}
 
 
-__all__ = ["RepoCheck", "RepoProblem", "check_repository", "quarantine", "rollback", "snapshot",
+__all__ = ["RepoCheck", "RepoProblem", "check_repository", "quarantine", "rollback", "scorer_pairing", "snapshot",
            "version_problems"]

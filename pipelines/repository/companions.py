@@ -25,7 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from pipelines.core.config import Paths, PolicySettings, RefillSettings, Settings
-from pipelines.core.contract import MODEL_FILE, ModelMetadata
+from pipelines.core.contract import MODEL_FILE
 from pipelines.data.schema import CATALOGUE_FILE
 from pipelines.models.user_vectors import UserVectors
 from pipelines.pharmacy.catalogue import build_placement_tables, build_search
@@ -158,13 +158,16 @@ def recommend_tables(s: Settings, p: Paths, n_items: int, users_file: Path | Non
     return fallback_tables(p, n_items, s.policy, s.refills, users), users_note
 
 
-def deploy_recommend(s: Settings, p: Paths, repo: Path, gpt4rec: ModelMetadata, users_file: Path | None = None,
+def deploy_recommend(s: Settings, p: Paths, repo: Path, gpt4rec_onnx: Path, users_file: Path | None = None,
                      *, prepared: tuple[FallbackTables, str] | None = None) -> dict[str, Any]:
-    """recommend over the deployed gpt4rec; {"skipped": why} when the popularity list is missing.
+    """recommend over the deployed gpt4rec (its model.onnx: `gpt4rec_onnx`); {"skipped": why} when the popularity
+    list is missing. Scoring in process (serve.recommend_scoring), the version holds its own copy of that model.
 
     `prepared`: what `recommend_tables` returned, when the caller built the tables already (they are not built
     twice).
     """
+    gpt4rec = read_model_metadata(gpt4rec_onnx)
+    in_process = s.serve.recommend_scoring == "in_process"
     try:
         tables, users_note = prepared or recommend_tables(s, p, gpt4rec.n_items, users_file)
     except FileNotFoundError as exc:
@@ -181,9 +184,10 @@ def deploy_recommend(s: Settings, p: Paths, repo: Path, gpt4rec: ModelMetadata, 
         search_personal_weight=s.search.personal_weight, max_query_bytes=s.search.max_query_bytes,
         refill_due_within_days=s.refills.due_within_days, refill_overdue_days=s.refills.overdue_days,
         users=s.users, instance_count=s.serve.recommend_instances,
-        max_queue_delay_us=s.serve.recommend_queue_delay_us)
-    written = write_recommend_version(repo, tables, metadata={
+        max_queue_delay_us=s.serve.recommend_queue_delay_us, gpt4rec_scoring=s.serve.recommend_scoring)
+    written = write_recommend_version(repo, tables, scorer=gpt4rec_onnx if in_process else None, metadata={
         "gpt4rec_model": s.serve.model_name, "n_items": gpt4rec.n_items, "top_k": gpt4rec.top_k,
+        "gpt4rec_scoring": s.serve.recommend_scoring, "scorer_from": str(gpt4rec_onnx) if in_process else None,
         "rules": tables.rules is not None, "n_rules": int(tables.rules.nnz) if tables.rules is not None else 0,
         "popularity": str(p.models / "popularity"), "features": str(p.features),
         "policy": {"checks": rules.checks(), "molecules": tables.policy.n_molecules,
@@ -205,4 +209,4 @@ def deploy_companions(s: Settings, p: Paths, repo: Path, gpt4rec_dir: Path,
     stored user vectors, `users_file`)."""
     gpt4rec = read_model_metadata(gpt4rec_dir / MODEL_FILE)
     return {SIMILAR_ITEMS: deploy_similar_items(s, p, repo, gpt4rec.n_items),
-            RECOMMEND: deploy_recommend(s, p, repo, gpt4rec, users_file)}
+            RECOMMEND: deploy_recommend(s, p, repo, gpt4rec_dir / MODEL_FILE, users_file)}

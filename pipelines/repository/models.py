@@ -16,6 +16,7 @@ Beside `gpt4rec` (pipelines/repository/versions.py) the repository holds::
     repo/recommend/<n>/rxrec_search.py      its query code (a copy of pipelines/pharmacy/search.py)
     repo/recommend/<n>/users.npz            the champion's stored user vectors and item table, when its run has them
     repo/recommend/<n>/rxrec_users.py       their retrieval (a copy of pipelines/models/user_vectors.py)
+    repo/recommend/<n>/gpt4rec.onnx         gpt4rec's model.onnx, when recommend scores in process (no BLS hop)
     repo/<model>/<n>/rxrec_backend.py       helpers every backend imports (pipelines/serve/backend/)
 
 Version folders follow the same rules as gpt4rec's: assembled in a hidden temp folder and renamed
@@ -78,6 +79,10 @@ SEARCH_MODULE_FILE = "rxrec_search.py"
 USERS_PY = Path(user_vectors.__file__)  # copied as rxrec_users.py (it imports rxrec_pharmacy beside it)
 USERS_MODULE_FILE = "rxrec_users.py"
 USER_INPUT = "user_id"  # optional int64 [batch, 1]: the request's user, 0 = anonymous
+SCORER_FILE = "gpt4rec.onnx"  # in a recommend version scoring in process: the gpt4rec version's model.onnx
+#: How recommend gets gpt4rec's top-k: "in_process" runs its own copy of the exported model (CPU serving: one
+#: Python hop per request, not two), "bls" calls the gpt4rec model (a GPU node's TensorRT engine).
+GPT4REC_SCORINGS = ("in_process", "bls")
 
 # Tensor names (the backends repeat them: they run in Triton's environment, not this package's).
 SIMILAR_INPUT = "item_id"  # int64 [batch, 1]
@@ -210,6 +215,7 @@ def write_recommend_config(
     users: UsersSettings | None = None,
     instance_count: int = 1,
     max_queue_delay_us: int = 500,
+    gpt4rec_scoring: str = "bls",
     model_name: str = RECOMMEND,
 ) -> Path:
     """Write repo/recommend/config.pbtxt for the BLS entry point (sessions in, top_k + source out).
@@ -220,6 +226,8 @@ def write_recommend_config(
     which safety checks apply (params.yaml `policy`; all of them by default), what each placement
     blends (params.yaml `placements`, as "source:slots,..."), how search re-ranks (params.yaml `search`) and
     when a refill is offered (params.yaml `refills`) and how a user's stored vector is searched (params.yaml `users`).
+    ``gpt4rec_scoring`` (GPT4REC_SCORINGS) says whether the version's own copy of the model scores or the
+    ``gpt4rec_model`` is called.
     """
     blends = dict(blends or PlacementsSettings().blends())
     for name, text in blends.items():
@@ -241,6 +249,8 @@ def write_recommend_config(
         raise ValueError(f"refill days must be >= 0, got {refill_due_within_days} and {refill_overdue_days}")
     if search_personal_weight < 0:
         raise ValueError(f"search_personal_weight must be >= 0, got {search_personal_weight}")
+    if gpt4rec_scoring not in GPT4REC_SCORINGS:
+        raise ValueError(f"gpt4rec_scoring must be one of {GPT4REC_SCORINGS}, got {gpt4rec_scoring!r}")
     text = _config_text(
         model_name, max_batch_size=max_batch_size, instance_count=instance_count,
         max_queue_delay_us=max_queue_delay_us, num_versions=1,
@@ -261,6 +271,7 @@ def write_recommend_config(
                  _tensor(OUTPUT_REASONS, "TYPE_STRING", str(top_k))],
         params={"n_items": n_items, "top_k": top_k, "gpt4rec_model": gpt4rec_model,
                 "gpt4rec_max_len": gpt4rec_max_len, "gpt4rec_max_batch_size": gpt4rec_max_batch_size,
+                "gpt4rec_scoring": gpt4rec_scoring,
                 "filter_purchased": str(bool(filter_purchased)).lower(),
                 "warm_min_interactions": warm_min_interactions, "rules_recent_items": rules_recent_items,
                 "rules_decay": rules_decay, "max_cart_items": max_cart_items,
@@ -441,11 +452,14 @@ class FallbackTables:
 
 
 def write_recommend_version(
-    repo: Path, tables: FallbackTables, *, metadata: Mapping[str, Any], model_name: str = RECOMMEND
+    repo: Path, tables: FallbackTables, *, metadata: Mapping[str, Any], scorer: Path | None = None,
+    model_name: str = RECOMMEND
 ) -> VersionWritten:
-    """A recommend version: the BLS backend as model.py and the fallback tables."""
+    """A recommend version: the entry point's backend as model.py, the fallback tables and, when it scores in
+    process, `scorer` (the gpt4rec version's model.onnx) as gpt4rec.onnx: the version then carries the exact
+    model it serves, so rolling recommend back rolls its personal list back with it."""
     files: dict[str, FileContent] = {"model.py": RECOMMEND_BACKEND_PY, BACKEND_COMMON_PY.name: BACKEND_COMMON_PY,
                                      PHARMACY_MODULE_FILE: PHARMACY_PY, SEARCH_MODULE_FILE: SEARCH_PY,
                                      USERS_MODULE_FILE: USERS_PY,
-                                     **tables.files()}
+                                     **tables.files(), **({SCORER_FILE: scorer} if scorer is not None else {})}
     return write_model_version(repo, model_name, files, metadata=metadata)

@@ -70,11 +70,13 @@ def test_recommend_config_is_a_valid_triton_config(tmp_path: Path) -> None:
     assert params["placement_product"] == "substitutes:4,personal:6", "params.yaml defaults when none are given"
     assert params["gpt4rec_model"] == "gpt4rec" and params["filter_purchased"] == "false"
     assert params["rules_decay"] == "0.25" and params["gpt4rec_max_len"] == "50"
+    assert params["gpt4rec_scoring"] == "bls", "without a scorer in the version it calls the gpt4rec model"
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"top_k": 0}, "top_k"), ({"max_batch_size": -1}, "max_batch_size"), ({"rules_decay": 0.0}, "rules_decay"),
     ({"gpt4rec_model": "../x"}, "invalid model name"),
+    ({"gpt4rec_scoring": "inline"}, "gpt4rec_scoring must be one of"),
 ])
 def test_recommend_config_rejects_bad_values(tmp_path: Path, kwargs: dict, message: str) -> None:
     args = {"top_k": 10, "n_items": 5, "max_batch_size": 4, "gpt4rec_max_len": 8, "gpt4rec_max_batch_size": 4}
@@ -141,6 +143,20 @@ def test_recommend_version_holds_backend_and_pickle_free_tables(tmp_path: Path) 
     # the same tables again (fresh bytes, same content) are recognised: no new folder
     assert not write_recommend_version(tmp_path, _tables(), metadata={}).new
     assert write_recommend_version(tmp_path, _tables(rules=False), metadata={}).version == 2
+
+
+def test_a_version_scoring_in_process_carries_its_model_and_a_new_model_is_a_new_version(tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"onnx bytes of gpt4rec version 3")
+    repo = tmp_path / "repo"
+    written = write_recommend_version(repo, _tables(), metadata={}, scorer=model)
+    assert (written.path / "gpt4rec.onnx").read_bytes() == model.read_bytes()
+    assert "gpt4rec.onnx" in json.loads((written.path / "lineage.json").read_text())["files"]
+    assert not write_recommend_version(repo, _tables(), metadata={}, scorer=model).new
+    model.write_bytes(b"onnx bytes of gpt4rec version 4")  # same tables, the champion changed: a new version
+    assert write_recommend_version(repo, _tables(), metadata={}, scorer=model).version == 2
+    with pytest.raises(FileNotFoundError, match="gpt4rec.onnx source not found"):
+        write_recommend_version(repo, _tables(), metadata={}, scorer=tmp_path / "missing.onnx")
 
 
 def test_stored_user_vectors_travel_into_the_version_and_must_score_its_items(tmp_path: Path) -> None:

@@ -26,3 +26,14 @@ def test_every_backend_takes_its_names_from_the_shared_file():
         assert "from rxrec_backend import" in source, backend
         own = _constants(BACKEND_DIR / backend)
         assert not {"OUTPUT_IDS", "OUTPUT_SCORES", "EVENT_TYPES_NAME"} & own.keys(), backend
+
+
+def test_recommend_repeats_the_names_its_writer_uses():
+    """recommend.py cannot import pipelines.repository.models (the writer of its config and version folder)."""
+    from pipelines.repository import models
+
+    own = _constants(BACKEND_DIR / "recommend.py")
+    shared = {name for name in own if name.isupper() and hasattr(models, name)}
+    assert {"SCORER_FILE", "SESSION_INPUT", "USER_INPUT", "OUTPUT_REASONS"} <= shared
+    for name in shared:
+        assert own[name] == getattr(models, name), name

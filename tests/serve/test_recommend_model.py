@@ -1,4 +1,5 @@
-"""The `recommend` entry point on the real tritonserver: BLS to gpt4rec, unknown ids, cold sessions, filters.
+"""The `recommend` entry point on the real tritonserver: BLS to gpt4rec, unknown ids, cold sessions, filters,
+and the same answers when it scores with its own copy of gpt4rec's model in process.
 
 A tiny repository: a toy gpt4rec (masked mean of item embeddings, top-5, no seen-item masking, so
 recommend's own filtering and backfill are exercised) and hand-made fallback tables where
@@ -61,8 +62,23 @@ def served(triton: TritonServer, tmp_path_factory):
     write_version(repo, "gpt4rec_kinds", kinds_onnx, metadata={})
     write_recommend_config(repo, **common, gpt4rec_model="gpt4rec_kinds", model_name="recommend_kinds")
     write_recommend_version(repo, _tables(), metadata={}, model_name="recommend_kinds")
-    with loaded(triton, "gpt4rec", "recommend", "recommend_keep", "gpt4rec_kinds", "recommend_kinds") as server:
+    for name, scorer in (("recommend_inproc", _with_n_items(onnx_path, root / "scorer.onnx")),
+                         ("recommend_kinds_inproc", kinds_onnx)):
+        write_recommend_config(repo, **common, gpt4rec_scoring="in_process", model_name=name)
+        write_recommend_version(repo, _tables(), metadata={}, scorer=scorer, model_name=name)
+    with loaded(triton, "gpt4rec", "recommend", "recommend_keep", "gpt4rec_kinds", "recommend_kinds",
+                "recommend_inproc", "recommend_kinds_inproc") as server:
         yield server, ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+
+
+def _with_n_items(onnx_path: Path, out: Path) -> Path:
+    """The toy with the metadata a real export carries (n_items): what an in-process scorer checks on load."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    onnx.helper.set_model_props(model, {"n_items": str(N_ITEMS)})
+    onnx.save(model, str(out))
+    return out
 
 
 def _gpt4rec_with_kinds(out_dir: Path) -> Path:
@@ -172,6 +188,8 @@ def test_gpt4rec_down_falls_back_instead_of_failing(served) -> None:
         (answer,) = recommend_session([[3, 17]], url=server.url)
         assert answer.source == "popularity" and answer.item_ids == _popular({3, 17})
         assert "gpt4rec failed" in server.log_tail(200)
+        (own,) = recommend_session([[3, 17]], url=server.url, model_name="recommend_inproc")
+        assert own.source == "gpt4rec"  # scoring in process, it does not need the gpt4rec model
     finally:
         server.load("gpt4rec", timeout_s=120)
     assert recommend_session([[3, 17]], url=server.url)[0].source == "gpt4rec"
@@ -230,3 +248,40 @@ def test_bad_event_kinds_are_rejected(served) -> None:
     finally:
         client.close()
     assert server.model_ready("recommend_kinds")
+
+
+def test_in_process_scoring_answers_what_the_bls_call_answers(served) -> None:
+    server, _ = served
+    long_session = [int(i) for i in np.arange(1, 26) % 30 + 1]  # 25 items: the latest gpt4rec_max_len (20) count
+    sessions = [[3, 17, 8], [], [31], [999], [3, 999, 17, 37], long_session, [5]]
+    purchased = [[1, 2], [], [], [], [4], [], [9, 10, 11]]
+    for protocol, url in (("http", server.url), ("grpc", f"127.0.0.1:{server.grpc_port}")):
+        bls = recommend_session(sessions, purchased=purchased, url=url, protocol=protocol)
+        own = recommend_session(sessions, purchased=purchased, url=url, protocol=protocol,
+                                model_name="recommend_inproc")
+        assert own == bls, protocol
+    assert [a.source for a in own][:4] == ["gpt4rec", "popularity", "rules", "popularity"]
+    for kinds in (["view", "click", "purchase"], [4, 4, 3], [0, 0, 0]):
+        bls_kinds = recommend_session([[3, 17, 8]], kinds=[kinds], url=server.url, model_name="recommend_kinds")
+        own_kinds = recommend_session([[3, 17, 8]], kinds=[kinds], url=server.url, model_name="recommend_kinds_inproc")
+        assert own_kinds == bls_kinds and own_kinds[0].source == "gpt4rec", kinds
+    assert (recommend_session([[3, 17, 8]], url=server.url, model_name="recommend_kinds_inproc")
+            == recommend_session([[3, 17, 8]], url=server.url, model_name="recommend_kinds"))
+
+
+def test_in_process_scoring_without_its_model_refuses_to_load(served) -> None:
+    from pipelines.serve.triton_server import TritonModelLoadError
+
+    server, _ = served
+    common = {"top_k": K, "n_items": N_ITEMS, "max_batch_size": 16, "gpt4rec_max_len": 20,
+              "gpt4rec_max_batch_size": 16, "gpt4rec_scoring": "in_process"}
+    repo = Path(server.repo)
+    write_recommend_config(repo, **common, model_name="recommend_no_scorer")
+    write_recommend_version(repo, _tables(), metadata={}, model_name="recommend_no_scorer")
+    with pytest.raises(TritonModelLoadError, match="gpt4rec.onnx is not in .*redeploy"):
+        server.load("recommend_no_scorer", timeout_s=120)
+    toy = repo / "gpt4rec" / "1" / "model.onnx"  # no n_items in its metadata: cannot be checked against the tables
+    write_recommend_config(repo, **common, model_name="recommend_unsized")
+    write_recommend_version(repo, _tables(), metadata={}, scorer=toy, model_name="recommend_unsized")
+    with pytest.raises(TritonModelLoadError, match="scores n_items=\\? but the tables cover 40"):
+        server.load("recommend_unsized", timeout_s=120)

@@ -31,9 +31,7 @@ answered.
 Speed (measured by `rxrec bench serve`, reports/serve.md): a dynamic batch is validated with one
 min/max over all of it and only re-checked request by request when that finds a problem; requests
 of the same width share one ONNX call; leading columns that are padding in every row of that call
-are cut off first. That is exact for this contract: positions count back from the newest item and
-padding is masked out of attention and the top-k, so a session's answer does not depend on how far
-it is padded. onnxruntime threads do not spin while idle (on a few shared cores a spinning thread
+are cut off first (rxrec_backend.OnnxTopK, exact for this contract). onnxruntime threads do not spin while idle (on a few shared cores a spinning thread
 takes CPU from the server and the other instance). Config parameter "allow_spinning" = "1" turns
 spinning back on.
 """
@@ -48,22 +46,18 @@ from rxrec_backend import (
     EVENT_KINDS,
     EVENT_TYPES_NAME,
     INPUT_NAME,
+    MAX_TOKENS_PER_CALL,
     MODEL_FILE,
     N_ITEMS,
     OUTPUT_IDS,
-    OUTPUT_SCORES,
     ModelArgs,
+    OnnxTopK,
     answer,
     failed,
     input_array,
     not_int64,
-    onnx_session,
     refusal,
 )
-
-# Rows x positions per onnxruntime call. At length 512, batches of 32 run ~15% slower per session
-# than batches of 4 on this CPU (attention matrices leave the cache); 2048 = 40 rows at length 50.
-MAX_TOKENS_PER_CALL = 2048
 
 
 class TritonPythonModel:
@@ -78,17 +72,13 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"{self.name}: model.onnx not found at {onnx_path}")
 
         threads = model.param("intra_op_num_threads", int, 1)
-        self.session = onnx_session(onnx_path, threads, spinning=bool(model.param("allow_spinning", int, 0)))
+        self.scorer = OnnxTopK(onnx_path, threads, spinning=bool(model.param("allow_spinning", int, 0)),
+                               max_tokens_per_call=model.param("max_tokens_per_call", int, MAX_TOKENS_PER_CALL))
+        if (problem := self.scorer.contract_problem()) is not None:
+            raise pb_utils.TritonModelException(f"{self.name}: model.onnx: {problem}")
+        inputs, outputs = self.scorer.inputs, self.scorer.outputs
 
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        outputs = {o.name: o for o in self.session.get_outputs()}
-        if INPUT_NAME not in inputs or {OUTPUT_IDS, OUTPUT_SCORES} - outputs.keys():
-            raise pb_utils.TritonModelException(
-                f"{self.name}: model.onnx must have input {INPUT_NAME!r} and outputs "
-                f"{OUTPUT_IDS!r}, {OUTPUT_SCORES!r}; it has inputs {sorted(inputs)} outputs {sorted(outputs)}"
-            )
-
-        meta = self.session.get_modelmeta().custom_metadata_map
+        meta = self.scorer.metadata
         if meta.get(N_ITEMS):
             self.n_items, source = int(meta[N_ITEMS]), "onnx metadata"
         else:
@@ -110,7 +100,6 @@ class TritonPythonModel:
                     "set the ONNX metadata_props key 'event_kinds' (pipelines/export/onnx.py writes it)"
                 )
         self.max_seq_len = model.param("max_seq_len", int, None)
-        self.max_tokens_per_call = max(1, model.param("max_tokens_per_call", int, MAX_TOKENS_PER_CALL))
 
         top_k = model.param("top_k", int, None)
         k_dim = outputs[OUTPUT_IDS].shape[-1] if outputs[OUTPUT_IDS].shape else None
@@ -230,34 +219,14 @@ class TritonPythonModel:
                 calls.append((members, batch, batch_kinds))
 
         for members, batch, batch_kinds in calls:
-            first_item_column = int(np.argmax(batch.any(axis=0)))  # every row has an item: exists
-            if first_item_column:  # exact for event kinds too: padding positions are masked out
-                batch = np.ascontiguousarray(batch[:, first_item_column:])
-                if batch_kinds is not None:
-                    batch_kinds = np.ascontiguousarray(batch_kinds[:, first_item_column:])
             try:
-                ids, scores = self._run(batch, batch_kinds)
+                ids, scores = self.scorer.top_k(batch, batch_kinds)
             except Exception as exc:  # noqa: BLE001 - reported to the caller, the model stays up
                 failed(members, responses, self.name, exc)
                 continue
             answer(ids, scores, members, responses)
         return responses
 
-    def _feeds(self, batch: np.ndarray, batch_kinds: np.ndarray | None) -> dict[str, np.ndarray]:
-        if batch_kinds is None:
-            return {INPUT_NAME: batch}
-        return {INPUT_NAME: batch, EVENT_TYPES_NAME: batch_kinds}
-
-    def _run(self, batch: np.ndarray, batch_kinds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """ONNX calls of at most max_tokens_per_call tokens: long sessions in big batches thrash the cache."""
-        rows = max(1, self.max_tokens_per_call // batch.shape[1])
-        if batch.shape[0] <= rows:
-            return self.session.run([OUTPUT_IDS, OUTPUT_SCORES], self._feeds(batch, batch_kinds))
-        parts = [self.session.run([OUTPUT_IDS, OUTPUT_SCORES],
-                                  self._feeds(batch[i : i + rows], None if batch_kinds is None else batch_kinds[i : i + rows]))
-                 for i in range(0, batch.shape[0], rows)]
-        return np.concatenate([ids for ids, _ in parts]), np.concatenate([s for _, s in parts])
-
     def finalize(self) -> None:
         """Drop the session so its memory is returned before the stub exits."""
-        self.session = None
+        self.scorer = None

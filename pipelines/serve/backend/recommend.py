@@ -79,10 +79,12 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 from rxrec_backend import (
     EVENT_KINDS,
+    N_ITEMS,
     OUTPUT_IDS,
     OUTPUT_SCORES,
     TOP_K,
     ModelArgs,
+    OnnxTopK,
     input_array,
     not_int64,
     refusal,
@@ -117,6 +119,7 @@ CART_INPUT = "cart_ids"
 PRESCRIBED_INPUT = "prescribed_ids"
 PURCHASED_DAYS_INPUT = "purchased_days_ago"
 USER_INPUT = "user_id"
+SCORER_FILE = "gpt4rec.onnx"  # gpt4rec's model.onnx, copied in at deploy when recommend scores in process
 POPULAR_CHUNK = 64  # popularity is walked in chunks from this long, doubling, until the list is full
 MAX_EVENT_KIND = 4  # purchase; config parameter "event_kinds" overrides
 KINDS_RETRY_S = 60.0  # after gpt4rec refused event_types, ask without them this long
@@ -272,17 +275,43 @@ class TritonPythonModel:
                     f"{self.name}: {USERS_FILE} scores {self.users.n_items} items, not {self.n_items}")
             self.user_retrieval = UserRetrieval(self.users, self.catalogue, param("users_faiss_above_items", int, 50000),
                                                 param("users_hnsw_m", int, 32), param("users_hnsw_ef_search", int, 128))
+        self.scorer = self._scorer(model, param("gpt4rec_scoring", str, "bls"))
         items = np.flatnonzero(self.catalogue)
         self.popular_order = items[np.lexsort((items, -self.popularity[items]))]
         pb_utils.Logger.log_info(
-            f"{self.name}: loaded (n_items={self.n_items}, k={self.k}, calls {self.gpt4rec!r} with up to "
-            f"{self.max_len} items, rules={'yes' if self.rules is not None else 'no'}, "
+            f"{self.name}: loaded (n_items={self.n_items}, k={self.k}, "
+            + (f"scores with its copy of gpt4rec ({SCORER_FILE}) in process" if self.scorer else f"calls {self.gpt4rec!r}")
+            + f" with up to {self.max_len} items, "
+            f"rules={'yes' if self.rules is not None else 'no'}, "
             f"filter_purchased={self.filter_purchased}, warm_min_interactions={self.warm_min}, policy: "
             f"{self.rules_of_policy}, {tables.n_molecules} molecules, {len(tables.interacting_pairs)} interacting pairs, "
             f"blends {self.blends}, search over {len(self.search.words)} words, "
             + ("no stored user vectors)" if self.users is None else f"{len(self.users.user_ids)} stored user vectors, "
                f"{'faiss HNSW' if self.user_retrieval.approximate else 'exact'} retrieval)")
         )
+
+    def _scorer(self, model: ModelArgs, scoring: str) -> OnnxTopK | None:
+        """gpt4rec's exported model in this process ("in_process": the version folder's copy of it), or None
+        to call the gpt4rec model through BLS ("bls": a GPU node's TensorRT engine, or a shared instance)."""
+        if scoring == "bls":
+            return None
+        if scoring != "in_process":
+            raise pb_utils.TritonModelException(f"{self.name}: config parameter gpt4rec_scoring={scoring!r}; "
+                                                "use in_process or bls")
+        path = model.folder(SCORER_FILE) / SCORER_FILE
+        if not path.is_file():
+            raise pb_utils.TritonModelException(f"{self.name}: gpt4rec_scoring=in_process but {SCORER_FILE} is not in "
+                                                f"{path.parent}: redeploy (it copies gpt4rec's model.onnx in)")
+        scorer = OnnxTopK(path, model.param("scorer_threads", int, 1))
+        if (problem := scorer.contract_problem()) is not None:
+            raise pb_utils.TritonModelException(f"{self.name}: {SCORER_FILE}: {problem}")
+        scored = scorer.metadata.get(N_ITEMS, "")
+        if scored != str(self.n_items):
+            raise pb_utils.TritonModelException(f"{self.name}: {SCORER_FILE} scores n_items={scored or '?'} but the "
+                                                f"tables cover {self.n_items}: the two were not deployed together")
+        kinds = scorer.metadata.get(EVENT_KINDS, "")
+        self.scorer_kinds = int(kinds) if kinds.isdigit() else 0
+        return scorer
 
     # ------------------------------------------------------------------ sources
 
@@ -446,6 +475,8 @@ class TritonPythonModel:
         return self._call_gpt4rec_once(batch, None)
 
     def _call_gpt4rec_once(self, batch: np.ndarray, kinds: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        if self.scorer is not None:
+            return self._score_in_process(batch, kinds)
         inputs = [pb_utils.Tensor(GPT4REC_INPUT, batch)]
         if kinds is not None:
             inputs.append(pb_utils.Tensor(EVENT_TYPES_INPUT, kinds))
@@ -462,6 +493,13 @@ class TritonPythonModel:
         ids = pb_utils.get_output_tensor_by_name(response, OUTPUT_IDS).as_numpy()
         scores = pb_utils.get_output_tensor_by_name(response, OUTPUT_SCORES).as_numpy()
         return ids.astype(np.int64), scores.astype(np.float32)
+
+    def _score_in_process(self, batch: np.ndarray, kinds: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The scorer's top-k; kinds go along when it reads them (kinds it does not know are unknown, 0)."""
+        if self.scorer.takes_kinds:
+            kinds = np.zeros_like(batch) if kinds is None else np.where(kinds <= self.scorer_kinds, kinds, 0)
+        ids, scores = self.scorer.top_k(batch, kinds if self.scorer.takes_kinds else None)
+        return ids.astype(np.int64, copy=False), scores.astype(np.float32, copy=False)
 
     # ------------------------------------------------------------------ requests
 
