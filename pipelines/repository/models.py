@@ -7,7 +7,7 @@ Beside `gpt4rec` (pipelines/repository/versions.py) the repository holds::
     repo/similar_items/<n>/model.py         Python backend (pipelines/serve/backend/similar_items.py)
     repo/similar_items/<n>/known.npy        which ids have a vector (others are rejected)
     repo/recommend/config.pbtxt
-    repo/recommend/<n>/model.py             BLS entry point (pipelines/serve/backend/recommend.py)
+    repo/recommend/<n>/model.py             the entry point (pipelines/serve/backend/recommend.py)
     repo/recommend/<n>/*.npy, rules.npz     fallback tables: popularity, item counts, catalogue, rules
     repo/recommend/<n>/policy.npz           the safety policy's tables (pipelines/pharmacy/tables.py)
     repo/recommend/<n>/rxrec_pharmacy.py    the safety policy, blends, reasons (a copy of pipelines/pharmacy/served.py)
@@ -218,7 +218,7 @@ def write_recommend_config(
     gpt4rec_scoring: str = "bls",
     model_name: str = RECOMMEND,
 ) -> Path:
-    """Write repo/recommend/config.pbtxt for the BLS entry point (sessions in, top_k + source out).
+    """Write repo/recommend/config.pbtxt for the entry point (sessions in, top_k + source out).
 
     The parameters tell the backend which model to call (``gpt4rec_model``, whose
     ``gpt4rec_max_len`` and ``gpt4rec_max_batch_size`` it respects), whether ``purchased_ids`` are

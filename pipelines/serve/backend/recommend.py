@@ -1,4 +1,4 @@
-"""Triton Python-backend model `recommend`: the entry point callers use (BLS over gpt4rec).
+"""Triton Python-backend model `recommend`: the entry point callers use (GPT4Rec in process, or BLS over gpt4rec).
 
 Copied as model.py into every recommend version folder (pipelines/repository/models.py) beside
 its fallback tables: popularity.npy, interactions.npy, catalogue.npy, the safety policy's tables
@@ -7,7 +7,8 @@ index search.npz (read by rxrec_search.py, a copy of pipelines/pharmacy/search.p
 rules were trained rules.npz (CSR arrays indptr/indices/data) and, when the champion's training run stored
 them, the user vectors users.npz (read by rxrec_users.py, a copy of pipelines/models/user_vectors.py).
 Runs inside Triton's Python-backend stub in the serving venv: only the standard library, numpy,
-triton_python_backend_utils and (for user retrieval above users_faiss_above_items items) faiss.
+triton_python_backend_utils, onnxruntime (scoring in process) and (for user retrieval above
+users_faiss_above_items items) faiss.
 
 Inputs (batch dimension first; 0 is padding everywhere):
   session_ids    int64 [batch, seq]  the session's item ids, oldest first. An empty session is
@@ -59,8 +60,9 @@ Outputs:
                                  composition as X, 38% cheaper, generic", ...
 
 How a row is answered: unknown ids are dropped (reported, not an error). If a remaining item is
-warm (>= warm_min_interactions training interactions), gpt4rec is asked through BLS with the
-latest gpt4rec_max_len known items; otherwise the session is cold and association rules fired by
+warm (>= warm_min_interactions training interactions), GPT4Rec scores the latest gpt4rec_max_len
+known items: with config parameter gpt4rec_scoring "in_process", the version's own copy of the deployed
+model (gpt4rec.onnx, run by onnxruntime in this process); with "bls", the gpt4rec model through BLS; otherwise the session is cold and association rules fired by
 its latest items answer; with no rule, popularity does. The session's items, (optionally)
 purchased_ids and ids outside the catalogue are filtered out everywhere; a source that leaves fewer than k items is topped up
 by the next one. Every source's candidates pass the safety policy (rxrec_pharmacy: restricted,
