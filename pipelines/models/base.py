@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -57,6 +58,8 @@ class FitContext:
     on_epoch: Callable[[dict[str, float]], None] | None = None
     # False for a refit: train exactly `epochs` epochs and keep the last (its data holds the validation targets).
     validate: bool = True
+    # The share of its batches the last epoch trains: a refit of a selection whose best epoch the time budget cut.
+    last_epoch_fraction: float = 1.0
 
 
 @runtime_checkable
@@ -188,7 +191,7 @@ class SequenceModelSettings(ParamsSection):
     weight_decay: float = Field(0.0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     patience: int = Field(3, ge=1)  # epochs without a better validation score before stopping
-    time_budget_s: float = Field(0, ge=0)  # stop after the epoch that passes it; 0 = no budget
+    time_budget_s: float = Field(0, ge=0)  # stop when training passes it, mid-epoch too; 0 = no budget
     # The next-item loss (pipelines/models/losses.py): softmax over every item, or over `negatives` shared
     # popularity-sampled items; auto = full up to `sampled_above_items` catalogue items, sampled above.
     loss: LossKind = "auto"
@@ -231,18 +234,21 @@ def fit_by_validation(model: Any, seqs: Sequences, s: EpochSettings, ctx: FitCon
 
     Each epoch visits the `n_examples` training rows in a new random order; `batch_loss(rows)` is the
     loss of one batch. After each epoch the validation split is ranked at `ctx.k`; training stops after
-    `s.patience` epochs without a better NDCG or after the epoch that crosses `s.time_budget_s` (with
-    `s.refit`, the budget also holds the refit: the best epoch so far times the mean epoch time).
-    Returns the best epoch, the epochs run, what stopped training (`stopped_by`: epochs, patience or
-    time_budget), the seconds it took and the epoch-by-epoch history; the model ends on the CPU.
-    With `ctx.validate` off (a refit) it trains exactly `s.epochs` epochs, evaluates nothing and keeps the last.
+    `s.patience` epochs without a better NDCG, or when it crosses `s.time_budget_s`. The budget is checked
+    after every batch, so one epoch over a large world cannot overrun it: the epoch it cuts is validated
+    like any other and can be the best (`best_epoch_fraction` says how much of it trained). With `s.refit`
+    the budget also holds the refit: at an epoch's end the best epoch so far times the mean epoch time, in
+    an epoch the training time so far. Returns the best epoch, the epochs run, what stopped training
+    (`stopped_by`: epochs, patience or time_budget), the seconds it took and the epoch-by-epoch history; the
+    model ends on the CPU. With `ctx.validate` off (a refit) it trains exactly `s.epochs` epochs, the last
+    one `ctx.last_epoch_fraction` of its batches, evaluates nothing and keeps the last.
     """
     import torch
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     hr_key, ndcg_key = f"valid_hr_at_{ctx.k}", f"valid_ndcg_at_{ctx.k}"
     history: list[dict[str, float]] = []
-    best_score, best_state, best_epoch, stale = -1.0, None, 0, 0
+    best_score, best_state, best_epoch, best_fraction, stale = -1.0, None, 0, 1.0, 0
     stopped_by = "epochs"
     started = time.perf_counter()
     train_seconds = 0.0  # epochs' training time without their validation: what a refit epoch costs
@@ -250,9 +256,12 @@ def fit_by_validation(model: Any, seqs: Sequences, s: EpochSettings, ctx: FitCon
         epoch_started = time.perf_counter()
         model.train()
         order = rng.permutation(n_examples)
-        total, batches = 0.0, 0
-        bar = tqdm(range(0, len(order), s.batch_size), desc=f"{model.family} epoch {epoch}/{s.epochs}",
-                   disable=not ctx.progress, mininterval=2.0, leave=False)
+        starts = range(0, len(order), s.batch_size)
+        if epoch == s.epochs and ctx.last_epoch_fraction < 1.0:
+            starts = starts[:max(1, math.ceil(ctx.last_epoch_fraction * len(starts)))]
+        total, batches, cut = 0.0, 0, False
+        bar = tqdm(starts, desc=f"{model.family} epoch {epoch}/{s.epochs}", disable=not ctx.progress,
+                   mininterval=2.0, leave=False)
         for start in bar:
             loss = batch_loss(order[start:start + s.batch_size])
             optimizer.zero_grad(set_to_none=True)
@@ -262,16 +271,25 @@ def fit_by_validation(model: Any, seqs: Sequences, s: EpochSettings, ctx: FitCon
             total += loss.item()
             batches += 1
             bar.set_postfix(loss=f"{total / batches:.3f}")
+            if s.time_budget_s and batches < len(starts):
+                now = time.perf_counter()
+                trained = train_seconds + now - epoch_started  # what a refit of this much training costs
+                if now - started + (trained if s.refit else 0.0) > s.time_budget_s:
+                    cut = True
+                    break
+        bar.close()
         model.eval()
         train_seconds += time.perf_counter() - epoch_started
+        fraction = batches / len(range(0, len(order), s.batch_size))
         if not ctx.validate:
-            history.append({"epoch": epoch, "loss": total / batches,
+            history.append({"epoch": epoch, "loss": total / batches, "fraction": round(fraction, 4),
                             "elapsed_s": round(time.perf_counter() - started, 2)})
             best_epoch = epoch
             continue
         valid = evaluate(model, seqs, split="valid", k=ctx.k, max_users=ctx.max_users)
         row = {"epoch": epoch, "loss": total / batches, hr_key: valid[f"hr_at_{ctx.k}"],
-               ndcg_key: valid[f"ndcg_at_{ctx.k}"], "elapsed_s": round(time.perf_counter() - started, 2)}
+               ndcg_key: valid[f"ndcg_at_{ctx.k}"], "fraction": round(fraction, 4),
+               "elapsed_s": round(time.perf_counter() - started, 2)}
         history.append(row)
         if ctx.on_epoch is not None:
             ctx.on_epoch(row)
@@ -280,19 +298,23 @@ def fit_by_validation(model: Any, seqs: Sequences, s: EpochSettings, ctx: FitCon
                   f"NDCG@{ctx.k} {row[ndcg_key]:.4f}", flush=True)
         if row[ndcg_key] > best_score:
             best_score, best_state, best_epoch, stale = row[ndcg_key], copy.deepcopy(model.state_dict()), epoch, 0
+            best_fraction = fraction
         else:
             stale += 1
             if stale >= s.patience:
                 stopped_by = "patience"
                 break
         reserved = best_epoch * train_seconds / epoch if s.refit else 0.0
-        if s.time_budget_s and time.perf_counter() - started + reserved > s.time_budget_s and epoch < s.epochs:
+        if cut or (s.time_budget_s and time.perf_counter() - started + reserved > s.time_budget_s
+                   and epoch < s.epochs):
             stopped_by = "time_budget"
             if ctx.progress:
-                print(f"  time budget of {s.time_budget_s:.0f}s reached after epoch {epoch}", flush=True)
+                where = f"{fraction:.0%} into epoch {epoch}" if cut else f"after epoch {epoch}"
+                print(f"  time budget of {s.time_budget_s:.0f}s reached {where}", flush=True)
             break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.to("cpu").eval()
-    return {"best_epoch": best_epoch, "epochs_run": len(history), "stopped_by": stopped_by,
+    return {"best_epoch": best_epoch, "best_epoch_fraction": round(best_fraction if ctx.validate else fraction, 4),
+            "epochs_run": len(history), "stopped_by": stopped_by,
             "fit_seconds": round(time.perf_counter() - started, 2), "history": history}

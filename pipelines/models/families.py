@@ -69,19 +69,22 @@ def fit_family(name: str, seqs: Sequences, settings: Settings, ctx: FitContext) 
     section = getattr(settings, name)
     model, info = family(name).fit(seqs, section, ctx)
     if getattr(section, "refit", False) and info.get("best_epoch"):
-        model, info["refit"] = refit_family(name, seqs, section, ctx, info["best_epoch"])
+        model, info["refit"] = refit_family(name, seqs, section, ctx, info["best_epoch"],
+                                            info.get("best_epoch_fraction", 1.0))
     info["train_seconds"] = round(time.perf_counter() - started, 3)
     return model, info
 
 
 def refit_family(name: str, seqs: Sequences, section: ParamsSection, ctx: FitContext,
-                 epochs: int) -> tuple[Family, dict[str, Any]]:
-    """A fresh model of family `name` trained `epochs` epochs on the training histories plus each user's
-    validation target, reading no validation; returns it with its epochs, losses and seconds."""
+                 epochs: int, last_epoch_fraction: float = 1.0) -> tuple[Family, dict[str, Any]]:
+    """A fresh model of family `name` trained `epochs` epochs (the last one `last_epoch_fraction` of its batches,
+    as the time budget cut the selected epoch) on the training histories plus each user's validation target,
+    reading no validation; returns it with its epochs, losses and seconds."""
     refit_section = section.model_copy(update={"epochs": epochs, "time_budget_s": 0})
     model, info = family(name).fit(seqs.with_validation_in_training(), refit_section,
-                                   replace(ctx, validate=False, on_epoch=None))
-    return model, {"epochs": info["epochs_run"], "fit_seconds": info["fit_seconds"],
+                                   replace(ctx, validate=False, on_epoch=None, last_epoch_fraction=last_epoch_fraction))
+    return model, {"epochs": info["epochs_run"], "last_epoch_fraction": info["best_epoch_fraction"],
+                   "fit_seconds": info["fit_seconds"],
                    "losses": [row["loss"] for row in info["history"]],
                    "data": "training histories + each user's validation target"}
 

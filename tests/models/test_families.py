@@ -250,21 +250,37 @@ def test_a_refit_epoch_loop_never_reads_the_validation_split(cyclic_world, monke
     assert info["epochs_run"] == info["best_epoch"] == 3 and info["stopped_by"] == "epochs"
 
 
-def test_the_time_budget_holds_the_refit_too(cyclic_world, monkeypatch):
-    """On a fake clock (10 s a reading), a refitting family stops selecting earlier: the budget keeps room for the
-    refit (best epoch so far x mean epoch time), so selection plus refit stay within `time_budget_s`."""
+def test_the_time_budget_cuts_an_epoch_and_holds_the_refit_too(cyclic_world, monkeypatch):
+    """On a fake clock (10 s a reading, one reading a batch) a 300 s budget cuts the first epoch of 38 batches: the
+    cut epoch is validated and kept, so one epoch over a large world cannot overrun the budget; a refitting family
+    stops sooner, keeping as much time again for its refit."""
     from types import SimpleNamespace
 
     from pipelines.models.base import FitContext
     from pipelines.models.gru4rec import GRU4Rec, GRU4RecSettings
 
-    def epochs_run(refit: bool) -> dict:
+    def fit(refit: bool) -> dict:
         ticks = iter(range(0, 10**6, 10))
         monkeypatch.setattr("pipelines.models.base.time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
-        section = GRU4RecSettings(dim=16, max_len=10, dropout=0.0, epochs=30, batch_size=64, lr=0.01, patience=30,
+        section = GRU4RecSettings(dim=16, max_len=10, dropout=0.0, epochs=30, batch_size=8, lr=0.01, patience=30,
                                   time_budget_s=300, refit=refit)
         return GRU4Rec.fit(cyclic_world, section, FitContext(seed=0, progress=False))[1]
 
-    plain, refitting = epochs_run(False), epochs_run(True)
-    assert plain["stopped_by"] == refitting["stopped_by"] == "time_budget"
-    assert refitting["epochs_run"] < plain["epochs_run"]
+    plain, refitting = fit(False), fit(True)
+    for info in (plain, refitting):
+        assert info["stopped_by"] == "time_budget" and info["epochs_run"] == info["best_epoch"] == 1
+        assert 0 < info["best_epoch_fraction"] == info["history"][0]["fraction"] < 1
+        assert info["history"][0]["valid_ndcg_at_10"] >= 0
+    assert refitting["best_epoch_fraction"] < 0.75 * plain["best_epoch_fraction"]
+
+
+def test_a_refit_trains_the_share_of_the_last_epoch_that_was_selected(cyclic_world):
+    from pipelines.models.base import FitContext
+    from pipelines.models.families import refit_family
+    from pipelines.models.gru4rec import GRU4RecSettings
+
+    section = GRU4RecSettings(dim=16, max_len=10, dropout=0.0, epochs=30, batch_size=8, lr=0.01, refit=True)
+    _, whole = refit_family("gru4rec", cyclic_world, section, FitContext(seed=0, progress=False), 2)
+    _, cut = refit_family("gru4rec", cyclic_world, section, FitContext(seed=0, progress=False), 2, 0.4)
+    assert whole["epochs"] == cut["epochs"] == 2 and whole["last_epoch_fraction"] == 1.0
+    assert 0.4 <= cut["last_epoch_fraction"] < 0.45  # whole batches: ceil(0.4 x 38) of 38
