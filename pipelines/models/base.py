@@ -256,9 +256,10 @@ def fit_by_validation(model: Any, seqs: Sequences, s: EpochSettings, ctx: FitCon
         epoch_started = time.perf_counter()
         model.train()
         order = rng.permutation(n_examples)
-        starts = range(0, len(order), s.batch_size)
+        all_starts = range(0, len(order), s.batch_size)
+        starts = all_starts
         if epoch == s.epochs and ctx.last_epoch_fraction < 1.0:
-            starts = starts[:max(1, math.ceil(ctx.last_epoch_fraction * len(starts)))]
+            starts = all_starts[:max(1, math.ceil(ctx.last_epoch_fraction * len(all_starts)))]
         total, batches, cut = 0.0, 0, False
         bar = tqdm(starts, desc=f"{model.family} epoch {epoch}/{s.epochs}", disable=not ctx.progress,
                    mininterval=2.0, leave=False)
@@ -280,7 +281,7 @@ def fit_by_validation(model: Any, seqs: Sequences, s: EpochSettings, ctx: FitCon
         bar.close()
         model.eval()
         train_seconds += time.perf_counter() - epoch_started
-        fraction = batches / len(range(0, len(order), s.batch_size))
+        fraction = batches / len(all_starts)
         if not ctx.validate:
             history.append({"epoch": epoch, "loss": total / batches, "fraction": round(fraction, 4),
                             "elapsed_s": round(time.perf_counter() - started, 2)})

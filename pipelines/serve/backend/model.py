@@ -31,8 +31,9 @@ answered.
 Speed (measured by `rxrec bench serve`, reports/serve.md): a dynamic batch is validated with one
 min/max over all of it and only re-checked request by request when that finds a problem; requests
 of the same width share one ONNX call; leading columns that are padding in every row of that call
-are cut off first (rxrec_backend.OnnxTopK, exact for this contract). onnxruntime threads do not spin while idle (on a few shared cores a spinning thread
-takes CPU from the server and the other instance). Config parameter "allow_spinning" = "1" turns
+are cut off first (rxrec_backend.OnnxTopK, exact for this contract). onnxruntime threads do not
+spin while idle (on a few shared cores a spinning thread takes CPU from the server and the other
+instance). Config parameter "allow_spinning" = "1" turns
 spinning back on.
 """
 
