@@ -8,6 +8,7 @@ prefix of the training history predicts its next item against `negatives` random
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ class NCFSettings(ParamsSection):
     lr: float = Field(0.003, gt=0)
     negatives: int = Field(8, ge=1)
     samples_per_user: int = Field(4, ge=1)
+    time_budget_s: float = Field(0, ge=0)  # stop when training passes it, mid-epoch too; 0 = no budget
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,8 @@ class NCFRecommender(Family):
 
     @classmethod
     def fit(cls, seqs: Sequences, s: NCFSettings, ctx: FitContext) -> tuple[NCFRecommender, dict[str, Any]]:
-        """Returns the model and the mean loss of each epoch."""
+        """Returns the model, the mean loss of each epoch, what stopped it (`stopped_by`: epochs or
+        time_budget) and how many epochs it trained (a fraction when the budget cut one)."""
         torch.manual_seed(ctx.seed)
         rng = np.random.default_rng(ctx.seed)
         n_items = seqs.n_items
@@ -104,14 +107,16 @@ class NCFRecommender(Family):
             raise ValueError("no user has two or more training items: nothing for NCF to learn from")
         model = NeuMF(NCFConfig(n_items, s.dim, s.hidden, s.max_len))
         optimizer = torch.optim.Adam(model.parameters(), lr=s.lr)
-        losses = []
+        losses: list[float] = []
+        started, stopped_by, epochs_trained = time.perf_counter(), "epochs", float(s.epochs)
         for epoch in range(s.epochs):
             model.train()
             # Several random (prefix → next item) examples per user per epoch.
             users = np.repeat(np.arange(len(usable)), s.samples_per_user)
             rng.shuffle(users)
             total, batches = 0.0, 0
-            for start in tqdm(range(0, len(users), s.batch_size), desc=f"ncf epoch {epoch + 1}/{s.epochs}",
+            starts = range(0, len(users), s.batch_size)
+            for start in tqdm(starts, desc=f"ncf epoch {epoch + 1}/{s.epochs}",
                               disable=not ctx.progress, leave=False, mininterval=2.0):
                 picked = [usable[u] for u in users[start:start + s.batch_size]]
                 cut = [int(rng.integers(1, len(h))) for h in picked]
@@ -127,8 +132,16 @@ class NCFRecommender(Family):
                 optimizer.step()
                 total += loss.item()
                 batches += 1
+                if s.time_budget_s and time.perf_counter() - started > s.time_budget_s:
+                    stopped_by, epochs_trained = "time_budget", epoch + batches / len(starts)
+                    break
             losses.append(total / max(batches, 1))
-        return cls(model.eval()), {"losses": [round(x, 4) for x in losses]}
+            if stopped_by == "time_budget":
+                if ctx.progress:
+                    print(f"  time budget of {s.time_budget_s:.0f}s reached in epoch {epoch + 1}", flush=True)
+                break
+        return cls(model.eval()), {"losses": [round(x, 4) for x in losses], "stopped_by": stopped_by,
+                                   "epochs_trained": round(epochs_trained, 4)}
 
     def score(self, histories: list[np.ndarray], kinds: list[np.ndarray] | None = None) -> np.ndarray:
         batch = torch.from_numpy(left_pad(histories, self.model.config.max_len))

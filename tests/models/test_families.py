@@ -284,3 +284,22 @@ def test_a_refit_trains_the_share_of_the_last_epoch_that_was_selected(cyclic_wor
     _, cut = refit_family("gru4rec", cyclic_world, section, FitContext(seed=0, progress=False), 2, 0.4)
     assert whole["epochs"] == cut["epochs"] == 2 and whole["last_epoch_fraction"] == 1.0
     assert 0.4 <= cut["last_epoch_fraction"] < 0.45  # whole batches: ceil(0.4 x 38) of 38
+
+
+def test_the_time_budget_cuts_an_ncf_epoch(cyclic_world, monkeypatch):
+    """NCF has no validation loop, but the same budget holds it: on a fake clock (10 s a batch) a 300 s budget stops
+    the first epoch part way and says so; without a budget every epoch runs."""
+    from types import SimpleNamespace
+
+    from pipelines.models.base import FitContext
+    from pipelines.models.ncf import NCFRecommender, NCFSettings
+
+    def fit(budget: float) -> dict:
+        ticks = iter(range(0, 10**6, 10))
+        monkeypatch.setattr("pipelines.models.ncf.time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+        section = NCFSettings(dim=8, hidden=8, max_len=10, epochs=3, batch_size=8, time_budget_s=budget)
+        return NCFRecommender.fit(cyclic_world, section, FitContext(seed=0, progress=False))[1]
+
+    cut, whole = fit(300), fit(0)
+    assert cut["stopped_by"] == "time_budget" and len(cut["losses"]) == 1 and 0 < cut["epochs_trained"] < 1
+    assert whole["stopped_by"] == "epochs" and len(whole["losses"]) == 3 and whole["epochs_trained"] == 3
