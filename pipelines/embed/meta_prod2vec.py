@@ -32,7 +32,7 @@ import numpy as np
 from pipelines.core.config import MetaProd2VecSettings
 from pipelines.embed.evaluate import normalise
 from pipelines.embed.meta import ItemFields
-from pipelines.embed.prod2vec import ItemEmbeddings, item_tokens, skipgram
+from pipelines.embed.prod2vec import ItemEmbeddings, item_tokens, skipgram, train_skipgram
 
 META_PREFIX = "m:"  # meta tokens are "m:<field>=<value>"; item tokens are the item id
 
@@ -94,7 +94,7 @@ def train_meta_prod2vec(walks: np.ndarray, fields: ItemFields, s: MetaProd2VecSe
     corpus = item_tokens(n_items)[walks].tolist() + meta_sentences(walks, fields, s.meta_share, np.random.default_rng(seed))
     model = skipgram(corpus, dim=s.dim, window=s.window, negative=s.negative, min_count=1, workers=s.workers,
                      seed=seed, alpha=s.lr, sample=s.sample)
-    model.train(corpus, total_examples=len(corpus), epochs=s.epochs)
+    train_skipgram(model, corpus, s.epochs, "meta_prod2vec word2vec")
     train_s = time.perf_counter() - started
 
     dim = s.dim

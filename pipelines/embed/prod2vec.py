@@ -119,6 +119,24 @@ def skipgram(corpus: list[list[str]], *, dim: int, window: int, negative: int, m
     return model
 
 
+def train_skipgram(model: Any, corpus: list[list[str]], epochs: int, desc: str) -> None:
+    """Train `model` on `corpus` with a progress bar per epoch: at a 100,000-product world one run is minutes
+    of gensim work that otherwise shows nothing."""
+    from gensim.models.callbacks import CallbackAny2Vec
+    from tqdm import tqdm
+
+    class EpochBar(CallbackAny2Vec):
+        def __init__(self, bar: tqdm) -> None:
+            self.bar = bar
+
+        def on_epoch_end(self, model: Any) -> None:
+            self.bar.update(1)
+
+    with tqdm(total=epochs, desc=desc, unit="epoch", mininterval=0) as bar:
+        model.train(corpus, total_examples=len(corpus), epochs=epochs, callbacks=[EpochBar(bar)])
+    model.callbacks = ()  # the bar is closed: keep it out of anything that pickles the model
+
+
 def word2vec_on_walks(walks: np.ndarray, n_items: int, w2v: Prod2VecSettings, seed: int) -> tuple[
         np.ndarray, np.ndarray, dict[str, float]]:
     """gensim skip-gram with negative sampling; (vectors, known, timings incl. words/s)."""
@@ -131,7 +149,7 @@ def word2vec_on_walks(walks: np.ndarray, n_items: int, w2v: Prod2VecSettings, se
                      workers=w2v.workers, seed=seed)
     timings["vocab_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    model.train(corpus, total_examples=len(corpus), epochs=w2v.epochs)
+    train_skipgram(model, corpus, w2v.epochs, "prod2vec word2vec")
     timings["word2vec_s"] = time.perf_counter() - t
     timings["word2vec_words_per_s"] = walks.size * w2v.epochs / max(timings["word2vec_s"], 1e-9)
 

@@ -23,3 +23,16 @@ def test_items_that_co_occur_end_up_close(tmp_path):
     emb.save(tmp_path)
     again = ItemEmbeddings.load(tmp_path)
     assert np.allclose(again.vectors, emb.vectors) and again.info == emb.info
+
+
+def test_skipgram_training_shows_each_epoch_and_leaves_no_callback_behind(capsys):
+    import numpy as np
+
+    from pipelines.embed.prod2vec import item_tokens, skipgram, train_skipgram
+
+    corpus = item_tokens(30)[np.random.default_rng(0).integers(1, 31, (500, 8))].tolist()
+    model = skipgram(corpus, dim=8, window=3, negative=5, min_count=1, workers=1, seed=0)
+    train_skipgram(model, corpus, 3, "skipgram under test")
+    err = capsys.readouterr().err
+    assert "skipgram under test: 100%" in err and "3/3" in err
+    assert not model.callbacks and model.epochs == 3
