@@ -61,11 +61,12 @@ Outputs:
 
 How a row is answered: unknown ids are dropped (reported, not an error). If a remaining item is
 warm (>= warm_min_interactions training interactions), GPT4Rec scores the latest gpt4rec_max_len
-known items: with config parameter gpt4rec_scoring "in_process", the version's own copy of the deployed
-model (gpt4rec.onnx, run by onnxruntime in this process); with "bls", the gpt4rec model through BLS.
-Otherwise the session is cold and association rules fired by its latest items answer; with no rule, popularity does. The session's items, (optionally)
-purchased_ids and ids outside the catalogue are filtered out everywhere; a source that leaves fewer than k items is topped up
-by the next one. Every source's candidates pass the safety policy (rxrec_pharmacy: restricted,
+known items: with config parameter gpt4rec_scoring "in_process", the version's own copy of the
+deployed model (gpt4rec.onnx, run by onnxruntime in this process); with "bls", the gpt4rec model
+through BLS. Otherwise the session is cold and association rules fired by its latest items answer;
+with no rule, popularity does. The session's items, (optionally) purchased_ids and ids outside the
+catalogue are filtered out everywhere; a source that leaves fewer than k items is topped up by the
+next one. Every source's candidates pass the safety policy (rxrec_pharmacy: restricted,
 unavailable, prescription-only without a record, interacting with the session or cart, a molecule
 already in the cart); what it removes is refilled from the next candidates, popularity walking the
 whole catalogue if it must. If the gpt4rec call fails, the row falls back the same way and the log says why.
