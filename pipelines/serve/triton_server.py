@@ -287,6 +287,26 @@ class TritonServer:
             return "(no server log)"
         return "\n".join(text.splitlines()[-lines:])
 
+    def log_since(self, offset: int = 0) -> str:
+        """The server log from byte offset on (take the offset from log_path.stat().st_size)."""
+        try:
+            return self.log_path.read_bytes()[offset:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_for_log(self, text: str, timeout_s: float = 15.0, offset: int = 0) -> bool:
+        """Whether the log from offset shows text within timeout_s.
+
+        Triton writes some lines after the answer that caused them: a Python stub's warnings
+        travel through a queue, and an unload finishes in the background.
+        """
+        deadline = time.monotonic() + timeout_s
+        while text not in self.log_since(offset):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return True
+
     def _with_log(self, message: str) -> str:
         return f"{message}\n--- tail of {self.log_path} ---\n{self.log_tail()}"
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -189,13 +188,9 @@ def test_gate_measures_the_challenger_on_the_profiles_triton_and_unloads_it(stac
     assert latency["requests"] == 8 and 0 < latency["p50_ms"] <= latency["p95_ms"] <= latency["max_ms"]
     candidate = MODEL + GATE_MODEL_SUFFIX
 
-    def log() -> str:
-        return triton.log_path.read_bytes()[log_start:].decode(errors="replace")
-
-    deadline = time.monotonic() + 20  # Triton finishes an unload in the background (the stub exits)
-    while f"successfully unloaded '{candidate}'" not in log() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert f"successfully loaded '{candidate}'" in log() and f"successfully unloaded '{candidate}'" in log(), log()
+    unloaded = f"successfully unloaded '{candidate}'"
+    assert triton.wait_for_log(unloaded, timeout_s=20, offset=log_start), triton.log_since(log_start)
+    assert f"successfully loaded '{candidate}'" in triton.log_since(log_start), triton.log_since(log_start)
     assert not stack_profile.model_ready(candidate), "the challenger does not stay loaded"
     assert not (triton.repo / candidate).exists(), "nothing written to the served repository"
     assert stack_profile.ready_versions(MODEL) == served_before, "the served model is untouched"
