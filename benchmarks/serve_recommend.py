@@ -5,9 +5,12 @@ exported for that length and this catalogue, else params.yaml's architecture wit
 `recommend` versions over one generated world (params.yaml `data`: its catalogue, popularity, association
 rules, safety and placement tables, search index, built by the code deploy runs):
 
-  recommend_plain  every policy check off and one source (personal: the BLS call to gpt4rec, topped up by
+  recommend_plain  every policy check off and one source (personal: gpt4rec's top-k, topped up by
                    popularity): the entry point without the pharmacy layer;
   recommend        params.yaml `policy`, `placements`, `search`, `refills` and `users`, as deployed.
+
+Both get gpt4rec's top-k as deploy has them (params.yaml `serve.recommend_scoring`): in process, from their
+own copy of the served model.onnx, or by a BLS call to the gpt4rec model.
 
 The stored user vectors are random, one per world user, as wide as params.yaml's GPT4Rec: what a lookup and
 an exact top-N cost depends on their count and width, not on their values (their values are checked through
@@ -38,6 +41,8 @@ LENGTH = 50
 PLAIN = "plain (no policy, personal only)"
 POSTCODES = ("110017", "400001", "560034", "302001", "")
 SESSIONS_PER_VARIANT = 64
+SCORING_TEXT = {"in_process": "scoring gpt4rec in process (each version holds a copy of its model.onnx)",
+                "bls": "calling gpt4rec by BLS"}
 
 
 def _world_tables(settings: Any) -> tuple[Any, Any, int]:
@@ -120,7 +125,10 @@ def run_recommend(*, rate: float, duration_s: float, warmup_s: float, rounds: in
         server = ServerConfig(max_batch_size=settings.serve.max_batch_size, instance_count={LENGTH: 1},
                               intra_op_threads=1, max_queue_delay_us=2000, preferred_batch_sizes=())
         model = prepare_models(repo, [LENGTH], n, server, settings, work_dir, benchmark="serve-recommend")[LENGTH]
-        common = {"top_k": settings.export.top_k, "n_items": n, "max_batch_size": settings.serve.max_batch_size,
+        scoring = settings.serve.recommend_scoring
+        scorer = Path(model["onnx"]) if scoring == "in_process" else None
+        common = {"gpt4rec_scoring": scoring, "top_k": settings.export.top_k, "n_items": n,
+                  "max_batch_size": settings.serve.max_batch_size,
                   "gpt4rec_model": model["model"], "gpt4rec_max_len": LENGTH,
                   "gpt4rec_max_batch_size": settings.serve.max_batch_size,
                   "rules_recent_items": settings.rules.recent_items, "rules_decay": settings.rules.decay}
@@ -132,10 +140,12 @@ def run_recommend(*, rate: float, duration_s: float, warmup_s: float, rounds: in
                                refill_due_within_days=settings.refills.due_within_days,
                                refill_overdue_days=settings.refills.overdue_days, users=settings.users,
                                model_name="recommend")
-        write_recommend_version(repo, tables, metadata={"benchmark": "serve-recommend"}, model_name="recommend")
+        write_recommend_version(repo, tables, metadata={"benchmark": "serve-recommend"}, scorer=scorer,
+                                model_name="recommend")
         write_recommend_config(repo, **common, policy=PolicyRules(False, False, False, False, False),
                                blends=dict.fromkeys(PLACEMENTS, "personal:10"), model_name="recommend_plain")
-        write_recommend_version(repo, tables, metadata={"benchmark": "serve-recommend"}, model_name="recommend_plain")
+        write_recommend_version(repo, tables, metadata={"benchmark": "serve-recommend"}, scorer=scorer,
+                                model_name="recommend_plain")
         rng = np.random.default_rng(settings.data.seed)
         names = world.catalogue["name"].tolist()
         variants = {PLAIN: placement_payloads("recommend_plain", "home", names, tables, n, rng)}
@@ -167,6 +177,7 @@ def run_recommend(*, rate: float, duration_s: float, warmup_s: float, rounds: in
     return {
         "entry": "recommend", "length": LENGTH, "n_items": n, "rate_per_s": rate, "duration_s": duration_s,
         "warmup_s": warmup_s, "rounds": rounds, "workers": workers, "gpt4rec": model["source"],
+        "gpt4rec_scoring": scoring,
         "world": {"products": n, "users": settings.data.n_users, "seed": settings.data.seed},
         "user_vectors": {"users": len(tables.users.user_ids), "dim": tables.users.dim, "values": "random",
                          "retrieval": "exact" if n < settings.users.faiss_above_items else "faiss HNSW"},
@@ -196,7 +207,7 @@ def markdown(payload: dict[str, Any]) -> str:
         "# Serving benchmark: what the pharmacy layer adds to `recommend`", "",
         (f"tritonserver, one instance each: gpt4rec ({payload['gpt4rec']}), `recommend` with params.yaml policy "
          f"({payload['policy']}) and placements {payload['blends']}, and `recommend_plain` (no checks, personal "
-         f"only). {payload['n_items']:,} products (generated world seed {payload['world']['seed']}), sessions of "
+         f"only), both {SCORING_TEXT[payload.get('gpt4rec_scoring', 'bls')]}. {payload['n_items']:,} products (generated world seed {payload['world']['seed']}), sessions of "
          f"{payload['length']} items; home requests name one of {payload['user_vectors']['users']:,} users with "
          f"stored vectors (random, dim {payload['user_vectors']['dim']}, {payload['user_vectors']['retrieval']} "
          f"retrieval). One open-loop gRPC stream at {payload['rate_per_s']:g} requests/s holding all "
