@@ -55,6 +55,8 @@ FORM_FIELDS = {
                                                       "metric (gate.primary_metric) by more than this.")),
     "gate_latency_budget_ms": ("gate.latency_budget_ms", ("p95 latency budget (ms) of the challenger served by "
                                                           "Triton; 0 skips the check.")),
+    "gate_allow_time_budget_cut": ("gate.allow_time_budget_cut", ("Off: reject a challenger whose training its "
+                                                                  "time budget (gpt4rec.time_budget_s) cut short.")),
 }
 # Guard metrics of the gate: form field -> key of gate.guard_tolerances (largest allowed drop vs the champion).
 GUARD_FIELDS = {

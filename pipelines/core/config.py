@@ -243,6 +243,8 @@ class GateSettings(ParamsSection):
     require_parity: bool = True
     latency_budget_ms: float = Field(100.0, ge=0)  # p95 of one-session requests through Triton; 0: not checked
     latency_requests: int = Field(40, ge=5)
+    # false: reject a challenger whose trainer's time_budget_s stopped it before its epochs or patience did
+    allow_time_budget_cut: bool = True
 
 
 class ServiceRetrySettings(ParamsSection):

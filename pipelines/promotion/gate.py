@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -354,9 +355,15 @@ def decide(
     *,
     parity_passed: bool,
     latency: dict[str, float] | None,
+    training: Mapping[str, Any] | None = None,
 ) -> tuple[bool, list[GateCheck]]:
-    """Pure decision over numbers: (promote, checks). Every check runs, so a reject lists every cause."""
+    """Pure decision over numbers: (promote, checks). Every check runs, so a reject lists every cause.
+
+    `training`: the challenger's train.json (what stopped its training), checked when given.
+    """
     checks: list[GateCheck] = []
+    if training is not None:
+        checks.append(training_check(gate, training))
     if gate.require_parity:
         checks.append(GateCheck("export parity", parity_passed,
                                 "ONNX returns the eager model's top-k" if parity_passed
@@ -389,10 +396,28 @@ def decide(
     return all(c.passed for c in checks), checks
 
 
+def training_check(gate: GateSettings, training: Mapping[str, Any]) -> GateCheck:
+    """What stopped the challenger's training: a model its time budget cut short is named as such in the
+    decision, and rejected when `gate.allow_time_budget_cut` is off."""
+    stopped_by = training.get("stopped_by", "epochs")
+    history = training.get("history") or []
+    best = f"best epoch {training.get('best_epoch', '?')}"
+    if stopped_by != "time_budget":
+        how = "trained every epoch" if stopped_by == "epochs" else "stopped early by patience"
+        return GateCheck("training", True, f"{how}: {training.get('epochs_run', len(history))} epochs, {best}")
+    last = history[-1].get("fraction", 1.0) if history else 1.0
+    detail = (f"cut by its time budget in epoch {len(history)} ({last:.0%} of it trained), {best} "
+              f"({training.get('best_epoch_fraction', 1.0):.0%} of it trained)")
+    allowed = gate.allow_time_budget_cut
+    return GateCheck("training", allowed, detail + ("; allowed by gate.allow_time_budget_cut" if allowed else
+                                                    "; gate.allow_time_budget_cut is off: train longer or raise "
+                                                    "the budget"))
+
+
 def reason_of(promote: bool, checks: list[GateCheck], champion_version: str | None) -> str:
     """One line for the registry tag and the log."""
     if promote:
-        primary = next((c for c in checks if not c.name.startswith(("guard", "export", "serving"))), None)
+        primary = next((c for c in checks if not c.name.startswith(("guard", "export", "serving", "training"))), None)
         return f"promoted: {primary.detail if primary else 'all checks passed'}"
     failed = "; ".join(f"{c.name}: {c.detail}" for c in checks if not c.passed)
     keeps = f"champion v{champion_version} kept" if champion_version else "no champion"

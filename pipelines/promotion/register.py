@@ -263,10 +263,11 @@ def score(service: MlflowService, name: str, version: str, onnx_path: Path, p: P
 
 
 def decide_and_apply(service: MlflowService, s: Settings, name: str, version: str, scores: Scores,
-                     parity_passed: bool, latency: dict[str, float] | None) -> GateReport:
+                     parity_passed: bool, latency: dict[str, float] | None,
+                     training: dict[str, Any] | None = None) -> GateReport:
     """The gate's verdict, and `champion` moved to the challenger when it passes and `gate.promote` is on."""
     verdict, checks = decide(s.gate, scores.challenger, scores.champion_metrics, parity_passed=parity_passed,
-                             latency=latency)
+                             latency=latency, training=training)
     champion_version = _version_of(scores.champion)
     applied = verdict and s.gate.promote
     reason = reason_of(verdict, checks, champion_version)
@@ -315,13 +316,15 @@ def report_test(service: MlflowService, name: str, parent_id: str, report: GateR
 
 def run_gate(service: MlflowService, s: Settings, p: Paths, name: str, version: str, onnx_path: Path,
              parent_id: str, content_md5: str, *, valid: Sequences, test_split: SealedTestSplit,
-             parity_passed: bool, latency: dict[str, float] | None) -> GateReport:
+             parity_passed: bool, latency: dict[str, float] | None,
+             training: dict[str, Any] | None = None) -> GateReport:
     """Score on validation, decide, record the decision; then read the test split once and report it.
 
-    The registered version's description becomes the decision table with both splits' figures.
+    `training`: the challenger's train.json. The registered version's description becomes the decision
+    table with both splits' figures.
     """
     scores = score(service, name, version, onnx_path, p, s.evaluate, content_md5, valid)
-    report = decide_and_apply(service, s, name, version, scores, parity_passed, latency)
+    report = decide_and_apply(service, s, name, version, scores, parity_passed, latency, training)
     record_decision(service, name, parent_id, report, p)
     report_test(service, name, parent_id, report, scores, onnx_path, test_split.open(report), p, s.evaluate,
                 content_md5)
@@ -357,7 +360,7 @@ def register(s: Settings, p: Paths) -> dict[str, Any]:
         else None
     report = run_gate(service, s, p, name, version, onnx_path, parent_id, source.content_md5, valid=valid,
                       test_split=SealedTestSplit(lambda: load_sequences(p.features)), parity_passed=parity_passed,
-                      latency=latency)
+                      latency=latency, training=read_json(p.models / "gpt4rec" / "train.json"))
 
     champion = _version_of(service.alias_version(name, CHAMPION))
     return RegistryResult(name, version, run_id, service.experiment_id, service.tracking_uri, promoted=report.applied,

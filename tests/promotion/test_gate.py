@@ -88,3 +88,27 @@ def test_the_report_says_it_decided_on_validation_and_keeps_test_figures_apart()
     markdown = report.markdown()
     assert "| ndcg_at_10 | validation | 0.3000 | 0.2000 |" in markdown
     assert "| ndcg_at_10 | test (report only) | 0.2500 | 0.2700 |" in markdown
+
+
+CUT = {"stopped_by": "time_budget", "best_epoch": 1, "best_epoch_fraction": 0.34, "epochs_run": 1,
+       "history": [{"epoch": 1, "fraction": 0.34}]}
+FINISHED = {"stopped_by": "epochs", "best_epoch": 4, "best_epoch_fraction": 1.0, "epochs_run": 5,
+            "history": [{"epoch": e, "fraction": 1.0} for e in range(1, 6)]}
+CUT_TEXT = "cut by its time budget in epoch 1 (34% of it trained), best epoch 1 (34% of it trained)"
+
+
+@pytest.mark.parametrize(("training", "allow", "promote", "detail"), [
+    (FINISHED, False, True, "trained every epoch: 5 epochs, best epoch 4"),
+    ({**FINISHED, "stopped_by": "patience"}, False, True, "stopped early by patience: 5 epochs, best epoch 4"),
+    (CUT, True, True, f"{CUT_TEXT}; allowed by gate.allow_time_budget_cut"),
+    (CUT, False, False, f"{CUT_TEXT}; gate.allow_time_budget_cut is off: train longer or raise the budget"),
+], ids=["finished", "patience", "cut, allowed", "cut, refused"])
+def test_the_decision_names_what_stopped_the_challengers_training(training, allow, promote, detail):
+    verdict, checks = decide(GateSettings(allow_time_budget_cut=allow), GOOD, _with(GOOD, ndcg_at_10=0.2),
+                             parity_passed=True, latency=FAST, training=training)
+    assert verdict is promote
+    assert {c.name: c.detail for c in checks}["training"] == detail
+    if promote:  # the reason quotes the primary metric, not the training check that comes first
+        assert reason_of(verdict, checks, "1") == "promoted: challenger 0.3000 > champion 0.2000 + margin 0"
+    else:
+        assert reason_of(verdict, checks, "1").startswith("rejected (champion v1 kept): training: cut by its")

@@ -211,7 +211,9 @@ def test_better_challenger_is_promoted_and_deployed(models, store):
         "ndcg_at_10"]
     assert gate["test_challenger"]["ndcg_at_10"] > 0 and gate["test_champion"]["ndcg_at_10"] > 0  # reported after
     assert {c["name"] for c in gate["checks"]} >= {"export parity", "serving latency", "ndcg_at_10",
-                                                   "guard coverage_at_10"}
+                                                   "guard coverage_at_10", "training"}
+    training = next(c for c in gate["checks"] if c["name"] == "training")  # read from the model's train.json
+    assert training["passed"] and training["detail"].startswith(("trained every epoch", "stopped early", "cut by"))
     assert gate["latency"]["p95_ms"] > 0
     assert _alias(store, "champion") == 2
     deployed = run_stage("deploy", store["strong"], workdir=models["strong"])
