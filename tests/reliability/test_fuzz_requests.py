@@ -441,7 +441,7 @@ def test_fuzzed_requests_get_clear_refusals_or_well_formed_answers(server: Trito
     finally:
         clients.close()
     seconds = time.monotonic() - started
-    assert server.pid == pid and server.is_live and server.is_ready(), server.log_tail()
+    assert server.pid == pid and server.is_live() and server.is_ready(), server.log_tail()
     for model in INPUTS:
         assert server.model_ready(model), f"{model} not ready after fuzzing\n{server.log_tail()}"
     cases = tally["cases"]

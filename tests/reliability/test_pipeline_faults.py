@@ -430,16 +430,24 @@ def test_mlflow_down_retries_then_fails_clearly_and_registry_unchanged(world, ml
     worker = threading.Thread(target=task)
     server.hang(True)
     started = time.monotonic()
+
+    def retries() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "rxrec.retry" and server.url in r.getMessage()]
+
     try:
         worker.start()
-        time.sleep(8)  # the task's calls time out against the frozen server and are retried
+        deadline = time.monotonic() + 120  # frozen until the task's calls have timed out and been retried
+        while not retries():
+            assert worker.is_alive() and time.monotonic() < deadline, f"no retry while the server hung: {outcome}"
+            time.sleep(0.2)
     finally:
         server.hang(False)
+    hung_s = time.monotonic() - started
     worker.join(timeout=300)
     ridden_out_s = time.monotonic() - started
     assert "error" not in outcome, outcome.get("error")
-    retries = [r for r in caplog.records if r.name == "rxrec.retry" and server.url in r.getMessage()]
-    assert retries, "the short outage caused no retry: the server was never down for the task"
+    retried = retries()
+    assert retried, "the short outage caused no retry: the server was never down for the task"
     final = _registry_state(server.url)
     assert [v[0] for v in final["versions"]] == [1, 2] and outcome["result"]["version"] == "2"
     ledger.record(
@@ -448,11 +456,11 @@ def test_mlflow_down_retries_then_fails_clearly_and_registry_unchanged(world, ml
         outcome=f"server stopped: register and deploy each made 3 attempts with backoff "
                 f"({', '.join(f'{s} {elapsed[s]:.1f} s' for s in elapsed)}) then failed with ServiceUnavailable "
                 f"naming {server.url} and mlflow/server.sh; after restart ({restart_s:.1f} s) the registry had the "
-                f"same {len(before['versions'])} version(s), aliases and {runs_before} runs; an 8 s hang (server "
-                f"frozen, requests timing out) inside the retry window was ridden out after {len(retries)} "
+                f"same {len(before['versions'])} version(s), aliases and {runs_before} runs; a {hung_s:.0f} s hang "
+                f"(server frozen, requests timing out) inside the retry window was ridden out after {len(retried)} "
                 f"retries, the task finished in {ridden_out_s:.0f} s and registered v2 once",
         delays_s={s: [round(d, 2) for d in e.delays_s] for s, e in failures.items()},
-        short_outage_retries=len(retries))
+        short_outage_retries=len(retried))
 
 
 # --------------------------------------------------------------------------- S3 down during dvc push

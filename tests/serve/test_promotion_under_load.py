@@ -41,7 +41,7 @@ def test_promotion_under_load_drops_nothing_and_switches(triton, tmp_path) -> No
     assert write_version(repo, MODEL, old_onnx, metadata={"test": "old"}).name == "1"
     with loaded(triton, MODEL) as server, \
             LoadGenerator(f"127.0.0.1:{server.grpc_port}", workers=1) as generator:
-        level = LoadLevel(rate_per_s=RATE, duration_s=7.0, warmup_s=0.0, concurrency=64, timeout_s=10)
+        level = LoadLevel(rate_per_s=RATE, duration_s=12.0, warmup_s=0.0, concurrency=64, timeout_s=10)
         outcome: dict[str, LoadResult] = {}
         load_thread = threading.Thread(
             target=lambda: outcome.setdefault("result", generator.run(MODEL, [np.asarray(session)], level)))
