@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -228,6 +229,7 @@ def _kill_when(cmd: list[str], env: dict[str, str], ready, timeout_s: float = 24
 
 
 def _db_rows(db: Path, sql: str) -> list[tuple]:
+    """A quick look while a writer runs: nothing when the table is not there yet or the writer holds the lock."""
     if not db.exists():
         return []
     try:
@@ -235,6 +237,13 @@ def _db_rows(db: Path, sql: str) -> list[tuple]:
             return conn.execute(sql).fetchall()
     except sqlite3.OperationalError:  # table not created yet, or a writer holds the lock
         return []
+
+
+def _db_rows_after_kill(db: Path, sql: str) -> list[tuple]:
+    """The rows once the writer is dead: a read-write connection rolls back the journal a killed writer left
+    (a read-only one cannot, and would read as nothing)."""
+    with contextlib.closing(sqlite3.connect(db, timeout=10)) as conn:
+        return conn.execute(sql).fetchall()
 
 
 @pytest.mark.slow
@@ -268,8 +277,9 @@ def test_task_killed_mid_write_and_retried_leaves_no_duplicate_or_half_file(worl
     env2 = _stage_env(world, "manual__fault_kill_2")
     kills["register: version row just committed, gate not decided"] = _kill_when(
         register2, env2, lambda: len(_db_rows(db, f"select version from model_versions where name='{MODEL}'")) >= 2)
-    undecided = _db_rows(db, "select version from model_version_tags where key='gate_decision' and version=2")
-    assert _db_rows(db, "select count(*) from model_versions")[0][0] == 2
+    undecided = _db_rows_after_kill(
+        db, "select version from model_version_tags where key='gate_decision' and version=2")
+    assert _db_rows_after_kill(db, "select count(*) from model_versions")[0][0] == 2
     assert not undecided, "the kill came after the gate decided: the resume path was not exercised"
     resumed = retry("register", overrides, "manual__fault_kill_2")
     assert resumed["version"] == "2" and not resumed["reused"], resumed

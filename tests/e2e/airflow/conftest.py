@@ -229,8 +229,14 @@ def airflow_server(tmp_path_factory) -> Iterator[AirflowServer]:
             _forget_runs(server)
         timings["stop_s"] = round(time.monotonic() - stopped, 1)
         print(f"\nairflow_server timings: {json.dumps(timings)}")
-        leftovers = subprocess.run(["pgrep", "-f", str(root)], capture_output=True, text=True, check=False).stdout
-        assert not leftovers.strip(), f"processes left behind: {leftovers}"
+
+        def leftovers() -> str:
+            return subprocess.run(["pgrep", "-f", str(root)], capture_output=True, text=True, check=False).stdout.strip()
+
+        gone_by = time.monotonic() + 15  # killed process groups take a moment to be reaped
+        while leftovers() and time.monotonic() < gone_by:
+            time.sleep(0.5)
+        assert not leftovers(), f"processes left behind: {leftovers()}"
 
 
 @dataclass
@@ -272,6 +278,22 @@ class Browser:
                 "Object.getOwnPropertyDescriptor(HTMLTextAreaElement.prototype, 'value').set.call(el, value);"
                 "el.dispatchEvent(new Event('input', {bubbles: true}));", element, text)
         assert element.get_attribute("value") == text, f"{element.get_attribute('name')}: {element.get_attribute('value')!r}"
+
+    def field(self, by: str, value: str, timeout_s: float = 30) -> Any:
+        """The form field found by (by, value) once it is displayed and enabled (an accordion section
+        that is still opening has it in the page but not yet usable)."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                found = [e for e in self.driver.find_elements(by, value) if e.is_displayed() and e.is_enabled()]
+            except StaleElementReferenceException:
+                found = []
+            if found:
+                return found[0]
+            assert time.monotonic() < deadline, f"no usable field {value!r} on {self.driver.current_url}"
+            time.sleep(0.2)
 
     def visible_text(self, text: str, timeout_s: float = 30) -> Any:
         """The innermost displayed element whose text contains `text`, waiting for the page to render it.
@@ -343,7 +365,10 @@ def _trigger_from_the_form(browser: Browser, server: AirflowServer, conf: dict[s
     driver.find_element(By.NAME, "username").send_keys("admin")
     driver.find_element(By.NAME, "password").send_keys(server.password)
     driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    time.sleep(2)
+    time.sleep(2)  # the login's redirect, and on a slow machine longer:
+    logged_in_by = time.monotonic() + 30
+    while "/auth/login" in driver.current_url and time.monotonic() < logged_in_by:
+        time.sleep(0.5)
     assert "/auth/login" not in driver.current_url, "login failed"
     before = {r["dag_run_id"] for r in server.api(f"dags/{DAG_ID}/dagRuns?limit=100")["dag_runs"]}
     driver.get(f"{server.url}/dags/{DAG_ID}")
@@ -351,12 +376,12 @@ def _trigger_from_the_form(browser: Browser, server: AirflowServer, conf: dict[s
     # The form's sections are an accordion (one open at a time): open each, fill its fields.
     for section, names in FORM_SECTIONS.items():
         browser.click_text("button", section)
-        time.sleep(0.7)
+        time.sleep(0.7)  # the section's opening animation; then each field is waited for until usable
         for name in names:
-            browser.type(driver.find_element(By.NAME, f"element_{name}"), str(conf[name]))
+            browser.type(browser.field(By.NAME, f"element_{name}"), str(conf[name]))
     browser.click_text("button", "Advanced")
     time.sleep(0.7)
-    browser.type(driver.find_element(By.CSS_SELECTOR, "textarea[name=element_extra_overrides]"),
+    browser.type(browser.field(By.CSS_SELECTOR, "textarea[name=element_extra_overrides]"),
                  "\n".join(conf["extra_overrides"]))
     browser.screenshot("airflow_trigger_form")
     browser.click_text("button", "Trigger")  # the dialog's submit button (the last visible one)
