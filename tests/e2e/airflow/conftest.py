@@ -29,7 +29,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,22 +245,28 @@ class Browser:
 
     driver: Any  # selenium.webdriver.Chrome
 
-    def click_text(self, tag: str, text: str) -> None:
-        """Click the last visible <tag> whose text is `text` (the UI renders after its API calls return)."""
+    def _wait_for(self, by: str, value: str, keep: Callable[[Any], bool], what: str, timeout_s: float = 30) -> list:
+        """The elements found by (by, value) that `keep` accepts, polled until there are some (the UI
+        renders after its API calls return); AssertionError naming `what` after timeout_s."""
         from selenium.common.exceptions import StaleElementReferenceException
-        from selenium.webdriver.common.by import By
 
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + timeout_s
         while True:
             try:
-                matches = [e for e in self.driver.find_elements(By.TAG_NAME, tag)
-                           if e.text.strip() == text and e.is_displayed()]
+                found = [e for e in self.driver.find_elements(by, value) if keep(e)]
             except StaleElementReferenceException:  # re-rendered while we looked
-                matches = []
-            if matches or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        assert matches, f"no visible <{tag}> with text {text!r} on {self.driver.current_url}"
+                found = []
+            if found:
+                return found
+            assert time.monotonic() < deadline, f"{what} on {self.driver.current_url}"
+            time.sleep(0.3)
+
+    def click_text(self, tag: str, text: str) -> None:
+        """Click the last visible <tag> whose text is `text`."""
+        from selenium.webdriver.common.by import By
+
+        matches = self._wait_for(By.TAG_NAME, tag, lambda e: e.text.strip() == text and e.is_displayed(),
+                                 f"no visible <{tag}> with text {text!r}")
         self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", matches[-1])
         matches[-1].click()
 
@@ -279,43 +285,23 @@ class Browser:
                 "el.dispatchEvent(new Event('input', {bubbles: true}));", element, text)
         assert element.get_attribute("value") == text, f"{element.get_attribute('name')}: {element.get_attribute('value')!r}"
 
-    def field(self, by: str, value: str, timeout_s: float = 30) -> Any:
+    def usable_field(self, by: str, value: str) -> Any:
         """The form field found by (by, value) once it is displayed and enabled (an accordion section
         that is still opening has it in the page but not yet usable)."""
-        from selenium.common.exceptions import StaleElementReferenceException
-
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                found = [e for e in self.driver.find_elements(by, value) if e.is_displayed() and e.is_enabled()]
-            except StaleElementReferenceException:
-                found = []
-            if found:
-                return found[0]
-            assert time.monotonic() < deadline, f"no usable field {value!r} on {self.driver.current_url}"
-            time.sleep(0.2)
+        return self._wait_for(by, value, lambda e: e.is_displayed() and e.is_enabled(), f"no usable field {value!r}")[0]
 
     def visible_text(self, text: str, timeout_s: float = 30) -> Any:
         """The innermost displayed element whose text contains `text`, waiting for the page to render it.
 
         The element's whole text counts, white space ignored: React writes "Model metrics" and "(3)", or a
         dataset's name and digest, as separate nodes that only CSS spaces apart."""
-        from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.common.by import By
 
         squeezed = json.dumps("".join(text.split()))
         has_text = f"contains(translate(., ' \t\n\r\u00a0', ''), {squeezed})"
         innermost = f"//*[{has_text} and not(*[{has_text}])]"
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                shown = [e for e in self.driver.find_elements(By.XPATH, innermost) if e.is_displayed()]
-            except StaleElementReferenceException:
-                shown = []
-            if shown:
-                return shown[0]
-            assert time.monotonic() < deadline, f"{text!r} is not shown on {self.driver.current_url}"
-            time.sleep(0.5)
+        return self._wait_for(By.XPATH, innermost, lambda e: e.is_displayed(), f"{text!r} is not shown",
+                              timeout_s)[0]
 
     def screenshot(self, name: str) -> Path:
         """Save the window as reports/screenshots/<name>.png (regenerated by every run of the tests)."""
@@ -378,10 +364,10 @@ def _trigger_from_the_form(browser: Browser, server: AirflowServer, conf: dict[s
         browser.click_text("button", section)
         time.sleep(0.7)  # the section's opening animation; then each field is waited for until usable
         for name in names:
-            browser.type(browser.field(By.NAME, f"element_{name}"), str(conf[name]))
+            browser.type(browser.usable_field(By.NAME, f"element_{name}"), str(conf[name]))
     browser.click_text("button", "Advanced")
     time.sleep(0.7)
-    browser.type(browser.field(By.CSS_SELECTOR, "textarea[name=element_extra_overrides]"),
+    browser.type(browser.usable_field(By.CSS_SELECTOR, "textarea[name=element_extra_overrides]"),
                  "\n".join(conf["extra_overrides"]))
     browser.screenshot("airflow_trigger_form")
     browser.click_text("button", "Trigger")  # the dialog's submit button (the last visible one)
