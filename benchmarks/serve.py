@@ -103,8 +103,9 @@ def _source_digest() -> str:
     return h.hexdigest()[:10]
 
 
-def champion_onnx(length: int) -> Path | None:
-    """The newest model.onnx deployed by the demo in triton_repo/gpt4rec/ if it was exported for `length`."""
+def champion_onnx(length: int, n_items: int) -> Path | None:
+    """The newest model.onnx deployed by the demo in triton_repo/gpt4rec/ if it was exported for `length`
+    and scores this catalogue's `n_items` (a demo run on other data scores another catalogue)."""
     from pipelines.core.config import Paths
     from pipelines.repository.metadata import read_model_metadata
     from pipelines.repository.versions import list_versions
@@ -116,7 +117,8 @@ def champion_onnx(length: int) -> Path | None:
     path = repo / "gpt4rec" / str(versions[-1]) / "model.onnx"
     if not path.is_file():
         return None
-    return path if read_model_metadata(path).max_len == length else None
+    meta = read_model_metadata(path)
+    return path if (meta.max_len, meta.n_items) == (length, n_items) else None
 
 
 def export_model(length: int, n_items: int, settings: Any, cache: Path) -> Path:
@@ -348,9 +350,10 @@ def prepare_models(repo: Path, seq_lens: list[int], n_items: int, server: Server
     exported for that length, else a fresh export with random weights; {length: {model, onnx, source}}."""
     models: dict[int, dict[str, Any]] = {}
     for length in seq_lens:
-        champion = champion_onnx(length)
+        champion = champion_onnx(length, n_items)
         if champion is not None:
-            path, source = champion, f"the demo's trained champion ({champion.relative_to(PROJECT_ROOT)})"
+            shown = champion.relative_to(PROJECT_ROOT) if champion.is_relative_to(PROJECT_ROOT) else champion
+            path, source = champion, f"the demo's trained champion ({shown})"
         else:
             path, source = random_export(length, n_items, settings, work_dir)
         models |= write_served_models(repo, path, [length], server, source=source, benchmark=benchmark)

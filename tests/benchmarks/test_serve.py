@@ -102,3 +102,25 @@ def test_bad_options_are_refused_clearly() -> None:
         parse_instances("50:0", [50], default=1)
     with pytest.raises(ValueError, match="above max_batch_size"):
         write_config(Path("/nonexistent"), "m", max_batch_size=8, top_k=5, n_items=10, preferred_batch_sizes=(16,))
+
+
+def test_the_demos_champion_is_served_only_for_its_own_length_and_catalogue(tmp_path, monkeypatch) -> None:
+    """A demo run on other data (another catalogue) or another max_len is not what the benchmark serves."""
+    import onnx
+
+    from benchmarks.serve import champion_onnx
+    from pipelines.core.contract import ModelMetadata
+    from tests.serve.toy_triton import MAX_SEQ_LEN, N_ITEMS, TOP_K, export_toy_onnx
+
+    monkeypatch.setenv("RXREC_WORKDIR", str(tmp_path))
+    monkeypatch.delenv("RXREC_TRITON_REPO", raising=False)
+    assert champion_onnx(MAX_SEQ_LEN, N_ITEMS) is None  # nothing deployed yet
+    path = tmp_path / "triton_repo" / "gpt4rec" / "1" / "model.onnx"
+    path.parent.mkdir(parents=True)
+    proto = onnx.load(str(export_toy_onnx(tmp_path / "toy.onnx", seed=1)))
+    proto.metadata_props.extend(onnx.StringStringEntryProto(key=k, value=v) for k, v in
+                                ModelMetadata(n_items=N_ITEMS, max_len=MAX_SEQ_LEN, top_k=TOP_K).to_props().items())
+    onnx.save(proto, str(path))
+    assert champion_onnx(MAX_SEQ_LEN, N_ITEMS) == path
+    assert champion_onnx(MAX_SEQ_LEN, N_ITEMS + 1) is None
+    assert champion_onnx(MAX_SEQ_LEN + 1, N_ITEMS) is None
