@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from benchmarks.serve_recommend import SCORING_TEXT
+from benchmarks.serve_recommend import scoring_text
 from pipelines.core.config import PROJECT_ROOT
 
 README = PROJECT_ROOT / "README.md"
@@ -129,7 +129,7 @@ def serve_recommend(reports: Path) -> str:
     added = ", ".join(f"{placement} {ms:+.2f} ms" for placement, ms in worst.items())
     return (f"Last run ([reports/serve-recommend.md](reports/serve-recommend.md), {_measured(report)}; "
             f"{report['n_items']:,} products, sessions of {report['length']}, open loop at {report['rate_per_s']:g} "
-            f"requests/s through Triton, recommend {SCORING_TEXT[report.get('gpt4rec_scoring', 'bls')]}, "
+            f"requests/s through Triton, recommend {scoring_text(report)}, "
             f"worst of {report['rounds']} rounds): the entry point without the pharmacy "
             f"layer answers at p50 {plain:.1f} ms; the policy and each placement add {added} "
             f"(target <= {report['target_added_p50_ms']:g} ms: {'PASS' if report['passed'] else 'FAIL'}).\n")

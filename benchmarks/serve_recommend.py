@@ -45,6 +45,11 @@ SCORING_TEXT = {"in_process": "scoring gpt4rec in process (each version holds a 
                 "bls": "calling gpt4rec by BLS"}
 
 
+def scoring_text(report: dict[str, Any]) -> str:
+    """How the report's recommend versions got gpt4rec's top-k (reports before the key ran over BLS)."""
+    return SCORING_TEXT[report.get("gpt4rec_scoring", "bls")]
+
+
 def _world_tables(settings: Any) -> tuple[Any, Any, int]:
     """(world, FallbackTables, n_items): the tables deploy would write for recommend, from a generated world."""
     from pipelines.core.config import Paths
@@ -207,7 +212,8 @@ def markdown(payload: dict[str, Any]) -> str:
         "# Serving benchmark: what the pharmacy layer adds to `recommend`", "",
         (f"tritonserver, one instance each: gpt4rec ({payload['gpt4rec']}), `recommend` with params.yaml policy "
          f"({payload['policy']}) and placements {payload['blends']}, and `recommend_plain` (no checks, personal "
-         f"only), both {SCORING_TEXT[payload.get('gpt4rec_scoring', 'bls')]}. {payload['n_items']:,} products (generated world seed {payload['world']['seed']}), sessions of "
+         f"only), both {scoring_text(payload)}. {payload['n_items']:,} products (generated world seed "
+         f"{payload['world']['seed']}), sessions of "
          f"{payload['length']} items; home requests name one of {payload['user_vectors']['users']:,} users with "
          f"stored vectors (random, dim {payload['user_vectors']['dim']}, {payload['user_vectors']['retrieval']} "
          f"retrieval). One open-loop gRPC stream at {payload['rate_per_s']:g} requests/s holding all "

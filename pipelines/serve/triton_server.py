@@ -230,6 +230,28 @@ def error_message(body: str) -> str:
         return body
 
 
+def log_text(path: Path, offset: int = 0) -> str:
+    """A tritonserver log from byte offset on; empty while the file does not exist."""
+    try:
+        return path.read_bytes()[offset:].decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def wait_for_log_text(path: Path, text: str, timeout_s: float = 15.0, offset: int = 0) -> bool:
+    """Whether the tritonserver log at path shows text (from byte offset on) within timeout_s.
+
+    Triton writes some lines after the answer that caused them: a Python stub's warnings travel
+    through a queue, and an unload finishes in the background.
+    """
+    deadline = time.monotonic() + timeout_s
+    while text not in log_text(path, offset):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 class TritonServer:
     """A tritonserver process on 127.0.0.1 with explicit model control.
 
@@ -289,23 +311,11 @@ class TritonServer:
 
     def log_since(self, offset: int = 0) -> str:
         """The server log from byte offset on (take the offset from log_path.stat().st_size)."""
-        try:
-            return self.log_path.read_bytes()[offset:].decode(errors="replace")
-        except OSError:
-            return ""
+        return log_text(self.log_path, offset)
 
     def wait_for_log(self, text: str, timeout_s: float = 15.0, offset: int = 0) -> bool:
-        """Whether the log from offset shows text within timeout_s.
-
-        Triton writes some lines after the answer that caused them: a Python stub's warnings
-        travel through a queue, and an unload finishes in the background.
-        """
-        deadline = time.monotonic() + timeout_s
-        while text not in self.log_since(offset):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.2)
-        return True
+        """Whether the log from offset shows text within timeout_s (see wait_for_log_text)."""
+        return wait_for_log_text(self.log_path, text, timeout_s, offset)
 
     def _with_log(self, message: str) -> str:
         return f"{message}\n--- tail of {self.log_path} ---\n{self.log_tail()}"

@@ -6,7 +6,8 @@ from benchmarks.serve_recommend import PLAIN, markdown
 def test_the_report_states_the_run_and_every_variants_rounds():
     level = {"requests": 700, "p50_ms": 7.5, "p99_ms": 11.0, "errors": 0, "error_messages": [],
              "machine_busy_cores": 0.9}
-    payload = {"gpt4rec": "random weights", "gpt4rec_scoring": "in_process", "policy": "restricted", "blends": {"home": "history:10"}, "n_items": 3000,
+    payload = {"gpt4rec": "random weights", "gpt4rec_scoring": "in_process", "policy": "restricted",
+               "blends": {"home": "history:10"}, "n_items": 3000,
                "world": {"seed": 42}, "length": 50, "rate_per_s": 60.0, "duration_s": 60.0, "warmup_s": 2.0,
                "rounds": 2, "user_vectors": {"users": 12000, "dim": 64, "retrieval": "exact"},
                "target_added_p50_ms": 1.0, "passed": False, "variants": {PLAIN: [level, level],

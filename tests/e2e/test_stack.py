@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipelines.serve.triton_server import default_venv
+from pipelines.serve.triton_server import default_venv, log_text, wait_for_log_text
 from pipelines.stages.dvc_run import RunWorkspace
 from tests.scripts import load_script
 
@@ -289,12 +289,9 @@ def test_stack_triton_serves_the_champion(stack, dag_run, monkeypatch):
     gate = json.loads((reports / "gate.json").read_text())
     assert gate["latency"]["requests"] > 0 and gate["latency"]["p95_ms"] > 0, gate["latency"]
     candidate = MODEL + GATE_MODEL_SUFFIX
-    log_path, unloaded = stack["home"] / "triton" / "tritonserver.log", f"successfully unloaded '{candidate}'"
-    logged_by = time.monotonic() + 20  # Triton finishes an unload in the background
-    while unloaded not in log_path.read_text(errors="replace") and time.monotonic() < logged_by:
-        time.sleep(0.2)
-    triton_log = log_path.read_text(errors="replace")
-    assert f"successfully loaded '{candidate}'" in triton_log and unloaded in triton_log
+    log_path = stack["home"] / "triton" / "tritonserver.log"
+    assert wait_for_log_text(log_path, f"successfully unloaded '{candidate}'", timeout_s=20), log_text(log_path)
+    assert f"successfully loaded '{candidate}'" in log_text(log_path)
     assert urllib.request.urlopen(f"http://{triton_url}/v2/health/ready", timeout=10).status == 200
     assert not _model_ready(triton_url, candidate), "the measured challenger does not stay loaded"
 
